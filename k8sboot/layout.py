@@ -1,0 +1,96 @@
+"""One source for every path, mode and owner, local and remote.
+
+The unit's flags, the upload list, `verify` and `audit` all read these values, so a file that the
+unit references cannot be forgotten by the upload (KTHW#787) and a mode cannot differ between
+the writer and the checker. Names follow the tutorial series (`ca.pem`, `admin-key.pem`, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- local workstation -------------------------------------------------------------------------
+
+PKI_DIR_MODE = 0o700
+KEY_MODE = 0o600
+CERT_MODE = 0o644
+KUBECONFIG_MODE = 0o600
+
+CA = "ca"
+ADMIN = "admin"
+APISERVER = "kubernetes"
+SERVICE_ACCOUNT = "service-account"
+KUBELET_CLIENT = "kube-apiserver-kubelet-client"
+CONTROLLER_MANAGER = "kube-controller-manager"
+SCHEDULER = "kube-scheduler"
+PROXY = "kube-proxy"
+ENCRYPTION_CONFIG_FILE = "encryption-config.yaml"
+
+
+def cert_file(name: str) -> str:
+    """`admin` -> `admin.pem` (for the service account: the public key, PKIX PEM)."""
+    return f"{name}.pem"
+
+
+def key_file(name: str) -> str:
+    """`admin` -> `admin-key.pem`."""
+    return f"{name}-key.pem"
+
+
+# --- on each controller ------------------------------------------------------------------------
+
+REMOTE_PKI_DIR = "/var/lib/kubernetes"
+REMOTE_PKI_DIR_MODE = 0o700
+UNIT_NAME = "kube-apiserver.service"
+UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
+UNIT_MODE = 0o644
+BINARY_PATH = "/usr/local/bin/kube-apiserver"
+BINARY_MODE = 0o755
+OWNER = "root"
+GROUP = "root"
+SECURE_PORT = 6443
+LOCK_PATH = "/run/lock/k8sboot-deploy.lock"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file k8sboot installs on every controller, and the local file it comes from."""
+
+    local_name: str   # file name in the local PKI dir
+    path: str         # absolute path on the controller
+    mode: int
+    owner: str = OWNER
+    group: str = GROUP
+
+    @property
+    def is_secret(self) -> bool:
+        return self.mode & 0o077 == 0 and self.mode & 0o100 == 0
+
+
+def _remote(local_name: str, mode: int) -> RemoteFile:
+    return RemoteFile(local_name, f"{REMOTE_PKI_DIR}/{local_name}", mode)
+
+
+# What every controller needs, in the order the tutorial lists it. Never ca-key.pem.
+CONTROLLER_FILES: tuple[RemoteFile, ...] = (
+    _remote(cert_file(CA), CERT_MODE),
+    _remote(cert_file(APISERVER), CERT_MODE),
+    _remote(key_file(APISERVER), KEY_MODE),
+    _remote(cert_file(SERVICE_ACCOUNT), CERT_MODE),
+    _remote(key_file(SERVICE_ACCOUNT), KEY_MODE),
+    _remote(cert_file(KUBELET_CLIENT), CERT_MODE),
+    _remote(key_file(KUBELET_CLIENT), KEY_MODE),
+    _remote(ENCRYPTION_CONFIG_FILE, KEY_MODE),
+)
+
+# Keyed by local file name, for the flags module: `remote_path("ca.pem")`.
+_BY_LOCAL = {f.local_name: f for f in CONTROLLER_FILES}
+
+
+def remote_path(local_name: str) -> str:
+    """Where a PKI file lives on a controller; KeyError for a file that is never shipped."""
+    return _BY_LOCAL[local_name].path
+
+
+# Files that must never leave the workstation.
+NEVER_UPLOADED = frozenset({key_file(CA)})
