@@ -152,7 +152,7 @@ class _Reader:
                 else:
                     values[f.key] = f.convert(self, value_node, sub)
             elif f.required:
-                self.fail(node, key_path or "(top level)", f"missing required key '{f.key}'")
+                self.fail(node, key_path, f"missing required key '{f.key}'")
             else:
                 values[f.key] = f.default
         return values
@@ -199,9 +199,11 @@ class _Reader:
         apiserver = top["apiserver"] or ApiserverSpec(etcd_servers=())
         ssh = top["ssh"] or SshSettings()
         if pki.cert_validity_days > pki.ca_validity_days:
-            self.fail(None, "pki.cert_validity_days",
-                      f"{pki.cert_validity_days} days outlives the CA ({pki.ca_validity_days} days)",
-                      hint="a leaf cannot be valid longer than the CA that signs it")
+            line = self.lines.get("pki.cert_validity_days")
+            raise InventoryError(
+                f"{self.path}{':' + str(line) if line else ''}: pki.cert_validity_days: "
+                f"{pki.cert_validity_days} days outlives the CA ({pki.ca_validity_days} days)",
+                hint="a leaf cannot be valid longer than the CA that signs it")
         return Inventory(path=self.path, cluster=cluster, pki=pki, apiserver=apiserver, ssh=ssh,
                          controllers=controllers, workers=workers, lines=dict(self.lines))
 

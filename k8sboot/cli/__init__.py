@@ -93,9 +93,9 @@ def root(
 
 
 def _register() -> None:
-    from k8sboot.cli import auth_cmds, deploy_cmds, lab_cmds, pki_cmds
+    from k8sboot.cli import auth_cmds, deploy_cmds, inventory_cmds, lab_cmds, pki_cmds
 
-    for module in (pki_cmds, auth_cmds, deploy_cmds, lab_cmds):
+    for module in (pki_cmds, auth_cmds, deploy_cmds, lab_cmds, inventory_cmds):
         module.register(app)
 
 
