@@ -1,0 +1,930 @@
+"""Stage 1 of every API request, offline: who kube-apiserver says you are, or why it answers 401.
+
+One implementation for `k8sboot whoami` / `k8sboot token decode` on the workstation and for the
+lab's kube-apiserver stand-in on the hosts. This file is copied as-is onto lab hosts that have
+only Debian bookworm's python3 (3.11), python3-cryptography 38.0.4 and python3-jwt (PyJWT 2.6.0):
+it imports only the standard library, `cryptography` and `jwt`, nothing from k8sboot, and uses
+only APIs present in those versions. Pure: no I/O except `load_authenticator_config`, and the
+clock is always passed in as `now` (an aware datetime; a naive one is taken as UTC).
+
+Public API
+----------
+Configuration (what the API server's flags give)::
+
+    load_authenticator_config(*, client_ca_file=None, service_account_key_files=(),
+                              service_account_issuers=(), api_audiences=(),
+                              anonymous_auth=True) -> AuthenticatorConfig
+        Reads the files named by --client-ca-file and --service-account-key-file (the only I/O
+        here). Raises AuthnConfigError(path, message, missing=bool).
+    parse_client_ca(pem: bytes, source="client CA") -> tuple[x509.Certificate, ...]
+    parse_service_account_keys(pem: bytes, source="service account key") -> tuple[PublicKey, ...]
+        PEM public keys, private keys (their public half is used) or certificates; RSA or EC.
+    AuthenticatorConfig(client_ca=(), service_account_keys=(), service_account_issuers=(),
+                        api_audiences=(), anonymous_auth=True)      # frozen; .audiences
+
+Decisions (each returns an AuthResult; none raises for a bad credential)::
+
+    authenticate_request(client_cert_der: bytes | None, authorization: str | None,
+                         config, now, *, intermediates_der=()) -> AuthResult
+        The union authenticator: x509 client cert, then bearer ServiceAccount JWT, then
+        anonymous. `authorization` is the raw Authorization header value.
+    authenticate_cert(client_cert_der: bytes, config, now, *, intermediates_der=()) -> AuthResult
+    authenticate_token(token: str, config, now) -> AuthResult
+    anonymous(config) -> AuthResult
+    bearer_token_from_header(authorization: str | None) -> str | None
+    inspect_token(token, config, now) -> TokenInspection     # every check, not short-circuited
+    parse_jwt(token) -> JwtParts                             # raises MalformedTokenError
+
+Results::
+
+    AuthResult.authenticated: bool; .user: UserInfo | None; .authenticator: "x509" |
+        "serviceaccount" | "anonymous" | ""; .failures: tuple[Failure, ...] (also the ignored
+        credentials of an authenticated result); .reason: str (one line, why it is a 401);
+        .reason_code: Reason | None; .summary(): one log line;
+        .self_subject_review(now=None) -> dict   # POST .../selfsubjectreviews response body
+        .status(include_reason=False) -> dict    # the 401 Status body ("message": "Unauthorized"
+                                                 # like the real server; the why only on request)
+    UserInfo(username, uid="", groups=(), extra={}).to_json() -> {"username", "uid"?, "groups",
+        "extra"?} (empty fields omitted, like the API's omitempty)
+    Failure(authenticator, reason: Reason, message, is_error=True)
+
+Semantics (kube-apiserver's, checked against its source):
+
+- Union with fail-on-error: a credential that an authenticator rejects is an *error*, and any
+  error gives 401 even with anonymous auth on. A credential that an authenticator merely does not
+  recognise is *ignored*: a client cert whose chain verifies but whose CN is empty (the x509
+  authenticator returns "not ok, no error"), or an Authorization header that is not
+  `Bearer <token>`. With nothing but ignored credentials the request is anonymous when
+  --anonymous-auth is on, else 401.
+- x509: Go's `Certificate.Verify` order: the leaf's validity first (expired and not-yet-valid are
+  distinct reasons here; Go says "expired or is not yet valid" for both), then a chain to a CA of
+  the client CA bundle (issuer name equal, the issuer a CA, signature over tbs_certificate_bytes
+  with the issuer's public key, issuer valid now; presented intermediates are used), then EKU
+  clientAuth along the chain. A certificate *without* an EKU extension, or with anyExtendedKeyUsage,
+  is accepted, as Go accepts it. Username = the CN, groups = each O in order + system:authenticated,
+  extra credential-id `X509SHA256=<hex sha256 of the DER>`.
+- ServiceAccount JWT, in the real authenticator's order: well-formed (3 base64url segments, JSON
+  objects, at most MAX_TOKEN_BYTES), `iss` among the issuers (read before the signature, as the
+  real server does), alg RS256/ES256 only (none and HS* are refused with their own message; a key
+  is never handed to PyJWT with any other algorithm, so a public key can never serve as an HMAC
+  secret), signature by one of the keys (all tried; `kid` is not used for selection, like the real
+  server), `aud` (string or list) intersecting the API audiences (a token without `aud` gets the
+  API audiences, the real server's legacy rule), then nbf / exp / iat with go-jose's 60 s leeway,
+  then the `kubernetes.io` claims (namespace and serviceaccount name required; `sub` must agree).
+  Username `system:serviceaccount:<ns>:<name>`, uid the serviceaccount uid, groups
+  system:serviceaccounts, system:serviceaccounts:<ns>, system:authenticated; extra credential-id
+  `JTI=<jti>` when there is a jti, pod-name/pod-uid and node-name/node-uid when bound.
+- Not modelled (no etcd here): the lookup that the ServiceAccount / pod / secret still exists, and
+  legacy secret-based tokens (issuer `kubernetes/serviceaccount`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any, Union
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+
+PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey]
+
+# --- names the API server uses -----------------------------------------------------------------
+
+USER_ANONYMOUS = "system:anonymous"
+GROUP_UNAUTHENTICATED = "system:unauthenticated"
+GROUP_AUTHENTICATED = "system:authenticated"
+GROUP_SERVICE_ACCOUNTS = "system:serviceaccounts"
+SERVICE_ACCOUNT_USER_PREFIX = "system:serviceaccount:"
+CREDENTIAL_ID_KEY = "authentication.kubernetes.io/credential-id"
+POD_NAME_KEY = "authentication.kubernetes.io/pod-name"
+POD_UID_KEY = "authentication.kubernetes.io/pod-uid"
+NODE_NAME_KEY = "authentication.kubernetes.io/node-name"
+NODE_UID_KEY = "authentication.kubernetes.io/node-uid"
+
+X509 = "x509"
+SERVICE_ACCOUNT = "serviceaccount"
+ANONYMOUS = "anonymous"
+
+SUPPORTED_TOKEN_ALGORITHMS = ("RS256", "ES256")
+LEEWAY = timedelta(seconds=60)          # go-jose's jwt.DefaultLeeway, used by the API server
+MAX_TOKEN_BYTES = 1 << 20               # Go's http.DefaultMaxHeaderBytes: a header cannot be larger
+_MAX_CHAIN_DEPTH = 8
+
+
+class Reason(str, Enum):
+    """Why a credential was not accepted; the value is a stable machine-readable code."""
+
+    ANONYMOUS_DISABLED = "anonymous_disabled"
+    CERT_MALFORMED = "cert_malformed"
+    CERT_UNKNOWN_AUTHORITY = "cert_unknown_authority"
+    CERT_EXPIRED = "cert_expired"
+    CERT_NOT_YET_VALID = "cert_not_yet_valid"
+    CERT_INCOMPATIBLE_USAGE = "cert_incompatible_usage"
+    CERT_UNHANDLED_CRITICAL_EXTENSION = "cert_unhandled_critical_extension"
+    CERT_EMPTY_COMMON_NAME = "cert_empty_common_name"          # ignored, not an error
+    CERT_AUTHENTICATOR_OFF = "cert_authenticator_off"          # ignored: no --client-ca-file
+    TOKEN_MALFORMED = "token_malformed"
+    TOKEN_UNSUPPORTED_ALGORITHM = "token_unsupported_algorithm"
+    TOKEN_WRONG_ISSUER = "token_wrong_issuer"
+    TOKEN_BAD_SIGNATURE = "token_bad_signature"
+    TOKEN_WRONG_AUDIENCE = "token_wrong_audience"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_NOT_YET_VALID = "token_not_yet_valid"
+    TOKEN_ISSUED_IN_FUTURE = "token_issued_in_future"
+    TOKEN_INVALID_CLAIMS = "token_invalid_claims"
+    TOKEN_AUTHENTICATOR_OFF = "token_authenticator_off"        # ignored: no SA keys configured
+
+
+class AuthnConfigError(Exception):
+    """A file named by a flag cannot be read or parsed. `missing` when it does not exist."""
+
+    def __init__(self, path: str, message: str, *, missing: bool = False):
+        super().__init__(message)
+        self.path = path
+        self.message = message
+        self.missing = missing
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class MalformedTokenError(ValueError):
+    """The text is not a JWS compact serialization with JSON header and claims."""
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuthenticatorConfig:
+    """The authentication flags of kube-apiserver, with files already parsed."""
+
+    client_ca: tuple[x509.Certificate, ...] = ()             # --client-ca-file (empty: x509 off)
+    service_account_keys: tuple[PublicKey, ...] = ()         # --service-account-key-file
+    service_account_issuers: tuple[str, ...] = ()            # --service-account-issuer (repeatable)
+    api_audiences: tuple[str, ...] = ()                      # --api-audiences
+    anonymous_auth: bool = True                              # --anonymous-auth (server default: true)
+
+    @property
+    def audiences(self) -> tuple[str, ...]:
+        """--api-audiences, or by default the issuers (what the API server does)."""
+        return self.api_audiences or self.service_account_issuers
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
+
+
+def _pem_blocks(pem: bytes) -> list[tuple[str, bytes]]:
+    return [(m.group(1).decode("ascii"), m.group(0)) for m in _PEM_BLOCK.finditer(pem)]
+
+
+def parse_client_ca(pem: bytes, source: str = "client CA") -> tuple[x509.Certificate, ...]:
+    """Every CERTIFICATE block of a CA bundle; AuthnConfigError when there is none or one is bad."""
+    certs = []
+    for kind, block in _pem_blocks(pem):
+        if kind != "CERTIFICATE":
+            continue
+        try:
+            certs.append(x509.load_pem_x509_certificate(block))
+        except ValueError as exc:
+            raise AuthnConfigError(source, f"unable to load client CA file {source}: {exc}") from exc
+    if not certs:
+        raise AuthnConfigError(source, f"unable to load client CA file {source}: "
+                                       "data does not contain any valid PEM certificate")
+    return tuple(certs)
+
+
+def _usable_public_key(key: Any) -> PublicKey | None:
+    if isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        return key
+    return None
+
+
+def parse_service_account_keys(pem: bytes, source: str = "service account key") -> tuple[PublicKey, ...]:
+    """RSA/EC public keys from PEM public keys, private keys or certificates (like keyutil)."""
+    keys: list[PublicKey] = []
+    for kind, block in _pem_blocks(pem):
+        try:
+            if kind in ("PUBLIC KEY", "RSA PUBLIC KEY"):
+                key = _usable_public_key(serialization.load_pem_public_key(block))
+            elif kind in ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"):
+                key = _usable_public_key(serialization.load_pem_private_key(block, password=None).public_key())
+            elif kind == "CERTIFICATE":
+                key = _usable_public_key(x509.load_pem_x509_certificate(block).public_key())
+            else:
+                continue   # tolerated, like "EC PARAMETERS"
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise AuthnConfigError(source, f"failed to parse service-account-key-file {source}: "
+                                           f"{kind} block: {exc}") from exc
+        if key is not None:
+            keys.append(key)
+    if not keys:
+        raise AuthnConfigError(source, f"failed to parse service-account-key-file {source}: "
+                                       "data does not contain any valid RSA or ECDSA public keys")
+    return tuple(keys)
+
+
+def _read(path: str | Path, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise AuthnConfigError(str(path), f"{flag} {path}: no such file", missing=True) from exc
+    except OSError as exc:
+        raise AuthnConfigError(str(path), f"{flag} {path}: {exc.strerror or exc}") from exc
+
+
+def load_authenticator_config(
+    *,
+    client_ca_file: str | Path | None = None,
+    service_account_key_files: Sequence[str | Path] = (),
+    service_account_issuers: Sequence[str] = (),
+    api_audiences: Sequence[str] = (),
+    anonymous_auth: bool = True,
+) -> AuthenticatorConfig:
+    """Read the files named by --client-ca-file and --service-account-key-file (the only I/O)."""
+    client_ca: tuple[x509.Certificate, ...] = ()
+    if client_ca_file is not None:
+        client_ca = parse_client_ca(_read(client_ca_file, "--client-ca-file"), str(client_ca_file))
+    keys: list[PublicKey] = []
+    for path in service_account_key_files:
+        keys.extend(parse_service_account_keys(_read(path, "--service-account-key-file"), str(path)))
+    return AuthenticatorConfig(
+        client_ca=client_ca,
+        service_account_keys=tuple(keys),
+        service_account_issuers=tuple(service_account_issuers),
+        api_audiences=tuple(api_audiences),
+        anonymous_auth=anonymous_auth,
+    )
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    username: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's `UserInfo` object (empty uid/groups/extra omitted, keys of extra sorted)."""
+        out: dict[str, Any] = {"username": self.username}
+        if self.uid:
+            out["uid"] = self.uid
+        if self.groups:
+            out["groups"] = list(self.groups)
+        if self.extra:
+            out["extra"] = {k: list(self.extra[k]) for k in sorted(self.extra)}
+        return out
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One authenticator's verdict on one credential. `is_error` False: merely not recognised."""
+
+    authenticator: str
+    reason: Reason
+    message: str
+    is_error: bool = True
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    user: UserInfo | None
+    authenticator: str = ""
+    failures: tuple[Failure, ...] = ()
+
+    @property
+    def authenticated(self) -> bool:
+        return self.user is not None
+
+    @property
+    def reason(self) -> str:
+        """Why the request is a 401, one line (empty when authenticated)."""
+        if self.authenticated:
+            return ""
+        return "; ".join(f.message for f in self.failures) or "Unauthorized"
+
+    @property
+    def reason_code(self) -> Reason | None:
+        if self.authenticated or not self.failures:
+            return None
+        errors = [f for f in self.failures if f.is_error]
+        return (errors or list(self.failures))[0].reason
+
+    def summary(self) -> str:
+        """One line for a log: who, by what; or 401 and why."""
+        if self.user is None:
+            return f"401 Unauthorized: {self.reason}"
+        groups = " ".join(self.user.groups)
+        return f'authenticated user="{self.user.username}" groups=[{groups}] by {self.authenticator}'
+
+    def self_subject_review(self, now: datetime | None = None) -> dict[str, Any]:
+        """The body of `POST /apis/authentication.k8s.io/v1/selfsubjectreviews` (authenticated)."""
+        if self.user is None:
+            raise ValueError("a 401 has no SelfSubjectReview; use status()")
+        return {
+            "kind": "SelfSubjectReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": _rfc3339(now) if now is not None else None},
+            "status": {"userInfo": self.user.to_json()},
+        }
+
+    def status(self, include_reason: bool = False) -> dict[str, Any]:
+        """The 401 `Status` body. The real server says only "Unauthorized"; the why is logged.
+
+        With `include_reason`, the why is added as details.causes (for `whoami --json`).
+        """
+        body: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": "Unauthorized",
+            "reason": "Unauthorized",
+            "code": 401,
+        }
+        if include_reason and self.failures:
+            body["details"] = {"causes": [{"reason": f.reason.value, "message": f.message}
+                                          for f in self.failures]}
+        return body
+
+
+def _fail(authenticator: str, reason: Reason, message: str, *, is_error: bool = True) -> AuthResult:
+    return AuthResult(None, "", (Failure(authenticator, reason, message, is_error),))
+
+
+def _with_authenticated_group(groups: Sequence[str]) -> tuple[str, ...]:
+    """group.AuthenticatedGroupAdder: add system:authenticated unless already (un)authenticated."""
+    if GROUP_AUTHENTICATED in groups or GROUP_UNAUTHENTICATED in groups:
+        return tuple(groups)
+    return (*groups, GROUP_AUTHENTICATED)
+
+
+# --- time helpers (cryptography 38 has only the naive attributes) -----------------------------
+
+
+def _utc(now: datetime) -> datetime:
+    return now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return _utc(moment).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cert_not_valid_before(cert: x509.Certificate) -> datetime:
+    """`not_valid_before_utc` when cryptography has it (>= 42), else the naive value as UTC."""
+    value = getattr(cert, "not_valid_before_utc", None)
+    return value if value is not None else cert.not_valid_before.replace(tzinfo=timezone.utc)
+
+
+def cert_not_valid_after(cert: x509.Certificate) -> datetime:
+    value = getattr(cert, "not_valid_after_utc", None)
+    return value if value is not None else cert.not_valid_after.replace(tzinfo=timezone.utc)
+
+
+# --- x509 ---------------------------------------------------------------------------------------
+
+
+def _describe(cert: x509.Certificate) -> str:
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return f"CN={cns[-1].value}" if cns else f"serial {cert.serial_number}"
+
+
+def _validity_error(cert: x509.Certificate, now: datetime) -> tuple[Reason, str] | None:
+    not_before, not_after = cert_not_valid_before(cert), cert_not_valid_after(cert)
+    if now < not_before:
+        return (Reason.CERT_NOT_YET_VALID, f"x509: certificate is not yet valid: current time "
+                                           f"{_rfc3339(now)} is before {_rfc3339(not_before)}")
+    if now > not_after:
+        return (Reason.CERT_EXPIRED, f"x509: certificate has expired: current time "
+                                     f"{_rfc3339(now)} is after {_rfc3339(not_after)}")
+    return None
+
+
+def _unhandled_critical_extension(cert: x509.Certificate) -> bool:
+    return any(ext.critical and isinstance(ext.value, x509.UnrecognizedExtension)
+               for ext in cert.extensions)
+
+
+def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _can_sign_certificates(parent: x509.Certificate) -> str | None:
+    """Go's checkSignatureFrom constraints on the parent: a CA (or a v1 cert), keyCertSign."""
+    bc = _basic_constraints(parent)
+    if parent.version == x509.Version.v3 and (bc is None or not bc.ca):
+        return "x509: invalid signature: parent certificate cannot sign this kind of certificate"
+    try:
+        ku = parent.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not ku.key_cert_sign:
+            return "x509: invalid signature: parent certificate cannot sign this kind of certificate"
+    except x509.ExtensionNotFound:
+        pass
+    return None
+
+
+def _signature_error(child: x509.Certificate, parent: x509.Certificate) -> str | None:
+    """None when `parent`'s public key verifies `child`'s signature over its TBS bytes."""
+    constraint = _can_sign_certificates(parent)
+    if constraint:
+        return constraint
+    key = parent.public_key()
+    oid = child.signature_algorithm_oid
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            hash_alg = child.signature_hash_algorithm
+            if hash_alg is None:
+                return "x509: signature algorithm does not match the issuer's RSA key"
+            if oid == SignatureAlgorithmOID.RSASSA_PSS:
+                pad: padding.AsymmetricPadding = padding.PSS(
+                    mgf=padding.MGF1(hash_alg), salt_length=hash_alg.digest_size)
+            else:
+                pad = padding.PKCS1v15()
+            key.verify(child.signature, child.tbs_certificate_bytes, pad, hash_alg)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            hash_alg = child.signature_hash_algorithm
+            if hash_alg is None or not oid.dotted_string.startswith("1.2.840.10045.4."):
+                return "x509: signature algorithm does not match the issuer's ECDSA key"
+            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(hash_alg))
+        elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+            key.verify(child.signature, child.tbs_certificate_bytes)
+        else:
+            return "x509: cannot verify signature: unsupported issuer key type"
+    except InvalidSignature:
+        return "crypto: verification error"
+    except (UnsupportedAlgorithm, ValueError, TypeError) as exc:
+        return f"x509: cannot verify signature: {exc}"
+    return None
+
+
+def _path_len_error(cert: x509.Certificate, intermediates_below: int) -> bool:
+    bc = _basic_constraints(cert)
+    return bc is not None and bc.path_length is not None and intermediates_below > bc.path_length
+
+
+def _build_chains(
+    chain: list[x509.Certificate],
+    intermediates: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    now: datetime,
+    hint: list[tuple[str, x509.Certificate]],
+) -> list[list[x509.Certificate]]:
+    """Go's buildChains, small: every path from chain[-1] up to a root of the bundle."""
+    current = chain[-1]
+    issuer = current.issuer.public_bytes()
+    found: list[list[x509.Certificate]] = []
+    candidates = [(c, True) for c in roots] + [(c, False) for c in intermediates]
+    for candidate, is_root in candidates:
+        if candidate.subject.public_bytes() != issuer or any(candidate == c for c in chain):
+            continue
+        problem = _signature_error(current, candidate)
+        if problem is None:
+            invalid = _validity_error(candidate, now)
+            if invalid is not None:
+                problem = invalid[1]
+            elif _unhandled_critical_extension(candidate):
+                problem = "x509: unhandled critical extension"
+            elif _path_len_error(candidate, len(chain) - 1):
+                problem = "x509: too many intermediates for path length constraint"
+        if problem is not None:
+            if not hint:
+                hint.append((problem, candidate))
+            continue
+        if is_root:
+            found.append([*chain, candidate])
+        elif len(chain) < _MAX_CHAIN_DEPTH:
+            found.extend(_build_chains([*chain, candidate], intermediates, roots, now, hint))
+    return found
+
+
+def _eku_allows_client_auth(chain: Sequence[x509.Certificate]) -> bool:
+    """Go's checkChainForKeyUsage for [ClientAuth]: every cert with an EKU must allow it."""
+    for cert in reversed(chain):
+        try:
+            usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        except x509.ExtensionNotFound:
+            continue
+        if not usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
+            continue
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+            return False
+    return True
+
+
+def authenticate_cert(
+    client_cert_der: bytes,
+    config: AuthenticatorConfig,
+    now: datetime,
+    *,
+    intermediates_der: Sequence[bytes] = (),
+) -> AuthResult:
+    """The x509 authenticator (--client-ca-file) alone, for one presented client certificate."""
+    now = _utc(now)
+    if not config.client_ca:
+        return _fail(X509, Reason.CERT_AUTHENTICATOR_OFF,
+                     "a client certificate was presented but no --client-ca-file is configured",
+                     is_error=False)
+    try:
+        leaf = x509.load_der_x509_certificate(bytes(client_cert_der))
+        intermediates = [x509.load_der_x509_certificate(bytes(d)) for d in intermediates_der]
+        critical = _unhandled_critical_extension(leaf)
+    except ValueError as exc:
+        return _fail(X509, Reason.CERT_MALFORMED, f"client certificate cannot be parsed: {exc}")
+    who = f"client certificate {_describe(leaf)}"
+
+    invalid = _validity_error(leaf, now)
+    if invalid is not None:
+        return _fail(X509, invalid[0], f"{who}: {invalid[1]}")
+    if critical:
+        return _fail(X509, Reason.CERT_UNHANDLED_CRITICAL_EXTENSION,
+                     f"{who}: x509: unhandled critical extension")
+
+    if any(leaf == root for root in config.client_ca):
+        chains = [[leaf]]            # the leaf is itself a trusted root (Go: opts.Roots.contains)
+    else:
+        hint: list[tuple[str, x509.Certificate]] = []
+        chains = _build_chains([leaf], intermediates, config.client_ca, now, hint)
+        if not chains:
+            message = f"{who}: x509: certificate signed by unknown authority"
+            if hint:
+                problem, candidate = hint[0]
+                message += (f' (possibly because of "{problem}" while trying to verify candidate '
+                            f'authority certificate "{_describe(candidate)}")')
+            return _fail(X509, Reason.CERT_UNKNOWN_AUTHORITY, message)
+
+    if not any(_eku_allows_client_auth(chain) for chain in chains):
+        return _fail(X509, Reason.CERT_INCOMPATIBLE_USAGE,
+                     f"{who}: x509: certificate specifies an incompatible key usage "
+                     "(the API server needs Extended Key Usage clientAuth)")
+
+    cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common_name = str(cns[-1].value) if cns else ""          # Go keeps the last CN
+    if not common_name:
+        return _fail(X509, Reason.CERT_EMPTY_COMMON_NAME,
+                     f"client certificate (serial {leaf.serial_number}) verifies but has an empty "
+                     "Common Name, so the x509 authenticator does not recognise it", is_error=False)
+    organizations = [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    fingerprint = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
+    user = UserInfo(
+        username=common_name,
+        groups=_with_authenticated_group(organizations),
+        extra={CREDENTIAL_ID_KEY: (f"X509SHA256={fingerprint}",)},
+    )
+    return AuthResult(user, X509)
+
+
+# --- ServiceAccount JWT -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JwtParts:
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes        # base64url(header) "." base64url(payload), what is signed
+    signature: bytes
+
+
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
+
+
+def _b64url_decode(segment: str, what: str) -> bytes:
+    if not _B64URL.match(segment):
+        raise MalformedTokenError(f"the {what} is not base64url")
+    stripped = segment.rstrip("=")
+    try:
+        return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedTokenError(f"the {what} is not base64url: {exc}") from None
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedTokenError(f"the {what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise MalformedTokenError(f"the {what} is not a JSON object")
+    return value
+
+
+def parse_jwt(token: str) -> JwtParts:
+    """Split and decode a JWS compact token, verifying nothing. Raises MalformedTokenError."""
+    if not isinstance(token, str):
+        raise MalformedTokenError("the token is not text")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise MalformedTokenError(f"the token is {len(token)} bytes, more than an HTTP header "
+                                  f"can carry ({MAX_TOKEN_BYTES})")
+    if not token:
+        raise MalformedTokenError("the token is empty")
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise MalformedTokenError("expected 3 dot-separated segments (header.payload.signature), "
+                                  f"got {len(segments)}")
+    header = _json_object(_b64url_decode(segments[0], "header"), "header")
+    claims = _json_object(_b64url_decode(segments[1], "payload"), "payload")
+    signature = _b64url_decode(segments[2], "signature")
+    if not isinstance(header.get("alg"), str):
+        raise MalformedTokenError('the header has no "alg"')
+    return JwtParts(header, claims, f"{segments[0]}.{segments[1]}".encode("ascii"), signature)
+
+
+def _algorithm_failure(alg: str) -> Failure | None:
+    if alg in SUPPORTED_TOKEN_ALGORITHMS:
+        return None
+    accepted = ("the API server accepts only RS256 or ES256 signatures by a "
+                "--service-account-key-file key")
+    if alg.lower() == "none":
+        message = f'token algorithm "{alg}" means unsigned: {accepted}'
+    elif alg.upper().startswith("HS"):
+        message = (f'token algorithm "{alg}" is a shared-secret HMAC, and a public key is never '
+                   f"used as an HMAC secret: {accepted}")
+    else:
+        message = f'token algorithm "{alg}" is not accepted: {accepted}'
+    return Failure(SERVICE_ACCOUNT, Reason.TOKEN_UNSUPPORTED_ALGORITHM, message)
+
+
+def _issuer_failure(claims: Mapping[str, Any], issuers: Sequence[str]) -> Failure | None:
+    iss = claims.get("iss")
+    if isinstance(iss, str) and iss in issuers:
+        return None
+    shown = json.dumps(iss) if iss is not None else "(none)"
+    return Failure(SERVICE_ACCOUNT, Reason.TOKEN_WRONG_ISSUER,
+                   f"token issuer {shown} is not one of the accepted issuers "
+                   f"{json.dumps(list(issuers))} (--service-account-issuer)")
+
+
+def _keys_for(alg: str, keys: Sequence[PublicKey]) -> list[PublicKey]:
+    if alg == "RS256":
+        return [k for k in keys if isinstance(k, rsa.RSAPublicKey)]
+    return [k for k in keys if isinstance(k, ec.EllipticCurvePublicKey)
+            and isinstance(k.curve, ec.SECP256R1)]
+
+
+def _signature_failure(token: str, alg: str, keys: Sequence[PublicKey]) -> Failure | None:
+    """PyJWS verifies with each key of the right type, `algorithms` pinned to the header's one."""
+    from jwt.api_jws import PyJWS
+    from jwt.exceptions import InvalidSignatureError, PyJWTError
+
+    candidates = _keys_for(alg, keys)
+    if not candidates:
+        kinds = sorted({"RSA" if isinstance(k, rsa.RSAPublicKey) else f"EC {k.curve.name}"
+                        for k in keys}) or ["none"]
+        return Failure(SERVICE_ACCOUNT, Reason.TOKEN_BAD_SIGNATURE,
+                       f"token is signed {alg} but no --service-account-key-file key can verify "
+                       f"that (keys: {', '.join(kinds)})")
+    jws = PyJWS(algorithms=[alg])
+    for key in candidates:
+        try:
+            jws.decode_complete(token, key=key, algorithms=[alg])
+            return None
+        except InvalidSignatureError:
+            continue
+        except PyJWTError as exc:
+            return Failure(SERVICE_ACCOUNT, Reason.TOKEN_MALFORMED, f"malformed token: {exc}")
+    return Failure(SERVICE_ACCOUNT, Reason.TOKEN_BAD_SIGNATURE,
+                   f"token signature ({alg}) does not verify against any of the "
+                   f"{len(candidates)} --service-account-key-file key(s) that could have signed it")
+
+
+def _audiences(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    aud = claims.get("aud")
+    if aud is None:
+        return ()
+    if isinstance(aud, str):
+        return (aud,)
+    if isinstance(aud, list) and all(isinstance(a, str) for a in aud):
+        return tuple(aud)
+    raise MalformedTokenError('"aud" must be a string or a list of strings')
+
+
+def _audience_failure(claims: Mapping[str, Any], audiences: Sequence[str]) -> Failure | None:
+    try:
+        token_auds = _audiences(claims) or tuple(audiences)     # no aud: the API audiences
+    except MalformedTokenError as exc:
+        return Failure(SERVICE_ACCOUNT, Reason.TOKEN_MALFORMED, f"malformed token: {exc}")
+    if not audiences or set(token_auds) & set(audiences):
+        return None
+    return Failure(SERVICE_ACCOUNT, Reason.TOKEN_WRONG_AUDIENCE,
+                   f"token audiences {json.dumps(list(token_auds))} do not include any of the "
+                   f"API audiences {json.dumps(list(audiences))} (--api-audiences)")
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> datetime | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MalformedTokenError(f'"{name}" must be a number of seconds since the epoch')
+    try:
+        return datetime.fromtimestamp(int(value), tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise MalformedTokenError(f'"{name}" is out of range') from None
+
+
+def _time_failure(claims: Mapping[str, Any], now: datetime) -> Failure | None:
+    """go-jose's order and 60 s leeway: nbf, then exp, then iat."""
+    try:
+        nbf, exp, iat = (_numeric_date(claims, n) for n in ("nbf", "exp", "iat"))
+    except MalformedTokenError as exc:
+        return Failure(SERVICE_ACCOUNT, Reason.TOKEN_MALFORMED, f"malformed token: {exc}")
+    leeway = int(LEEWAY.total_seconds())
+    if nbf is not None and now + LEEWAY < nbf:
+        return Failure(SERVICE_ACCOUNT, Reason.TOKEN_NOT_YET_VALID,
+                       f"service account token is not valid yet: nbf {_rfc3339(nbf)} is after "
+                       f"now {_rfc3339(now)} (+{leeway}s leeway)")
+    if exp is not None and now - LEEWAY > exp:
+        return Failure(SERVICE_ACCOUNT, Reason.TOKEN_EXPIRED,
+                       f"service account token has expired: exp {_rfc3339(exp)} is before "
+                       f"now {_rfc3339(now)} (-{leeway}s leeway)")
+    if iat is not None and now + LEEWAY < iat:
+        return Failure(SERVICE_ACCOUNT, Reason.TOKEN_ISSUED_IN_FUTURE,
+                       f"service account token is issued in the future: iat {_rfc3339(iat)} is "
+                       f"after now {_rfc3339(now)} (+{leeway}s leeway)")
+    return None
+
+
+def _str_at(obj: Any, *path: str) -> str:
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return ""
+        obj = obj.get(key)
+    return obj if isinstance(obj, str) else ""
+
+
+def _service_account_user(claims: Mapping[str, Any]) -> UserInfo | Failure:
+    """The user the bound-token validator derives from the `kubernetes.io` claims."""
+    def invalid(why: str) -> Failure:
+        return Failure(SERVICE_ACCOUNT, Reason.TOKEN_INVALID_CLAIMS,
+                       f"service account token claims are invalid: {why}")
+
+    k8s = claims.get("kubernetes.io")
+    if not isinstance(k8s, Mapping):
+        return invalid('no "kubernetes.io" claim (namespace, serviceaccount)')
+    namespace = _str_at(k8s, "namespace")
+    name = _str_at(k8s, "serviceaccount", "name")
+    if not namespace or not name:
+        return invalid('"kubernetes.io" needs namespace and serviceaccount.name')
+    username = f"{SERVICE_ACCOUNT_USER_PREFIX}{namespace}:{name}"
+    sub = claims.get("sub")
+    if sub is not None and sub != username:
+        return invalid(f'sub {json.dumps(sub)} does not match "kubernetes.io" ({username})')
+    extra: dict[str, tuple[str, ...]] = {}
+    jti = claims.get("jti")
+    if isinstance(jti, str) and jti:
+        extra[CREDENTIAL_ID_KEY] = (f"JTI={jti}",)
+    pod_name, pod_uid = _str_at(k8s, "pod", "name"), _str_at(k8s, "pod", "uid")
+    if pod_name and pod_uid:
+        extra[POD_NAME_KEY], extra[POD_UID_KEY] = (pod_name,), (pod_uid,)
+    node_name, node_uid = _str_at(k8s, "node", "name"), _str_at(k8s, "node", "uid")
+    if node_name:
+        extra[NODE_NAME_KEY] = (node_name,)
+        if node_uid:
+            extra[NODE_UID_KEY] = (node_uid,)
+    return UserInfo(
+        username=username,
+        uid=_str_at(k8s, "serviceaccount", "uid"),
+        groups=_with_authenticated_group(
+            (GROUP_SERVICE_ACCOUNTS, f"{GROUP_SERVICE_ACCOUNTS}:{namespace}")),
+        extra=extra,
+    )
+
+
+@dataclass(frozen=True)
+class TokenInspection:
+    """Every check of one token, each evaluated on its own (for `token decode`).
+
+    A check is None when it passes; `algorithm`..`claims` are None too when `malformed` is set.
+    `result` is the real, short-circuited decision (what authenticate_token returns).
+    """
+
+    parts: JwtParts | None
+    malformed: Failure | None
+    algorithm: Failure | None
+    issuer: Failure | None
+    signature: Failure | None
+    audience: Failure | None
+    validity: Failure | None
+    claims: Failure | None
+    result: AuthResult
+
+
+def inspect_token(token: str, config: AuthenticatorConfig, now: datetime) -> TokenInspection:
+    result = authenticate_token(token, config, now)
+    now = _utc(now)
+    try:
+        parts = parse_jwt(token)
+    except MalformedTokenError as exc:
+        bad = Failure(SERVICE_ACCOUNT, Reason.TOKEN_MALFORMED, f"malformed token: {exc}")
+        return TokenInspection(None, bad, None, None, None, None, None, None, result)
+    alg = parts.header["alg"]
+    algorithm = _algorithm_failure(alg)
+    user = _service_account_user(parts.claims)
+    return TokenInspection(
+        parts=parts,
+        malformed=None,
+        algorithm=algorithm,
+        issuer=_issuer_failure(parts.claims, config.service_account_issuers),
+        signature=algorithm or _signature_failure(token, alg, config.service_account_keys),
+        audience=_audience_failure(parts.claims, config.audiences),
+        validity=_time_failure(parts.claims, now),
+        claims=user if isinstance(user, Failure) else None,
+        result=result,
+    )
+
+
+def authenticate_token(token: str, config: AuthenticatorConfig, now: datetime) -> AuthResult:
+    """The ServiceAccount JWT authenticator alone (every failure is an error, like the real one)."""
+    now = _utc(now)
+    if not config.service_account_keys:
+        return _fail(SERVICE_ACCOUNT, Reason.TOKEN_AUTHENTICATOR_OFF,
+                     "a bearer token was presented but no --service-account-key-file is configured",
+                     is_error=False)
+    try:
+        parts = parse_jwt(token)
+    except MalformedTokenError as exc:
+        return _fail(SERVICE_ACCOUNT, Reason.TOKEN_MALFORMED, f"malformed token: {exc}")
+    alg = parts.header["alg"]
+    failure = (_issuer_failure(parts.claims, config.service_account_issuers)
+               or _algorithm_failure(alg)
+               or _signature_failure(token, alg, config.service_account_keys)
+               or _audience_failure(parts.claims, config.audiences)
+               or _time_failure(parts.claims, now))
+    if failure is not None:
+        return AuthResult(None, "", (failure,))
+    user = _service_account_user(parts.claims)
+    if isinstance(user, Failure):
+        return AuthResult(None, "", (user,))
+    return AuthResult(user, SERVICE_ACCOUNT)
+
+
+# --- anonymous and the union ----------------------------------------------------------------------
+
+
+def anonymous(config: AuthenticatorConfig) -> AuthResult:
+    """The anonymous authenticator: system:anonymous when --anonymous-auth is on, else 401."""
+    if not config.anonymous_auth:
+        return _fail(ANONYMOUS, Reason.ANONYMOUS_DISABLED,
+                     "no credential presented and anonymous auth is off (--anonymous-auth=false)")
+    return AuthResult(UserInfo(USER_ANONYMOUS, groups=(GROUP_UNAUTHENTICATED,)), ANONYMOUS)
+
+
+def bearer_token_from_header(authorization: str | None) -> str | None:
+    """The token of `Authorization: Bearer <token>`, or None when the header is not one."""
+    if not authorization:
+        return None
+    parts = authorization.strip().split(" ", 2)
+    if len(parts) < 2 or parts[0].lower() != "bearer" or not parts[1]:
+        return None
+    return parts[1]
+
+
+def authenticate_request(
+    client_cert_der: bytes | None,
+    authorization: str | None,
+    config: AuthenticatorConfig,
+    now: datetime,
+    *,
+    intermediates_der: Sequence[bytes] = (),
+) -> AuthResult:
+    """kube-apiserver's request authentication: x509, then bearer token, then anonymous."""
+    failures: list[Failure] = []
+    if client_cert_der:
+        result = authenticate_cert(client_cert_der, config, now, intermediates_der=intermediates_der)
+        if result.authenticated:
+            return result
+        failures.extend(result.failures)
+    token = bearer_token_from_header(authorization)
+    if token is not None:
+        result = authenticate_token(token, config, now)
+        if result.authenticated:
+            return AuthResult(result.user, result.authenticator, tuple(failures))
+        failures.extend(result.failures)
+    if any(f.is_error for f in failures):
+        return AuthResult(None, "", tuple(failures))
+    if config.anonymous_auth:
+        anon = anonymous(config)
+        return AuthResult(anon.user, anon.authenticator, tuple(failures))
+    if failures:
+        last = Failure(ANONYMOUS, Reason.ANONYMOUS_DISABLED,
+                       "no other credential, and anonymous auth is off (--anonymous-auth=false)",
+                       is_error=False)          # reason_code stays the ignored credential's
+        return AuthResult(None, "", (*failures, last))
+    return anonymous(config)
