@@ -1,0 +1,279 @@
+"""The kube-apiserver command line for one controller, computed in Python (pure).
+
+`build_apiserver_flags(inventory, host)` returns the ordered `(flag, value)` pairs exactly as
+DESIGN.md lists them; every file path comes from `k8sboot.layout`, the same values the upload
+list is built from. The unit template only formats these pairs.
+
+`apiserver.extra_flags` may add flags and may change a non-authentication flag (e.g. `v: 4`), but
+may never change or drop an authentication flag: that is an `InventoryError` naming the key,
+because a silently different `--anonymous-auth` or `--client-ca-file` is exactly what k8sboot
+exists to prevent.
+
+Also here: the tutorial's grep (`grep -oE "\\-\\-(client-ca-file|...)[^ ]*"`) as a pure function, and
+parsers for the three places flags are read back on a host (the unit's ExecStart, `systemctl show
+-p ExecStart`, `/proc/PID/cmdline`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from k8sboot import layout
+from k8sboot.errors import InventoryError
+from k8sboot.model import Host, Inventory
+
+Flags = tuple[tuple[str, str], ...]
+
+ADMISSION_PLUGINS = ("NamespaceLifecycle", "NodeRestriction", "LimitRanger", "ServiceAccount",
+                     "DefaultStorageClass", "ResourceQuota")
+SERVICE_NODE_PORT_RANGE = "30000-32767"
+
+# Flags that decide who a request is (Stage 1) or which identity the API server presents, and the
+# authorization mode that turns an identity into 401-vs-403. extra_flags may not touch them.
+AUTH_FLAGS: tuple[str, ...] = (
+    "anonymous-auth",
+    "authorization-mode",
+    "client-ca-file",
+    "kubelet-certificate-authority",
+    "kubelet-client-certificate",
+    "kubelet-client-key",
+    "service-account-key-file",
+    "service-account-signing-key-file",
+    "service-account-issuer",
+    "api-audiences",
+    "tls-cert-file",
+    "tls-private-key-file",
+)
+
+# Authentication flags k8sboot does not render: extra_flags may add them (audit reports them).
+AUTHENTICATION_EXTRAS = ("token-auth-file", "authentication-config", "oidc-issuer-url",
+                         "authentication-token-webhook-config-file", "enable-bootstrap-token-auth",
+                         "requestheader-client-ca-file", "service-account-lookup",
+                         "service-account-extend-token-expiration",
+                         "service-account-max-token-expiration")
+
+# The tutorial's check, verbatim: grep -oE "\-\-(client-ca-file|service-account-key-file|anonymous-auth)[^ ]*"
+TUTORIAL_GREP_FLAGS = ("client-ca-file", "service-account-key-file", "anonymous-auth")
+TUTORIAL_GREP_PATTERN = r"\-\-(client-ca-file|service-account-key-file|anonymous-auth)[^ ]*"
+TUTORIAL_GREP_COMMAND = f'grep -oE "{TUTORIAL_GREP_PATTERN}" {layout.UNIT_PATH}'
+_TUTORIAL_RE = re.compile(r"--(client-ca-file|service-account-key-file|anonymous-auth)[^ ]*")
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def build_apiserver_flags(inventory: Inventory, host: Host) -> Flags:
+    """The kube-apiserver flags for `host`, in DESIGN.md order, with `extra_flags` merged."""
+    pki = layout.remote_path
+    cluster, api = inventory.cluster, inventory.apiserver
+    if not api.etcd_servers:
+        raise InventoryError(
+            f"{inventory.where('apiserver')}: apiserver.etcd_servers: kube-apiserver needs at least one "
+            "etcd server (--etcd-servers)",
+            hint="e.g. etcd_servers: [https://10.0.1.10:2379]")
+    ca = pki(layout.cert_file(layout.CA))
+    flags: list[tuple[str, str]] = [
+        ("advertise-address", str(host.internal_ip)),
+        ("allow-privileged", "true"),
+        ("anonymous-auth", _bool(api.anonymous_auth)),
+        ("authorization-mode", ",".join(api.authorization_mode)),
+        ("bind-address", "0.0.0.0"),
+        ("client-ca-file", ca),
+        ("enable-admission-plugins", ",".join(ADMISSION_PLUGINS)),
+        ("encryption-provider-config", pki(layout.ENCRYPTION_CONFIG_FILE)),
+        ("etcd-cafile", ca),
+        ("etcd-certfile", pki(layout.cert_file(layout.APISERVER))),
+        ("etcd-keyfile", pki(layout.key_file(layout.APISERVER))),
+        ("etcd-servers", ",".join(api.etcd_servers)),
+        ("kubelet-certificate-authority", ca),
+        ("kubelet-client-certificate", pki(layout.cert_file(layout.KUBELET_CLIENT))),
+        ("kubelet-client-key", pki(layout.key_file(layout.KUBELET_CLIENT))),
+        ("runtime-config", "api/all=true"),
+        ("secure-port", str(api.secure_port)),
+        ("service-account-key-file", pki(layout.cert_file(layout.SERVICE_ACCOUNT))),
+        ("service-account-signing-key-file", pki(layout.key_file(layout.SERVICE_ACCOUNT))),
+        ("service-account-issuer", cluster.service_account_issuer),
+        ("service-cluster-ip-range", str(cluster.service_cidr)),
+        ("service-node-port-range", SERVICE_NODE_PORT_RANGE),
+        ("tls-cert-file", pki(layout.cert_file(layout.APISERVER))),
+        ("tls-private-key-file", pki(layout.key_file(layout.APISERVER))),
+        ("v", "2"),
+    ]
+    if tuple(cluster.api_audiences) != (cluster.service_account_issuer,):
+        at = next(i for i, (name, _) in enumerate(flags) if name == "service-account-issuer")
+        flags.insert(at + 1, ("api-audiences", ",".join(cluster.api_audiences)))
+    return tuple(_merge_extra_flags(inventory, flags))
+
+
+def _merge_extra_flags(inventory: Inventory, flags: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    index = {name: i for i, (name, _) in enumerate(flags)}
+    for raw_name, value in inventory.apiserver.extra_flags:
+        name = raw_name.lstrip("-")
+        key_path = f"apiserver.extra_flags.{name}"
+        where = inventory.where(key_path)
+        if name in AUTH_FLAGS:
+            current = flags[index[name]][1] if name in index else None
+            if current is not None and value == current:
+                continue   # restating the rendered value changes nothing
+            what = "drop" if value == "" else "override"
+            raise InventoryError(
+                f"{where}: {key_path}: would {what} the authentication flag --{name}"
+                + (f" (k8sboot renders --{name}={current})" if current is not None else ""),
+                hint=_AUTH_HINTS.get(name, "authentication flags come from the inventory's cluster/"
+                                            "apiserver settings and the PKI layout; remove this key"))
+        if name in index:
+            if value == "":
+                raise InventoryError(
+                    f"{where}: {key_path}: an empty value would drop --{name}, which k8sboot always renders",
+                    hint=f"remove the key, or give --{name} a value")
+            flags[index[name]] = (name, value)
+        else:
+            index[name] = len(flags)
+            flags.append((name, value))
+    return flags
+
+
+_AUTH_HINTS = {
+    "anonymous-auth": "set apiserver.anonymous_auth: true|false instead",
+    "authorization-mode": "set apiserver.authorization_mode instead, e.g. [Node, RBAC]",
+    "service-account-issuer": "set cluster.service_account_issuer instead",
+    "api-audiences": "set cluster.api_audiences instead",
+}
+
+
+def format_flag(name: str, value: str) -> str:
+    """`--name=value` exactly as the API server receives it."""
+    return f"--{name}={value}"
+
+
+def flags_to_argv(flags: Iterable[tuple[str, str]]) -> list[str]:
+    return [format_flag(name, value) for name, value in flags]
+
+
+def systemd_escape_arg(arg: str) -> str:
+    """One ExecStart word: `%` and `$` escaped, quoted when it holds whitespace, quotes or `\\`."""
+    escaped = arg.replace("%", "%%").replace("$", "$$")
+    if re.search(r"[\s\"'\\;]", escaped) or escaped == "":
+        escaped = '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return escaped
+
+
+def tutorial_grep(unit_text: str) -> list[str]:
+    """What the tutorial's `grep -oE` prints for this unit text, line by line, match by match."""
+    out: list[str] = []
+    for line in unit_text.splitlines():
+        out.extend(m.group(0) for m in _TUTORIAL_RE.finditer(line))
+    return out
+
+
+# --- reading flags back --------------------------------------------------------------------------
+
+
+def parse_argv_flags(argv: Sequence[str]) -> Flags:
+    """`['/usr/local/bin/kube-apiserver', '--a=1', '--b', '2', '--c']` -> (('a','1'),('b','2'),('c','true'))."""
+    out: list[tuple[str, str]] = []
+    args = list(argv[1:]) if argv and not argv[0].startswith("-") else list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("-"):
+            continue
+        name, eq, value = arg.lstrip("-").partition("=")
+        if not eq:
+            if i < len(args) and not args[i].startswith("-"):
+                value = args[i]
+                i += 1
+            else:
+                value = "true"
+        out.append((name, value))
+    return tuple(out)
+
+
+def parse_unit_exec_start(unit_text: str) -> list[str] | None:
+    """The argv of the unit file's (last) `ExecStart=`, continuations joined, quotes removed.
+
+    Implements the subset of systemd's unquoting that a unit may use: double and single quotes,
+    backslash escapes, `%%` and `$$`. None when the unit has no ExecStart.
+    """
+    logical: list[str] = []
+    buf = ""
+    for raw in unit_text.splitlines():
+        stripped = raw.strip()
+        if not buf and (stripped.startswith("#") or stripped.startswith(";")):
+            continue
+        if raw.rstrip().endswith("\\"):
+            buf += raw.rstrip()[:-1] + " "
+            continue
+        logical.append(buf + raw)
+        buf = ""
+    if buf:
+        logical.append(buf)
+    exec_line = None
+    for line in logical:
+        key, eq, value = line.strip().partition("=")
+        if eq and key.strip() == "ExecStart":
+            exec_line = value.strip()
+    if exec_line is None:
+        return None
+    exec_line = exec_line.lstrip("-@:+!")
+    return [w.replace("%%", "%").replace("$$", "$") for w in _split_words(exec_line)]
+
+
+def _split_words(text: str) -> list[str]:
+    words: list[str] = []
+    cur: list[str] = []
+    in_word = False
+    quote = ""
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\" and i + 1 < len(text):
+                cur.append(text[i + 1])
+                i += 2
+                continue
+            if ch == quote:
+                quote = ""
+            else:
+                cur.append(ch)
+        elif ch in "\"'":
+            quote = ch
+            in_word = True
+        elif ch.isspace():
+            if in_word:
+                words.append("".join(cur))
+                cur, in_word = [], False
+        elif ch == "\\" and i + 1 < len(text):
+            cur.append(text[i + 1])
+            in_word = True
+            i += 2
+            continue
+        else:
+            cur.append(ch)
+            in_word = True
+        i += 1
+    if in_word:
+        words.append("".join(cur))
+    return words
+
+
+def parse_systemctl_exec_start(show_output: str) -> list[str] | None:
+    """argv from `systemctl show -p ExecStart`: `ExecStart={ path=... ; argv[]=A B C ; ignore_errors=no ; ... }`."""
+    m = re.search(r"argv\[\]=(.*?) ; ignore_errors=", show_output, re.S)
+    if not m:
+        return None
+    return m.group(1).split()
+
+
+def parse_proc_cmdline(raw: bytes) -> list[str]:
+    """argv from /proc/PID/cmdline (NUL separated)."""
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def auth_subset(flags: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The authentication flags among `flags` (last one wins), for comparison and display."""
+    names = set(AUTH_FLAGS) | set(AUTHENTICATION_EXTRAS)
+    return {name: value for name, value in flags if name in names}

@@ -1,0 +1,402 @@
+"""Desired state, observed facts, and the plan between them, for one controller (pure).
+
+pyinfra's shape: `build_desired_files` (what must be on the host: content, mode, owner, path, all
+from `k8sboot.layout`), `HostFacts` (what `remote.read_facts` saw: sha256, mode, owner of every
+target and the unit's state), `build_host_plan(desired, facts)` (only what differs), and
+`build_install_script(plan)` (the one shell command that installs it). No I/O here: tests feed
+fake facts and read the plan.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from k8sboot import layout
+
+UNIT = layout.UNIT_NAME
+TEMP_SUFFIX = ".k8sboot-new"
+PREV_SUFFIX = ".k8sboot-prev"
+
+KIND_PKI = "pki"
+KIND_UNIT = "unit"
+KIND_BINARY = "binary"
+
+
+# --- desired state -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DesiredFile:
+    """A file that must be on the host, byte for byte, with this mode and owner."""
+
+    path: str
+    content: bytes = field(repr=False)
+    mode: int
+    owner: str = layout.OWNER
+    group: str = layout.GROUP
+    kind: str = KIND_PKI
+    sha256: str = ""
+
+    def __post_init__(self):
+        if not self.sha256:
+            object.__setattr__(self, "sha256", hashlib.sha256(self.content).hexdigest())
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def directory(self) -> str:
+        return self.path.rsplit("/", 1)[0] or "/"
+
+    @property
+    def temp_path(self) -> str:
+        """Staging name in the target directory: same filesystem, so `mv -f` is one rename."""
+        return f"{self.directory}/.{self.name}{TEMP_SUFFIX}"
+
+    @property
+    def prev_path(self) -> str:
+        return f"{self.directory}/.{self.name}{PREV_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class DesiredDir:
+    path: str
+    mode: int
+    owner: str = layout.OWNER
+    group: str = layout.GROUP
+
+
+PKI_DIR = DesiredDir(layout.REMOTE_PKI_DIR, layout.REMOTE_PKI_DIR_MODE)
+
+
+def build_desired_files(pki_files: Mapping[str, bytes], unit_text: str,
+                        binary: bytes | None = None) -> tuple[DesiredFile, ...]:
+    """Every file a controller gets: the layout's PKI files, the unit, and optionally the binary.
+
+    `pki_files` maps local file names (`ca.pem`, ...) to content; a name the layout ships but the
+    mapping lacks is a KeyError (the caller reports it as a missing local file before dialling).
+    """
+    out = []
+    for spec in layout.CONTROLLER_FILES:
+        if spec.local_name in layout.NEVER_UPLOADED:   # layout never lists it; belt and braces
+            continue
+        out.append(DesiredFile(spec.path, pki_files[spec.local_name], spec.mode, spec.owner, spec.group,
+                               KIND_PKI))
+    out.append(DesiredFile(layout.UNIT_PATH, unit_text.encode(), layout.UNIT_MODE, kind=KIND_UNIT))
+    if binary is not None:
+        out.append(DesiredFile(layout.BINARY_PATH, binary, layout.BINARY_MODE, kind=KIND_BINARY))
+    return tuple(out)
+
+
+# --- observed facts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileFact:
+    path: str
+    exists: bool
+    sha256: str | None = None      # None when missing or not hashed (e.g. the binary without --binary)
+    mode: int | None = None
+    owner: str | None = None
+    group: str | None = None
+    kind: str = "file"             # file | directory | other
+
+
+@dataclass(frozen=True)
+class ServiceFact:
+    load_state: str = "not-found"
+    active_state: str = "inactive"
+    sub_state: str = "dead"
+    unit_file_state: str = ""
+    result: str = "success"
+    main_pid: int = 0
+    n_restarts: int = 0
+    active_enter_usec: int = 0     # ActiveEnterTimestampMonotonic: changes on every (re)start
+    need_daemon_reload: bool = False
+    listening: bool = False        # something listens on the secure port
+
+    @property
+    def is_active(self) -> bool:
+        return self.active_state == "active"
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.unit_file_state == "enabled"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    files: Mapping[str, FileFact]
+    service: ServiceFact
+    unit_text: str | None = None
+    sections: Mapping[str, str] = field(default_factory=dict)   # extra command outputs (verify)
+
+    def file(self, path: str) -> FileFact:
+        return self.files.get(path) or FileFact(path, exists=False)
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileChange:
+    file: DesiredFile
+    reasons: tuple[str, ...]       # "missing", "content", "mode 0644 -> 0600", "owner a:b -> root:root"
+    upload: bool                   # content differs or missing; else only chmod/chown in place
+    existed: bool
+
+
+@dataclass(frozen=True)
+class DirChange:
+    dir: DesiredDir
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    changes: tuple[FileChange, ...] = ()
+    dirs: tuple[DirChange, ...] = ()
+    daemon_reload: bool = False
+    enable: bool = False
+    restart: bool = False
+    restart_reasons: tuple[str, ...] = ()
+    unit_diff: str = ""
+    problems: tuple[str, ...] = ()  # facts that make the deploy unable to succeed (e.g. no binary)
+
+    @property
+    def uploads(self) -> tuple[FileChange, ...]:
+        return tuple(c for c in self.changes if c.upload)
+
+    @property
+    def fixups(self) -> tuple[FileChange, ...]:
+        return tuple(c for c in self.changes if not c.upload)
+
+    @property
+    def unit_changed(self) -> bool:
+        return any(c.file.kind == KIND_UNIT and c.upload for c in self.changes)
+
+    @property
+    def files_changed(self) -> tuple[str, ...]:
+        """Names of files whose content, mode or owner changes (the unit included)."""
+        return tuple(c.file.name for c in self.changes)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes or self.dirs or self.daemon_reload or self.enable or self.restart)
+
+
+def _mode(m: int | None) -> str:
+    return "none" if m is None else f"{m:04o}"
+
+
+def compare_file(want: DesiredFile, fact: FileFact) -> tuple[tuple[str, ...], bool]:
+    """(reasons, needs_upload) for one file; ((), False) when it is exactly right."""
+    if not fact.exists:
+        return ("missing",), True
+    reasons: list[str] = []
+    upload = False
+    if fact.kind != "file":
+        return (f"not a regular file ({fact.kind})",), True
+    if fact.sha256 != want.sha256:
+        reasons.append("content")
+        upload = True
+    if fact.mode != want.mode:
+        reasons.append(f"mode {_mode(fact.mode)} -> {_mode(want.mode)}")
+    if (fact.owner, fact.group) != (want.owner, want.group):
+        reasons.append(f"owner {fact.owner}:{fact.group} -> {want.owner}:{want.group}")
+    return tuple(reasons), upload
+
+
+def unit_diff(current: str | None, desired: str, host: str = "") -> str:
+    """Unified diff of the unit on the host against the rendered one ('' when equal)."""
+    before = (current or "").splitlines(keepends=True)
+    after = desired.splitlines(keepends=True)
+    label = f"{host}:{layout.UNIT_PATH}" if host else layout.UNIT_PATH
+    diff = difflib.unified_diff(before, after, fromfile=f"{label} (on host)" if current is not None
+                                else "/dev/null", tofile=f"{label} (rendered)")
+    return "".join(diff)
+
+
+def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_restart: bool = False,
+                    host: str = "") -> HostPlan:
+    """Only what differs: files to upload or fix, and whether to reload, enable, restart.
+
+    Restart when the unit, a referenced file or the binary changed content (not for a mode or
+    owner fix: the process already read the bytes), or when the unit is not active. With
+    `no_restart`, a running unit is left running; a stopped one is still started (nothing runs
+    that could be interrupted).
+    """
+    changes: list[FileChange] = []
+    for want in desired:
+        fact = facts.file(want.path)
+        reasons, upload = compare_file(want, fact)
+        if reasons:
+            changes.append(FileChange(want, reasons, upload, existed=fact.exists))
+
+    dirs: list[DirChange] = []
+    dfact = facts.file(PKI_DIR.path)
+    if not dfact.exists:
+        dirs.append(DirChange(PKI_DIR, ("missing",)))
+    else:
+        reasons = []
+        if dfact.kind != "directory":
+            reasons.append(f"not a directory ({dfact.kind})")
+        if dfact.mode != PKI_DIR.mode:
+            reasons.append(f"mode {_mode(dfact.mode)} -> {_mode(PKI_DIR.mode)}")
+        if (dfact.owner, dfact.group) != (PKI_DIR.owner, PKI_DIR.group):
+            reasons.append(f"owner {dfact.owner}:{dfact.group} -> {PKI_DIR.owner}:{PKI_DIR.group}")
+        if reasons:
+            dirs.append(DirChange(PKI_DIR, tuple(reasons)))
+
+    problems: list[str] = []
+    if not any(w.kind == KIND_BINARY for w in desired):
+        binary = facts.file(layout.BINARY_PATH)
+        if not binary.exists:
+            problems.append(f"{layout.BINARY_PATH} is missing on the host (pass --binary PATH to upload one)")
+        elif binary.mode is not None and not binary.mode & 0o111:
+            problems.append(f"{layout.BINARY_PATH} is not executable (mode {_mode(binary.mode)})")
+
+    svc = facts.service
+    content_changed = [c for c in changes if c.upload]
+    unit_changed = any(c.file.kind == KIND_UNIT for c in content_changed)
+    stale_load = svc.need_daemon_reload and not unit_changed
+    daemon_reload = unit_changed or stale_load
+    restart_reasons: list[str] = []
+    if content_changed and not no_restart:
+        restart_reasons.append("changed: " + ", ".join(c.file.name for c in content_changed))
+    if stale_load and not no_restart:
+        restart_reasons.append("systemd had not loaded the unit file on disk")
+    if not svc.is_active:
+        restart_reasons.append(f"unit was {svc.active_state}")
+    desired_unit = next((w for w in desired if w.kind == KIND_UNIT), None)
+    diff = unit_diff(facts.unit_text, desired_unit.content.decode(), host) if desired_unit else ""
+    return HostPlan(
+        changes=tuple(changes),
+        dirs=tuple(dirs),
+        daemon_reload=daemon_reload,
+        enable=not svc.is_enabled,
+        restart=bool(restart_reasons),
+        restart_reasons=tuple(restart_reasons),
+        unit_diff=diff,
+        problems=tuple(problems),
+    )
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def _q(s: str) -> str:
+    return shlex.quote(s)
+
+
+def build_install_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
+    """One POSIX shell script that installs the plan; the staged files arrive as a tar on stdin.
+
+    Staged files land as `.NAME.k8sboot-new` in their target directory (umask 077, so never
+    readable by others), get owner and mode, and are renamed over the target with `mv -f`: a
+    reader sees the old file or the new one, never a partial one. With `keep_previous`, the
+    current file is first hard-linked to `.NAME.k8sboot-prev` for `--rollback-on-failure`.
+    """
+    lines = ["set -eu", "umask 077"]
+    for d in plan.dirs:
+        lines.append(f"mkdir -p {_q(d.dir.path)}")
+        lines.append(f"chown {d.dir.owner}:{d.dir.group} {_q(d.dir.path)}")
+        lines.append(f"chmod {d.dir.mode:04o} {_q(d.dir.path)}")
+    uploads = plan.uploads
+    if uploads:
+        lines.append("rm -f " + " ".join(_q(c.file.temp_path) for c in uploads))
+        lines.append("tar -x -f - -C / --no-same-permissions --no-overwrite-dir")
+        for c in uploads:
+            f = c.file
+            lines.append(f"chown {f.owner}:{f.group} {_q(f.temp_path)}")
+            lines.append(f"chmod {f.mode:04o} {_q(f.temp_path)}")
+        for c in uploads:
+            f = c.file
+            if keep_previous:
+                lines.append(f"if [ -e {_q(f.path)} ]; then ln -f {_q(f.path)} {_q(f.prev_path)}; "
+                             f"else rm -f {_q(f.prev_path)}; fi")
+            lines.append(f"mv -f {_q(f.temp_path)} {_q(f.path)}")
+    for c in plan.fixups:
+        f = c.file
+        lines.append(f"chown {f.owner}:{f.group} {_q(f.path)}")
+        lines.append(f"chmod {f.mode:04o} {_q(f.path)}")
+    lines.extend(service_commands(plan))
+    return "\n".join(lines) + "\n"
+
+
+def service_commands(plan: HostPlan) -> list[str]:
+    out = []
+    if plan.daemon_reload:
+        out.append("systemctl daemon-reload")
+    if plan.enable:
+        out.append(f"systemctl enable -q {UNIT}")
+    if plan.restart:
+        # a failing start is reported by the state that follows, with the journal; not here
+        out.append(f"systemctl restart {UNIT} || echo '@@k8sboot:restart-failed' $?")
+    return out
+
+
+def build_rollback_script(plan: HostPlan) -> str:
+    """Put back what `build_install_script(keep_previous=True)` replaced, then restart or stop."""
+    lines = ["set -u"]
+    unit_existed = True
+    for c in plan.uploads:
+        f = c.file
+        if c.existed:
+            lines.append(f"[ -e {_q(f.prev_path)} ] && mv -f {_q(f.prev_path)} {_q(f.path)}")
+        else:
+            lines.append(f"rm -f {_q(f.path)}")
+            if f.kind == KIND_UNIT:
+                unit_existed = False
+    if not unit_existed:
+        lines.append(f"systemctl disable -q --now {UNIT} 2>/dev/null")
+        lines.append("systemctl daemon-reload")
+        lines.append(f"systemctl reset-failed {UNIT} 2>/dev/null")
+        lines.append("true")
+        return "\n".join(lines) + "\n"
+    if plan.unit_changed:
+        lines.append("systemctl daemon-reload")
+    lines.append(f"systemctl restart {UNIT} || echo '@@k8sboot:restart-failed' $?")
+    return "\n".join(lines) + "\n"
+
+
+def build_cleanup_script(plan: HostPlan) -> str:
+    """After a successful deploy with keep_previous: drop the `.k8sboot-prev` copies (old keys)."""
+    paths = [c.file.prev_path for c in plan.uploads]
+    return ("rm -f " + " ".join(_q(p) for p in paths) + "\n") if paths else ""
+
+
+# --- reading the service back --------------------------------------------------------------------
+
+UP = "up"
+STARTING = "starting"
+FAILED = "failed"
+
+
+def classify_service(svc: ServiceFact) -> tuple[str, str]:
+    """(UP | STARTING | FAILED, why) for the unit right after a (re)start.
+
+    `Restart=on-failure` hides a crash: the unit sits in `activating/auto-restart`, not `failed`.
+    Up means active/running and serving on the secure port.
+    """
+    state = f"{svc.active_state}/{svc.sub_state}"
+    if svc.load_state not in ("loaded", ""):
+        return FAILED, f"unit {svc.load_state}"
+    if svc.active_state == "failed":
+        return FAILED, f"{state} (result: {svc.result})"
+    if svc.active_state == "activating" and svc.sub_state == "auto-restart":
+        return FAILED, f"{state}: crashed (result: {svc.result}), systemd restarts it every RestartSec"
+    if svc.n_restarts > 0:
+        return FAILED, f"{state}: restarted {svc.n_restarts} time(s) by systemd (result: {svc.result})"
+    if svc.active_state in ("inactive", "deactivating"):
+        return FAILED, f"{state}: exited (result: {svc.result})"
+    if svc.active_state == "active" and svc.sub_state == "running":
+        if svc.listening:
+            return UP, f"{state}, serving"
+        return STARTING, f"{state}, not yet serving on the secure port"
+    return STARTING, state

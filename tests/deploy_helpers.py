@@ -1,0 +1,207 @@
+"""Shared by the deploy/verify/audit tests: a small inventory, fake PKI bytes, and an in-memory
+fake of `k8sboot.remote.Remote` that behaves like a controller with systemd and the stand-in
+(starts only when every file its flags reference exists)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+
+from k8sboot import layout
+from k8sboot import plan as planmod
+from k8sboot.flags import parse_argv_flags, parse_unit_exec_start
+from k8sboot.inventory import parse_inventory
+from k8sboot.plan import FileFact, HostFacts, ServiceFact
+
+INVENTORY_YAML = """\
+cluster:
+  name: k8s-test
+  api_endpoint: https://10.240.0.10:6443
+  service_cidr: 10.32.0.0/24
+  cluster_domain: cluster.local
+pki:
+  dir: {pki}
+  subject: {{C: VN, OU: k8s-test}}
+apiserver:
+  anonymous_auth: {anonymous}
+  authorization_mode: [Node, RBAC]
+  etcd_servers: [https://10.240.0.10:2379]
+{extra}ssh:
+  user: root
+  known_hosts: /nonexistent/known_hosts
+controllers:
+  - {{name: controller-0, address: 10.240.0.10}}
+  - {{name: controller-1, address: 10.240.0.11}}
+  - {{name: controller-2, address: 10.240.0.12}}
+"""
+
+
+def make_inventory(pki="pki", anonymous=False, extra_flags: dict | None = None, path="inv.yaml",
+                   apiserver_extra: str = ""):
+    extra = apiserver_extra
+    if extra_flags:
+        extra += "  extra_flags:\n" + "".join(f"    {k}: {v!r}\n" if isinstance(v, str) else f"    {k}: {v}\n"
+                                              for k, v in extra_flags.items())
+    text = INVENTORY_YAML.format(pki=pki, anonymous=str(anonymous).lower(), extra=extra)
+    return parse_inventory(text, Path(path))
+
+
+def fake_pki_files(tag: str = "") -> dict[str, bytes]:
+    return {spec.local_name: f"--- {spec.local_name} {tag} ---\n".encode() for spec in layout.CONTROLLER_FILES}
+
+
+def write_fake_pki(directory: Path, tag: str = "") -> dict[str, bytes]:
+    directory.mkdir(parents=True, exist_ok=True)
+    files = fake_pki_files(tag)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    (directory / "ca-key.pem").write_bytes(b"CA KEY - never uploaded\n")
+    return files
+
+
+_pids = itertools.count(100)
+
+
+class FakeHost:
+    """The state of one controller: files (content, mode, owner, group) and the unit."""
+
+    def __init__(self, name: str, *, binary: bool = True):
+        self.name = name
+        self.files: dict[str, tuple[bytes, int, str, str]] = {}
+        self.dirs: dict[str, tuple[int, str, str]] = {"/etc/systemd/system": (0o755, "root", "root"),
+                                                      "/usr/local/bin": (0o755, "root", "root")}
+        if binary:
+            self.files[layout.BINARY_PATH] = (b"#!stand-in\n", 0o755, "root", "root")
+        self.loaded_unit: bytes | None = None
+        self.enabled = False
+        self.active = "inactive"
+        self.sub = "dead"
+        self.pid = 0
+        self.started = 0
+        self.n_restarts = 0
+        self.commands: list[str] = []     # what happened, in order
+        self.uploads: list[str] = []
+        self.locked = False
+
+    # systemd-ish behaviour
+    def start(self):
+        self.commands.append("restart")
+        unit = self.loaded_unit
+        argv = parse_unit_exec_start(unit.decode()) if unit else None
+        missing = []
+        if argv:
+            for _, value in parse_argv_flags(argv):
+                if value.startswith(layout.REMOTE_PKI_DIR) and value not in self.files:
+                    missing.append(value)
+        if not argv or missing or layout.BINARY_PATH not in self.files:
+            self.active, self.sub, self.pid = "activating", "auto-restart", 0
+            self.journal = [f"kube-apiserver: open {m}: no such file or directory" for m in missing] or ["failed"]
+        else:
+            self.active, self.sub, self.pid = "active", "running", next(_pids)
+            self.started += 1
+
+    def service(self) -> ServiceFact:
+        return ServiceFact(load_state="loaded" if self.loaded_unit else "not-found", active_state=self.active,
+                           sub_state=self.sub, unit_file_state="enabled" if self.enabled else "disabled",
+                           result="success" if self.active == "active" else "exit-code", main_pid=self.pid,
+                           n_restarts=0, active_enter_usec=self.started,
+                           need_daemon_reload=self.files.get(layout.UNIT_PATH, (None,))[0] != self.loaded_unit
+                           and self.loaded_unit is not None,
+                           listening=self.active == "active")
+
+
+class FakeRemote:
+    """In-memory implementation of the `Remote` protocol over a FakeHost."""
+
+    def __init__(self, host: FakeHost):
+        self.host = host
+        self.name = host.name
+        self.closed = False
+
+    def read_facts(self, request, *, lock_wait=None):
+        h = self.host
+        if lock_wait is not None:
+            if h.locked:
+                from k8sboot.errors import LockedError
+                raise LockedError(f"{h.name}: another k8sboot deploy holds the lock")
+            h.locked = True
+            self._locked = True
+        files = {}
+        for path in (*request.hashed, *request.stat_only, layout.UNIT_PATH):
+            if path in h.files:
+                data, mode, owner, group = h.files[path]
+                files[path] = FileFact(path, True, hashlib.sha256(data).hexdigest() if path in request.hashed
+                                       else None, mode, owner, group)
+        d = layout.REMOTE_PKI_DIR
+        if d in h.dirs:
+            mode, owner, group = h.dirs[d]
+            files[d] = FileFact(d, True, None, mode, owner, group, kind="directory")
+        unit = h.files.get(layout.UNIT_PATH)
+        return HostFacts(files=files, service=h.service(), unit_text=unit[0].decode() if unit else None,
+                         sections={name: "" for name, _ in request.sections})
+
+    def install(self, plan, *, keep_previous=False):
+        h = self.host
+        for d in plan.dirs:
+            h.dirs[d.dir.path] = (d.dir.mode, d.dir.owner, d.dir.group)
+        for c in plan.uploads:
+            f = c.file
+            if keep_previous and f.path in h.files:
+                h.files[f.prev_path] = h.files[f.path]
+            h.files[f.path] = (f.content, f.mode, f.owner, f.group)
+            h.uploads.append(f.name)
+        for c in plan.fixups:
+            data = h.files[c.file.path][0]
+            h.files[c.file.path] = (data, c.file.mode, c.file.owner, c.file.group)
+        if plan.daemon_reload:
+            h.commands.append("daemon-reload")
+            h.loaded_unit = h.files.get(layout.UNIT_PATH, (None,))[0]
+        if plan.enable:
+            h.commands.append("enable")
+            h.enabled = True
+        if plan.restart:
+            h.start()
+
+    def read_service(self, port=6443):
+        return self.host.service()
+
+    def read_journal(self, lines=15):
+        return list(getattr(self.host, "journal", []))[-lines:]
+
+    def rollback(self, plan):
+        h = self.host
+        h.commands.append("rollback")
+        for c in plan.uploads:
+            f = c.file
+            if c.existed and f.prev_path in h.files:
+                h.files[f.path] = h.files.pop(f.prev_path)
+            elif not c.existed:
+                h.files.pop(f.path, None)
+        if plan.unit_changed:
+            h.loaded_unit = h.files.get(layout.UNIT_PATH, (None,))[0]
+        h.start()
+
+    def cleanup(self, plan):
+        for c in plan.uploads:
+            self.host.files.pop(c.file.prev_path, None)
+
+    def close(self):
+        self.closed = True
+        if getattr(self, "_locked", False):
+            self.host.locked = False
+
+
+def fake_connector(hosts: dict[str, FakeHost]):
+    def connect(host):
+        return FakeRemote(hosts[host.name])
+    return connect
+
+
+def planned_unit(inventory, name="controller-0") -> str:
+    from k8sboot.render import render_unit
+    return render_unit(inventory, inventory.controller(name)).text
+
+
+__all__ = ["make_inventory", "fake_pki_files", "write_fake_pki", "FakeHost", "FakeRemote", "fake_connector",
+           "planned_unit", "planmod"]

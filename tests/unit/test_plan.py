@@ -1,0 +1,172 @@
+"""k8sboot.plan: desired files + fake facts -> the plan and its commands (no SSH)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from k8sboot import layout
+from k8sboot import plan as P
+from k8sboot.plan import FileFact, HostFacts, ServiceFact
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
+from deploy_helpers import fake_pki_files, make_inventory, planned_unit  # noqa: E402
+
+UNIT_TEXT = planned_unit(make_inventory())
+DESIRED = P.build_desired_files(fake_pki_files(), UNIT_TEXT)
+RUNNING = ServiceFact(load_state="loaded", active_state="active", sub_state="running", unit_file_state="enabled",
+                      main_pid=42, active_enter_usec=1, listening=True)
+
+
+def facts_matching(desired=DESIRED, service=RUNNING, **overrides) -> HostFacts:
+    """A host exactly as desired; `overrides` maps a path to a FileFact (or None: missing)."""
+    files = {f.path: FileFact(f.path, True, f.sha256, f.mode, f.owner, f.group) for f in desired}
+    files[P.PKI_DIR.path] = FileFact(P.PKI_DIR.path, True, None, 0o700, "root", "root", kind="directory")
+    files[layout.BINARY_PATH] = FileFact(layout.BINARY_PATH, True, None, 0o755, "root", "root")
+    for path, fact in overrides.items():
+        if fact is None:
+            files.pop(path, None)
+        else:
+            files[path] = fact
+    unit = next(f for f in desired if f.kind == P.KIND_UNIT)
+    unit_fact = files.get(layout.UNIT_PATH)
+    unit_text = None if unit_fact is None else (unit.content.decode() if unit_fact.sha256 == unit.sha256
+                                                else "# edited by hand\n")
+    return HostFacts(files=files, service=service, unit_text=unit_text)
+
+
+def fact(path, content=b"x", mode=0o600, owner="root", group="root"):
+    return FileFact(path, True, hashlib.sha256(content).hexdigest(), mode, owner, group)
+
+
+KEY = "/var/lib/kubernetes/kubernetes-key.pem"
+CERT = "/var/lib/kubernetes/ca.pem"
+
+CASES = [
+    # name, facts, expected (uploads, fixups, daemon_reload, enable, restart)
+    ("nothing differs", facts_matching(), ((), (), False, False, False)),
+    ("key content differs", facts_matching(**{KEY: fact(KEY)}), (("kubernetes-key.pem",), (), False, False, True)),
+    ("key missing", facts_matching(**{KEY: None}), (("kubernetes-key.pem",), (), False, False, True)),
+    ("key mode loosened", facts_matching(**{KEY: FileFact(KEY, True, next(f.sha256 for f in DESIRED if f.path == KEY),
+                                                          0o644, "root", "root")}),
+     ((), ("kubernetes-key.pem",), False, False, False)),
+    ("cert owner wrong", facts_matching(**{CERT: FileFact(CERT, True, next(f.sha256 for f in DESIRED if f.path == CERT),
+                                                          0o644, "nobody", "root")}),
+     ((), ("ca.pem",), False, False, False)),
+    ("unit differs", facts_matching(**{layout.UNIT_PATH: fact(layout.UNIT_PATH, b"old", 0o644)}),
+     (("kube-apiserver.service",), (), True, False, True)),
+    ("unit stopped", facts_matching(service=ServiceFact(load_state="loaded", active_state="inactive",
+                                                        unit_file_state="enabled")),
+     ((), (), False, False, True)),
+    ("unit disabled", facts_matching(service=ServiceFact(load_state="loaded", active_state="active",
+                                                         sub_state="running", unit_file_state="disabled")),
+     ((), (), False, True, False)),
+    ("unit file not reloaded", facts_matching(service=ServiceFact(load_state="loaded", active_state="active",
+                                                                  sub_state="running", unit_file_state="enabled",
+                                                                  need_daemon_reload=True)),
+     ((), (), True, False, True)),
+]
+
+
+@pytest.mark.parametrize("name,facts,expected", CASES, ids=[c[0] for c in CASES])
+def test_plan_table(name, facts, expected):
+    plan = P.build_host_plan(DESIRED, facts)
+    got = (tuple(c.file.name for c in plan.uploads), tuple(c.file.name for c in plan.fixups),
+           plan.daemon_reload, plan.enable, plan.restart)
+    assert got == expected
+
+
+def test_first_deploy_on_an_empty_host_uploads_everything_and_creates_the_dir():
+    facts = HostFacts(files={layout.BINARY_PATH: FileFact(layout.BINARY_PATH, True, None, 0o755, "root", "root")},
+                      service=ServiceFact())
+    plan = P.build_host_plan(DESIRED, facts)
+    assert {c.file.path for c in plan.uploads} == {f.path for f in DESIRED}
+    assert [d.dir.path for d in plan.dirs] == ["/var/lib/kubernetes"]
+    assert plan.daemon_reload and plan.enable and plan.restart
+    assert plan.unit_diff.startswith("--- /dev/null")
+
+
+def test_desired_files_follow_the_layout_and_never_include_the_ca_key():
+    paths = [f.path for f in DESIRED]
+    assert paths == [f.path for f in layout.CONTROLLER_FILES] + [layout.UNIT_PATH]
+    assert not any("ca-key" in p for p in paths)
+    modes = {f.name: f.mode for f in DESIRED}
+    assert modes["kubernetes-key.pem"] == 0o600 and modes["ca.pem"] == 0o644
+    assert modes["kube-apiserver.service"] == 0o644
+
+
+def test_binary_is_desired_only_with_binary_bytes():
+    with_binary = P.build_desired_files(fake_pki_files(), UNIT_TEXT, b"\x7fELF")
+    assert with_binary[-1].path == layout.BINARY_PATH and with_binary[-1].mode == 0o755
+
+
+def test_missing_binary_is_a_problem_unless_uploaded():
+    facts = facts_matching(**{layout.BINARY_PATH: None})
+    assert P.build_host_plan(DESIRED, facts).problems
+    with_binary = P.build_desired_files(fake_pki_files(), UNIT_TEXT, b"\x7fELF")
+    assert not P.build_host_plan(with_binary, facts).problems
+
+
+def test_no_restart_leaves_a_running_unit_but_starts_a_stopped_one():
+    changed = facts_matching(**{KEY: fact(KEY)})
+    assert not P.build_host_plan(DESIRED, changed, no_restart=True).restart
+    stopped = facts_matching(service=ServiceFact(load_state="loaded", active_state="failed", unit_file_state="enabled"))
+    assert P.build_host_plan(DESIRED, stopped, no_restart=True).restart
+
+
+def test_unit_diff_shows_the_change():
+    facts = facts_matching(**{layout.UNIT_PATH: fact(layout.UNIT_PATH, b"old", 0o644)})
+    diff = P.build_host_plan(DESIRED, facts, host="controller-0").unit_diff
+    assert "controller-0:/etc/systemd/system/kube-apiserver.service (on host)" in diff
+    assert "-# edited by hand" in diff and "+  --anonymous-auth=false \\" in diff
+
+
+def test_install_script_stages_in_the_target_dir_with_umask_077_then_renames():
+    facts = facts_matching(**{KEY: None, layout.UNIT_PATH: fact(layout.UNIT_PATH, b"old", 0o644)})
+    plan = P.build_host_plan(DESIRED, facts)
+    script = P.build_install_script(plan)
+    lines = script.splitlines()
+    assert lines[:2] == ["set -eu", "umask 077"]
+    tar_at = lines.index("tar -x -f - -C / --no-same-permissions --no-overwrite-dir")
+    assert "chmod 0600 /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-new" in lines[tar_at:]
+    mv_key = lines.index("mv -f /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-new /var/lib/kubernetes/kubernetes-key.pem")
+    assert lines.index("chmod 0600 /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-new") < mv_key
+    assert lines.index("systemctl daemon-reload") > mv_key
+    assert lines[-1].startswith("systemctl restart kube-apiserver.service")
+    assert "ca-key" not in script
+
+
+def test_install_script_keeps_previous_versions_for_rollback():
+    facts = facts_matching(**{KEY: fact(KEY)})
+    plan = P.build_host_plan(DESIRED, facts)
+    script = P.build_install_script(plan, keep_previous=True)
+    assert ("if [ -e /var/lib/kubernetes/kubernetes-key.pem ]; then ln -f /var/lib/kubernetes/kubernetes-key.pem "
+            "/var/lib/kubernetes/.kubernetes-key.pem.k8sboot-prev;") in script
+    rollback = P.build_rollback_script(plan)
+    assert "mv -f /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-prev /var/lib/kubernetes/kubernetes-key.pem" in rollback
+    assert "restart" in rollback
+    assert P.build_cleanup_script(plan) == "rm -f /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-prev\n"
+
+
+def test_mode_fix_only_script_has_no_tar():
+    key_sha = next(f.sha256 for f in DESIRED if f.path == KEY)
+    plan = P.build_host_plan(DESIRED, facts_matching(**{KEY: FileFact(KEY, True, key_sha, 0o644, "root", "root")}))
+    script = P.build_install_script(plan)
+    assert "tar" not in script and f"chmod 0600 {KEY}" in script and "restart" not in script
+
+
+@pytest.mark.parametrize("svc,verdict", [
+    (ServiceFact("loaded", "active", "running", listening=True), P.UP),
+    (ServiceFact("loaded", "active", "running", listening=False), P.STARTING),
+    (ServiceFact("loaded", "activating", "start"), P.STARTING),
+    (ServiceFact("loaded", "activating", "auto-restart", result="exit-code"), P.FAILED),
+    (ServiceFact("loaded", "failed", "failed", result="exit-code"), P.FAILED),
+    (ServiceFact("loaded", "inactive", "dead"), P.FAILED),
+    (ServiceFact("loaded", "active", "running", n_restarts=2, listening=True), P.FAILED),
+    (ServiceFact("not-found", "inactive", "dead"), P.FAILED),
+])
+def test_classify_service(svc, verdict):
+    assert P.classify_service(svc)[0] == verdict
