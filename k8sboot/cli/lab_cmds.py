@@ -1,9 +1,197 @@
-"""Commands of this group; `register(app)` adds them to the root app."""
+"""`k8sboot lab up | down | status | reset`: real controller hosts on this machine (Linux, root)."""
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
+
 import typer
+
+from k8sboot.cli.options import json_option
+
+lab_app = typer.Typer(
+    name="lab",
+    help="A local lab of real controller hosts (systemd-nspawn, real systemd and sshd) on this "
+    "machine, and inventory/lab.yaml for them. Linux and root only.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+
+UP_EPILOG = """\
+\b
+Examples:
+  sudo k8sboot lab up                      # 3 controllers at 10.240.0.10-12
+  sudo k8sboot lab up --controllers 1      # shrink: stops controller-1 and controller-2
+  sudo k8sboot lab up -c 3 -w 1            # plus worker-0 at 10.240.0.13
+  sudo k8sboot lab up --mirror http://deb.debian.org/debian
+  ssh -i /var/lib/k8sboot/lab/id_ed25519 -o UserKnownHostsFile=/run/k8sboot-lab/known_hosts root@10.240.0.10
+"""
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1048576:.1f} MiB"
+
+
+def _host_rows(hosts) -> list[list[str]]:
+    return [[h.name, h.role, h.address, h.state, _mib(h.memory_bytes)] for h in hosts]
+
+
+_STATE_STYLES = {"running": "green", "degraded": "yellow", "stopped": "red", "unreachable": "red",
+                 "exited": "red", "stray": "yellow"}
+
+
+class _Progress:
+    """Rich progress on a terminal, plain lines otherwise (CI logs)."""
+
+    def __init__(self, total_hosts: int):
+        from k8sboot import console
+
+        self.console = console
+        self.tty = sys.stderr.isatty()
+        self.total = total_hosts
+        self.ready: set[str] = set()
+        self.steps = 0
+        self.t0 = time.monotonic()
+        self.progress = None
+        if self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                     MofNCompleteColumn(), TimeElapsedColumn(),
+                                     console=console.progress_console(), transient=True)
+            self.rootfs_task = None
+            self.hosts_task = None
+
+    def __enter__(self):
+        if self.progress:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, topic: str, message: str) -> None:
+        if topic == "rootfs":
+            self.steps += 1
+            if self.progress:
+                if self.rootfs_task is None:
+                    self.rootfs_task = self.progress.add_task("Debian root", total=None)
+                self.progress.update(self.rootfs_task, description=f"Debian root: {message[:60]}",
+                                     completed=self.steps)
+            elif self.steps == 1 or self.steps % 50 == 0 or not message.startswith(
+                    ("Retrieving", "Validating", "Extracting", "Unpacking", "Configuring")):
+                self.console.info(f"lab: rootfs [{time.monotonic() - self.t0:5.1f}s] {message}")
+            return
+        if message.startswith("running"):
+            self.ready.add(topic)
+        if self.progress:
+            if self.hosts_task is None:
+                self.hosts_task = self.progress.add_task("hosts running", total=self.total)
+            self.progress.update(self.hosts_task, completed=len(self.ready),
+                                 description=f"hosts running (last: {topic} {message[:40]})")
+        else:
+            self.console.info(f"lab: [{time.monotonic() - self.t0:5.1f}s] {topic}: {message}")
+
+
+@lab_app.command("up", epilog=UP_EPILOG)
+def up_cmd(
+    controllers: int = typer.Option(3, "--controllers", "-c", min=1, max=200, help="Number of controller hosts."),
+    workers: int = typer.Option(0, "--workers", "-w", min=0, max=199, help="Number of worker hosts (after the controllers)."),
+    mirror: str = typer.Option(None, "--mirror", metavar="URL",
+                               help="Debian mirror for the lab's root (default: this machine's apt sources)."),
+    inventory: Path = typer.Option(Path("inventory/lab.yaml"), "--inventory", "-i", metavar="PATH",
+                                   help="Where to write the lab's inventory."),
+    timeout: float = typer.Option(90.0, "--timeout", min=1, help="Seconds to wait for each host's systemd."),
+    as_json: bool = json_option,
+) -> None:
+    """Boot the lab's hosts (idempotent; a larger count adds hosts) and write the inventory."""
+    from k8sboot import console, lab
+
+    with _Progress(controllers + workers) as progress:
+        result = lab.up(controllers=controllers, workers=workers, mirror=mirror, inventory=inventory,
+                        boot_timeout=timeout, report=progress)
+    if as_json:
+        console.json_out({
+            "hosts": [h.to_dict() for h in result.hosts], "started": list(result.started),
+            "kept": list(result.kept), "stopped": list(result.stopped), "rootfs": str(result.rootfs),
+            "rootfs_built": result.rootfs_built, "inventory": str(result.inventory),
+            "inventory_written": result.inventory_written, "seconds": round(result.seconds, 3),
+            "boot_seconds": round(result.boot_seconds, 3)})
+        return
+    console.table(["name", "role", "address", "state", "memory"], _host_rows(result.hosts),
+                  title="k8sboot lab", styles=_STATE_STYLES)
+    if result.changed_nothing:
+        console.info(f"lab: already up to date ({len(result.hosts)} hosts running); {result.inventory} unchanged")
+        return
+    parts = [f"started {len(result.started)}", f"kept {len(result.kept)}"]
+    if result.stopped:
+        parts.append(f"stopped {len(result.stopped)} ({', '.join(result.stopped)})")
+    console.info(f"lab: {len(result.hosts)} hosts running ({', '.join(parts)}) in {result.seconds:.1f} s"
+                 + (f", Debian root built: {result.rootfs}" if result.rootfs_built else ""))
+    console.info(f"lab: inventory {'written' if result.inventory_written else 'unchanged'}: {result.inventory}"
+                 f" (try: k8sboot gen-certs -i {result.inventory})")
+
+
+@lab_app.command("down")
+def down_cmd(
+    timeout: float = typer.Option(10.0, "--timeout", min=0, help="Seconds of orderly poweroff before SIGKILL."),
+    as_json: bool = json_option,
+) -> None:
+    """Remove everything the lab made (processes, mounts, netns, bridge, route, cgroups, limits)."""
+    from k8sboot import console, lab
+
+    result = lab.down(timeout=timeout)
+    if as_json:
+        console.json_out({"stopped": list(result.stopped), "removed": list(result.removed),
+                          "notes": list(result.notes), "seconds": round(result.seconds, 3)})
+        return
+    for note in result.notes:
+        console.warn(note)
+    if not result.stopped and not result.removed:
+        console.info("lab: nothing to remove (the lab is down)")
+        return
+    console.info(f"lab: down in {result.seconds:.1f} s: stopped {len(result.stopped)} hosts"
+                 + (f" ({', '.join(result.stopped)})" if result.stopped else "")
+                 + f", removed {len(result.removed)} items")
+
+
+@lab_app.command("status")
+def status_cmd(as_json: bool = json_option) -> None:
+    """The lab's hosts and what their systemd says."""
+    from k8sboot import console, lab
+
+    hosts = lab.status()
+    if as_json:
+        console.json_out([h.to_dict() for h in hosts])
+        return
+    if not hosts:
+        console.info("lab: no hosts (the lab is down); start it with `k8sboot lab up`")
+        return
+    console.table(["name", "role", "address", "state", "memory"], _host_rows(hosts), title="k8sboot lab",
+                  styles=_STATE_STYLES)
+    for h in hosts:
+        if h.detail:
+            console.warn(f"{h.name}: {h.detail}")
+
+
+@lab_app.command("reset")
+def reset_cmd(
+    name: str = typer.Argument(..., metavar="NAME", help="The host, e.g. controller-0."),
+    timeout: float = typer.Option(90.0, "--timeout", min=1, help="Seconds to wait for the host's systemd."),
+    as_json: bool = json_option,
+) -> None:
+    """Give one host a fresh root (its changes dropped, a new host key) and boot it again."""
+    from k8sboot import console, lab
+
+    result = lab.reset(name, boot_timeout=timeout)
+    if as_json:
+        console.json_out({"host": result.host.to_dict(), "seconds": round(result.seconds, 3)})
+        return
+    console.info(f"lab: {name} reset in {result.seconds:.1f} s ({result.host.state}, {result.host.address})")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(lab_app, name="lab")

@@ -1,0 +1,382 @@
+"""The lab as data: names, addresses, paths, the rootfs recipe, nspawn's command line, the inventory.
+
+Pure functions over frozen dataclasses: nothing here runs a command, touches a file or reads the
+clock, so `tests/unit/test_lab_plan.py` covers it without root. The effects live in `net`,
+`hosts` and `rootfs`, which take every name and path from here.
+
+Network rule: the lab uses 10.240.0.0/24 only. The workstation side of the bridge is
+10.240.0.1; controller-i is 10.240.0.(10+i), workers follow the controllers. Hosts get no
+default route and no IPv6; a blackhole route for 10.240.0.0/16 keeps a leftover client from
+sending lab traffic anywhere else once the bridge is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+# --- names and places ---------------------------------------------------------------------------
+
+LAB_CLUSTER_NAME = "k8sboot-lab"
+PREFIX = "k8sb-"                                  # netns, machine and cgroup names start with it
+BRIDGE = "k8sb-br0"
+VETH_PREFIX = "k8sbv"                             # host side of each veth: k8sbv10, k8sbv11, ...
+NETWORK = ipaddress.IPv4Network("10.240.0.0/24")
+GATEWAY = ipaddress.IPv4Address("10.240.0.1")     # the workstation's address on the bridge
+GUARD_ROUTE = ipaddress.IPv4Network("10.240.0.0/16")
+FIRST_HOST = 10                                   # controller-0 = 10.240.0.10
+MAX_HOSTS = 200                                   # .10 .. .209
+INOTIFY_INSTANCES = 4096                          # each booted host holds ~7 inotify instances
+
+STATE_DIR = Path("/run/k8sboot-lab")              # a tmpfs: state file, known_hosts, host dirs
+STATE_FILE = STATE_DIR / "lab.json"
+KNOWN_HOSTS = STATE_DIR / "known_hosts"
+HOSTS_DIR = STATE_DIR / "hosts"
+LOCK_FILE = Path("/run/lock/k8sboot-lab.lock")    # outside the tmpfs: it outlives `down`
+STATE_FS_NAME = "k8sboot-lab"                     # tmpfs "device" names: how `down` finds our mounts
+NSPAWN_FS_NAME = "k8sboot-nspawn"
+NSPAWN_RUN_DIR = Path("/run/systemd/nspawn")      # nspawn needs it on tmpfs
+NETNS_DIR = Path("/run/netns")
+LIB_DIR = Path("/var/lib/k8sboot")
+ROOTFS_DIR = LIB_DIR / "rootfs"                   # <recipe-hash>/ = one built root
+KEY_DIR = LIB_DIR / "lab"                         # the lab's client key (kept across up/down)
+CLIENT_KEY = KEY_DIR / "id_ed25519"
+DEBOOTSTRAP_CACHE = Path("/var/cache/k8sboot/debootstrap")
+CGROUP_NAME = "k8sboot-lab"                       # /sys/fs/cgroup/<hierarchy>/.../k8sboot-lab/<machine>
+READY_MARK = ".k8sboot-rootfs.json"               # written last into a finished root: the recipe
+INVENTORY_PATH = Path("inventory/lab.yaml")
+
+# Where the lab installs the kube-apiserver stand-in in each host (at boot, not in the cache).
+STANDIN_LIB = "/usr/local/lib/k8sboot-standin"
+STANDIN_MODULES = ("__init__.py", "authn.py", "standin.py")
+STANDIN_LAUNCHER = """\
+#!/usr/bin/python3
+# kube-apiserver STAND-IN installed by `k8sboot lab up`: not Kubernetes. See k8sboot/standin.py.
+import sys
+sys.path.insert(0, "/usr/local/lib/k8sboot-standin")
+from k8sboot.standin import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One lab host: everything that names it, derived from its role and index."""
+
+    name: str            # controller-0
+    role: str            # controller | worker
+    address: str         # 10.240.0.10
+    mac: str             # 02:00:0a:f0:00:0a, fixed per address (a reset keeps the ARP entry valid)
+    netns: str           # k8sb-controller-0
+    veth: str            # k8sbv10 (workstation side; the host side is eth0)
+    machine: str         # k8sb-controller-0 (nspawn --machine)
+
+    @property
+    def dir(self) -> Path:
+        return HOSTS_DIR / self.name
+
+    @property
+    def root(self) -> Path:
+        return self.dir / "root"
+
+    @property
+    def upper(self) -> Path:
+        return self.dir / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.dir / "work"
+
+    @property
+    def console_log(self) -> Path:
+        return self.dir / "console.log"
+
+    @property
+    def netns_path(self) -> Path:
+        return NETNS_DIR / self.netns
+
+
+def mac_for(address: str) -> str:
+    """A locally administered MAC that encodes the IPv4 address: 10.240.0.10 -> 02:00:0a:f0:00:0a."""
+    octets = ipaddress.IPv4Address(address).packed
+    return "02:00:" + ":".join(f"{b:02x}" for b in octets)
+
+
+def host_spec(role: str, index: int, position: int) -> HostSpec:
+    """The `index`-th host of `role`, at lab `position` (0-based over controllers then workers)."""
+    if role not in ("controller", "worker"):
+        raise ValueError(f"unknown role {role!r}")
+    if not 0 <= position < MAX_HOSTS:
+        raise ValueError(f"the lab holds at most {MAX_HOSTS} hosts")
+    name = f"{role}-{index}"
+    octet = FIRST_HOST + position
+    address = str(NETWORK.network_address + octet)
+    return HostSpec(name=name, role=role, address=address, mac=mac_for(address),
+                    netns=PREFIX + name, veth=f"{VETH_PREFIX}{octet}", machine=PREFIX + name)
+
+
+def build_host_specs(controllers: int, workers: int) -> tuple[HostSpec, ...]:
+    """controller-0.. at .10.., then worker-0.. right after the controllers."""
+    if controllers < 1:
+        raise ValueError("the lab needs at least one controller")
+    if workers < 0:
+        raise ValueError("the number of workers cannot be negative")
+    if controllers + workers > MAX_HOSTS:
+        raise ValueError(f"the lab holds at most {MAX_HOSTS} hosts ({controllers + workers} asked)")
+    specs = [host_spec("controller", i, i) for i in range(controllers)]
+    specs += [host_spec("worker", j, controllers + j) for j in range(workers)]
+    return tuple(specs)
+
+
+# --- what `up` does to the hosts that exist ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    keep: tuple[HostSpec, ...]       # running, same name and address: untouched
+    start: tuple[HostSpec, ...]      # to boot (new, or recorded but no longer running)
+    stop: tuple[HostSpec, ...]       # no longer wanted, or wanted at another address
+
+    @property
+    def changes_nothing(self) -> bool:
+        return not self.start and not self.stop
+
+
+def build_lab_plan(desired: tuple[HostSpec, ...], running: dict[str, HostSpec],
+                   recorded: dict[str, HostSpec] | None = None) -> LabPlan:
+    """Compare the hosts asked for with those that run (and those only recorded, e.g. after a crash).
+
+    A running host with the same spec is kept; one whose spec changed (a worker moved because
+    controllers were added) is stopped and booted again at its new address; hosts no longer asked
+    for are stopped. Recorded-but-dead hosts are cleaned (stop) and, if wanted, booted again.
+    """
+    recorded = recorded or {}
+    wanted = {h.name: h for h in desired}
+    keep = tuple(h for h in desired if running.get(h.name) == h)
+    start = tuple(h for h in desired if running.get(h.name) != h)
+    stop_names = [n for n in running if wanted.get(n) != running[n]]
+    stop_names += [n for n in recorded if n not in running and n not in stop_names]
+    stop = tuple(running.get(n) or recorded[n] for n in stop_names)
+    return LabPlan(keep=keep, start=start, stop=stop)
+
+
+# --- the Debian root --------------------------------------------------------------------------
+
+SUITE = "bookworm"
+VARIANT = "minbase"
+PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "procps", "iputils-ping",
+    # the stand-in; debootstrap does not resolve virtual packages, so name cffi's backend
+    "python3", "python3-cryptography", "python3-cffi-backend", "python3-jwt", "python3-openssl",
+    "sudo", "ca-certificates", "curl",
+)
+SSHD_CONFIG = """\
+# k8sboot lab: key-only root login, fast logins, many parallel sessions (Fabric)
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+MaxStartups 100:30:200
+MaxSessions 50
+HostKey /etc/ssh/ssh_host_ed25519_key
+"""
+# Files written into the root after debootstrap: (path, mode, content).
+ROOTFS_FILES: tuple[tuple[str, int, str], ...] = (
+    ("/etc/ssh/sshd_config.d/k8sboot-lab.conf", 0o644, SSHD_CONFIG),
+    ("/etc/hostname", 0o644, "k8sboot-lab\n"),    # debootstrap copied the build machine's name
+    ("/etc/resolv.conf", 0o644, ""),              # no DNS, no route out; nspawn runs --resolv-conf=off
+    ("/etc/machine-id", 0o444, ""),               # 0 bytes: a new id per boot (a lone newline fails)
+    ("/etc/hosts", 0o644, "127.0.0.1 localhost\n"),
+)
+# Removed from the root: baked host keys (each host gets its own before boot), dbus's copy of
+# the machine id, apt's downloaded lists and packages.
+ROOTFS_REMOVE_GLOBS = (
+    "/etc/ssh/ssh_host_*", "/var/lib/dbus/machine-id", "/var/cache/apt/archives/*.deb",
+    "/var/lib/apt/lists/*",
+)
+# Units useless or slow in a container.
+ROOTFS_MASK = (
+    "systemd-timesyncd.service", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
+    "fstrim.timer", "getty@tty1.service", "console-getty.service", "systemd-firstboot.service",
+    "systemd-networkd-wait-online.service", "systemd-hwdb-update.service", "e2scrub_reap.service",
+)
+ROOTFS_ENABLE = ("ssh.service",)
+RECIPE_VERSION = 1   # bump when the build steps in rootfs.py change meaning
+
+
+@dataclass(frozen=True)
+class RootfsRecipe:
+    suite: str = SUITE
+    variant: str = VARIANT
+    packages: tuple[str, ...] = PACKAGES
+    files: tuple[tuple[str, int, str], ...] = ROOTFS_FILES
+    remove_globs: tuple[str, ...] = ROOTFS_REMOVE_GLOBS
+    mask: tuple[str, ...] = ROOTFS_MASK
+    enable: tuple[str, ...] = ROOTFS_ENABLE
+    version: int = RECIPE_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "suite": self.suite, "variant": self.variant, "packages": sorted(self.packages),
+            "files": [[p, m, c] for p, m, c in self.files], "remove_globs": list(self.remove_globs),
+            "mask": sorted(self.mask), "enable": sorted(self.enable), "version": self.version,
+        }, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        """What the cache is keyed by: the mirror is not in it (same packages from any mirror)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def directory(self, base: Path = ROOTFS_DIR) -> Path:
+        return base / f"{self.suite}-{self.hash}"
+
+
+def build_debootstrap_argv(recipe: RootfsRecipe, target: Path, mirror: str,
+                           cache_dir: Path = DEBOOTSTRAP_CACHE) -> list[str]:
+    return ["debootstrap", f"--variant={recipe.variant}", f"--include={','.join(recipe.packages)}",
+            f"--cache-dir={cache_dir}", "--components=main", recipe.suite, str(target), mirror]
+
+
+_DEB_LINE = re.compile(r"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)")
+
+
+def parse_apt_mirror(deb822_text: str | None, sources_list_text: str | None) -> str | None:
+    """The machine's own Debian mirror: the first non-security `deb` URI of its apt sources.
+
+    deb822 (`/etc/apt/sources.list.d/debian.sources`) first, then one-line `sources.list`.
+    """
+    for stanza in re.split(r"\n\s*\n", deb822_text or ""):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line.startswith("#") or ":" not in line or line[:1].isspace():
+                continue
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip()
+        if fields.get("enabled", "yes").lower() == "no":
+            continue
+        if "deb" not in fields.get("types", "").split():
+            continue
+        suites = fields.get("suites", "").split()
+        if any("security" in s for s in suites):
+            continue
+        for uri in fields.get("uris", "").split():
+            if _is_mirror_url(uri) and "security" not in uri:
+                return uri
+    for line in (sources_list_text or "").splitlines():
+        m = _DEB_LINE.match(line)
+        if m and "security" not in m.group(1) and "security" not in m.group(2) and _is_mirror_url(m.group(1)):
+            return m.group(1)
+    return None
+
+
+def _is_mirror_url(uri: str) -> bool:
+    parts = urlsplit(uri)
+    return parts.scheme in ("http", "https", "file") and bool(parts.netloc or parts.path)
+
+
+def check_mirror_url(uri: str) -> str | None:
+    """Why `uri` cannot be a Debian mirror, or None."""
+    if not _is_mirror_url(uri):
+        return f"'{uri}' is not an http://, https:// or file:// URL"
+    return None
+
+
+# --- systemd-nspawn ----------------------------------------------------------------------------
+
+
+def build_nspawn_argv(host: HostSpec) -> list[str]:
+    """One host: real systemd as PID 1 in our own overlay root and our own netns.
+
+    --keep-unit --register=no: no system bus on a machine whose PID 1 is not systemd (and we
+    place the process in its own cgroups ourselves). The netns is configured before the boot, so
+    nspawn touches no network; no resolv.conf, timezone or journal link from the workstation.
+    """
+    return ["systemd-nspawn", "--quiet", "--keep-unit", "--register=no", "--boot",
+            "--console=read-only", f"--directory={host.root}", f"--machine={host.machine}",
+            f"--hostname={host.name}", f"--network-namespace-path={host.netns_path}",
+            "--resolv-conf=off", "--timezone=off", "--link-journal=no"]
+
+
+def parse_nspawn_machine(argv: list[str]) -> str | None:
+    """The lab machine a process command line belongs to (`--machine=k8sb-...` under our state dir)."""
+    if not argv or not argv[0].endswith("systemd-nspawn"):
+        return None
+    machine = directory = None
+    for arg in argv[1:]:
+        if arg.startswith("--machine="):
+            machine = arg.split("=", 1)[1]
+        elif arg.startswith("--directory="):
+            directory = arg.split("=", 1)[1]
+    if machine and machine.startswith(PREFIX) and directory and directory.startswith(str(HOSTS_DIR) + "/"):
+        return machine
+    return None
+
+
+def ssh_argv(host_address: str, command: str, key: Path = CLIENT_KEY,
+             known_hosts: Path = KNOWN_HOSTS, timeout: float = 5.0) -> list[str]:
+    """OpenSSH with strict host keys against the lab's known_hosts, ignoring the user's config."""
+    return ["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", f"ConnectTimeout={int(max(1, timeout))}", "-o", "LogLevel=ERROR",
+            f"root@{host_address}", command]
+
+
+def render_known_hosts(entries: dict[str, str]) -> str:
+    """`address key-type base64` lines, sorted by address: `{"10.240.0.10": "ssh-ed25519 AAAA..."}`."""
+    order = sorted(entries, key=lambda a: ipaddress.ip_address(a))
+    return "".join(f"{a} {entries[a]}\n" for a in order)
+
+
+# --- inventory/lab.yaml ------------------------------------------------------------------------
+
+
+def render_lab_inventory(hosts: tuple[HostSpec, ...], identity_file: Path = CLIENT_KEY,
+                         known_hosts: Path = KNOWN_HOSTS) -> str:
+    """A full inventory (DESIGN.md schema) for the lab's hosts."""
+    controllers = [h for h in hosts if h.role == "controller"]
+    workers = [h for h in hosts if h.role == "worker"]
+    first = controllers[0].address
+    endpoint = f"https://{first}:6443"
+
+    def host_lines(group: list[HostSpec]) -> str:
+        if not group:
+            return " []\n"
+        return "\n" + "".join(f"  - {{name: {h.name}, address: {h.address}, internal_ip: {h.address}}}\n"
+                              for h in group)
+
+    return (
+        "# Generated by `k8sboot lab up`: the lab's hosts on this machine. Do not edit: the next\n"
+        "# `k8sboot lab up` rewrites it. The key and known_hosts below are the lab's own.\n"
+        "cluster:\n"
+        f"  name: {LAB_CLUSTER_NAME}\n"
+        f"  api_endpoint: {endpoint}\n"
+        "  service_cidr: 10.32.0.0/24\n"
+        "  cluster_domain: cluster.local\n"
+        f"  service_account_issuer: {endpoint}\n"
+        "pki:\n"
+        "  dir: pki\n"
+        f"  subject: {{C: VN, OU: {LAB_CLUSTER_NAME}}}\n"
+        "  key_algorithm: rsa-2048\n"
+        "  ca_validity_days: 3650\n"
+        "  cert_validity_days: 365\n"
+        "  extra_sans: []\n"
+        "apiserver:\n"
+        "  anonymous_auth: false\n"
+        "  authorization_mode: [Node, RBAC]\n"
+        f"  etcd_servers: [https://{first}:2379]\n"
+        "  extra_flags: {}\n"
+        "ssh:\n"
+        "  user: root\n"
+        "  port: 22\n"
+        f"  identity_file: {identity_file}\n"
+        f"  known_hosts: {known_hosts}\n"
+        "  sudo: false\n"
+        f"controllers:{host_lines(controllers)}"
+        f"workers:{host_lines(workers)}"
+    )
