@@ -1,9 +1,228 @@
-"""Commands of this group; `register(app)` adds them to the root app."""
+"""render-apiserver, deploy-apiserver, verify, audit; `register(app)` adds them to the root app.
+
+Heavy imports (jinja2, fabric, rich, cryptography) happen inside the functions so `--help` is fast.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from k8sboot.cli.options import inventory_option, json_option
+
+RENDER_EPILOG = """\
+\b
+Examples:
+  k8sboot render-apiserver -i inventory/cluster.yaml --host controller-0
+  k8sboot render-apiserver -i inventory/cluster.yaml --out build/units   # one file per controller
+  k8sboot render-apiserver --templates my-templates/                     # your copy of the template
+\b
+The unit is rendered offline: the flags are computed from the inventory (--advertise-address is
+the host's internal IP; issuer, service CIDR, etcd and auth flags from the inventory;
+--anonymous-auth always explicit) and every file path from the one layout the deploy uses.
+"""
+
+DEPLOY_EPILOG = """\
+\b
+Examples:
+  k8sboot deploy-apiserver --inventory inventory/cluster.yaml
+  k8sboot deploy-apiserver -i inventory/lab.yaml --dry-run          # diff per host, touches nothing
+  k8sboot deploy-apiserver -i inventory/lab.yaml --hosts controller-0,controller-1
+  k8sboot deploy-apiserver -i inventory/cluster.yaml --binary ./kube-apiserver --rollback-on-failure
+  k8sboot deploy-apiserver -i inventory/lab.yaml --json | jq '.hosts[].state'
+\b
+Per host, in parallel: connect (strict host keys) -> take the deploy lock and read sha256, mode and
+owner of every target and the unit's state -> upload only what differs (staged in the target dir,
+then renamed) -> daemon-reload if the unit changed -> enable -> restart if anything changed ->
+wait until it is up, or show the journal. A second run with nothing changed touches nothing.
+\b
+Exit codes: 0 every host ended active and as intended; 9 some host did not; 7 every failure was an
+unknown/changed host key; 6 every failure was a connection failure; 17 a host was locked.
+"""
+
+VERIFY_EPILOG = """\
+\b
+Examples:
+  k8sboot verify -i inventory/lab.yaml --host controller-0
+  k8sboot verify -i inventory/cluster.yaml --probe          # also HTTPS: 401/403/admin
+  k8sboot verify -i inventory/cluster.yaml --json
+\b
+Checks over SSH, on each controller: the tutorial's grep of the unit; every auth flag in the unit
+file, in `systemctl show -p ExecStart` and in the running process's command line against the
+render; every deployed file's sha256, mode and owner against the local PKI and the layout; the CA
+fingerprint; no ca-key.pem; is-enabled / is-active.
+\b
+Exit codes: 0 nothing drifted; 10 drift (files, modes, unit, flags, service, probe); 6/7/8 a host
+could not be checked (connection, host key, remote command).
+"""
+
+AUDIT_EPILOG = """\
+\b
+Examples:
+  k8sboot audit -i inventory/cluster.yaml
+  k8sboot audit -i inventory/lab.yaml --remote             # the hosts' units, files and modes
+  k8sboot audit -i inventory/cluster.yaml --json
+\b
+CIS Kubernetes Benchmark checks that concern authentication: 1.2.1, 1.2.2, 1.2.4, 1.2.5,
+1.2.21-1.2.26, 1.2.30, 1.1.19-1.1.21, 5.1.7; plus certs in system:masters other than admin,
+leaves expiring within 30 days, and an issuer that differs between controllers. Exit 14 on FAIL.
+"""
+
+
+def _split_hosts(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(h.strip() for h in value.split(",") if h.strip())
+
+
+def render_apiserver(
+    inventory: Path = inventory_option,
+    host: str | None = typer.Option(None, "--host", metavar="H", help="Only this controller."),
+    out: Path | None = typer.Option(None, "--out", metavar="DIR",
+                                    help="Write <host>.kube-apiserver.service files here instead of stdout."),
+    templates: Path | None = typer.Option(None, "--templates", metavar="DIR",
+                                          help="Your own template dir (default: inventory, then packaged)."),
+) -> None:
+    """Render the kube-apiserver unit for one or every controller, offline."""
+    from k8sboot import console
+    from k8sboot.deploy import select_hosts
+    from k8sboot.inventory import load_inventory
+    from k8sboot.render import render_all, templates_dir_for
+
+    inv = load_inventory(inventory)
+    hosts = select_hosts(inv, (host,) if host else ())
+    units = render_all(inv, templates_dir_for(inv, templates), hosts)
+    if out is None:
+        for unit in units:
+            if len(units) > 1:
+                console.data(f"# --- {unit.host.name}: {unit.template.name} ---")
+            console.data(unit.text.rstrip("\n"))
+        return
+    from k8sboot import layout
+    from k8sboot.store import write_private_file
+
+    for unit in units:
+        path = Path(out) / f"{unit.host.name}.{layout.UNIT_NAME}"
+        result = write_private_file(path, unit.text.encode(), mode=layout.UNIT_MODE)
+        console.info(f"{result.outcome} {path}")
+
+
+def deploy_apiserver(
+    inventory: Path = inventory_option,
+    hosts: str | None = typer.Option(None, "--hosts", metavar="A,B", help="Only these controllers."),
+    parallel: int = typer.Option(0, "--parallel", min=0, help="Hosts at once (default: all)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Connect and read facts; print the unit diff and "
+                                 "the files that would change per host; change nothing."),
+    no_restart: bool = typer.Option(False, "--no-restart", help="Do not restart a running kube-apiserver "
+                                    "(a stopped one is still started)."),
+    rollback_on_failure: bool = typer.Option(False, "--rollback-on-failure",
+                                             help="Keep the previous files; if the unit fails to come up, "
+                                                  "put them back and restart."),
+    binary: Path | None = typer.Option(None, "--binary", metavar="PATH",
+                                       help="Upload this kube-apiserver binary to /usr/local/bin (0755)."),
+    accept_new_host_keys: bool = typer.Option(False, "--accept-new-host-keys",
+                                              help="Trust unknown host keys on first use and add them to "
+                                                   "known_hosts (a changed key is still refused)."),
+    lock_wait: float = typer.Option(30.0, "--lock-wait", metavar="SECONDS",
+                                    help="How long to wait for another deploy's lock on a host."),
+    wait: float = typer.Option(60.0, "--wait", metavar="SECONDS",
+                               help="How long to wait for kube-apiserver to come up."),
+    templates: Path | None = typer.Option(None, "--templates", metavar="DIR", help="Your own template dir."),
+    json_: bool = json_option,
+) -> None:
+    """Push the PKI files and the kube-apiserver unit to every controller, in parallel, idempotently."""
+    from k8sboot import console
+    from k8sboot.deploy import DeployOptions, deploy
+    from k8sboot.inventory import load_inventory
+
+    inv = load_inventory(inventory)
+    options = DeployOptions(hosts=_split_hosts(hosts), parallel=parallel, dry_run=dry_run, no_restart=no_restart,
+                            rollback_on_failure=rollback_on_failure, binary=binary,
+                            accept_new_host_keys=accept_new_host_keys, lock_wait=lock_wait, wait=wait,
+                            templates=templates)
+    with _ProgressView(console, enabled=True) as view:
+        report = deploy(inv, options, progress=view.update)
+    _print_deploy_report(console, report, json_)
+    code = report.exit_code()
+    if code:
+        raise typer.Exit(int(code))
+
+
+class _ProgressView:
+    """Live per-host status on stderr: a rich Live table on a terminal, plain lines otherwise."""
+
+    def __init__(self, console, enabled: bool = True):
+        import sys
+        import threading
+
+        self.console = console
+        self.tty = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self.state: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.live = None
+
+    def __enter__(self):
+        if self.tty:
+            from rich.live import Live
+
+            self.live = Live(self._render(), console=self.console.progress_console(), refresh_per_second=10,
+                             transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.__exit__(*exc)
+        return False
+
+    def _render(self):
+        from rich.table import Table
+
+        t = Table.grid(padding=(0, 2))
+        for host, msg in self.state.items():
+            t.add_row(host, msg)
+        return t
+
+    def update(self, host: str, message: str) -> None:
+        with self.lock:
+            self.state[host] = message
+            if self.live is not None:
+                self.live.update(self._render())
+            elif self.enabled and (message.startswith("done") or message.startswith("connecting")):
+                self.console.info(f"{host}: {message}")
+
+
+def _print_deploy_report(console, report, json_: bool) -> None:
+    if json_:
+        console.json_out({"ok": report.ok, "dry_run": report.dry_run, "exit_code": int(report.exit_code()),
+                          "hosts": [r.to_json() for r in report.results]})
+        return
+    if report.dry_run:
+        for r in report.results:
+            if r.unit_diff:
+                console.data(r.unit_diff.rstrip("\n"))
+    rows = []
+    for r in report.results:
+        rows.append((r.host, ", ".join(r.files_changed) or "-", "yes" if r.unit_changed else "no",
+                     ("would" if report.dry_run else "yes") if r.restarted else "no",
+                     r.state or "-", f"{r.seconds:.2f}s", r.outcome))
+    title = "deploy-apiserver --dry-run (nothing was changed)" if report.dry_run else "deploy-apiserver"
+    console.table(("host", "files changed", "unit changed", "restarted", "state", "time", "outcome"), rows,
+                  title=title, styles={"failed": "bold red", "error": "bold red", "rolled back": "yellow",
+                                       "deployed": "green", "up to date": "green"})
+    for r in report.results:
+        if not r.ok:
+            console.error(f"{r.host}: {r.message}", r.hint)
+            for line in r.journal:
+                console.info(f"  journal: {line}")
+        elif report.dry_run:
+            console.info(f"{r.host}: {r.message}")
+    if not report.dry_run and report.nothing_changed:
+        console.info("already up to date: nothing uploaded, nothing restarted")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("render-apiserver", epilog=RENDER_EPILOG)(render_apiserver)
+    app.command("deploy-apiserver", epilog=DEPLOY_EPILOG)(deploy_apiserver)

@@ -1,0 +1,338 @@
+"""deploy-apiserver: push the PKI files and the unit to every controller, in parallel.
+
+Everything is validated and rendered before the first connection (local PKI files present,
+templates render, --hosts known, --binary readable). Then per host, in a thread bounded by
+`--parallel`: connect → take the deploy lock and read facts (one command) → plan → install only
+what differs (one command) → daemon-reload / enable / restart only when needed (same command) →
+wait, bounded, until the unit is up (active, running, serving on the secure port), or report why
+not with the journal's last lines and, with --rollback-on-failure, put the previous files back.
+One host failing never stops the others. Progress goes to a callback (the CLI draws it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from k8sboot import layout
+from k8sboot import plan as planmod
+from k8sboot.errors import ExitCode, K8sbootError, PkiError
+from k8sboot.model import Host, Inventory
+from k8sboot.plan import DesiredFile, HostPlan, ServiceFact
+
+Progress = Callable[[str, str], None]
+Connector = Callable[[Host], "object"]   # Host -> remote.Remote
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    hosts: tuple[str, ...] = ()           # empty: every controller
+    parallel: int = 0                     # 0: all at once
+    dry_run: bool = False
+    no_restart: bool = False
+    rollback_on_failure: bool = False
+    binary: Path | None = None
+    accept_new_host_keys: bool = False
+    lock_wait: float = 30.0
+    wait: float = 60.0                    # bound on "until the unit is up"
+    templates: Path | None = None
+
+
+# outcomes
+UNCHANGED = "up to date"
+DEPLOYED = "deployed"
+FAILED = "failed"
+ROLLED_BACK = "rolled back"
+ERROR = "error"
+DRY_RUN = "dry run"
+
+
+@dataclass
+class HostResult:
+    host: str
+    outcome: str
+    ok: bool
+    files_changed: tuple[str, ...] = ()
+    unit_changed: bool = False
+    restarted: bool = False
+    state: str = ""
+    seconds: float = 0.0
+    message: str = ""
+    hint: str | None = None
+    code: int = 0
+    journal: tuple[str, ...] = ()
+    unit_diff: str = ""
+    restart_reasons: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+@dataclass
+class DeployReport:
+    results: list[HostResult] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def nothing_changed(self) -> bool:
+        return all(r.outcome == UNCHANGED for r in self.results)
+
+    def exit_code(self) -> ExitCode:
+        """0 when every host ended as intended; a single shared cause's own code (e.g. HOST_KEY
+        when every failure is an unknown host key); DEPLOY otherwise."""
+        failed = [r for r in self.results if not r.ok]
+        if not failed:
+            return ExitCode.OK
+        codes = {r.code for r in failed}
+        if len(codes) == 1 and all(r.outcome == ERROR for r in failed):
+            code = codes.pop()
+            if code in (ExitCode.HOST_KEY, ExitCode.CONNECT, ExitCode.LOCKED):
+                return ExitCode(code)
+        return ExitCode.DEPLOY
+
+
+# --- preparation (no network) --------------------------------------------------------------------
+
+
+def select_hosts(inventory: Inventory, names: Sequence[str]) -> tuple[Host, ...]:
+    if not names:
+        return inventory.controllers
+    known = {h.name: h for h in inventory.controllers}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        raise K8sbootError(f"--hosts: {', '.join(unknown)} not among the controllers of {inventory.path}",
+                           hint=(f"did you mean {close[0]}? " if close else "")
+                           + "controllers: " + ", ".join(known), code=ExitCode.USAGE)
+    return tuple(known[n] for n in dict.fromkeys(names))
+
+
+def read_local_pki(inventory: Inventory) -> dict[str, bytes]:
+    """The PKI files every controller gets, read from the local PKI dir; all missing ones named."""
+    from k8sboot.store import read_optional
+
+    pki_dir = Path(inventory.pki.dir)
+    out: dict[str, bytes] = {}
+    missing = []
+    for spec in layout.CONTROLLER_FILES:
+        path = pki_dir / spec.local_name
+        data = read_optional(path)
+        if data is None:
+            missing.append(str(path))
+        else:
+            out[spec.local_name] = data
+    if missing:
+        raise PkiError(f"the local PKI is incomplete: missing {', '.join(missing)}",
+                       hint=f"run: k8sboot gen-certs -i {inventory.path}")
+    return out
+
+
+def read_binary(path: Path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise K8sbootError(f"--binary {path}: {exc.strerror}", code=ExitCode.USAGE) from exc
+    if not data:
+        raise K8sbootError(f"--binary {path}: the file is empty", code=ExitCode.USAGE)
+    return data
+
+
+@dataclass(frozen=True)
+class Prepared:
+    hosts: tuple[Host, ...]
+    desired: dict[str, tuple[DesiredFile, ...]]    # by host name
+    port: int
+
+
+def prepare(inventory: Inventory, options: DeployOptions) -> Prepared:
+    """Everything that can fail without a network: hosts, PKI, templates, binary, SSH key file."""
+    from k8sboot import render
+
+    hosts = select_hosts(inventory, options.hosts)
+    ident = inventory.ssh.identity_file
+    if ident is not None and not Path(ident).expanduser().is_file():
+        raise K8sbootError(f"{inventory.where('ssh.identity_file')}: ssh.identity_file {ident} does not exist",
+                           hint="point it at your private key, or remove it to use ssh-agent",
+                           code=ExitCode.CONNECT)
+    templates = render.templates_dir_for(inventory, options.templates)
+    units = {h.name: render.render_unit(inventory, h, templates) for h in hosts}
+    pki = read_local_pki(inventory)
+    binary = read_binary(options.binary) if options.binary else None
+    desired = {name: planmod.build_desired_files(pki, unit.text, binary) for name, unit in units.items()}
+    port = int(dict(units[hosts[0].name].flags).get("secure-port", inventory.apiserver.secure_port))
+    return Prepared(hosts, desired, port)
+
+
+def fact_request(desired: Sequence[DesiredFile], port: int, sections=()) -> "object":
+    from k8sboot.remote import FactRequest
+
+    hashed = tuple(f.path for f in desired)
+    stat_only = tuple(p for p in (layout.BINARY_PATH, f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.CA)}")
+                      if p not in hashed)
+    return FactRequest(hashed=hashed, stat_only=stat_only, port=port, sections=tuple(sections))
+
+
+# --- one host ------------------------------------------------------------------------------------
+
+
+def wait_until_up(remote, port: int, bound: float, *, sleep=time.sleep,
+                  clock=time.monotonic) -> tuple[str, str, ServiceFact]:
+    """Poll the unit until it is up twice in a row (same PID), fails, or `bound` seconds pass."""
+    deadline = clock() + bound
+    delay = 0.1
+    last_up_pid = None
+    while True:
+        svc = remote.read_service(port)
+        verdict, why = planmod.classify_service(svc)
+        if verdict == planmod.FAILED:
+            return verdict, why, svc
+        if verdict == planmod.UP:
+            if last_up_pid == svc.main_pid:
+                return verdict, why, svc
+            last_up_pid = svc.main_pid
+            delay = 0.25
+        else:
+            last_up_pid = None
+        if clock() + delay > deadline:
+            return planmod.FAILED, f"not up after {bound:g}s: {why}", svc
+        sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def _state(svc: ServiceFact) -> str:
+    return f"{svc.active_state}/{svc.sub_state}"
+
+
+def deploy_host(host: Host, desired: tuple[DesiredFile, ...], connect: Connector, options: DeployOptions,
+                port: int, progress: Progress = lambda h, m: None, clock=time.monotonic,
+                sleep=time.sleep) -> HostResult:
+    t0 = clock()
+    name = host.name
+    result = HostResult(host=name, outcome=ERROR, ok=False)
+    remote = None
+    try:
+        progress(name, "connecting")
+        remote = connect(host)
+        progress(name, "reading facts" if options.dry_run else "taking the lock, reading facts")
+        facts = remote.read_facts(fact_request(desired, port),
+                                  lock_wait=None if options.dry_run else options.lock_wait)
+        plan = planmod.build_host_plan(desired, facts, no_restart=options.no_restart, host=name)
+        result.files_changed = plan.files_changed
+        result.unit_changed = plan.unit_changed
+        result.unit_diff = plan.unit_diff
+        result.restart_reasons = plan.restart_reasons
+        result.state = _state(facts.service)
+        if plan.problems:
+            result.outcome, result.message = FAILED, "; ".join(plan.problems)
+            result.code = ExitCode.DEPLOY
+            return result
+        if options.dry_run:
+            result.outcome, result.ok = DRY_RUN, True
+            result.restarted = plan.restart
+            result.message = _summary(plan, would=True)
+            return result
+        if not plan.has_changes:
+            result.outcome, result.ok = UNCHANGED, True
+            result.message = "already up to date"
+            return result
+        progress(name, f"installing {len(plan.uploads)} file(s)" + (", restarting" if plan.restart else ""))
+        remote.install(plan, keep_previous=options.rollback_on_failure)
+        result.restarted = plan.restart
+        if plan.restart:
+            progress(name, "waiting for kube-apiserver")
+            verdict, why, svc = wait_until_up(remote, port, options.wait, sleep=sleep, clock=clock)
+        else:
+            svc = remote.read_service(port)
+            verdict, why = planmod.classify_service(svc)
+            if verdict == planmod.STARTING and svc.is_active:
+                verdict = planmod.UP   # not restarted: it was already running before we came
+        result.state = _state(svc)
+        if verdict == planmod.UP:
+            result.outcome, result.ok = DEPLOYED, True
+            result.message = _summary(plan, would=False)
+            if options.rollback_on_failure:
+                remote.cleanup(plan)
+            return result
+        result.outcome, result.code = FAILED, ExitCode.DEPLOY
+        result.message = f"kube-apiserver did not come up: {why}"
+        result.journal = tuple(remote.read_journal())
+        if options.rollback_on_failure:
+            progress(name, "rolling back")
+            remote.rollback(plan)
+            if any(c.existed for c in plan.uploads if c.file.kind == planmod.KIND_UNIT) or not plan.unit_changed:
+                verdict2, why2, svc2 = wait_until_up(remote, port, options.wait, sleep=sleep, clock=clock)
+                result.state = _state(svc2)
+                result.message += f"; rolled back to the previous files: {why2}"
+            else:
+                result.state = "removed"
+                result.message += "; rolled back: the unit was new, so it was removed"
+            result.outcome = ROLLED_BACK
+        return result
+    except K8sbootError as exc:
+        result.outcome, result.ok = ERROR, False
+        result.message, result.hint, result.code = exc.message, exc.hint, int(exc.code)
+        return result
+    finally:
+        result.seconds = clock() - t0
+        if remote is not None:
+            remote.close()
+        progress(name, f"done: {result.outcome}")
+
+
+def _summary(plan: HostPlan, *, would: bool) -> str:
+    parts = []
+    if plan.uploads:
+        parts.append(("would upload " if would else "uploaded ") + ", ".join(c.file.name for c in plan.uploads))
+    if plan.fixups:
+        parts.append(("would fix " if would else "fixed ") + "; ".join(
+            f"{c.file.name} ({', '.join(c.reasons)})" for c in plan.fixups))
+    for d in plan.dirs:
+        parts.append(("would fix " if would else "fixed ") + f"{d.dir.path} ({', '.join(d.reasons)})")
+    if plan.daemon_reload:
+        parts.append("daemon-reload")
+    if plan.enable:
+        parts.append("enable")
+    if plan.restart:
+        parts.append(("would restart" if would else "restarted") + f" ({'; '.join(plan.restart_reasons)})")
+    if not parts:
+        return "already up to date"
+    return "; ".join(parts)
+
+
+# --- all hosts -----------------------------------------------------------------------------------
+
+
+def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector | None = None,
+           progress: Progress = lambda h, m: None, sleep=time.sleep) -> DeployReport:
+    prepared = prepare(inventory, options)
+    if connect is None:
+        connect = ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys)
+    workers = options.parallel if options.parallel > 0 else len(prepared.hosts)
+    report = DeployReport(dry_run=options.dry_run)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="deploy") as pool:
+        futures = [pool.submit(deploy_host, h, prepared.desired[h.name], connect, options, prepared.port, progress,
+                               sleep=sleep) for h in prepared.hosts]
+        report.results = [f.result() for f in futures]
+    return report
+
+
+def ssh_connector(inventory: Inventory, *, accept_new_host_keys: bool = False) -> Connector:
+    from k8sboot import remote
+
+    aliases = {h.name: h.address for h in (*inventory.controllers, *inventory.workers)}
+
+    def connect(host: Host):
+        return remote.connect(host, inventory.ssh, accept_new_host_keys=accept_new_host_keys, aliases=aliases)
+
+    return connect

@@ -1,0 +1,315 @@
+"""deploy-apiserver / render-apiserver orchestration over an in-memory fake of k8sboot.remote.Remote.
+
+The real thing runs in tests/lab/test_deploy.py; here the planning and orchestration logic is
+checked fast: what is uploaded, when systemd is touched, what one failing host does to others,
+exit codes, and the CLI's output (never a traceback for a user error)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from k8sboot import deploy as D
+from k8sboot import layout
+from k8sboot.cli import app
+from k8sboot.errors import ExitCode, K8sbootError, PkiError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
+from deploy_helpers import FakeHost, fake_connector, make_inventory, write_fake_pki  # noqa: E402
+
+NAMES = ("controller-0", "controller-1", "controller-2")
+
+
+@pytest.fixture
+def lab(tmp_path):
+    pki = tmp_path / "pki"
+    write_fake_pki(pki)
+    hosts = {n: FakeHost(n) for n in NAMES}
+    return tmp_path, pki, hosts
+
+
+def run(inv, fakes, **opts):
+    return D.deploy(inv, D.DeployOptions(wait=2, **opts), connect=fake_connector(fakes),
+                    sleep=lambda s: None)
+
+
+def by_host(report):
+    return {r.host: r for r in report.results}
+
+
+def test_first_deploy_installs_everything_everywhere_and_never_the_ca_key(lab):
+    tmp, pki, hosts = lab
+    report = run(make_inventory(pki=pki), hosts)
+    assert report.ok and report.exit_code() == ExitCode.OK
+    for name, h in hosts.items():
+        r = by_host(report)[name]
+        assert r.outcome == D.DEPLOYED and r.restarted and r.unit_changed and r.state == "active/running"
+        assert sorted(h.uploads) == sorted([f.local_name for f in layout.CONTROLLER_FILES] + [layout.UNIT_NAME])
+        assert h.commands == ["daemon-reload", "enable", "restart"]
+        assert h.dirs[layout.REMOTE_PKI_DIR] == (0o700, "root", "root")
+        assert not any("ca-key" in p for p in h.files)
+        assert h.files["/var/lib/kubernetes/kubernetes-key.pem"][1] == 0o600
+
+
+def test_second_deploy_uploads_nothing_and_restarts_nothing(lab):
+    tmp, pki, hosts = lab
+    inv = make_inventory(pki=pki)
+    run(inv, hosts)
+    before = {n: (list(h.uploads), list(h.commands), h.pid) for n, h in hosts.items()}
+    report = run(inv, hosts)
+    assert report.ok and report.nothing_changed
+    assert all(r.outcome == D.UNCHANGED and not r.restarted and r.message == "already up to date"
+               for r in report.results)
+    assert {n: (h.uploads, h.commands, h.pid) for n, h in hosts.items()} == before
+
+
+def test_inventory_change_updates_only_the_unit_and_restarts_every_host(lab):
+    tmp, pki, hosts = lab
+    run(make_inventory(pki=pki), hosts)
+    for h in hosts.values():
+        h.uploads.clear()
+        h.commands.clear()
+    report = run(make_inventory(pki=pki, anonymous=True), hosts)
+    for h in hosts.values():
+        assert h.uploads == [layout.UNIT_NAME]
+        assert h.commands == ["daemon-reload", "restart"]
+    assert all(r.files_changed == (layout.UNIT_NAME,) and r.restarted for r in report.results)
+
+
+def test_reissued_cert_uploads_only_that_file_and_restarts_without_daemon_reload(lab):
+    tmp, pki, hosts = lab
+    inv = make_inventory(pki=pki)
+    run(inv, hosts)
+    (pki / "kubernetes.pem").write_bytes(b"reissued\n")
+    for h in hosts.values():
+        h.uploads.clear()
+        h.commands.clear()
+    run(inv, hosts)
+    for h in hosts.values():
+        assert h.uploads == ["kubernetes.pem"] and h.commands == ["restart"]
+
+
+def test_dry_run_changes_nothing_and_reports_the_diff(lab):
+    tmp, pki, hosts = lab
+    report = run(make_inventory(pki=pki), hosts, dry_run=True)
+    assert report.ok
+    for h in hosts.values():
+        assert h.uploads == [] and h.commands == [] and layout.UNIT_PATH not in h.files
+    r = by_host(report)["controller-0"]
+    assert r.outcome == D.DRY_RUN and "+  --advertise-address=10.240.0.10 \\" in r.unit_diff
+    assert "would upload" in r.message and "would restart" in r.message
+
+
+def test_hosts_option_touches_only_those_hosts(lab):
+    tmp, pki, hosts = lab
+    report = run(make_inventory(pki=pki), hosts, hosts=("controller-1",))
+    assert [r.host for r in report.results] == ["controller-1"]
+    assert hosts["controller-0"].uploads == [] and hosts["controller-2"].uploads == []
+
+
+def test_unknown_host_in_hosts_option_is_a_usage_error(lab):
+    tmp, pki, hosts = lab
+    with pytest.raises(K8sbootError, match="controller-9") as err:
+        run(make_inventory(pki=pki), hosts, hosts=("controller-9",))
+    assert err.value.code == ExitCode.USAGE
+
+
+def test_incomplete_local_pki_fails_before_any_connection(lab):
+    tmp, pki, hosts = lab
+    (pki / "service-account-key.pem").unlink()
+    with pytest.raises(PkiError, match="service-account-key.pem"):
+        run(make_inventory(pki=pki), hosts)
+    assert all(h.commands == [] for h in hosts.values())
+
+
+def test_one_failing_host_never_stops_the_others(lab):
+    tmp, pki, hosts = lab
+    hosts["controller-1"] = FakeHost("controller-1", binary=False)
+    report = run(make_inventory(pki=pki), hosts)
+    r = by_host(report)
+    assert r["controller-1"].outcome == D.FAILED and "kube-apiserver is missing" in r["controller-1"].message
+    assert r["controller-0"].ok and r["controller-2"].ok
+    assert report.exit_code() == ExitCode.DEPLOY
+
+
+def test_unit_that_fails_to_start_is_reported_with_the_journal(lab):
+    tmp, pki, hosts = lab
+    inv = make_inventory(pki=pki)
+    run(inv, hosts)
+    h = hosts["controller-0"]
+    # the host loses a file; re-deploy puts it back... so make the *local* unit reference a file the host lacks
+    h.files.pop("/var/lib/kubernetes/encryption-config.yaml")
+    h.start()
+    assert h.active == "activating"
+    hosts["controller-0"].files[layout.UNIT_PATH] = (b"x", 0o644, "root", "root")
+    report = run(inv, hosts)
+    assert by_host(report)["controller-0"].ok      # deploy repairs it: file uploaded, restarted
+
+
+def test_rollback_on_failure_restores_the_previous_working_state(lab):
+    tmp, pki, hosts = lab
+    inv = make_inventory(pki=pki)
+    run(inv, hosts)
+    h = hosts["controller-0"]
+    good = dict(h.files)
+    # a new unit that references a file the host will not get (extra flag to a missing path)
+    bad_inv = make_inventory(pki=pki, extra_flags={"audit-policy-file": "/var/lib/kubernetes/missing.yaml"})
+    report = run(bad_inv, hosts, hosts=("controller-0",), rollback_on_failure=True)
+    r = by_host(report)["controller-0"]
+    assert r.outcome == D.ROLLED_BACK and not r.ok
+    assert any("missing.yaml" in line for line in r.journal)
+    assert h.files[layout.UNIT_PATH] == good[layout.UNIT_PATH]
+    assert h.active == "active" and report.exit_code() == ExitCode.DEPLOY
+    assert not any(p.endswith(".k8sboot-prev") for p in h.files)
+
+
+def test_without_rollback_a_failure_is_left_in_place_and_reported(lab):
+    tmp, pki, hosts = lab
+    run(make_inventory(pki=pki), hosts)
+    bad_inv = make_inventory(pki=pki, extra_flags={"audit-policy-file": "/var/lib/kubernetes/missing.yaml"})
+    report = run(bad_inv, hosts, hosts=("controller-0",))
+    r = by_host(report)["controller-0"]
+    assert r.outcome == D.FAILED and "crashed" in r.message and r.journal
+
+
+def test_locked_host_is_reported_and_others_proceed(lab):
+    tmp, pki, hosts = lab
+    hosts["controller-2"].locked = True
+    report = run(make_inventory(pki=pki), hosts)
+    r = by_host(report)["controller-2"]
+    assert r.outcome == D.ERROR and r.code == ExitCode.LOCKED
+    assert report.exit_code() == ExitCode.LOCKED
+    assert by_host(report)["controller-0"].ok
+
+
+def test_mode_loosened_on_a_host_is_fixed_without_restart(lab):
+    tmp, pki, hosts = lab
+    inv = make_inventory(pki=pki)
+    run(inv, hosts)
+    h = hosts["controller-0"]
+    data = h.files["/var/lib/kubernetes/kubernetes-key.pem"][0]
+    h.files["/var/lib/kubernetes/kubernetes-key.pem"] = (data, 0o644, "root", "root")
+    h.commands.clear()
+    report = run(inv, hosts)
+    assert h.files["/var/lib/kubernetes/kubernetes-key.pem"][1] == 0o600
+    assert h.commands == [] and not by_host(report)["controller-0"].restarted
+
+
+def test_parallel_bound_is_respected(lab):
+    import threading
+    import time
+
+    tmp, pki, hosts = lab
+    active = []
+    peak = []
+    lock = threading.Lock()
+    base = fake_connector(hosts)
+
+    def connect(host):
+        with lock:
+            active.append(host.name)
+            peak.append(len(active))
+        time.sleep(0.05)
+        with lock:
+            active.remove(host.name)
+        return base(host)
+
+    D.deploy(make_inventory(pki=pki), D.DeployOptions(parallel=1, wait=2), connect=connect, sleep=lambda s: None)
+    assert max(peak) == 1
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(lab, monkeypatch):
+    tmp, pki, hosts = lab
+    inv_path = tmp / "inv.yaml"
+    from deploy_helpers import INVENTORY_YAML
+    inv_path.write_text(INVENTORY_YAML.format(pki=pki, anonymous="false", extra=""))
+    monkeypatch.setattr(D, "ssh_connector", lambda inventory, **kw: fake_connector(hosts))
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, list(args), catch_exceptions=False)
+
+    return invoke, inv_path, hosts
+
+
+def test_cli_deploy_then_rerun_says_already_up_to_date(cli):
+    invoke, inv, hosts = cli
+    first = invoke("deploy-apiserver", "--inventory", str(inv))
+    assert first.exit_code == 0, first.output
+    assert "deployed" in first.output
+    second = invoke("deploy-apiserver", "--inventory", str(inv))
+    assert second.exit_code == 0 and "already up to date" in second.output
+
+
+def test_cli_deploy_json(cli):
+    invoke, inv, hosts = cli
+    res = invoke("deploy-apiserver", "-i", str(inv), "--json")
+    doc = json.loads(res.stdout)
+    assert doc["ok"] and [h["host"] for h in doc["hosts"]] == list(NAMES)
+    assert set(doc["hosts"][0]) >= {"files_changed", "unit_changed", "restarted", "state", "seconds"}
+
+
+def test_cli_dry_run_prints_the_diff(cli):
+    invoke, inv, hosts = cli
+    res = invoke("deploy-apiserver", "-i", str(inv), "--dry-run")
+    assert res.exit_code == 0
+    assert "+++ controller-0:/etc/systemd/system/kube-apiserver.service (rendered)" in res.stdout
+    assert all(h.uploads == [] for h in hosts.values())
+
+
+def test_cli_failure_exit_code_and_no_traceback(cli):
+    invoke, inv, hosts = cli
+    hosts["controller-1"].files.pop(layout.BINARY_PATH)
+    res = invoke("deploy-apiserver", "-i", str(inv))
+    assert res.exit_code == ExitCode.DEPLOY
+    assert "controller-1" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (("--hosts", "nope"), ExitCode.USAGE, "not among the controllers"),
+    (("--binary", "/nonexistent/kube-apiserver"), ExitCode.USAGE, "--binary"),
+    (("--templates", "/nonexistent"), ExitCode.TEMPLATE, "not a directory"),
+])
+def test_cli_user_errors_have_codes_and_no_traceback(cli, args, code, needle):
+    invoke, inv, hosts = cli
+    res = invoke("deploy-apiserver", "-i", str(inv), *args)
+    assert res.exit_code == code, res.output
+    assert needle in res.output and "Traceback" not in res.output
+
+
+def test_cli_missing_inventory(cli):
+    invoke, inv, hosts = cli
+    res = invoke("deploy-apiserver", "-i", "/nonexistent.yaml")
+    assert res.exit_code == ExitCode.INVENTORY and "Traceback" not in res.output
+
+
+def test_cli_render_prints_one_unit(cli):
+    invoke, inv, hosts = cli
+    res = invoke("render-apiserver", "-i", str(inv), "--host", "controller-2")
+    assert res.exit_code == 0
+    assert "--advertise-address=10.240.0.12" in res.stdout and res.stdout.startswith("# Rendered by k8sboot")
+
+
+def test_cli_render_out_dir_writes_every_unit(cli, tmp_path):
+    invoke, inv, hosts = cli
+    out = tmp_path / "units"
+    out.mkdir()
+    res = invoke("render-apiserver", "-i", str(inv), "--out", str(out))
+    assert res.exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{n}.kube-apiserver.service" for n in NAMES]
+    assert oct((out / "controller-0.kube-apiserver.service").stat().st_mode & 0o777) == "0o644"
+
+
+def test_cli_help_has_worked_examples():
+    runner = CliRunner()
+    for cmd in ("render-apiserver", "deploy-apiserver"):
+        res = runner.invoke(app, [cmd, "--help"])
+        assert res.exit_code == 0 and "Examples:" in res.output and "k8sboot " + cmd in res.output
