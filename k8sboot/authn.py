@@ -609,6 +609,8 @@ def _b64url_decode(segment: str, what: str) -> bytes:
     if not _B64URL.match(segment):
         raise MalformedTokenError(f"the {what} is not base64url")
     stripped = segment.rstrip("=")
+    if len(stripped) % 4 == 1:
+        raise MalformedTokenError(f"the {what} is not base64url (impossible length)")
     try:
         return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
     except (binascii.Error, ValueError) as exc:

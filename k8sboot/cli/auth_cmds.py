@@ -1,9 +1,352 @@
-"""Commands of this group; `register(app)` adds them to the root app."""
+"""`k8sboot whoami` and `k8sboot token create|decode`: Stage 1 of the API server, offline.
+
+Thin shell over `k8sboot.authn` (the decisions, shared with the lab's kube-apiserver stand-in) and
+`k8sboot.tokens` (minting, decoding). cryptography, PyJWT, YAML and rich are imported inside the
+commands so that start-up stays fast. A token or key given to these commands is never printed,
+except the token `token create` was asked to print on stdout.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
 import typer
+
+from k8sboot.cli.options import DEFAULT_INVENTORY, inventory_option
+
+if TYPE_CHECKING:
+    from k8sboot.authn import AuthenticatorConfig, UserInfo
+    from k8sboot.model import Inventory
+
+WHOAMI_EPILOG = """\
+\b
+Examples:
+  k8sboot whoami --cert pki/admin.pem
+      Username admin, Groups [system:masters system:authenticated], like kubectl auth whoami
+  k8sboot whoami --cert pki/admin.pem --key pki/admin-key.pem
+      the same, after checking that the key belongs to the cert
+  TOK=$(k8sboot token create --namespace authn-demo --service-account bot --duration 10m)
+  k8sboot whoami --token "$TOK"
+      system:serviceaccount:authn-demo:bot
+  k8sboot token create --namespace authn-demo --service-account bot | k8sboot whoami --token -
+      the token read from stdin (keeps it out of the shell history)
+  k8sboot whoami --anonymous
+      system:anonymous if apiserver.anonymous_auth is true in the inventory, else 401
+  k8sboot whoami --cert pki/admin.pem --json
+      a SelfSubjectReview document (or the 401 Status), like kubectl auth whoami -o json
+
+\b
+Exit codes: 0 authenticated; 11 the API server would answer 401 (the reason on stderr);
+4 a PKI file is missing or unreadable; 3 the inventory is invalid; 2 bad usage.
+"""
+
+TOKEN_EPILOG = """\
+\b
+Examples:
+  TOK=$(k8sboot token create --namespace authn-demo --service-account bot --duration 10m)
+  k8sboot token decode "$TOK"
+  k8sboot whoami --token "$TOK"
+"""
+
+CREATE_EPILOG = """\
+\b
+Examples:
+  TOK=$(k8sboot token create --namespace authn-demo --service-account bot --duration 10m)
+      only the token is printed, like kubectl create token
+  k8sboot token create -n authn-demo --service-account bot --duration 1h --audience vault
+      a token for another audience: the API server answers 401 to it
+  k8sboot token create -n kube-system --service-account ci -i inventory/lab.yaml --duration 1d
+
+\b
+Durations: 90s, 10m, 1h, 1d, or combined, 1h30m. Audiences default to the inventory's
+cluster.api_audiences (by default the service_account_issuer). The token is signed with
+<pki.dir>/service-account-key.pem: RS256 for an RSA key, ES256 for an ECDSA P-256 key.
+"""
+
+DECODE_EPILOG = """\
+\b
+Examples:
+  k8sboot token decode "$TOK"
+      header and claims as JSON on stdout; on stderr whether the signature verifies against
+      pki/service-account.pem and whether iss, aud and exp pass
+  k8sboot token create -n authn-demo --service-account bot | k8sboot token decode -
+  k8sboot token decode "$TOK" 2>/dev/null | jq -s '.[1].exp'
+
+\b
+Exit codes: 0 the token decodes (even if it would be refused: see the stderr line, or ask
+`k8sboot whoami --token` for a verdict exit code); 12 not a JWT at all; 3 bad inventory.
+"""
+
+token_app = typer.Typer(
+    help="Mint and decode ServiceAccount tokens (JWTs signed with pki/service-account-key.pem).",
+    no_args_is_help=True,
+    epilog=TOKEN_EPILOG,
+)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _pki_file(inv: Inventory, name: str) -> Path:
+    return Path(inv.pki.dir) / name
+
+
+def _gen_certs_hint(inventory: Path) -> str:
+    return f"run `k8sboot gen-certs -i {inventory}` to create the PKI"
+
+
+def _authenticator_config(inv: Inventory, inventory: Path, *, client_ca: bool,
+                          service_account: bool) -> AuthenticatorConfig:
+    """The flags kube-apiserver gets from this inventory, with the files they name read."""
+    from k8sboot import authn, layout
+    from k8sboot.errors import PkiError
+
+    try:
+        return authn.load_authenticator_config(
+            client_ca_file=_pki_file(inv, layout.cert_file(layout.CA)) if client_ca else None,
+            service_account_key_files=(
+                [_pki_file(inv, layout.cert_file(layout.SERVICE_ACCOUNT))] if service_account else []),
+            service_account_issuers=(inv.cluster.service_account_issuer,),
+            api_audiences=inv.cluster.api_audiences,
+            anonymous_auth=inv.apiserver.anonymous_auth,
+        )
+    except authn.AuthnConfigError as exc:
+        if exc.missing:
+            raise PkiError(f"reading {exc.path}: no such file", hint=_gen_certs_hint(inventory)) from exc
+        raise PkiError(f"reading {exc.path}: {exc.message}",
+                       hint=f"{_gen_certs_hint(inventory)}, or fix the file") from exc
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    from k8sboot.errors import PkiError
+
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise PkiError(f"reading {what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise PkiError(f"reading {what} {path}: is a directory") from None
+    except OSError as exc:
+        raise PkiError(f"reading {what} {path}: {exc.strerror}") from exc
+
+
+def _read_client_cert(cert_path: Path, key_path: Path | None) -> tuple[bytes, list[bytes]]:
+    """The leaf's DER and any intermediates after it (PEM bundle or one DER cert)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from k8sboot.errors import PkiError
+
+    data = _read_file(cert_path, "client certificate")
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            chunks = data.split(b"-----END CERTIFICATE-----")
+            certs = [x509.load_pem_x509_certificate(c + b"-----END CERTIFICATE-----")
+                     for c in chunks if b"-----BEGIN CERTIFICATE-----" in c]
+        else:
+            certs = [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise PkiError(f"reading client certificate {cert_path}: not a PEM or DER X.509 certificate",
+                       hint="pass a certificate such as pki/admin.pem (not a key or kubeconfig)") from None
+    der = [c.public_bytes(serialization.Encoding.DER) for c in certs]
+
+    if key_path is not None:
+        key_data = _read_file(key_path, "private key")
+        try:
+            key = serialization.load_pem_private_key(key_data, password=None)
+        except TypeError:
+            raise PkiError(f"reading private key {key_path}: it is encrypted",
+                           hint="whoami needs an unencrypted key to check it matches") from None
+        except Exception:   # ValueError, UnsupportedAlgorithm: never echo the content
+            raise PkiError(f"reading private key {key_path}: not a PEM private key") from None
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        if (key.public_key().public_bytes(serialization.Encoding.DER, spki)
+                != certs[0].public_key().public_bytes(serialization.Encoding.DER, spki)):
+            raise PkiError(f"{key_path} does not match {cert_path}: the key's public half is not "
+                           "the certificate's public key, so no TLS handshake could use them",
+                           hint=f"pass the key issued with the cert, e.g. --cert pki/admin.pem "
+                                f"--key pki/admin-key.pem")
+    return der[0], der[1:]
+
+
+def _read_stdin_token(param: str) -> str:
+    text = sys.stdin.read().strip()
+    if not text:
+        raise typer.BadParameter("no token on stdin", param_hint=param)
+    return text
+
+
+def render_whoami_table(user: UserInfo) -> str:
+    """`kubectl auth whoami`'s table: tabwriter columns padded by 3, Go's %v for lists."""
+    rows = [("ATTRIBUTE", "VALUE"), ("Username", user.username)]
+    if user.uid:
+        rows.append(("UID", user.uid))
+    if user.groups:
+        rows.append(("Groups", "[" + " ".join(user.groups) + "]"))
+    for key in sorted(user.extra):
+        rows.append((f"Extra: {key}", "[" + " ".join(user.extra[key]) + "]"))
+    width = max(len(name) for name, _ in rows) + 3
+    return "\n".join(f"{name:<{width}}{value}" for name, value in rows) + "\n"
+
+
+# --- whoami -------------------------------------------------------------------------------------
+
+
+def whoami(
+    cert: Optional[Path] = typer.Option(None, "--cert", metavar="FILE",
+                                        help="A client certificate (PEM, e.g. pki/admin.pem), "
+                                             "checked against <pki.dir>/ca.pem."),
+    key: Optional[Path] = typer.Option(None, "--key", metavar="FILE",
+                                       help="The cert's private key: checked to match the cert."),
+    token: Optional[str] = typer.Option(None, "--token", metavar="TOKEN",
+                                        help="A ServiceAccount JWT, or '-' to read it from stdin; "
+                                             "checked against <pki.dir>/service-account.pem."),
+    anonymous: bool = typer.Option(False, "--anonymous",
+                                   help="No credential at all: anonymous, or 401 when "
+                                        "apiserver.anonymous_auth is false."),
+    inventory: Path = inventory_option,
+    as_json: bool = typer.Option(False, "--json",
+                                 help="Print a SelfSubjectReview (or the 401 Status) as JSON."),
+) -> None:
+    """Who kube-apiserver would say you are for a client cert, a ServiceAccount token, or nothing.
+
+    Offline Stage 1 with the API server's own rules (the lab's stand-in runs the same code): prints
+    what `kubectl auth whoami` prints, or "401 Unauthorized: <why>" on stderr.
+    """
+    given = [name for name, present in (("--cert", cert is not None), ("--token", token is not None),
+                                         ("--anonymous", anonymous)) if present]
+    if len(given) != 1:
+        raise typer.BadParameter(
+            "give exactly one of --cert FILE, --token TOKEN or --anonymous"
+            + (f" (got {' and '.join(given)})" if given else ""),
+            param_hint="'--cert' / '--token' / '--anonymous'")
+    if key is not None and cert is None:
+        raise typer.BadParameter("--key goes with --cert", param_hint="'--key'")
+    if token == "-":
+        token = _read_stdin_token("'--token'")
+    elif token is not None:
+        token = token.strip()
+        if not token:
+            raise typer.BadParameter("the token is empty", param_hint="'--token'")
+
+    from datetime import datetime, timezone
+
+    from k8sboot import authn, console
+    from k8sboot.errors import ExitCode
+    from k8sboot.inventory import load_inventory
+
+    inv = load_inventory(inventory)
+    config = _authenticator_config(inv, inventory, client_ca=cert is not None,
+                                   service_account=token is not None)
+    leaf, intermediates = _read_client_cert(cert, key) if cert is not None else (None, [])
+    now = datetime.now(timezone.utc)
+    result = authn.authenticate_request(leaf, f"Bearer {token}" if token else None, config, now,
+                                        intermediates_der=intermediates)
+
+    if not result.authenticated:
+        if as_json:
+            console.json_out(result.status(include_reason=True))
+        console.info(f"401 Unauthorized: {result.reason}")
+        raise typer.Exit(int(ExitCode.UNAUTHORIZED))
+    for ignored in result.failures:
+        console.info(f"note: {ignored.message}")
+    if as_json:
+        console.json_out(result.self_subject_review(now))
+    else:
+        console.data(render_whoami_table(result.user))
+
+
+# --- token create / decode ----------------------------------------------------------------------
+
+
+@token_app.command("create", epilog=CREATE_EPILOG)
+def create(
+    namespace: str = typer.Option("default", "-n", "--namespace", metavar="NS", help="The ServiceAccount's namespace."),
+    service_account: str = typer.Option(..., "--service-account", metavar="NAME",
+                                        help="The ServiceAccount's name, e.g. bot."),
+    duration: str = typer.Option("1h", "--duration", metavar="DURATION", help="Lifetime: 90s, 10m, 1h, 1d, 1h30m."),
+    audience: Optional[list[str]] = typer.Option(None, "--audience", metavar="AUD",
+                                                 help="An audience (repeatable); default: the "
+                                                      "inventory's API audiences."),
+    inventory: Path = inventory_option,
+) -> None:
+    """Mint a ServiceAccount token signed with the service-account key; print only the token."""
+    from k8sboot import tokens
+
+    try:
+        lifetime = tokens.parse_duration(duration)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--duration'") from None
+    for check, value, hint in ((tokens.check_namespace, namespace, "'-n' / '--namespace'"),
+                               (tokens.check_service_account_name, service_account, "'--service-account'")):
+        try:
+            check(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=hint) from None
+    if audience is not None and any(not a.strip() for a in audience):
+        raise typer.BadParameter("an audience cannot be empty", param_hint="'--audience'")
+
+    from datetime import datetime, timezone
+
+    from k8sboot import console, layout
+    from k8sboot.errors import PkiError
+    from k8sboot.inventory import load_inventory
+
+    inv = load_inventory(inventory)
+    key_path = _pki_file(inv, layout.key_file(layout.SERVICE_ACCOUNT))
+    try:
+        key_pem = key_path.read_bytes()
+    except FileNotFoundError:
+        raise PkiError(f"reading the signing key {key_path}: no such file",
+                       hint=_gen_certs_hint(inventory)) from None
+    except OSError as exc:
+        raise PkiError(f"reading the signing key {key_path}: {exc.strerror}") from exc
+    token = tokens.mint_token(namespace, service_account, lifetime,
+                              list(audience) if audience else list(inv.cluster.api_audiences),
+                              inv.cluster.service_account_issuer, key_pem,
+                              datetime.now(timezone.utc), source=str(key_path))
+    console.data(token)
+
+
+@token_app.command("decode", epilog=DECODE_EPILOG)
+def decode(
+    token: str = typer.Argument(..., metavar="TOKEN", help="The JWT, or '-' to read it from stdin."),
+    inventory: Path = inventory_option,
+) -> None:
+    """Print a token's header and claims as JSON, and say whether it verifies and would pass."""
+    if token == "-":
+        token = _read_stdin_token("'TOKEN'")
+
+    from datetime import datetime, timezone
+
+    from k8sboot import authn, console, layout, tokens
+    from k8sboot.inventory import load_inventory
+
+    now = datetime.now(timezone.utc)
+    tokens.decode_token(token, None, now)            # garbage: TokenError before anything else
+    config, source = None, "no inventory"
+    if inventory == DEFAULT_INVENTORY and not inventory.exists():
+        source = f"no inventory at {inventory}; pass -i INV"
+    else:
+        inv = load_inventory(inventory)
+        key_path = _pki_file(inv, layout.cert_file(layout.SERVICE_ACCOUNT))
+        source = str(key_path)
+        try:
+            config = authn.load_authenticator_config(
+                service_account_key_files=[key_path],
+                service_account_issuers=(inv.cluster.service_account_issuer,),
+                api_audiences=inv.cluster.api_audiences,
+                anonymous_auth=inv.apiserver.anonymous_auth)
+        except authn.AuthnConfigError as exc:
+            source = (f"{key_path} not found; {_gen_certs_hint(inventory)}" if exc.missing
+                      else f"{key_path} unusable: {exc.message}")
+    report = tokens.decode_token(token, config, now)
+    console.data(report.render_json())
+    console.info(tokens.render_verdict(report, source, now))
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("whoami", epilog=WHOAMI_EPILOG)(whoami)
+    app.add_typer(token_app, name="token")
