@@ -1,0 +1,555 @@
+"""Shared helpers of the benchmark harness (`bench/run`) and the peer test.
+
+Pure parts (unit-tested in tests/unit/test_bench_lib.py): statistics over samples, the A B A B
+alternation loop, ratios pair by pair, markdown tables, number formatting. Effect parts, kept
+small: timing a subprocess, describing the machine, reading the lab inventory, writing the ssh
+config and the Ansible inventory the peers use, and building the separate Ansible venv.
+
+Nothing here imports k8sboot: the harness drives k8sboot only through its documented CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+PEERS_DIR = BENCH_DIR / "peers"
+ANSIBLE_DIR = PEERS_DIR / "ansible"
+ANSIBLE_VENV = BENCH_DIR / ".venv-ansible"
+ANSIBLE_REQUIREMENT = "ansible-core~=2.19.0"
+
+# What every deploy tool must leave on each controller (DESIGN.md "On each controller"), in the
+# order the tutorial lists them; modes as k8sboot.layout has them (keys 0600, certs 0644).
+# The peer test checks this list against k8sboot.layout, so the two cannot drift apart.
+PKI_FILES: tuple[tuple[str, int], ...] = (
+    ("ca.pem", 0o644),
+    ("kubernetes.pem", 0o644),
+    ("kubernetes-key.pem", 0o600),
+    ("service-account.pem", 0o644),
+    ("service-account-key.pem", 0o600),
+    ("kube-apiserver-kubelet-client.pem", 0o644),
+    ("kube-apiserver-kubelet-client-key.pem", 0o600),
+    ("encryption-config.yaml", 0o600),
+)
+REMOTE_PKI_DIR = "/var/lib/kubernetes"
+REMOTE_PKI_DIR_MODE = 0o700
+UNIT_NAME = "kube-apiserver.service"
+UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
+UNIT_MODE = 0o644
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed; the message says which and why."""
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stats:
+    n: int
+    median: float
+    min: float
+    max: float
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median: how noisy these samples were."""
+        return (self.max - self.min) / self.median if self.median else 0.0
+
+
+def summarize(samples: Sequence[float]) -> Stats:
+    if not samples:
+        raise ValueError("no samples")
+    return Stats(n=len(samples), median=statistics.median(samples), min=min(samples), max=max(samples))
+
+
+def ratio_of_medians(a: Sequence[float], b: Sequence[float]) -> float:
+    """median(a) / median(b): the headline "a is r x b"."""
+    mb = statistics.median(b)
+    if mb <= 0:
+        raise ValueError("the baseline median is not positive")
+    return statistics.median(a) / mb
+
+
+def paired_ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """a[i] / b[i] for the runs of the same round (run next to each other, so they share the
+    machine's state at that moment); as many as the shorter list."""
+    return [x / y for x, y in zip(a, b) if y > 0]
+
+
+@dataclass(frozen=True)
+class PairRatio:
+    a: str
+    b: str
+    ratio: float            # median(a) / median(b)
+    paired_min: float       # min and max of the round-by-round ratios a[i]/b[i]
+    paired_max: float
+
+
+def pair_ratios(results: Mapping[str, Sequence[float]], subject: str | None = None) -> list[PairRatio]:
+    """Every pair of tools (in the order given), or only `subject` against each other tool."""
+    names = [n for n, s in results.items() if s]
+    pairs: list[tuple[str, str]] = []
+    if subject is not None and subject in names:
+        pairs = [(subject, other) for other in names if other != subject]
+    else:
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    out = []
+    for a, b in pairs:
+        paired = paired_ratios(results[a], results[b]) or [ratio_of_medians(results[a], results[b])]
+        out.append(PairRatio(a, b, ratio_of_medians(results[a], results[b]), min(paired), max(paired)))
+    return out
+
+
+# --- alternation -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunRecord:
+    tool: str
+    round: int
+    seconds: float | None
+    error: str | None = None
+
+
+@dataclass
+class Alternation:
+    """The samples of one comparison, filled in run order (A B A B ...)."""
+
+    order: list[RunRecord] = field(default_factory=list)
+
+    def samples(self, tool: str) -> list[float]:
+        return [r.seconds for r in self.order if r.tool == tool and r.seconds is not None]
+
+    def as_dict(self) -> dict[str, list[float]]:
+        tools = list(dict.fromkeys(r.tool for r in self.order))
+        return {t: self.samples(t) for t in tools}
+
+    def errors(self) -> list[RunRecord]:
+        return [r for r in self.order if r.error]
+
+
+def alternate(runners: Mapping[str, Callable[[], float]], rounds: int,
+              before_each: Callable[[str, int], None] | None = None,
+              after_each: Callable[[str, int, float], None] | None = None,
+              on_error: str = "record") -> Alternation:
+    """Run every tool once per round, in the same order each round: A B C A B C ...
+
+    `runner()` returns the seconds it measured (only the tool's own work); `before_each(tool,
+    round)` prepares the hosts untimed (reset for a first deploy, a renewed cert for a change);
+    `after_each(tool, round, seconds)` may check the result, untimed. With on_error="record" a
+    failing run is recorded with its message and the others go on; "raise" stops at once.
+    """
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    alt = Alternation()
+    for rnd in range(rounds):
+        for tool, runner in runners.items():
+            try:
+                if before_each:
+                    before_each(tool, rnd)
+                seconds = runner()
+                if after_each:
+                    after_each(tool, rnd, seconds)
+                alt.order.append(RunRecord(tool, rnd, seconds))
+            except BenchError as exc:
+                if on_error == "raise":
+                    raise
+                alt.order.append(RunRecord(tool, rnd, None, str(exc)))
+    return alt
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+
+def fmt_seconds(x: float | None) -> str:
+    """0.0123 -> '12 ms'; 0.456 -> '0.456 s'; 3.21 -> '3.21 s'; 103.4 -> '103 s'."""
+    if x is None:
+        return "–"
+    if x < 0.1:
+        return f"{x * 1000:.0f} ms" if x >= 0.0095 else f"{x * 1000:.1f} ms"
+    if x < 1:
+        return f"{x:.3f} s"
+    if x < 10:
+        return f"{x:.2f} s"
+    if x < 100:
+        return f"{x:.1f} s"
+    return f"{x:.0f} s"
+
+
+def fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return "–"
+    if r < 0.1:
+        return f"{r:.3f}×"
+    return f"{r:.2f}×"
+
+
+def fmt_stats(s: Stats | None) -> str:
+    """'0.52 s (0.50–0.61 s, n=3)' – median first, then the range."""
+    if s is None:
+        return "–"
+    return f"{fmt_seconds(s.median)} ({fmt_seconds(s.min)}–{fmt_seconds(s.max)}, n={s.n})"
+
+
+def _cell(x: object) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]],
+             align: Sequence[str] | None = None) -> str:
+    """A GitHub markdown table; align per column: 'l', 'r' or 'c' (default: first l, others r)."""
+    headers = list(headers)
+    rows = [list(r) for r in rows]
+    for r in rows:
+        if len(r) != len(headers):
+            raise ValueError(f"row {r!r} has {len(r)} cells, the header {len(headers)}")
+    align = list(align) if align else ["l"] + ["r"] * (len(headers) - 1)
+    marks = {"l": ":---", "r": "---:", "c": ":---:"}
+    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |",
+             "| " + " | ".join(marks[a] for a in align) + " |"]
+    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def stats_by_count_table(results: Mapping[int, Mapping[str, Sequence[float]]],
+                         tools: Sequence[str]) -> str:
+    """Rows = tools, columns = host counts, cells = 'median (min–max, n)'."""
+    counts = sorted(results)
+    rows = []
+    for tool in tools:
+        cells = []
+        for n in counts:
+            samples = results[n].get(tool) or []
+            cells.append(fmt_stats(summarize(samples)) if samples else "–")
+        if any(c != "–" for c in cells):
+            rows.append([tool, *cells])
+    return md_table(["tool", *[f"{n} host{'s' if n != 1 else ''}" for n in counts]], rows)
+
+
+def ratio_by_count_table(results: Mapping[int, Mapping[str, Sequence[float]]],
+                         subject: str | None = None) -> str:
+    """Rows = pairs 'a / b', columns = host counts, cells = 'r× (paired min–max)'."""
+    counts = sorted(results)
+    table: dict[tuple[str, str], dict[int, PairRatio]] = {}
+    for n in counts:
+        for pr in pair_ratios(results[n], subject):
+            table.setdefault((pr.a, pr.b), {})[n] = pr
+    rows = []
+    for (a, b), by_n in table.items():
+        cells = []
+        for n in counts:
+            pr = by_n.get(n)
+            cells.append("–" if pr is None else
+                         f"**{fmt_ratio(pr.ratio)}** ({fmt_ratio(pr.paired_min)}–{fmt_ratio(pr.paired_max)})")
+        rows.append([f"{a} / {b}", *cells])
+    return md_table(["pair (median a / median b)", *[f"{n} host{'s' if n != 1 else ''}" for n in counts]],
+                    rows)
+
+
+# --- goals -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Goal:
+    text: str
+    measured: float | None     # the ratio (or seconds) measured, None when not measured
+    limit: float
+    unit: str = "×"            # '×' for ratios, 's' for seconds
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.measured is None else self.measured <= self.limit
+
+    def row(self) -> list[str]:
+        fmt = fmt_ratio if self.unit == "×" else fmt_seconds
+        verdict = {None: "not measured", True: "met", False: "**missed**"}[self.met]
+        return [self.text, f"≤ {fmt(self.limit)}", fmt(self.measured), verdict]
+
+
+def goals_table(goals: Sequence[Goal]) -> str:
+    return md_table(["goal (issue 5)", "limit", "measured", "verdict"], [g.row() for g in goals],
+                    align=["l", "r", "r", "l"])
+
+
+# --- effects: timing, the machine ---------------------------------------------------------------
+
+
+@dataclass
+class Timed:
+    seconds: float
+    stdout: str
+    stderr: str
+    returncode: int
+
+
+def run_timed(argv: Sequence[str], *, cwd: Path | str | None = None, env: Mapping[str, str] | None = None,
+              timeout: float = 900, check: bool = True, what: str | None = None) -> Timed:
+    """Run argv, measure its wall time (start of the process to its exit), capture its output.
+
+    check=True: a non-zero exit raises BenchError with the command and the tail of its output.
+    """
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(list(argv), cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{what or argv[0]}: timed out after {timeout:.0f} s: {shlex.join(argv)}") from exc
+    except FileNotFoundError as exc:
+        raise BenchError(f"{what or argv[0]}: not found: {exc.filename}") from exc
+    seconds = time.perf_counter() - t0
+    if check and proc.returncode != 0:
+        tail = "\n".join((proc.stderr.strip() or proc.stdout.strip()).splitlines()[-15:])
+        raise BenchError(f"{what or argv[0]} exited {proc.returncode}: {shlex.join(argv)}\n{tail}")
+    return Timed(seconds, proc.stdout, proc.stderr, proc.returncode)
+
+
+def machine_info() -> dict[str, str]:
+    """What the results were measured on: cores, memory, CPU, kernel, OS, load, tool versions."""
+    info: dict[str, str] = {}
+    info["cores"] = str(os.cpu_count())
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        kb = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemTotal:")))
+        info["memory"] = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        info["memory"] = "?"
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                           if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor() or "?"
+    info["kernel"] = platform.release()
+    try:
+        osr = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)
+        info["os"] = osr.get("PRETTY_NAME", "?").strip('"')
+    except OSError:
+        info["os"] = "?"
+    try:
+        info["load average at start"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        pass
+    info["python"] = platform.python_version()
+    try:
+        info["openssh"] = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    except OSError:
+        info["openssh"] = "?"
+    info["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return info
+
+
+def git_describe(repo: Path = REPO) -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+uncommitted changes" if dirty else "") if rev else "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+# --- the lab inventory and what the peers read ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class LabInventory:
+    path: Path
+    hosts: tuple[LabHost, ...]     # the controllers, in inventory order
+    user: str
+    port: int
+    identity_file: Path
+    known_hosts: Path
+    pki_dir: Path                  # as written in the inventory (relative to the working dir)
+
+
+def read_lab_inventory(path: Path) -> LabInventory:
+    """The parts of inventory/lab.yaml (DESIGN.md schema) the peers need: hosts and ssh settings."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    ssh = data.get("ssh") or {}
+    hosts = tuple(LabHost(str(h["name"]), str(h["address"])) for h in data.get("controllers") or ())
+    if not hosts:
+        raise BenchError(f"{path}: no controllers")
+    return LabInventory(
+        path=Path(path), hosts=hosts, user=str(ssh.get("user", "root")), port=int(ssh.get("port", 22)),
+        identity_file=Path(os.path.expanduser(str(ssh.get("identity_file", "~/.ssh/id_ed25519")))),
+        known_hosts=Path(os.path.expanduser(str(ssh.get("known_hosts", "~/.ssh/known_hosts")))),
+        pki_dir=Path(str((data.get("pki") or {}).get("dir", "pki"))),
+    )
+
+
+def render_ssh_config(inv: LabInventory) -> str:
+    """What a KTHW reader has in ~/.ssh/config: one `Host controller-N` block per host. Only the
+    address, user, key and known_hosts are set; everything else stays at OpenSSH's defaults
+    (strict host-key checking, as the inventory asks)."""
+    out = ["# Written by bench/run from the lab inventory; used by the KTHW-style peers.\n"]
+    for h in inv.hosts:
+        out.append(
+            f"Host {h.name}\n"
+            f"  HostName {h.address}\n"
+            f"  User {inv.user}\n"
+            f"  Port {inv.port}\n"
+            f"  IdentityFile {inv.identity_file}\n"
+            f"  IdentitiesOnly yes\n"
+            f"  UserKnownHostsFile {inv.known_hosts}\n"
+            f"  GlobalKnownHostsFile /dev/null\n"
+            f"  StrictHostKeyChecking yes\n"
+            f"  BatchMode yes\n"
+            f"  LogLevel ERROR\n")
+    return "".join(out)
+
+
+def render_ansible_inventory(inv: LabInventory) -> str:
+    """An Ansible INI inventory for the same hosts, same key, same known_hosts (strict)."""
+    lines = ["# Written by bench/run from the lab inventory (bench/peers/ansible/deploy.yml reads it).",
+             "[controllers]"]
+    for h in inv.hosts:
+        lines.append(f"{h.name} ansible_host={h.address}")
+    lines += ["", "[controllers:vars]",
+              f"ansible_user={inv.user}",
+              f"ansible_port={inv.port}",
+              f"ansible_ssh_private_key_file={inv.identity_file}",
+              "ansible_python_interpreter=/usr/bin/python3",
+              "ansible_ssh_common_args='-F /dev/null -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes "
+              f"-o UserKnownHostsFile={inv.known_hosts} -o GlobalKnownHostsFile=/dev/null'",
+              ""]
+    return "\n".join(lines)
+
+
+def ensure_ansible_venv(venv: Path = ANSIBLE_VENV, log: Callable[[str], None] | None = None) -> Path:
+    """`<venv>/bin/ansible-playbook`, building the venv from PyPI first if it is missing.
+
+    A separate venv: Ansible is a peer being measured, never a dependency of k8sboot.
+    """
+    playbook = venv / "bin" / "ansible-playbook"
+    if playbook.exists():
+        return playbook
+    if log:
+        log(f"building {venv} with {ANSIBLE_REQUIREMENT} from PyPI (once)")
+    run_timed([sys.executable, "-m", "venv", str(venv)], what="python -m venv", timeout=300)
+    run_timed([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+               ANSIBLE_REQUIREMENT], what="pip install ansible-core", timeout=900)
+    if not playbook.exists():
+        raise BenchError(f"{playbook} is missing after pip install {ANSIBLE_REQUIREMENT}")
+    return playbook
+
+
+# --- what a deploy left on a host: one ssh command, parsed, compared --------------------------------
+
+
+def snapshot_command() -> str:
+    """One shell command printing what the deploy job leaves on a controller:
+    `F <path> <mode-octal> <owner>:<group> <sha256>` per target (or `F <path> missing`),
+    `D <dir> <mode> <owner>:<group>`, `L <every name in the dir>`, `S active|... enabled|...`,
+    `CAKEY present|absent`."""
+    paths = [f"{REMOTE_PKI_DIR}/{name}" for name, _ in PKI_FILES] + [UNIT_PATH]
+    return (
+        f"for f in {' '.join(paths)}; do "
+        'if [ -f "$f" ]; then echo "F $f $(stat -c \'%a %U:%G\' "$f") $(sha256sum < "$f" | cut -d" " -f1)"; '
+        'else echo "F $f missing"; fi; done; '
+        f'if [ -d {REMOTE_PKI_DIR} ]; then echo "D {REMOTE_PKI_DIR} $(stat -c \'%a %U:%G\' {REMOTE_PKI_DIR})"; '
+        f'else echo "D {REMOTE_PKI_DIR} missing"; fi; '
+        f'echo "L $(ls -A {REMOTE_PKI_DIR} 2>/dev/null | tr "\\n" " ")"; '
+        'echo "S $(systemctl is-active kube-apiserver 2>/dev/null) $(systemctl is-enabled kube-apiserver 2>/dev/null)"; '
+        'if find / -xdev -name ca-key.pem -print -quit 2>/dev/null | grep -q .; then echo "CAKEY present"; '
+        'else echo "CAKEY absent"; fi'
+    )
+
+
+@dataclass(frozen=True)
+class HostState:
+    files: dict[str, tuple[str, str, str] | None]   # path -> (mode octal, owner:group, sha256) or None
+    pki_dir: tuple[str, str] | None                 # (mode, owner:group)
+    active: str
+    enabled: str
+    ca_key_present: bool
+    listing: tuple[str, ...] | None = None          # every name in /var/lib/kubernetes (None: not read)
+
+
+def parse_snapshot(text: str) -> HostState:
+    files: dict[str, tuple[str, str, str] | None] = {}
+    pki_dir = None
+    active = enabled = "?"
+    ca_key = False
+    listing: tuple[str, ...] | None = None
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "F" and len(parts) >= 3:
+            files[parts[1]] = None if parts[2] == "missing" else (parts[2], parts[3], parts[4])
+        elif parts[0] == "D" and len(parts) >= 3:
+            pki_dir = None if parts[2] == "missing" else (parts[2], parts[3])
+        elif parts[0] == "S":
+            active = parts[1] if len(parts) > 1 else "?"
+            enabled = parts[2] if len(parts) > 2 else "?"
+        elif parts[0] == "L":
+            listing = tuple(sorted(parts[1:]))
+        elif parts[0] == "CAKEY":
+            ca_key = parts[1:2] == ["present"]
+    return HostState(files, pki_dir, active, enabled, ca_key, listing)
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def expected_state(pki_dir: Path, unit_file: Path) -> HostState:
+    """What every tool must leave: the local bytes, the layout's modes, root:root, active, enabled."""
+    files: dict[str, tuple[str, str, str] | None] = {}
+    for name, mode in PKI_FILES:
+        files[f"{REMOTE_PKI_DIR}/{name}"] = (f"{mode:o}", "root:root", sha256_file(pki_dir / name))
+    files[UNIT_PATH] = (f"{UNIT_MODE:o}", "root:root", sha256_file(unit_file))
+    return HostState(files, (f"{REMOTE_PKI_DIR_MODE:o}", "root:root"), "active", "enabled", False,
+                     tuple(sorted(name for name, _ in PKI_FILES)))
+
+
+def state_differences(got: HostState, want: HostState) -> list[str]:
+    """Human-readable differences; empty when the host is exactly as the job should leave it."""
+    diffs = []
+    for path, w in want.files.items():
+        g = got.files.get(path)
+        if g is None:
+            diffs.append(f"{path}: missing")
+            continue
+        for label, gv, wv in (("mode", g[0], w[0]), ("owner", g[1], w[1]), ("sha256", g[2], w[2])):
+            if gv != wv:
+                diffs.append(f"{path}: {label} {gv[:16]} != {wv[:16]}")
+    if got.pki_dir != want.pki_dir:
+        diffs.append(f"{REMOTE_PKI_DIR}: {got.pki_dir} != {want.pki_dir}")
+    if got.active != want.active:
+        diffs.append(f"kube-apiserver is {got.active}, not {want.active}")
+    if got.enabled != want.enabled:
+        diffs.append(f"kube-apiserver is {got.enabled}, not {want.enabled}")
+    if got.ca_key_present:
+        diffs.append("ca-key.pem found on the host")
+    if want.listing is not None and got.listing is not None and got.listing != want.listing:
+        extra = sorted(set(got.listing) - set(want.listing))
+        if extra:
+            diffs.append(f"{REMOTE_PKI_DIR}: unexpected entries {extra}")
+    return diffs
