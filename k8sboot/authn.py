@@ -34,6 +34,14 @@ Decisions (each returns an AuthResult; none raises for a bad credential)::
     bearer_token_from_header(authorization: str | None) -> str | None
     inspect_token(token, config, now) -> TokenInspection     # every check, not short-circuited
     parse_jwt(token) -> JwtParts                             # raises MalformedTokenError
+    cert_not_valid_before(cert) / cert_not_valid_after(cert) -> aware UTC datetime (any version)
+
+Constants: USER_ANONYMOUS, GROUP_AUTHENTICATED, GROUP_UNAUTHENTICATED, CREDENTIAL_ID_KEY, LEEWAY,
+MAX_TOKEN_BYTES, SUPPORTED_TOKEN_ALGORITHMS; Reason (str enum of stable failure codes).
+
+For a server: pass `ssl_socket.getpeercert(binary_form=True)` as `client_cert_der` and the raw
+Authorization header; answer 201 + `result.self_subject_review(now)` to a SelfSubjectReview POST,
+401 + `result.status()` when not authenticated, and log `result.summary()`.
 
 Results::
 
