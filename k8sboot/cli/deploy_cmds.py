@@ -223,6 +223,99 @@ def _print_deploy_report(console, report, json_: bool) -> None:
         console.info("already up to date: nothing uploaded, nothing restarted")
 
 
+def verify_cmd(
+    inventory: Path = inventory_option,
+    host: str | None = typer.Option(None, "--host", metavar="H",
+                                    help="Only this controller (comma-separated list allowed)."),
+    probe: bool = typer.Option(False, "--probe", help="Also send HTTPS requests to each secure port: no "
+                               "credential (401/403), a bogus token (401), the admin cert (SelfSubjectReview)."),
+    accept_new_host_keys: bool = typer.Option(False, "--accept-new-host-keys",
+                                              help="Trust unknown host keys on first use."),
+    templates: Path | None = typer.Option(None, "--templates", metavar="DIR", help="Your own template dir."),
+    all_checks: bool = typer.Option(False, "--all", help="Show every check, not only drift and a summary."),
+    json_: bool = json_option,
+) -> None:
+    """Prove over SSH that each controller runs what render-apiserver and gen-certs give."""
+    from k8sboot import console
+    from k8sboot.inventory import load_inventory
+    from k8sboot.verify import OK, SKIP, VerifyOptions, verify
+
+    inv = load_inventory(inventory)
+    report = verify(inv, VerifyOptions(hosts=_split_hosts(host), probe=probe,
+                                       accept_new_host_keys=accept_new_host_keys, templates=templates))
+    if json_:
+        console.json_out(report.to_json())
+    else:
+        for h in report.hosts:
+            if h.error:
+                continue
+            console.data(f"{h.host}$ grep -oE \"\\-\\-(client-ca-file|service-account-key-file|anonymous-auth)"
+                         f"[^ ]*\" /etc/systemd/system/kube-apiserver.service")
+            console.data(h.grep_output or "(no output)")
+        rows = []
+        for h in report.hosts:
+            shown = [c for c in h.checks if all_checks or c.status not in (OK, SKIP) or c.check in (
+                "tutorial grep", "unit ExecStart: auth flags", "systemctl show ExecStart: auth flags",
+                "CA fingerprint", "is-enabled", "is-active") or c.check.startswith("probe")
+                or (c.check.startswith("process") and "auth" in c.check)]
+            for c in shown:
+                rows.append((h.host, c.check, c.status, c.detail))
+            hidden = len(h.checks) - len(shown)
+            if hidden:
+                rows.append((h.host, f"{hidden} more checks", "OK", "files sha256/mode/owner, other flags "
+                             "(--all shows them)"))
+        console.table(("host", "check", "status", "detail"), rows, title="verify",
+                      styles={"OK": "green", "DRIFT": "bold red", "SKIP": "dim"})
+        for h in report.hosts:
+            if h.error:
+                console.error(f"{h.host}: {h.error}", h.hint)
+        drifted = [h.host for h in report.hosts if h.drifted]
+        if drifted:
+            console.info(f"drift on {', '.join(drifted)}: run `k8sboot deploy-apiserver -i {inventory}` to repair")
+        elif not any(h.error for h in report.hosts):
+            console.info(f"no drift on {len(report.hosts)} controller(s)")
+    code = report.exit_code()
+    if code:
+        raise typer.Exit(int(code))
+
+
+def audit_cmd(
+    inventory: Path = inventory_option,
+    remote: bool = typer.Option(False, "--remote", help="Also audit each controller's unit, files and modes."),
+    hosts: str | None = typer.Option(None, "--hosts", metavar="A,B", help="Only these controllers."),
+    accept_new_host_keys: bool = typer.Option(False, "--accept-new-host-keys",
+                                              help="Trust unknown host keys on first use."),
+    templates: Path | None = typer.Option(None, "--templates", metavar="DIR", help="Your own template dir."),
+    json_: bool = json_option,
+) -> None:
+    """CIS Benchmark authentication checks on the rendered flags, the PKI and (--remote) the hosts."""
+    from k8sboot import console
+    from k8sboot.inventory import load_inventory
+    from k8sboot.verify import run_audit
+
+    inv = load_inventory(inventory)
+    report = run_audit(inv, remote=remote, hosts=_split_hosts(hosts), templates=templates,
+                       accept_new_host_keys=accept_new_host_keys)
+    if json_:
+        console.json_out(report.to_json())
+    else:
+        from k8sboot.audit import merge_subjects
+
+        rows = [(f.id, f.status, f.subject, f.reason, f.fix or "-") for f in merge_subjects(report.findings)]
+        console.table(("CIS", "status", "where", "reason", "fix"), rows, title="audit (CIS Kubernetes Benchmark, "
+                      "authentication)",
+                      styles={"PASS": "green", "WARN": "yellow", "FAIL": "bold red"})
+        for h in report.errors:
+            console.error(f"{h.host}: {h.error}", h.hint)
+        counts = {s: sum(1 for f in report.findings if f.status == s) for s in ("PASS", "WARN", "FAIL")}
+        console.info(f"{counts['PASS']} PASS, {counts['WARN']} WARN, {counts['FAIL']} FAIL")
+    code = report.exit_code()
+    if code:
+        raise typer.Exit(int(code))
+
+
 def register(app: typer.Typer) -> None:
     app.command("render-apiserver", epilog=RENDER_EPILOG)(render_apiserver)
     app.command("deploy-apiserver", epilog=DEPLOY_EPILOG)(deploy_apiserver)
+    app.command("verify", epilog=VERIFY_EPILOG)(verify_cmd)
+    app.command("audit", epilog=AUDIT_EPILOG)(audit_cmd)

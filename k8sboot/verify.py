@@ -1,0 +1,441 @@
+"""verify: prove over SSH that what runs on each controller is what render/gen-certs give.
+
+Per host, one command reads everything (`remote.read_facts` with extra sections): the tutorial's
+grep of the unit, `systemctl show -p ExecStart`, the running process's `/proc/PID/cmdline`,
+`is-enabled`/`is-active`, sha256/mode/owner of every deployed file and the remote ca.pem. The
+comparison (`check_host`) is pure; `--probe` adds HTTPS requests to the secure port.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from k8sboot import flags as flagmod
+from k8sboot import layout
+from k8sboot import plan as planmod
+from k8sboot.errors import ExitCode, K8sbootError
+from k8sboot.model import Host, Inventory
+from k8sboot.plan import DesiredFile, HostFacts
+
+OK = "OK"
+DRIFT = "DRIFT"
+ERROR = "ERROR"
+SKIP = "SKIP"
+INFO = "INFO"
+
+CA_KEY_REMOTE = f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.CA)}"
+
+SECTIONS = (
+    ("grep", flagmod.TUTORIAL_GREP_COMMAND),
+    ("execstart", f"systemctl show -p ExecStart {layout.UNIT_NAME}"),
+    ("cmdline", f"pid=$(systemctl show -p MainPID --value {layout.UNIT_NAME}); "
+                f"if [ \"${{pid:-0}}\" -gt 0 ]; then base64 -w0 /proc/$pid/cmdline; fi"),
+    ("is-enabled", f"systemctl is-enabled {layout.UNIT_NAME}"),
+    ("is-active", f"systemctl is-active {layout.UNIT_NAME}"),
+    ("ca", f"base64 -w0 {layout.remote_path(layout.cert_file(layout.CA))}"),
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    host: str
+    check: str
+    status: str
+    detail: str = ""
+    expected: str = ""
+    actual: str = ""
+
+
+@dataclass
+class HostVerification:
+    host: str
+    checks: list[Check] = field(default_factory=list)
+    grep_output: str = ""
+    error: str = ""
+    hint: str | None = None
+    code: int = 0
+    seconds: float = 0.0
+
+    @property
+    def drifted(self) -> bool:
+        return any(c.status == DRIFT for c in self.checks)
+
+
+@dataclass
+class VerifyReport:
+    hosts: list[HostVerification]
+
+    def exit_code(self) -> ExitCode:
+        errors = [h for h in self.hosts if h.error]
+        if errors:
+            codes = {h.code for h in errors}
+            return ExitCode(codes.pop()) if len(codes) == 1 else ExitCode.REMOTE
+        if any(h.drifted for h in self.hosts):
+            return ExitCode.DRIFT
+        return ExitCode.OK
+
+    def to_json(self) -> dict:
+        return {"ok": self.exit_code() == ExitCode.OK, "exit_code": int(self.exit_code()),
+                "hosts": [{"host": h.host, "error": h.error or None, "grep": h.grep_output.splitlines(),
+                           "drifted": h.drifted, "seconds": round(h.seconds, 3),
+                           "checks": [asdict(c) for c in h.checks]} for h in self.hosts]}
+
+
+# --- pure comparison -----------------------------------------------------------------------------
+
+
+def pem_fingerprint(pem: bytes) -> str | None:
+    """SHA256 fingerprint (AA:BB:...) of the first certificate in a PEM blob; None if there is none."""
+    m = re.search(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", pem, re.S)
+    if not m:
+        return None
+    try:
+        der = base64.b64decode(b"".join(m.group(1).split()), validate=True)
+    except ValueError:
+        return None
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def diff_flags(expected: Sequence[tuple[str, str]], actual: Sequence[tuple[str, str]],
+               only: set[str] | None = None) -> list[str]:
+    """Human-readable differences between two flag lists (optionally only some flag names)."""
+    want = {k: v for k, v in expected if only is None or k in only}
+    got = {k: v for k, v in actual if only is None or k in only}
+    out = []
+    for name, value in want.items():
+        if name not in got:
+            out.append(f"--{name} missing (expected {value})")
+        elif got[name] != value:
+            out.append(f"--{name}={got[name]} (expected {value})")
+    for name, value in got.items():
+        if name not in want:
+            out.append(f"--{name}={value} not rendered")
+    return out
+
+
+def _argv_check(host: str, label: str, argv: list[str] | None, expected_argv: list[str],
+                expected_flags: flagmod.Flags) -> list[Check]:
+    if argv is None:
+        return [Check(host, label, DRIFT, "no ExecStart/argv found", " ".join(expected_argv), "")]
+    flags = flagmod.parse_argv_flags(argv)
+    auth_names = set(flagmod.AUTH_FLAGS) | set(flagmod.AUTHENTICATION_EXTRAS)
+    auth = diff_flags(expected_flags, flags, auth_names)
+    other = diff_flags(expected_flags, flags, None)
+    other = [d for d in other if d not in auth]
+    if argv[:1] != expected_argv[:1]:
+        other.insert(0, f"binary {argv[:1]} (expected {expected_argv[0]})")
+    checks = [Check(host, f"{label}: auth flags", DRIFT if auth else OK,
+                    "; ".join(auth) or f"{len(flagmod.auth_subset(expected_flags))} auth flags as rendered",
+                    " ".join(f"--{k}={v}" for k, v in flagmod.auth_subset(expected_flags).items()),
+                    " ".join(f"--{k}={v}" for k, v in flagmod.auth_subset(flags).items()))]
+    checks.append(Check(host, f"{label}: other flags", DRIFT if other else OK,
+                        "; ".join(other) or "as rendered"))
+    return checks
+
+
+def check_host(host: str, desired: Sequence[DesiredFile], expected_flags: flagmod.Flags, facts: HostFacts,
+               local_ca_pem: bytes | None) -> tuple[list[Check], str]:
+    """Every check for one host from its facts; returns (checks, the tutorial grep's output)."""
+    checks: list[Check] = []
+    unit = next(f for f in desired if f.kind == planmod.KIND_UNIT)
+    expected_text = unit.content.decode()
+    expected_argv = [layout.BINARY_PATH, *flagmod.flags_to_argv(expected_flags)]
+
+    # 1. the tutorial's grep, exactly as the series runs it
+    grep_out = facts.sections.get("grep", "").strip("\n")
+    want_grep = flagmod.tutorial_grep(expected_text)
+    got_grep = [ln for ln in grep_out.splitlines() if ln.strip()]
+    checks.append(Check(host, "tutorial grep", OK if got_grep == want_grep else DRIFT,
+                        " ".join(got_grep) or "no output", "\n".join(want_grep), grep_out))
+
+    # 2. the unit file and its flags
+    if facts.unit_text is None:
+        checks.append(Check(host, "unit file", DRIFT, f"{layout.UNIT_PATH} is missing"))
+    else:
+        same = facts.unit_text == expected_text
+        diff = planmod.unit_diff(facts.unit_text, expected_text, host) if not same else ""
+        changed = sum(1 for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---")))
+        checks.append(Check(host, "unit file", OK if same else DRIFT,
+                            "identical to render" if same else f"differs from render ({changed} lines): "
+                            "edited by hand or rendered from another inventory", "", diff))
+        checks.extend(_argv_check(host, "unit ExecStart", flagmod.parse_unit_exec_start(facts.unit_text),
+                                  expected_argv, expected_flags))
+
+    # 3. what systemd will run (catches an edit without daemon-reload, or a drop-in)
+    show = facts.sections.get("execstart", "")
+    checks.extend(_argv_check(host, "systemctl show ExecStart", flagmod.parse_systemctl_exec_start(show),
+                              expected_argv, expected_flags))
+
+    # 4. what runs
+    active = facts.sections.get("is-active", "").strip() or facts.service.active_state
+    cmdline_b64 = facts.sections.get("cmdline", "").strip()
+    if facts.service.main_pid and cmdline_b64:
+        try:
+            argv = flagmod.parse_proc_cmdline(base64.b64decode(cmdline_b64))
+        except ValueError:
+            argv = None
+        checks.extend(_argv_check(host, f"process {facts.service.main_pid}", argv, expected_argv, expected_flags))
+    else:
+        checks.append(Check(host, "running process", SKIP, f"not running ({active})"))
+
+    # 5. files: sha256, mode, owner of everything deploy installs
+    for want in desired:
+        if want.kind == planmod.KIND_UNIT:
+            label = "file " + layout.UNIT_PATH
+        else:
+            label = "file " + want.path
+        reasons, _ = planmod.compare_file(want, facts.file(want.path))
+        fact = facts.file(want.path)
+        actual = (f"sha256:{fact.sha256[:12] if fact.sha256 else '-'} {fact.mode or 0:04o} {fact.owner}:{fact.group}"
+                  if fact.exists else "missing")
+        checks.append(Check(host, label, DRIFT if reasons else OK,
+                            ", ".join(reasons) or f"{want.mode:04o} {want.owner}:{want.group}, sha256 matches",
+                            f"sha256:{want.sha256[:12]} {want.mode:04o} {want.owner}:{want.group}", actual))
+    d = facts.file(planmod.PKI_DIR.path)
+    dir_ok = d.exists and d.kind == "directory" and d.mode == planmod.PKI_DIR.mode and (d.owner, d.group) == (
+        planmod.PKI_DIR.owner, planmod.PKI_DIR.group)
+    checks.append(Check(host, "dir " + planmod.PKI_DIR.path, OK if dir_ok else DRIFT,
+                        f"{d.mode or 0:04o} {d.owner}:{d.group}" if d.exists else "missing",
+                        f"{planmod.PKI_DIR.mode:04o} root:root"))
+    ca_key = facts.file(CA_KEY_REMOTE)
+    checks.append(Check(host, "no ca-key.pem on the host", DRIFT if ca_key.exists else OK,
+                        f"{CA_KEY_REMOTE} is present: the CA key must never leave the workstation; remove it"
+                        if ca_key.exists else "absent"))
+
+    # 6. CA fingerprint
+    remote_ca_b64 = facts.sections.get("ca", "").strip()
+    try:
+        remote_fp = pem_fingerprint(base64.b64decode(remote_ca_b64)) if remote_ca_b64 else None
+    except ValueError:
+        remote_fp = None
+    local_fp = pem_fingerprint(local_ca_pem) if local_ca_pem else None
+    if remote_fp is None:
+        checks.append(Check(host, "CA fingerprint", DRIFT, "no CA certificate on the host", local_fp or "", ""))
+    else:
+        checks.append(Check(host, "CA fingerprint", OK if remote_fp == local_fp else DRIFT,
+                            f"SHA256 {remote_fp}" + ("" if remote_fp == local_fp else
+                                                     f" (local pki/ca.pem: {local_fp})"),
+                            local_fp or "", remote_fp))
+
+    # 7. unit state
+    enabled = facts.sections.get("is-enabled", "").strip() or facts.service.unit_file_state
+    checks.append(Check(host, "is-enabled", OK if enabled == "enabled" else DRIFT, enabled, "enabled", enabled))
+    state = f"{active} ({facts.service.active_state}/{facts.service.sub_state}"
+    state += f", {facts.service.n_restarts} restarts)" if facts.service.n_restarts else ")"
+    checks.append(Check(host, "is-active", OK if active == "active" else DRIFT, state, "active", active))
+    return checks, grep_out
+
+
+def check_probe(host: str, anonymous_auth: bool, anon, bogus, admin) -> list[Check]:
+    """Compare the three HTTPS answers with what --anonymous-auth and Stage 1 dictate."""
+    out = []
+    want_anon = 403 if anonymous_auth else 401
+    why = "--anonymous-auth=true: system:anonymous is authenticated, then forbidden" if anonymous_auth else \
+        "--anonymous-auth=false: no credential is a 401"
+    out.append(Check(host, "probe: no credential", OK if anon.status == want_anon else DRIFT,
+                     f"HTTP {anon.status} ({why})" if anon.status else anon.error, str(want_anon), str(anon.status)))
+    out.append(Check(host, "probe: bogus bearer token", OK if bogus.status == 401 else DRIFT,
+                     f"HTTP {bogus.status} (a credential no authenticator accepts is always 401)" if bogus.status
+                     else bogus.error, "401", str(bogus.status)))
+    if admin is None:
+        out.append(Check(host, "probe: admin cert", SKIP, "pki/admin.pem or admin-key.pem missing"))
+    else:
+        info = admin.json().get("status", {}).get("userInfo", {})
+        user = info.get("username")
+        ok = admin.status in (200, 201) and user == "admin"
+        detail = (f"HTTP {admin.status}: Username {user}, Groups {','.join(info.get('groups', []))}"
+                  if admin.status else admin.error)
+        out.append(Check(host, "probe: admin cert (SelfSubjectReview)", OK if ok else DRIFT, detail, "admin",
+                         str(user)))
+    return out
+
+
+# --- over SSH ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    hosts: tuple[str, ...] = ()
+    probe: bool = False
+    accept_new_host_keys: bool = False
+    templates: Path | None = None
+    probe_timeout: float = 5.0
+
+
+def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> VerifyReport:
+    from k8sboot import deploy as deploymod
+    from k8sboot import render
+    from k8sboot.store import read_optional
+
+    hosts = deploymod.select_hosts(inventory, options.hosts)
+    templates = render.templates_dir_for(inventory, options.templates)
+    pki = deploymod.read_local_pki(inventory)
+    units = {h.name: render.render_unit(inventory, h, templates) for h in hosts}
+    desired = {h.name: planmod.build_desired_files(pki, units[h.name].text) for h in hosts}
+    port = int(dict(units[hosts[0].name].flags).get("secure-port", inventory.apiserver.secure_port))
+    pki_dir = Path(inventory.pki.dir)
+    admin_cert, admin_key = pki_dir / layout.cert_file(layout.ADMIN), pki_dir / layout.key_file(layout.ADMIN)
+    have_admin = read_optional(admin_cert) is not None and read_optional(admin_key) is not None
+    if connect is None:
+        connect = deploymod.ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys)
+
+    def one(host: Host) -> HostVerification:
+        t0 = time.monotonic()
+        result = HostVerification(host.name)
+        remote = None
+        try:
+            remote = connect(host)
+            facts = remote.read_facts(deploymod.fact_request(desired[host.name], port, SECTIONS))
+            result.checks, result.grep_output = check_host(host.name, desired[host.name], units[host.name].flags,
+                                                           facts, pki[layout.cert_file(layout.CA)])
+        except K8sbootError as exc:
+            result.error, result.hint, result.code = exc.message, exc.hint, int(exc.code)
+        finally:
+            if remote is not None:
+                remote.close()
+        if options.probe and not result.error:
+            from k8sboot import probe
+
+            ca = pki_dir / layout.cert_file(layout.CA)
+            anon = probe.probe_anonymous(host.address, port, ca, options.probe_timeout)
+            bogus = probe.probe_bogus_token(host.address, port, ca, options.probe_timeout)
+            admin = probe.probe_admin(host.address, port, ca, admin_cert, admin_key,
+                                      options.probe_timeout) if have_admin else None
+            result.checks.extend(check_probe(host.name, inventory.apiserver.anonymous_auth, anon, bogus, admin))
+        result.seconds = time.monotonic() - t0
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, len(hosts)), thread_name_prefix="verify") as pool:
+        return VerifyReport(list(pool.map(one, hosts)))
+
+
+# --- audit: the reading side (local PKI, and each host with --remote) ----------------------------
+
+
+def read_cert_summaries(pki_dir: Path) -> list:
+    """Every certificate in the local PKI dir, summarised for `audit.check_certs`."""
+    from cryptography import x509
+
+    from k8sboot import audit, pki
+    from k8sboot.store import read_optional
+
+    out = []
+    if not pki_dir.is_dir():
+        return out
+    for path in sorted(pki_dir.glob("*.pem")):
+        if path.name.endswith("-key.pem"):
+            continue
+        data = read_optional(path)
+        if not data or b"BEGIN CERTIFICATE" not in data:
+            continue
+        cert = pki.parse_cert(data, path)
+        subject = pki.subject_of(cert.subject)
+        try:
+            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        out.append(audit.CertSummary(
+            file=str(path), common_name=next((v for k, v in subject if k == "CN"), ""),
+            organizations=tuple(v for k, v in subject if k == "O"), not_after=pki.not_after_of(cert), is_ca=is_ca))
+    return out
+
+
+@dataclass
+class AuditReport:
+    findings: list
+    errors: list[HostVerification] = field(default_factory=list)
+
+    def exit_code(self) -> ExitCode:
+        from k8sboot import audit
+
+        if self.errors:
+            codes = {h.code for h in self.errors}
+            return ExitCode(codes.pop()) if len(codes) == 1 else ExitCode.REMOTE
+        return ExitCode.AUDIT if audit.worst(self.findings) == audit.FAIL else ExitCode.OK
+
+    def to_json(self) -> dict:
+        return {"ok": self.exit_code() == ExitCode.OK, "exit_code": int(self.exit_code()),
+                "findings": [asdict(f) for f in self.findings],
+                "errors": [{"host": h.host, "error": h.error, "hint": h.hint} for h in self.errors]}
+
+
+def run_audit(inventory: Inventory, *, remote: bool = False, hosts: tuple[str, ...] = (), now=None,
+              templates: Path | None = None, accept_new_host_keys: bool = False, connect=None) -> AuditReport:
+    """Audit the rendered flags, the layout's planned files and the local PKI; with `remote`, also
+    each controller's actual unit flags, file modes and owners, and the SA key's sameness."""
+    from datetime import datetime, timezone
+
+    from k8sboot import audit
+    from k8sboot import deploy as deploymod
+    from k8sboot import render
+    from k8sboot.remote import FactRequest
+
+    now = now or datetime.now(timezone.utc)
+    selected = deploymod.select_hosts(inventory, hosts)
+    tdir = render.templates_dir_for(inventory, templates)
+    rendered = {h.name: render.render_unit(inventory, h, tdir).flags for h in selected}
+    findings: list = []
+    for name, flags in rendered.items():
+        findings += audit.check_flags(flags, f"{name} (rendered)")
+    findings += audit.check_files(audit.planned_remote_files(), "layout (planned)")
+    findings += audit.check_certs(read_cert_summaries(Path(inventory.pki.dir)), now)
+    findings += audit.check_consistency(rendered)
+    report = AuditReport(findings)
+    if not remote:
+        return report
+    if connect is None:
+        connect = deploymod.ssh_connector(inventory, accept_new_host_keys=accept_new_host_keys)
+    paths = tuple(f.path for f in layout.CONTROLLER_FILES) + (layout.UNIT_PATH,)
+    request = FactRequest(hashed=paths, stat_only=(CA_KEY_REMOTE,))
+
+    def one(host: Host):
+        r = None
+        try:
+            r = connect(host)
+            return host, r.read_facts(request), None
+        except K8sbootError as exc:
+            return host, None, HostVerification(host.name, error=exc.message, hint=exc.hint, code=int(exc.code))
+        finally:
+            if r is not None:
+                r.close()
+
+    with ThreadPoolExecutor(max_workers=max(1, len(selected)), thread_name_prefix="audit") as pool:
+        results = list(pool.map(one, selected))
+    remote_flags, sa_keys = {}, {}
+    for host, facts, err in results:
+        if err is not None:
+            report.errors.append(err)
+            continue
+        subject = f"{host.name} (remote)"
+        argv = flagmod.parse_unit_exec_start(facts.unit_text) if facts.unit_text is not None else None
+        if argv is None:
+            findings.append(audit.Finding("k8sboot.unit", audit.FAIL, subject, "kube-apiserver unit present",
+                                          f"{layout.UNIT_PATH} missing or without ExecStart",
+                                          "run k8sboot deploy-apiserver"))
+        else:
+            flags = flagmod.parse_argv_flags(argv)
+            remote_flags[host.name] = flags
+            findings += audit.check_flags(flags, subject)
+        observed = [audit.FileObservation(planmod.PKI_DIR.path, facts.file(planmod.PKI_DIR.path).exists,
+                                          facts.file(planmod.PKI_DIR.path).mode,
+                                          facts.file(planmod.PKI_DIR.path).owner,
+                                          facts.file(planmod.PKI_DIR.path).group, directory=True)]
+        for spec in layout.CONTROLLER_FILES:
+            fact = facts.file(spec.path)
+            observed.append(audit.FileObservation(spec.path, fact.exists, fact.mode, fact.owner, fact.group,
+                                                  secret=spec.is_secret))
+        findings += audit.check_files(observed, subject)
+        if facts.file(CA_KEY_REMOTE).exists:
+            findings.append(audit.Finding("k8sboot.ca-key", audit.FAIL, subject, "no CA key on controllers",
+                                          f"{CA_KEY_REMOTE} is present", f"remove it: rm {CA_KEY_REMOTE}"))
+        sa_keys[host.name] = facts.file(layout.remote_path(layout.cert_file(layout.SERVICE_ACCOUNT))).sha256
+    if remote_flags or sa_keys:
+        findings += audit.check_consistency(remote_flags, sa_keys)
+    return report
