@@ -1,0 +1,581 @@
+"""The remote layer: the only importer of Fabric and paramiko.
+
+`connect(host, ssh)` opens one SSH connection with the inventory's settings (key file or agent,
+port, user, `~/.ssh/config`, a jump host) and strict host-key checking against known_hosts; every
+paramiko/socket error becomes a `ConnectError`/`HostKeyError`/`RemoteError` naming the host.
+
+An `SshRemote` does each step in one command: `read_facts` (sha256 + stat of every target, the
+unit's state and text, optional extra sections; inside the deploy lock when asked), `install`
+(the staged files as one tar on stdin, then `build_install_script`), `read_service`,
+`read_journal`, `rollback`, `cleanup`. With `sudo: true` each command runs under `sudo -n sh -c`.
+`deploy` and `verify` see only this interface, so unit tests use an in-memory fake of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import shlex
+import socket
+import tarfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from k8sboot import layout
+from k8sboot import plan as planmod
+from k8sboot.errors import ConnectError, HostKeyError, LockedError, RemoteError
+from k8sboot.model import Host, SshSettings
+from k8sboot.plan import FileFact, HostFacts, HostPlan, ServiceFact
+
+LOCKED_EXIT = 75
+SERVICE_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "Result", "MainPID",
+                      "NRestarts", "ActiveEnterTimestampMonotonic", "NeedDaemonReload")
+_MARK = "@@k8sboot:"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    rc: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class FactRequest:
+    """What to observe: hashed paths (sha256 + stat), stat-only paths, extra command sections."""
+
+    hashed: tuple[str, ...]
+    stat_only: tuple[str, ...] = ()
+    port: int = layout.SECURE_PORT
+    sections: tuple[tuple[str, str], ...] = ()     # (name, shell command) -> facts.sections[name]
+
+
+class Remote(Protocol):
+    """One connected controller. Implemented over SSH here and in memory in the unit tests."""
+
+    name: str
+
+    def read_facts(self, request: FactRequest, *, lock_wait: float | None = None) -> HostFacts: ...
+    def install(self, plan: HostPlan, *, keep_previous: bool = False) -> None: ...
+    def read_service(self, port: int = layout.SECURE_PORT) -> ServiceFact: ...
+    def read_journal(self, lines: int = 15) -> list[str]: ...
+    def rollback(self, plan: HostPlan) -> None: ...
+    def cleanup(self, plan: HostPlan) -> None: ...
+    def close(self) -> None: ...
+
+
+# --- scripts (strings; parsing is pure and unit-tested) -----------------------------------------
+
+
+def _q(s: str) -> str:
+    return shlex.quote(s)
+
+
+def service_script(port: int) -> str:
+    props = ",".join(SERVICE_PROPERTIES)
+    hexport = f"{port:04X}"
+    return (f"systemctl show -p {props} {layout.UNIT_NAME} 2>/dev/null || true\n"
+            f"if grep -qiE '^ *[0-9]+: [0-9A-F]+:{hexport} [0-9A-F]+:[0-9A-F]+ 0A ' "
+            f"/proc/net/tcp /proc/net/tcp6 2>/dev/null; then echo Listening=yes; else echo Listening=no; fi\n")
+
+
+def facts_script(request: FactRequest) -> str:
+    """One shell script printing every fact, in marked sections; never fails on a missing file."""
+    hashed = " ".join(_q(p) for p in request.hashed)
+    everything = " ".join(_q(p) for p in _stat_paths(request))
+    parts = [
+        f"echo {_MARK}files",
+        f"sha256sum -- {hashed} 2>/dev/null || true" if hashed else "true",
+        f"echo {_MARK}stat",
+        f"stat -c '%n|%F|%a|%U|%G' -- {everything} 2>/dev/null || true",
+        f"echo {_MARK}service",
+        service_script(request.port).rstrip("\n"),
+        f"echo {_MARK}unit",
+        f"base64 -w0 {_q(layout.UNIT_PATH)} 2>/dev/null; echo",
+    ]
+    for name, command in request.sections:
+        parts.append(f"echo {_MARK}{name}")
+        parts.append(f"( {command} ) 2>&1 || true")
+    parts.append(f"echo {_MARK}end")
+    return "\n".join(parts) + "\n"
+
+
+def _stat_paths(request: FactRequest) -> tuple[str, ...]:
+    seen = dict.fromkeys((*request.hashed, *request.stat_only, planmod.PKI_DIR.path, layout.UNIT_PATH))
+    return tuple(seen)
+
+
+def split_sections(text: str) -> dict[str, str]:
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith(_MARK):
+            current = line[len(_MARK):].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return {k: "\n".join(v) for k, v in sections.items()}
+
+
+def parse_service(text: str) -> ServiceFact:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, eq, value = line.partition("=")
+        if eq:
+            values[key.strip()] = value.strip()
+
+    def num(key: str) -> int:
+        try:
+            return int(values.get(key, "0") or 0)
+        except ValueError:
+            return 0
+
+    return ServiceFact(
+        load_state=values.get("LoadState", "not-found"),
+        active_state=values.get("ActiveState", "inactive"),
+        sub_state=values.get("SubState", "dead"),
+        unit_file_state=values.get("UnitFileState", ""),
+        result=values.get("Result", ""),
+        main_pid=num("MainPID"),
+        n_restarts=num("NRestarts"),
+        active_enter_usec=num("ActiveEnterTimestampMonotonic"),
+        need_daemon_reload=values.get("NeedDaemonReload") == "yes",
+        listening=values.get("Listening") == "yes",
+    )
+
+
+_KINDS = {"regular file": "file", "regular empty file": "file", "directory": "directory"}
+
+
+def parse_facts(text: str, request: FactRequest) -> HostFacts:
+    sections = split_sections(text)
+    if "end" not in sections:
+        raise ValueError("the fact script's output is incomplete")
+    hashes: dict[str, str] = {}
+    for line in sections.get("files", "").splitlines():
+        digest, _, path = line.partition("  ")
+        if len(digest) == 64 and path:
+            hashes[path] = digest
+    files: dict[str, FileFact] = {}
+    for line in sections.get("stat", "").splitlines():
+        parts = line.rsplit("|", 4)
+        if len(parts) != 5:
+            continue
+        path, kind, mode, owner, group = parts
+        files[path] = FileFact(path=path, exists=True, sha256=hashes.get(path), mode=int(mode, 8) & 0o7777,
+                               owner=owner, group=group, kind=_KINDS.get(kind, kind))
+    for path in _stat_paths(request):
+        files.setdefault(path, FileFact(path, exists=False))
+    unit_text = None
+    if files[layout.UNIT_PATH].exists:
+        unit_text = base64.b64decode(sections.get("unit", "").strip() or b"").decode("utf-8", "replace")
+    extra = {name: sections.get(name, "") for name, _ in request.sections}
+    return HostFacts(files=files, service=parse_service(sections.get("service", "")), unit_text=unit_text,
+                     sections=extra)
+
+
+def build_tar(uploads: Sequence[planmod.FileChange]) -> bytes:
+    """The staged files as one tar: temp names in the target dirs, 0600 root (chmod follows)."""
+    buf = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for change in uploads:
+            f = change.file
+            info = tarfile.TarInfo(f.temp_path.lstrip("/"))
+            info.size = len(f.content)
+            info.mode = 0o600
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mtime = now
+            tar.addfile(info, io.BytesIO(f.content))
+    return buf.getvalue()
+
+
+# --- host keys -----------------------------------------------------------------------------------
+
+
+def known_hosts_name(address: str, port: int) -> str:
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+class _UnknownHostKey(Exception):
+    def __init__(self, name: str, key):
+        super().__init__(name)
+        self.name = name
+        self.key = key
+
+
+_known_hosts_lock = threading.Lock()
+
+
+def _fingerprint(key) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return f"{key.get_name()} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
+
+
+def _load_host_keys(client, path: Path) -> None:
+    try:
+        client.load_host_keys(str(path))
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConnectError(f"cannot read known_hosts {path}: {exc}") from exc
+    client._host_keys_filename = None   # never let paramiko rewrite the user's file
+
+
+def _policy(known_hosts: Path, accept_new: bool):
+    import paramiko
+
+    class Policy(paramiko.MissingHostKeyPolicy):
+        """Strict by default (RejectPolicy's behaviour, with the key kept for the message);
+        with --accept-new-host-keys, trust on first use and append the key to known_hosts."""
+
+        def missing_host_key(self, client, hostname, key):
+            if not accept_new:
+                raise _UnknownHostKey(hostname, key)
+            with _known_hosts_lock:
+                known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                import os
+
+                fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                with os.fdopen(fd, "a") as f:
+                    f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            client.get_host_keys().add(hostname, key.get_name(), key)
+
+    return Policy()
+
+
+# --- connecting ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Jump:
+    user: str
+    address: str
+    port: int
+
+
+def parse_jump(spec: str, default_user: str, default_port: int = 22,
+               aliases: Mapping[str, str] | None = None) -> Jump:
+    """`user@host:port`, `host:port`, `host` (an inventory host name resolves to its address)."""
+    user, at, rest = spec.rpartition("@")
+    user = user if at else default_user
+    port = default_port
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        if tail.startswith(":"):
+            port = int(tail[1:])
+    elif rest.count(":") == 1:
+        host, _, p = rest.partition(":")
+        port = int(p)
+    else:
+        host = rest
+    host = (aliases or {}).get(host, host)
+    return Jump(user or default_user, host, port)
+
+
+_configs: dict[str, object] = {}
+_config_lock = threading.Lock()
+
+
+def _fabric_config(ssh: SshSettings):
+    """One Fabric Config per ssh config file per process (loading ssh_config costs time)."""
+    from fabric import Config
+
+    key = str(ssh.config_file or "")
+    with _config_lock:
+        cfg = _configs.get(key)
+        if cfg is None:
+            overrides = {"run": {"in_stream": False}, "load_ssh_configs": True}
+            if ssh.config_file is not None:
+                cfg = Config(runtime_ssh_path=str(Path(ssh.config_file).expanduser()), overrides=overrides)
+            else:
+                cfg = Config(overrides=overrides)
+            _configs[key] = cfg
+        return cfg
+
+
+def _connect_kwargs(ssh: SshSettings) -> dict:
+    kwargs: dict = {"banner_timeout": ssh.connect_timeout, "auth_timeout": ssh.connect_timeout}
+    if ssh.identity_file is not None:
+        kwargs.update(key_filename=[str(Path(ssh.identity_file).expanduser())], look_for_keys=False,
+                      allow_agent=True)
+    else:
+        kwargs.update(look_for_keys=True, allow_agent=True)
+    return kwargs
+
+
+def _describe(name: str, address: str, port: int, via: Jump | None = None) -> str:
+    where = f"{address}:{port}"
+    label = f"{name} ({where})" if name != address else where
+    return label + (f" via {via.address}:{via.port}" if via else "")
+
+
+def _translate_connect(exc: BaseException, label: str, ssh: SshSettings, user: str, address: str,
+                       port: int) -> Exception:
+    import paramiko
+
+    known = Path(ssh.known_hosts).expanduser()
+    if isinstance(exc, _UnknownHostKey):
+        return HostKeyError(
+            f"{label}: host key not in {known} (offered {_fingerprint(exc.key)}); refusing to connect",
+            hint=f"check that fingerprint on the host (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run: "
+                 f"ssh-keyscan -p {port} {address} >> {known}   (or rerun with --accept-new-host-keys "
+                 f"to trust it on first use)")
+    if isinstance(exc, paramiko.BadHostKeyException):
+        name = known_hosts_name(address, port)
+        return HostKeyError(
+            f"{label}: HOST KEY CHANGED: known_hosts has {_fingerprint(exc.expected_key)}, the host offers "
+            f"{_fingerprint(exc.key)}; refusing to connect (possible man-in-the-middle, or a reinstalled host)",
+            hint=f"if the host was reinstalled, remove the old key: ssh-keygen -f {known} -R '{name}' "
+                 f"then check the new key and add it")
+    if isinstance(exc, paramiko.PasswordRequiredException):
+        return ConnectError(f"{label}: the private key {ssh.identity_file} is encrypted",
+                            hint="load it into ssh-agent (ssh-add) and retry")
+    if isinstance(exc, paramiko.AuthenticationException):
+        how = f"key {ssh.identity_file}" if ssh.identity_file else "ssh-agent / default keys"
+        return ConnectError(f"{label}: SSH authentication failed for user {user} ({how})",
+                            hint=f"the public key must be in ~{user}/.ssh/authorized_keys on the host; "
+                                 "set ssh.identity_file or load the key into ssh-agent")
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return ConnectError(f"{label}: connection refused",
+                            hint=f"is sshd running and listening on port {port}?")
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return ConnectError(f"{label}: SSH connection timed out after {ssh.connect_timeout:g}s",
+                            hint="is the host up and reachable? ssh.connect_timeout raises the bound")
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(f"{label}: cannot resolve the address: {exc.strerror}")
+    if isinstance(exc, paramiko.ChannelException):
+        return ConnectError(f"{label}: the jump host could not open a connection onward: {exc}",
+                            hint="check ssh.proxy_jump and that the jump host can reach the target")
+    if isinstance(exc, paramiko.SSHException):
+        return ConnectError(f"{label}: SSH failed: {exc}")
+    if isinstance(exc, OSError):
+        return ConnectError(f"{label}: {exc.strerror or exc}")
+    return ConnectError(f"{label}: {type(exc).__name__}: {exc}")
+
+
+def _open_connection(ssh: SshSettings, address: str, port: int, user: str, *, name: str,
+                     accept_new: bool, jumps: Sequence[Jump] = ()):
+    """A Fabric Connection, opened, with our host-key policy on it and on every jump hop."""
+    from fabric import Connection
+
+    gateway = False
+    via = None
+    if jumps:
+        via = jumps[-1]
+        gateway = _open_connection(ssh, via.address, via.port, via.user, name=via.address,
+                                   accept_new=accept_new, jumps=jumps[:-1])
+    conn = Connection(address, user=user, port=port, config=_fabric_config(ssh), gateway=gateway,
+                      connect_timeout=max(1, int(round(ssh.connect_timeout))),
+                      connect_kwargs=_connect_kwargs(ssh))
+    if not jumps:
+        # ProxyJump from ~/.ssh/config: build the hops ourselves so they get the strict policy too
+        configured = conn.ssh_config.get("proxyjump")
+        if configured and configured.lower() != "none":
+            hops = [parse_jump(h.strip(), user) for h in configured.split(",")]
+            return _open_connection(ssh, address, port, user, name=name, accept_new=accept_new, jumps=hops)
+        if conn.ssh_config.get("proxycommand"):
+            conn.gateway = conn.ssh_config["proxycommand"]
+    address = conn.host   # after ssh_config HostName
+    _load_host_keys(conn.client, Path(ssh.known_hosts).expanduser())
+    conn.client.set_missing_host_key_policy(_policy(Path(ssh.known_hosts).expanduser(), accept_new))
+    label = _describe(name, address, port, via)
+    try:
+        conn.open()
+    except Exception as exc:  # noqa: BLE001 - translated below, chained
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if isinstance(exc, (ConnectError,)):
+            raise
+        raise _translate_connect(exc, label, ssh, user, address, port) from exc
+    conn.transport.set_keepalive(15)
+    return conn
+
+
+def connect(host: Host, ssh: SshSettings, *, accept_new_host_keys: bool = False,
+            aliases: Mapping[str, str] | None = None) -> SshRemote:
+    """Connect to one controller with the inventory's SSH settings (and jump host, if any)."""
+    jumps: list[Jump] = []
+    if ssh.proxy_jump:
+        jump = parse_jump(ssh.proxy_jump, ssh.user, ssh.port, aliases)
+        if (jump.address, jump.port) != (host.address, ssh.port):   # the jump host itself: direct
+            jumps.append(jump)
+    conn = _open_connection(ssh, host.address, ssh.port, ssh.user, name=host.name,
+                            accept_new=accept_new_host_keys, jumps=jumps)
+    return SshRemote(host.name, conn, sudo=ssh.sudo and ssh.user != "root")
+
+
+# --- the connected host --------------------------------------------------------------------------
+
+
+class SshRemote:
+    """One open SSH connection to a controller; every method is one remote command."""
+
+    def __init__(self, name: str, conn, *, sudo: bool):
+        self.name = name
+        self.conn = conn
+        self.sudo = sudo
+        self._lock_channel = None
+
+    # low level
+
+    def _wrap(self, script: str) -> str:
+        if self.sudo:
+            return f"sudo -n sh -c {_q(script)}"
+        return f"sh -c {_q(script)}"
+
+    def exec(self, script: str, *, stdin: bytes | None = None, timeout: float = 120.0,
+             what: str = "running a command") -> CommandResult:
+        """Run `script` (as root: via sudo -n when configured), feed stdin, collect everything."""
+        import paramiko
+
+        try:
+            chan = self.conn.transport.open_session(timeout=timeout)
+            chan.settimeout(timeout)
+            chan.exec_command(self._wrap(script))
+            if stdin:
+                view = memoryview(stdin)
+                for start in range(0, len(view), 1 << 20):
+                    chan.sendall(view[start:start + (1 << 20)])
+            chan.shutdown_write()
+            out = _read_all(chan, stderr=False)
+            err = _read_all(chan, stderr=True)
+            rc = chan.recv_exit_status()
+            chan.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else str(exc) or type(exc).__name__
+            raise RemoteError(f"{self.name}: {what}: {reason}") from exc
+        result = CommandResult(rc, out, err)
+        self._check_sudo(result, what)
+        return result
+
+    def _check_sudo(self, result: CommandResult, what: str) -> None:
+        if self.sudo and result.rc != 0 and ("password is required" in result.err
+                                            or "sudo: command not found" in result.err
+                                            or "sudo: not found" in result.err):
+            raise RemoteError(f"{self.name}: {what}: sudo -n failed: {result.err.strip().splitlines()[-1]}",
+                              hint=f"give {self.conn.user} passwordless sudo on the host "
+                                   "(NOPASSWD in /etc/sudoers.d), or connect as root")
+
+    def _checked(self, script: str, what: str, **kw) -> CommandResult:
+        result = self.exec(script, what=what, **kw)
+        if result.rc != 0:
+            tail = (result.err.strip() or result.out.strip()).splitlines()[-3:]
+            raise RemoteError(f"{self.name}: {what} failed (exit {result.rc}): " + " | ".join(tail))
+        return result
+
+    # the interface
+
+    def read_facts(self, request: FactRequest, *, lock_wait: float | None = None) -> HostFacts:
+        script = facts_script(request)
+        if lock_wait is None:
+            result = self._checked(script, "reading facts", timeout=60)
+            text = result.out
+        else:
+            text = self._lock_and_read(script, lock_wait)
+        try:
+            return parse_facts(text, request)
+        except ValueError as exc:
+            raise RemoteError(f"{self.name}: reading facts: {exc}") from exc
+
+    def _lock_and_read(self, script: str, wait: float) -> str:
+        """Take the deploy lock (flock, held until close()) and read the facts inside it."""
+        import paramiko
+
+        held = script + "exec cat >/dev/null\n"
+        command = (f"flock -w {max(0.0, wait):g} -E {LOCKED_EXIT} {_q(layout.LOCK_PATH)} "
+                   f"sh -c {_q(held)}")
+        if self.sudo:
+            command = f"sudo -n {command}"
+        what = "taking the deploy lock and reading facts"
+        try:
+            chan = self.conn.transport.open_session(timeout=30)
+            chan.settimeout(wait + 60)
+            chan.exec_command(command)
+            buf = b""
+            end = f"{_MARK}end\n".encode()
+            while end not in buf:
+                chunk = chan.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            if end not in buf:
+                rc = chan.recv_exit_status()
+                err = _read_all(chan, stderr=True).decode("utf-8", "replace")
+                chan.close()
+                if rc == LOCKED_EXIT:
+                    raise LockedError(
+                        f"{self.name}: another k8sboot deploy holds {layout.LOCK_PATH} (waited {wait:g}s)",
+                        hint="wait for it to finish, or raise --lock-wait")
+                self._check_sudo(CommandResult(rc, buf, err.encode()), what)
+                raise RemoteError(f"{self.name}: {what} failed (exit {rc}): {err.strip()[-300:]}",
+                                  hint="flock comes with util-linux on every Debian/Ubuntu host")
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteError(f"{self.name}: {what}: {exc or type(exc).__name__}") from exc
+        self._lock_channel = chan
+        return buf.decode("utf-8", "replace")
+
+    def install(self, plan: HostPlan, *, keep_previous: bool = False) -> None:
+        payload = build_tar(plan.uploads) if plan.uploads else None
+        script = planmod.build_install_script(plan, keep_previous=keep_previous)
+        size = len(payload or b"")
+        self._checked(script, "installing files", stdin=payload, timeout=120 + size / (5 << 20))
+
+    def read_service(self, port: int = layout.SECURE_PORT) -> ServiceFact:
+        return parse_service(self._checked(service_script(port), "reading the unit state", timeout=30).out)
+
+    def read_journal(self, lines: int = 15) -> list[str]:
+        result = self.exec(f"journalctl -u {layout.UNIT_NAME} -n {int(lines)} --no-pager -o short-iso "
+                           f"--no-hostname 2>&1", what="reading the journal", timeout=30)
+        return [ln for ln in result.out.splitlines() if ln.strip() and not ln.startswith("-- ")]
+
+    def rollback(self, plan: HostPlan) -> None:
+        self._checked(planmod.build_rollback_script(plan), "rolling back", timeout=120)
+
+    def cleanup(self, plan: HostPlan) -> None:
+        script = planmod.build_cleanup_script(plan)
+        if script:
+            self._checked(script, "removing the previous versions", timeout=60)
+
+    def close(self) -> None:
+        if self._lock_channel is not None:
+            try:
+                self._lock_channel.close()
+            except Exception:  # noqa: BLE001 - closing a dead channel
+                pass
+            self._lock_channel = None
+        try:
+            gateway = self.conn.gateway
+            self.conn.close()
+            if gateway and not isinstance(gateway, str):
+                gateway.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _read_all(chan, *, stderr: bool) -> bytes:
+    chunks = []
+    recv = chan.recv_stderr if stderr else chan.recv
+    while True:
+        data = recv(65536)
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
