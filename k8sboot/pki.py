@@ -738,6 +738,14 @@ def plan_pki(spec: PkiSpec, facts: PkiFacts, *, now: datetime, renew: Iterable[s
                             f"renew it with `k8sboot gen-certs --renew {leaf.name}`")
         actions.append(Action(leaf.name, UNCHANGED))
 
+    if not new_ca and not_after_of(ca_fact.cert) <= now:
+        stale = [a.name for a in actions if a.changes]
+        if stale:
+            raise PkiError(f"issuing {', '.join(stale)}: the CA in {ca_fact.cert_path} expired on "
+                           f"{not_after_of(ca_fact.cert):%Y-%m-%d}, so they would be born expired",
+                           hint="replace the CA with `k8sboot gen-certs --force-new-ca` "
+                                "(reissues every leaf)")
+
     sa, sa_fact = spec.service_account, facts.service_account
     if sa.name in renew:
         actions.append(Action(sa.name, RENEWED, "--renew; tokens signed by the old key stop working"))

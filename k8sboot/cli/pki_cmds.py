@@ -129,6 +129,10 @@ def gen_certs(
 
     for message in result.warnings:
         console.warn(message)
+    dir_mode = store.file_mode(spec.dir)
+    if dir_mode is not None and dir_mode & 0o077:
+        console.warn(f"{spec.dir}/ is mode {dir_mode:04o}: other users can list it; "
+                     f"`chmod 700 {spec.dir}` (k8sboot creates it 0700 but never chmods a dir it finds)")
     if as_json:
         console.json_out({
             "dir": str(spec.dir),

@@ -587,3 +587,13 @@ def test_a_ca_key_that_does_not_sign_for_ca_pem_is_caught_before_anything_is_wri
     ca_cert = pki.issue_ca(spec.ca, key, NOW)
     with pytest.raises(PkiError, match="issuing admin.pem: the CA key does not make signatures"):
         pki.issue_leaf(spec.leaf("admin"), other.public_key(), pki.Authority(ca_cert, other), NOW)
+
+
+def test_an_expired_ca_refuses_to_issue_leaves_that_would_be_born_expired(generated_pki):
+    generated_pki.path("admin.pem").unlink()
+    generated_pki.path("admin-key.pem").unlink()
+    later = datetime.now(timezone.utc) + timedelta(days=3651)
+    with pytest.raises(PkiError, match="issuing admin: the CA in .*ca.pem expired on") as err:
+        plan_for(generated_pki.inventory, now=later)
+    assert "--force-new-ca" in err.value.hint
+    assert verbs(plan_for(generated_pki.inventory, now=later, force_new_ca=True))["admin"] == "created"

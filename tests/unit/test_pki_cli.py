@@ -344,3 +344,12 @@ def test_every_pki_command_help_shows_worked_examples_line_by_line(args):
     assert "Examples:" in result.stdout
     example_lines = [line for line in result.stdout.splitlines() if line.strip().startswith("k8sboot ")]
     assert len(example_lines) >= 2, "each example keeps its own line"
+
+
+def test_gen_certs_warns_about_a_pki_dir_others_can_read(inventory_file):
+    Path("pki").mkdir(mode=0o755)
+    os.chmod("pki", 0o755)
+    result = run("gen-certs")
+    assert result.exit_code == 0
+    assert "pki/ is mode 0755" in result.stderr and "chmod 700 pki" in result.stderr
+    assert store.file_mode(Path("pki/admin-key.pem")) == 0o600
