@@ -651,9 +651,8 @@ def _renew_hint(name: str) -> str:
             f"`k8sboot gen-certs --renew {name}`")
 
 
-def _check_pair_consistent(name: str, fact: PairFact, ca_hint: str | None = None) -> None:
-    hint = ca_hint or _renew_hint(name)
-    what = "the CA certificate" if ca_hint else "the certificate"
+def _check_pair_consistent(fact: PairFact, hint: str, what: str = "the certificate") -> None:
+    """Raise unless the cert and key are both there and belong together."""
     if fact.cert is not None and fact.key is None:
         raise PkiError(f"reading {fact.cert_path}: {what} has no key ({fact.key_path} is missing)",
                        hint=hint)
@@ -697,7 +696,7 @@ def plan_pki(spec: PkiSpec, facts: PkiFacts, *, now: datetime, renew: Iterable[s
         actions.append(Action(CA_NAME, CREATED))
         new_ca = True
     else:
-        _check_pair_consistent(CA_NAME, ca_fact, ca_hint)
+        _check_pair_consistent(ca_fact, ca_hint, "the CA certificate")
         if not is_ca_cert(ca_fact.cert):
             raise PkiError(f"checking {ca_fact.cert_path}: not a CA certificate (no CA:TRUE)",
                            hint=ca_hint)
@@ -722,7 +721,7 @@ def plan_pki(spec: PkiSpec, facts: PkiFacts, *, now: datetime, renew: Iterable[s
         if not fact.exists:
             actions.append(Action(leaf.name, CREATED))
             continue
-        _check_pair_consistent(leaf.name, fact)
+        _check_pair_consistent(fact, _renew_hint(leaf.name))
         if not is_directly_issued_by(fact.cert, ca_fact.cert):
             raise PkiError(
                 f"checking {fact.cert_path}: not signed by the CA in {ca_fact.cert_path} "

@@ -17,9 +17,13 @@ import stat
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from k8sboot import layout
 from k8sboot.errors import LockedError, PkiError
+
+if TYPE_CHECKING:   # k8sboot.pki imports cryptography; store is imported by fast paths too
+    from k8sboot.pki import OutputFile, PkiFacts, PkiSpec
 
 MAX_FILE_BYTES = 1 << 20   # a PEM file or config is a few KiB; more means the wrong file
 
@@ -76,7 +80,8 @@ def _check_dir(path: Path) -> bool:
     return True
 
 
-def read_pki(spec, *, require: bool = False, only: Collection[str] | None = None):
+def read_pki(spec: PkiSpec, *, require: bool = False,
+             only: Collection[str] | None = None) -> PkiFacts:
     """Read and parse every file of a `PkiSpec` that exists (`k8sboot.pki.PkiFacts`).
 
     With `require`, a missing PKI directory is an error with the hint to run gen-certs.
@@ -236,7 +241,7 @@ def _write_batch(directory: Path, files: Sequence[tuple[str, bytes, int]]) -> No
         os.close(dir_fd)
 
 
-def write_pki_files(directory: Path, files) -> None:
+def write_pki_files(directory: Path, files: Sequence[OutputFile]) -> None:
     """Write `k8sboot.pki.OutputFile`s into the PKI dir (created 0700 if missing), atomically each."""
     if not files:
         return

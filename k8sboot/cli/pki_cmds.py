@@ -202,9 +202,9 @@ def _report_problems(spec, statuses) -> None:
     for s in statuses:
         if s.present and s.expiring:
             fix = "--force-new-ca" if s.is_ca else f"--renew {s.name}"
-            when = "expired" if s.expired else "expires"
-            console.warn(f"{spec.dir / s.file} {when} {_when(s.not_after)} "
-                         f"({_residual(s)} left): `k8sboot gen-certs {fix}`")
+            when = ("expired on " + _when(s.not_after) if s.expired
+                    else f"expires {_when(s.not_after)} ({_residual(s)} left)")
+            console.warn(f"{spec.dir / s.file} {when}: renew with `k8sboot gen-certs {fix}`")
     missing = [s.file for s in statuses if not s.present]
     foreign = [s.file for s in statuses if s.present and s.issuer_ok is False]
     mismatched = [s.file for s in statuses if s.key_match is False]
