@@ -891,11 +891,11 @@ class StandinHandler(BaseHTTPRequestHandler):
                 decision = "allowed"
             else:
                 code, reply, decision = 403, forbidden_status(user, info), "forbidden"
-        self._reply(code, reply, audit_id)
         latency = (time.monotonic() - t0) * 1000
         log(f'"HTTP" verb={_q(shown_verb)} URI={_q(self.path)}{who} decision={_q(decision)}{extra} '
             f'resp={code} latency="{latency:.1f}ms" userAgent={_q(self.headers.get("User-Agent", ""))} '
             f'audit-ID={_q(audit_id)} srcIP={_q(src)}')
+        self._reply(code, reply, audit_id)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
 

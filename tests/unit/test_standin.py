@@ -1,0 +1,521 @@
+"""The kube-apiserver stand-in without root: its flag parsing, its startup refusals, and every
+authentication and authorization decision over real TLS on 127.0.0.1 (server in-process).
+
+Certificates and tokens are made here with cryptography and PyJWT directly, so the stand-in is
+checked against independent material, not against the project's own PKI code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from k8sboot import standin
+
+ISSUER = "https://10.240.0.10:6443"
+REQUIRED = "[service-account-issuer is a required flag, --service-account-signing-key-file and --service-account-issuer are required flags]"
+
+
+# --- material --------------------------------------------------------------------------------
+
+
+def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
+    return x509.Name([*(x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _ca(cn: str):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _leaf(ca, cn: str, orgs=(), eku=(ExtendedKeyUsageOID.CLIENT_AUTH,), ips=(), valid=True):
+    ca_key, ca_cert = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(timezone.utc)
+    start, end = (now - timedelta(minutes=5), now + timedelta(days=1)) if valid else \
+        (now - timedelta(days=3), now - timedelta(days=1))
+    b = (x509.CertificateBuilder().subject_name(_name(cn, orgs)).issuer_name(ca_cert.subject)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(start).not_valid_after(end)
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+         .add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False))
+    if ips:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(IPv4Address(i)) for i in ips]),
+                            critical=False)
+    return key, b.sign(ca_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("standin-pki")
+    ca = _ca("Test Cluster CA")
+    other = _ca("Other CA")
+    files = {"ca.pem": _pem(ca[1])}
+    for name, (key, cert) in {
+        "kubernetes": _leaf(ca, "kubernetes", eku=(ExtendedKeyUsageOID.SERVER_AUTH,), ips=("127.0.0.1",)),
+        "admin": _leaf(ca, "admin", orgs=("system:masters",)),
+        "jane": _leaf(ca, "jane", orgs=("dev",)),
+        "expired": _leaf(ca, "old", valid=False),
+        "mallory": _leaf(other, "mallory", orgs=("system:masters",)),
+    }.items():
+        files[f"{name}.pem"] = _pem(cert)
+        files[f"{name}-key.pem"] = _key_pem(key)
+    sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    files["service-account-key.pem"] = _key_pem(sa)
+    files["service-account.pem"] = sa.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return d
+
+
+def token(pki: Path, *, iss=ISSUER, aud=(ISSUER,), exp_in=600, ns="authn-demo", sa="bot", key_file=None) -> str:
+    now = int(time.time())
+    claims = {"iss": iss, "aud": list(aud), "iat": now, "nbf": now, "exp": now + exp_in,
+              "sub": f"system:serviceaccount:{ns}:{sa}", "jti": str(uuid.uuid4()),
+              "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa, "uid": str(uuid.uuid4())}}}
+    key = serialization.load_pem_private_key((key_file or pki / "service-account-key.pem").read_bytes(), None)
+    return jwt.encode(claims, key, algorithm="RS256")
+
+
+def base_argv(pki: Path, **over) -> list[str]:
+    flags = {
+        "etcd-servers": "https://127.0.0.1:2379", "bind-address": "127.0.0.1", "secure-port": "6443",
+        "tls-cert-file": pki / "kubernetes.pem", "tls-private-key-file": pki / "kubernetes-key.pem",
+        "client-ca-file": pki / "ca.pem", "service-account-key-file": pki / "service-account.pem",
+        "service-account-signing-key-file": pki / "service-account-key.pem",
+        "service-account-issuer": ISSUER, "authorization-mode": "Node,RBAC",
+    }
+    flags.update(over)
+    return [f"--{k}={v}" for k, v in flags.items() if v is not None]
+
+
+# --- flag parsing -------------------------------------------------------------------------------
+
+
+def test_equals_and_space_forms_parse_the_same():
+    a = standin.parse_flags(["--secure-port=6443", "--bind-address=0.0.0.0", "--client-ca-file=/x/ca.pem"])
+    b = standin.parse_flags(["--secure-port", "6443", "--bind-address", "0.0.0.0", "--client-ca-file", "/x/ca.pem"])
+    assert a.values == b.values == {"secure-port": 6443, "bind-address": "0.0.0.0", "client-ca-file": "/x/ca.pem"}
+
+
+def test_anonymous_auth_defaults_true_like_the_real_binary():
+    assert standin.parse_flags([]).anonymous_auth is True
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--anonymous-auth"], True),
+    (["--anonymous-auth=true"], True),
+    (["--anonymous-auth=false"], False),
+    (["--anonymous-auth=0"], False),
+    (["--anonymous-auth=F"], False),
+])
+def test_bool_flags(argv, expected):
+    assert standin.parse_flags(argv).anonymous_auth is expected
+
+
+def test_a_bool_flag_never_takes_the_next_argument():
+    with pytest.raises(standin.FlagError, match=r'"kube-apiserver" does not take any arguments, got \["false"\]'):
+        standin.parse_flags(["--anonymous-auth", "false"])
+
+
+def test_repeated_issuers_and_key_files_accumulate_and_audiences_split_on_commas():
+    f = standin.parse_flags(["--service-account-issuer=https://a", "--service-account-issuer", "https://b",
+                             "--service-account-key-file=/k1", "--service-account-key-file=/k2",
+                             "--api-audiences=x,y", "--api-audiences", "z"])
+    assert f.service_account_issuers == ["https://a", "https://b"]
+    assert f.service_account_key_files == ["/k1", "/k2"]
+    assert f.api_audiences == ["x", "y", "z"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--insecure-port=8080"], "unknown flag: --insecure-port"),
+    (["-x"], "unknown shorthand flag: 'x' in -x"),
+    (["--tls-cert-file"], "flag needs an argument: --tls-cert-file"),
+    (["--secure-port=abc"], 'invalid argument "abc" for "--secure-port" flag: strconv.ParseInt: parsing "abc": invalid syntax'),
+    (["--anonymous-auth=maybe"], 'invalid argument "maybe" for "--anonymous-auth" flag: strconv.ParseBool: parsing "maybe": invalid syntax'),
+])
+def test_bad_command_lines_get_cobras_messages(argv, message):
+    with pytest.raises(standin.FlagError) as exc:
+        standin.parse_flags(argv)
+    assert str(exc.value) == message
+
+
+def test_the_tutorial_unit_flags_all_parse():
+    argv = ["--advertise-address=10.240.0.10", "--allow-privileged=true", "--apiserver-count=3",
+            "--audit-log-maxage=30", "--audit-log-path=/var/log/audit.log", "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NamespaceLifecycle,NodeRestriction", "--encryption-provider-config=/e.yaml",
+            "--event-ttl=1h", "--kubelet-certificate-authority=/ca.pem", "--runtime-config=api/all=true",
+            "--service-cluster-ip-range=10.32.0.0/24", "--service-node-port-range=30000-32767", "--v=2", "-v=3"]
+    f = standin.parse_flags(argv)
+    assert f.get("authorization-mode") == ["Node", "RBAC"] and f.verbosity == 3
+
+
+def test_missing_issuer_gives_the_real_aggregate_message():
+    errors = standin.validate_flags(standin.parse_flags(["--etcd-servers=https://e:2379", "--tls-cert-file=c",
+                                                         "--tls-private-key-file=k",
+                                                         "--service-account-signing-key-file=s"]))
+    assert standin.render_errors(errors) == REQUIRED
+
+
+def test_missing_signing_key_alone_gives_the_single_message():
+    errors = standin.validate_flags(standin.parse_flags(["--etcd-servers=https://e:2379", "--tls-cert-file=c",
+                                                         "--tls-private-key-file=k",
+                                                         f"--service-account-issuer={ISSUER}"]))
+    assert standin.render_errors(errors) == \
+        "--service-account-signing-key-file and --service-account-issuer are required flags"
+
+
+def test_main_refuses_without_issuer_exit_1_with_the_real_error_line(pki, capsys):
+    rc = standin.main(base_argv(pki, **{"service-account-issuer": None}))
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"Error: {REQUIRED}\n" in err
+
+
+def test_main_refuses_an_unreadable_file_naming_the_flag_and_the_path(pki, capsys):
+    rc = standin.main(base_argv(pki, **{"client-ca-file": pki / "nope.pem"}))
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"Error: unable to read --client-ca-file {pki / 'nope.pem'}: open {pki / 'nope.pem'}: " \
+           "no such file or directory" in err
+
+
+def test_main_refuses_a_missing_etcd_servers_flag(pki, capsys):
+    assert standin.main(base_argv(pki, **{"etcd-servers": None})) == 1
+    assert "Error: --etcd-servers must be specified" in capsys.readouterr().err
+
+
+def test_version_says_stand_in(capsys):
+    assert standin.main(["--version"]) == 0
+    out = capsys.readouterr().out
+    assert "v0.0.0-k8sboot-standin" in out and "not Kubernetes" in out and "STAND-IN" in out
+
+
+# --- request attributes and Stage 2 ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, target, expected", [
+    ("GET", "/api/v1/namespaces/default/pods", ("list", "", "default", "pods", "", "")),
+    ("GET", "/api/v1/namespaces/default/pods?watch=true", ("watch", "", "default", "pods", "", "")),
+    ("GET", "/api/v1/pods", ("list", "", "", "pods", "", "")),
+    ("GET", "/api/v1/namespaces/default/pods/web", ("get", "", "default", "pods", "web", "")),
+    ("GET", "/api/v1/namespaces/kube-system", ("get", "", "kube-system", "namespaces", "kube-system", "")),
+    ("DELETE", "/api/v1/namespaces/default/pods", ("deletecollection", "", "default", "pods", "", "")),
+    ("PATCH", "/apis/apps/v1/namespaces/x/deployments/d/scale", ("patch", "apps", "x", "deployments", "d", "scale")),
+    ("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+     ("create", "authentication.k8s.io", "", "selfsubjectreviews", "", "")),
+])
+def test_request_info(method, target, expected):
+    i = standin.parse_request_info(method, target)
+    assert i.is_resource
+    assert (i.verb, i.api_group, i.namespace, i.resource, i.name, i.subresource) == expected
+
+
+@pytest.mark.parametrize("target", ["/", "/healthz", "/version", "/api", "/apis", "/api/v1", "/apis/apps/v1"])
+def test_non_resource_paths(target):
+    assert not standin.parse_request_info("GET", target).is_resource
+
+
+def test_forbidden_message_is_the_api_servers():
+    from k8sboot import authn
+
+    anon = authn.UserInfo("system:anonymous", groups=("system:unauthenticated",))
+    body = standin.forbidden_status(anon, standin.parse_request_info("GET", "/api/v1/namespaces/default/pods"))
+    assert body == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": 'pods is forbidden: User "system:anonymous" cannot list resource "pods" in API '
+                               'group "" in the namespace "default"',
+                    "reason": "Forbidden", "details": {"kind": "pods"}, "code": 403}
+    nodes = standin.forbidden_status(anon, standin.parse_request_info("GET", "/api/v1/nodes/n1"))
+    assert nodes["message"] == ('nodes "n1" is forbidden: User "system:anonymous" cannot get resource "nodes" '
+                                'in API group "" at the cluster scope')
+    root = standin.forbidden_status(anon, standin.parse_request_info("GET", "/"))
+    assert root["message"] == 'forbidden: User "system:anonymous" cannot get path "/"' and root["details"] == {}
+
+
+@pytest.mark.parametrize("user, groups, method, target, allowed", [
+    ("admin", ("system:masters", "system:authenticated"), "DELETE", "/api/v1/namespaces/x", True),
+    ("system:anonymous", ("system:unauthenticated",), "GET", "/version", True),
+    ("system:anonymous", ("system:unauthenticated",), "GET", "/livez", True),
+    ("system:anonymous", ("system:unauthenticated",), "GET", "/api", False),
+    ("system:anonymous", ("system:unauthenticated",), "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", False),
+    ("jane", ("dev", "system:authenticated"), "GET", "/apis", True),
+    ("jane", ("dev", "system:authenticated"), "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", True),
+    ("jane", ("dev", "system:authenticated"), "GET", "/api/v1/namespaces/default/pods", False),
+])
+def test_default_policy(user, groups, method, target, allowed):
+    from k8sboot import authn
+
+    assert standin.authorize(authn.UserInfo(user, groups=groups), standin.parse_request_info(method, target)) is allowed
+
+
+# --- the server over TLS on 127.0.0.1 --------------------------------------------------------------
+
+
+def _backends():
+    out = ["python-ssl"]
+    try:
+        import OpenSSL.SSL  # noqa: F401
+        out.append("pyopenssl")
+    except ImportError:
+        pass
+    return out
+
+
+class Running:
+    def __init__(self, pki: Path, backend: str, **over):
+        flags = standin.parse_flags(base_argv(pki, **over))
+        assert standin.validate_flags(flags) == []
+        self.pki = pki
+        self.server = standin.build_server(flags, standin.load_config(flags), port=0,
+                                           tls_backend="ssl" if backend == "python-ssl" else "pyopenssl")
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def request(self, method: str, path: str, cert: str | None = None, bearer: str | None = None,
+                body: bytes | None = None) -> tuple[int, object]:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.pem"))
+        if cert:
+            ctx.load_cert_chain(self.pki / f"{cert}.pem", self.pki / f"{cert}-key.pem")
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=10)
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            r = conn.getresponse()
+            data = r.read()
+        finally:
+            conn.close()
+        ctype = r.getheader("Content-Type", "")
+        return r.status, json.loads(data) if ctype.startswith("application/json") else data.decode()
+
+    def whoami(self, **kw) -> tuple[int, object]:
+        return self.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                            body=b'{"kind":"SelfSubjectReview","apiVersion":"authentication.k8s.io/v1"}', **kw)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(params=_backends())
+def server(request, pki):
+    running = Running(pki, request.param)
+    running.backend = request.param
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def closed_server(pki):
+    running = Running(pki, _backends()[-1], **{"anonymous-auth": "false"})
+    yield running
+    running.stop()
+
+
+def test_admin_certificate_is_admin_in_system_masters(server, pki, capsys):
+    code, body = server.whoami(cert="admin")
+    assert code == 201
+    der = x509.load_pem_x509_certificate((pki / "admin.pem").read_bytes()).public_bytes(serialization.Encoding.DER)
+    assert body["kind"] == "SelfSubjectReview" and body["apiVersion"] == "authentication.k8s.io/v1"
+    assert body["status"]["userInfo"] == {
+        "username": "admin", "groups": ["system:masters", "system:authenticated"],
+        "extra": {"authentication.kubernetes.io/credential-id": [f"X509SHA256={hashlib.sha256(der).hexdigest()}"]}}
+    assert 'user="admin"' in capsys.readouterr().err
+
+
+def test_no_credential_with_anonymous_on_is_403_as_system_anonymous(server, capsys):
+    code, body = server.request("GET", "/api/v1/namespaces/default/pods")
+    assert code == 403
+    assert body["message"] == ('pods is forbidden: User "system:anonymous" cannot list resource "pods" in API '
+                               'group "" in the namespace "default"')
+    assert body["reason"] == "Forbidden" and body["code"] == 403
+    log = capsys.readouterr().err
+    assert 'user="system:anonymous"' in log and 'decision="forbidden"' in log and "resp=403" in log
+
+
+def test_anonymous_may_read_version_and_health(server):
+    code, body = server.request("GET", "/version")
+    assert code == 200 and body["gitVersion"] == "v0.0.0-k8sboot-standin"
+    assert server.request("GET", "/livez") == (200, "ok")
+    assert server.request("GET", "/readyz") == (200, "ok")
+
+
+def test_no_credential_with_anonymous_off_is_401(closed_server, capsys):
+    code, body = closed_server.request("GET", "/api/v1/namespaces/default/pods")
+    assert code == 401
+    assert body == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "Unauthorized", "reason": "Unauthorized", "code": 401}
+    assert closed_server.request("GET", "/livez")[0] == 401
+    assert 'decision="unauthorized"' in capsys.readouterr().err
+
+
+def test_service_account_token_is_the_service_account(server, pki):
+    code, body = server.whoami(bearer=token(pki))
+    assert code == 201
+    info = body["status"]["userInfo"]
+    assert info["username"] == "system:serviceaccount:authn-demo:bot"
+    assert info["groups"] == ["system:serviceaccounts", "system:serviceaccounts:authn-demo", "system:authenticated"]
+
+
+@pytest.mark.parametrize("bad", [
+    {"aud": ("vault",)},
+    {"iss": "https://other.example:6443"},
+    {"exp_in": -3600},
+])
+def test_a_token_for_another_audience_or_issuer_or_expired_is_401_even_with_anonymous_on(server, pki, bad):
+    code, body = server.whoami(bearer=token(pki, **bad))
+    assert code == 401 and body["reason"] == "Unauthorized"
+
+
+def test_a_token_signed_by_another_key_is_401(server, pki, tmp_path):
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "k.pem").write_bytes(_key_pem(other))
+    assert server.whoami(bearer=token(pki, key_file=tmp_path / "k.pem"))[0] == 401
+
+
+def test_an_expired_client_certificate_is_401(server):
+    if server.backend == "python-ssl":      # Python's ssl checks validity in the handshake
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            server.whoami(cert="expired")
+    else:
+        assert server.whoami(cert="expired")[0] == 401
+
+
+def test_masters_get_empty_lists_and_others_are_forbidden(server):
+    code, body = server.request("GET", "/api/v1/namespaces/default/pods", cert="admin")
+    assert code == 200 and body["items"] == [] and body["kind"] == "PodList"
+    code, body = server.request("GET", "/api/v1/namespaces/default/pods", cert="jane")
+    assert code == 403 and body["message"].startswith('pods is forbidden: User "jane" cannot list')
+    assert server.whoami(cert="jane")[0] == 201
+
+
+def test_a_certificate_from_another_ca(server):
+    """pyOpenSSL: like Go, the handshake accepts it and authn answers 401. Python's ssl verifies
+    in the handshake, so the connection fails instead (the documented difference)."""
+    if server.backend == "pyopenssl":
+        code, body = server.whoami(cert="mallory")
+        assert code == 401 and body["message"] == "Unauthorized"
+    else:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            server.whoami(cert="mallory")
+
+
+# --- the files installed on a lab host, under Debian's python3 -----------------------------------
+
+
+def _debian_python() -> str | None:
+    py = "/usr/bin/python3"
+    if not os.path.exists(py):
+        return None
+    r = subprocess.run([py, "-c", "import cryptography, jwt"], capture_output=True)
+    return py if r.returncode == 0 else None
+
+
+def test_installed_standin_runs_on_the_systems_python(pki, tmp_path):
+    """The three files the lab copies, alone, under /usr/bin/python3 (Debian's cryptography/jwt)."""
+    py = _debian_python()
+    if py is None:
+        pytest.skip("/usr/bin/python3 with python3-cryptography and python3-jwt is not installed")
+    src = Path(standin.__file__).parent
+    lib = tmp_path / "lib" / "k8sboot"
+    lib.mkdir(parents=True)
+    for name in ("__init__.py", "authn.py", "standin.py"):
+        shutil.copy(src / name, lib / name)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "lib")}
+    r = subprocess.run([py, "-m", "k8sboot.standin", "--version"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "k8sboot-standin" in r.stdout
+    with socket_port() as port:
+        argv = base_argv(pki, **{"secure-port": str(port)})
+    proc = subprocess.Popen([py, "-m", "k8sboot.standin", *argv], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        ctx.load_cert_chain(pki / "admin.pem", pki / "admin-key.pem")
+        while True:
+            try:
+                conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+                conn.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=b"{}")
+                r = conn.getresponse()
+                body = json.loads(r.read())
+                break
+            except (ConnectionRefusedError, ssl.SSLError, OSError):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        assert r.status == 201 and body["status"]["userInfo"]["username"] == "admin"
+        head = _read_until(proc, "Serving securely")
+        if "tls=\"pyopenssl\"" in head:
+            # Debian's pyOpenSSL: a certificate from another CA gets the real server's 401
+            ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+            ctx.load_cert_chain(pki / "mallory.pem", pki / "mallory-key.pem")
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+            conn.request("GET", "/api/v1/pods")
+            r = conn.getresponse()
+            assert r.status == 401 and json.loads(r.read())["reason"] == "Unauthorized"
+    finally:
+        proc.terminate()
+        rest = proc.stderr.read()
+        proc.wait(timeout=10)
+    assert "STAND-IN" in head and 'user="admin"' in rest
+
+
+def _read_until(proc, marker: str) -> str:
+    lines = []
+    while True:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if not line or marker in line:
+            return "".join(lines)
+
+
+class socket_port:
+    """A free TCP port on 127.0.0.1 (closed again before use)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.s = socket.socket()
+        self.s.bind(("127.0.0.1", 0))
+        return self.s.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self.s.close()
