@@ -1,0 +1,222 @@
+"""The lab's pure parts: names and addresses, the plan for `up`, the recipe hash, the mirror from
+apt sources, nspawn's command line, the inventory it writes, the prerequisite findings."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from k8sboot.inventory import parse_inventory
+from k8sboot.lab import plan, prereq
+from k8sboot.lab.plan import RootfsRecipe, build_host_specs, build_lab_plan
+from k8sboot.lab.state import HostRecord, LabState
+
+
+def test_controllers_then_workers_get_consecutive_addresses_from_10():
+    specs = build_host_specs(3, 2)
+    assert [(h.name, h.address) for h in specs] == [
+        ("controller-0", "10.240.0.10"), ("controller-1", "10.240.0.11"), ("controller-2", "10.240.0.12"),
+        ("worker-0", "10.240.0.13"), ("worker-1", "10.240.0.14")]
+
+
+def test_every_address_stays_inside_the_lab_network_and_off_the_gateway():
+    specs = build_host_specs(plan.MAX_HOSTS, 0)
+    addrs = [ipaddress.IPv4Address(h.address) for h in specs]
+    assert all(a in plan.NETWORK for a in addrs)
+    assert plan.GATEWAY not in addrs and plan.NETWORK.broadcast_address not in addrs
+    assert len(set(addrs)) == len(addrs)
+
+
+def test_names_fit_the_kernels_limits_and_carry_the_prefix():
+    for h in build_host_specs(100, 100):
+        assert len(h.veth) <= 15 and h.veth.startswith(plan.VETH_PREFIX)
+        assert h.netns.startswith(plan.PREFIX) and h.machine.startswith(plan.PREFIX)
+    assert len(plan.BRIDGE) <= 15
+
+
+def test_mac_is_fixed_per_address_and_locally_administered():
+    assert plan.mac_for("10.240.0.10") == "02:00:0a:f0:00:0a"
+    first_octet = int(plan.mac_for("10.240.0.200").split(":")[0], 16)
+    assert first_octet & 0b10 and not first_octet & 0b1          # local, unicast
+
+
+@pytest.mark.parametrize("controllers, workers", [(0, 0), (-1, 0), (1, -1), (150, 51)])
+def test_impossible_counts_are_refused(controllers, workers):
+    with pytest.raises(ValueError):
+        build_host_specs(controllers, workers)
+
+
+def test_same_count_again_keeps_everything():
+    specs = build_host_specs(3, 0)
+    p = build_lab_plan(specs, {h.name: h for h in specs})
+    assert p.changes_nothing and [h.name for h in p.keep] == ["controller-0", "controller-1", "controller-2"]
+
+
+def test_a_larger_count_only_adds_hosts():
+    running = {h.name: h for h in build_host_specs(3, 0)}
+    p = build_lab_plan(build_host_specs(5, 0), running)
+    assert [h.name for h in p.start] == ["controller-3", "controller-4"] and not p.stop
+    assert len(p.keep) == 3
+
+
+def test_a_smaller_count_stops_the_extra_hosts():
+    running = {h.name: h for h in build_host_specs(3, 0)}
+    p = build_lab_plan(build_host_specs(1, 0), running)
+    assert [h.name for h in p.stop] == ["controller-1", "controller-2"] and not p.start
+
+
+def test_a_worker_whose_address_moves_is_stopped_and_started_again():
+    running = {h.name: h for h in build_host_specs(1, 1)}          # worker-0 at .11
+    p = build_lab_plan(build_host_specs(2, 1), running)              # worker-0 now at .12
+    assert [h.name for h in p.stop] == ["worker-0"]
+    assert [(h.name, h.address) for h in p.start] == [("controller-1", "10.240.0.11"), ("worker-0", "10.240.0.12")]
+
+
+def test_recorded_but_dead_hosts_are_cleaned_and_booted_again():
+    specs = build_host_specs(2, 0)
+    p = build_lab_plan(specs, running={"controller-0": specs[0]}, recorded={"controller-1": specs[1]})
+    assert [h.name for h in p.stop] == ["controller-1"] and [h.name for h in p.start] == ["controller-1"]
+
+
+def test_recipe_hash_is_stable_and_changes_with_the_recipe():
+    r = RootfsRecipe()
+    assert r.hash == RootfsRecipe().hash and len(r.hash) == 16
+    assert replace(r, packages=r.packages + ("vim",)).hash != r.hash
+    assert replace(r, files=r.files + (("/etc/x", 0o644, "x"),)).hash != r.hash
+    assert replace(r, version=r.version + 1).hash != r.hash
+    assert replace(r, packages=tuple(reversed(r.packages))).hash == r.hash      # order does not matter
+    assert r.directory(Path("/base")) == Path(f"/base/bookworm-{r.hash}")
+
+
+def test_recipe_has_what_the_stand_in_and_the_tests_need():
+    need = {"systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "procps", "python3",
+            "python3-cryptography", "python3-jwt", "sudo", "ca-certificates", "curl"}
+    assert need <= set(plan.PACKAGES)
+    files = {p: c for p, _, c in plan.ROOTFS_FILES}
+    assert files["/etc/machine-id"] == ""                 # 0 bytes: a lone newline breaks nspawn
+    assert files["/etc/resolv.conf"] == ""
+    assert "PasswordAuthentication no" in files["/etc/ssh/sshd_config.d/k8sboot-lab.conf"]
+
+
+def test_debootstrap_argv_uses_the_given_mirror_and_the_package_cache():
+    argv = plan.build_debootstrap_argv(RootfsRecipe(), Path("/t"), "http://mirror.example/debian", Path("/c"))
+    assert argv[:2] == ["debootstrap", "--variant=minbase"]
+    assert "--cache-dir=/c" in argv and argv[-3:] == ["bookworm", "/t", "http://mirror.example/debian"]
+
+
+DEB822 = """\
+Types: deb
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+"""
+
+
+@pytest.mark.parametrize("deb822, sources_list, expected", [
+    (DEB822, None, "http://mirror.example/debian"),
+    (DEB822.replace("Types: deb\nURIs: http://mirror.example/debian\n", "Types: deb-src\nURIs: http://src/\n"),
+     None, None),
+    (None, "# comment\ndeb http://security.example/debian-security bookworm-security main\n"
+           "deb [arch=amd64] http://lists.example/debian bookworm main\n", "http://lists.example/debian"),
+    ("Enabled: no\nTypes: deb\nURIs: http://off/\nSuites: bookworm\n", "deb http://on/debian bookworm main\n",
+     "http://on/debian"),
+    (None, None, None),
+])
+def test_mirror_comes_from_the_machines_apt_sources(deb822, sources_list, expected):
+    assert plan.parse_apt_mirror(deb822, sources_list) == expected
+
+
+def test_mirror_url_check():
+    assert plan.check_mirror_url("http://m/debian") is None
+    assert plan.check_mirror_url("ftp://m/debian") is not None
+
+
+def test_nspawn_argv_meets_the_recipes_pitfalls():
+    h = build_host_specs(1, 0)[0]
+    argv = plan.build_nspawn_argv(h)
+    for flag in ("--keep-unit", "--register=no", "--boot", "--resolv-conf=off", "--link-journal=no",
+                 f"--network-namespace-path=/run/netns/{h.netns}", f"--machine={h.machine}",
+                 f"--hostname={h.name}", f"--directory={h.root}"):
+        assert flag in argv
+    assert plan.parse_nspawn_machine(argv) == h.machine
+
+
+def test_only_our_nspawns_are_recognised():
+    assert plan.parse_nspawn_machine(["/usr/bin/systemd-nspawn", "--machine=k8sb-x", "--directory=/var/lib/m"]) is None
+    assert plan.parse_nspawn_machine(["/usr/bin/systemd-nspawn", "--machine=other",
+                                      f"--directory={plan.HOSTS_DIR}/x/root"]) is None
+    assert plan.parse_nspawn_machine(["sleep", "--machine=k8sb-x"]) is None
+
+
+def test_ssh_argv_is_strict_and_ignores_the_users_config():
+    argv = plan.ssh_argv("10.240.0.10", "true", key=Path("/k"), known_hosts=Path("/kh"))
+    joined = " ".join(argv)
+    assert "-F /dev/null" in joined and "StrictHostKeyChecking=yes" in joined
+    assert "UserKnownHostsFile=/kh" in joined and "BatchMode=yes" in joined and argv[-2:] == ["root@10.240.0.10", "true"]
+
+
+def test_known_hosts_has_one_line_per_host_in_address_order():
+    text = plan.render_known_hosts({"10.240.0.11": "ssh-ed25519 BBB", "10.240.0.9": "ssh-ed25519 AAA",
+                                    "10.240.0.10": "ssh-ed25519 CCC"})
+    assert text.splitlines() == ["10.240.0.9 ssh-ed25519 AAA", "10.240.0.10 ssh-ed25519 CCC",
+                                 "10.240.0.11 ssh-ed25519 BBB"]
+
+
+def test_inventory_is_a_valid_full_inventory_for_the_lab(tmp_path):
+    text = plan.render_lab_inventory(build_host_specs(3, 1), Path("/var/lib/k8sboot/lab/id_ed25519"),
+                                     Path("/run/k8sboot-lab/known_hosts"))
+    assert text.startswith("# Generated by `k8sboot lab up`")
+    inv = parse_inventory(text, tmp_path / "lab.yaml")
+    assert inv.cluster.name == "k8sboot-lab"
+    assert inv.cluster.api_endpoint == "https://10.240.0.10:6443"
+    assert str(inv.cluster.service_cidr) == "10.32.0.0/24" and inv.cluster.cluster_domain == "cluster.local"
+    assert inv.pki.dir == Path("pki") and inv.apiserver.anonymous_auth is False
+    assert inv.apiserver.etcd_servers == ("https://10.240.0.10:2379",)
+    assert inv.ssh.user == "root" and inv.ssh.sudo is False
+    assert inv.ssh.identity_file == Path("/var/lib/k8sboot/lab/id_ed25519")
+    assert inv.ssh.known_hosts == Path("/run/k8sboot-lab/known_hosts")
+    assert [(h.name, h.address) for h in inv.controllers] == [
+        ("controller-0", "10.240.0.10"), ("controller-1", "10.240.0.11"), ("controller-2", "10.240.0.12")]
+    assert [(h.name, str(h.internal_ip)) for h in inv.workers] == [("worker-0", "10.240.0.13")]
+
+
+def test_state_round_trips():
+    specs = build_host_specs(2, 0)
+    s = LabState(hosts={h.name: HostRecord(spec=h, pid=100 + i, starttime=5, cgroups=["/sys/fs/cgroup/x"],
+                                           host_key="ssh-ed25519 AAA", rootfs="/r")
+                        for i, h in enumerate(specs)}, mounted_nspawn_tmpfs=True)
+    back = LabState.from_json(s.to_json())
+    assert back == s
+
+
+@pytest.mark.parametrize("kw, problems, fix", [
+    (dict(euid=1000), ["root"], "sudo k8sboot lab up"),
+    (dict(which=lambda t: None if t in ("systemd-nspawn", "debootstrap") else f"/usr/bin/{t}"),
+     ["systemd-nspawn", "debootstrap"], "apt-get install debootstrap systemd-container"),
+    (dict(which=lambda t: None if t == "ssh" else f"/usr/bin/{t}"), ["ssh"], "apt-get install openssh-client"),
+    (dict(overlayfs=False), ["overlayfs"], "modprobe overlay"),
+])
+def test_prereq_findings_name_what_is_missing_and_the_fix(kw, problems, fix, monkeypatch):
+    monkeypatch.setattr(prereq.os, "access", lambda p, m: False)
+    base = dict(euid=0, platform="linux", overlayfs=True, which=lambda t: f"/usr/bin/{t}")
+    findings = prereq.check_prereqs(**{**base, **kw})
+    assert [f.what for f in findings] == problems
+    assert fix in prereq.render_fix(findings)
+
+
+def test_prereq_on_another_os_says_linux():
+    findings = prereq.check_prereqs(platform="darwin")
+    assert [f.what for f in findings] == ["linux"]
+
+
+def test_all_present_is_no_finding():
+    assert prereq.check_prereqs(euid=0, platform="linux", overlayfs=True, which=lambda t: f"/usr/bin/{t}") == []
