@@ -17,7 +17,7 @@ import pytest
 from certs_helpers import edit_inventory, load_cert, openssl, snapshot
 from typer.testing import CliRunner
 
-from k8sboot import store
+from k8sboot import console, store
 from k8sboot.cli import app
 from k8sboot.errors import ExitCode
 
@@ -26,6 +26,13 @@ LEAF_FILES = ["admin.pem", "kubernetes.pem", "kube-apiserver-kubelet-client.pem"
 ALL_ROWS = ["ca.pem", *LEAF_FILES, "service-account.pem", "encryption-config.yaml"]
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_console(monkeypatch):
+    """console.py caches its rich Consoles; a fresh one per test reads COLUMNS=300 (no folding)."""
+    monkeypatch.setattr(console, "_stdout_console", None)
+    monkeypatch.setattr(console, "_stderr_console", None)
 
 
 def run(*args: str):
