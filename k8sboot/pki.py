@@ -680,8 +680,8 @@ def plan_pki(spec: PkiSpec, facts: PkiFacts, *, now: datetime, renew: Iterable[s
 
     # The CA: created if missing, replaced only with --force-new-ca.
     ca_fact = facts.ca
-    ca_hint = (f"restore the CA files from a backup; only `k8sboot gen-certs --force-new-ca` "
-               f"replaces the CA (and then reissues every leaf)")
+    ca_hint = ("restore the CA files from a backup; only `k8sboot gen-certs --force-new-ca` "
+               "replaces the CA (and then reissues every leaf)")
     new_ca = False
     if force_new_ca:
         actions.append(Action(CA_NAME, REISSUED if ca_fact.exists else CREATED,
