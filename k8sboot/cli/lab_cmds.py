@@ -105,14 +105,23 @@ def up_cmd(
     inventory: Path = typer.Option(Path("inventory/lab.yaml"), "--inventory", "-i", metavar="PATH",
                                    help="Where to write the lab's inventory."),
     timeout: float = typer.Option(90.0, "--timeout", min=1, help="Seconds to wait for each host's systemd."),
+    force: bool = typer.Option(False, "--force", help="Change the lab even while another process holds a lease on it."),
     as_json: bool = json_option,
 ) -> None:
-    """Boot the lab's hosts (idempotent; a larger count adds hosts) and write the inventory."""
+    """Boot the lab's hosts (idempotent; a larger count adds hosts) and write the inventory.
+
+    With K8SBOOT_LAB_LEASE=<why> in the environment, the calling process takes a lease: until it
+    exits, other processes cannot take the lab down or change it (without --force).
+    """
+    import os
+
     from k8sboot import console, lab
+    from k8sboot.lab.lease import LEASE_ENV
 
     with _Progress(controllers + workers) as progress:
         result = lab.up(controllers=controllers, workers=workers, mirror=mirror, inventory=inventory,
-                        boot_timeout=timeout, report=progress)
+                        boot_timeout=timeout, report=progress, lease=os.environ.get(LEASE_ENV) or None,
+                        lease_holder=os.getppid(), force=force)
     if as_json:
         console.json_out({
             "hosts": [h.to_dict() for h in result.hosts], "started": list(result.started),
@@ -138,12 +147,13 @@ def up_cmd(
 @lab_app.command("down")
 def down_cmd(
     timeout: float = typer.Option(10.0, "--timeout", min=0, help="Seconds of orderly poweroff before SIGKILL."),
+    force: bool = typer.Option(False, "--force", help="Take the lab down even while another process holds a lease on it."),
     as_json: bool = json_option,
 ) -> None:
     """Remove everything the lab made (processes, mounts, netns, bridge, route, cgroups, limits)."""
     from k8sboot import console, lab
 
-    result = lab.down(timeout=timeout)
+    result = lab.down(timeout=timeout, force=force)
     if as_json:
         console.json_out({"stopped": list(result.stopped), "removed": list(result.removed),
                           "notes": list(result.notes), "seconds": round(result.seconds, 3)})
@@ -167,6 +177,10 @@ def status_cmd(as_json: bool = json_option) -> None:
     if as_json:
         console.json_out([h.to_dict() for h in hosts])
         return
+    from k8sboot.lab.lease import describe
+
+    for held in lab.leases():
+        console.info(f"lab: in use by {describe(held)}")
     if not hosts:
         console.info("lab: no hosts (the lab is down); start it with `k8sboot lab up`")
         return
@@ -181,12 +195,13 @@ def status_cmd(as_json: bool = json_option) -> None:
 def reset_cmd(
     name: str = typer.Argument(..., metavar="NAME", help="The host, e.g. controller-0."),
     timeout: float = typer.Option(90.0, "--timeout", min=1, help="Seconds to wait for the host's systemd."),
+    force: bool = typer.Option(False, "--force", help="Reset even while another process holds a lease on the lab."),
     as_json: bool = json_option,
 ) -> None:
     """Give one host a fresh root (its changes dropped, a new host key) and boot it again."""
     from k8sboot import console, lab
 
-    result = lab.reset(name, boot_timeout=timeout)
+    result = lab.reset(name, boot_timeout=timeout, force=force)
     if as_json:
         console.json_out({"host": result.host.to_dict(), "seconds": round(result.seconds, 3)})
         return

@@ -135,6 +135,14 @@ def status(query: bool = True) -> list[HostStatus]:
     return result
 
 
+def leases() -> list[dict]:
+    """Live leases: who depends on the lab now (see lease.py)."""
+    from k8sboot.lab import lease as lease_mod
+    from k8sboot.lab.state import load_state
+
+    return [x for x in load_state().leases if lease_mod.live(x)]
+
+
 def _octet(address: str) -> int:
     try:
         return int(address.rsplit(".", 1)[1])
@@ -147,9 +155,17 @@ def _octet(address: str) -> int:
 
 def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
        inventory: Path | None = None, boot_timeout: float = 90.0,
-       report: Report | None = None) -> UpResult:
-    """Bring the lab to `controllers` + `workers` running hosts (idempotent)."""
+       report: Report | None = None, lease: str | None = None, lease_holder: int | None = None,
+       force: bool = False) -> UpResult:
+    """Bring the lab to `controllers` + `workers` running hosts (idempotent).
+
+    `lease`: record `lease_holder` (default: this process) as depending on the lab (lease.py);
+    `force`: go ahead even when another holder depends on the lab.
+    """
+    import os
+
     from k8sboot.lab import cgroups, hosts, mounts, net, plan, prereq, rootfs
+    from k8sboot.lab import lease as leases
     from k8sboot.lab.state import HostRecord, lab_lock, load_state, write_known_hosts, write_state
 
     report = report or _quiet
@@ -182,6 +198,11 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
         # what runs without a record (a SIGKILLed `up` between spawn and record): stop it too
         known_machines = {r.spec.machine for n, r in state.hosts.items() if n in running}
         strays = {pid: m for pid, m in hosts.find_lab_nspawns().items() if m not in known_machines}
+        if not lab_plan.changes_nothing or strays:
+            leases.check_free(state.leases, f"bring the lab to {controllers} controllers and {workers} workers",
+                              force)
+        if lease:
+            state.leases = leases.take_lease(state.leases, lease, lease_holder or os.getpid())
         to_stop = [state.hosts[h.name] for h in lab_plan.stop]
         if to_stop or strays:
             for rec in to_stop:
@@ -272,16 +293,19 @@ def _write_inventory(path: Path, text: str) -> bool:
 # --- reset -------------------------------------------------------------------------------------
 
 
-def reset(name: str, boot_timeout: float = 90.0, report: Report | None = None) -> ResetResult:
+def reset(name: str, boot_timeout: float = 90.0, report: Report | None = None,
+          force: bool = False) -> ResetResult:
     """A fresh root for one host: stop it (no orderly poweroff, its root is dropped anyway),
     drop its overlay upper, write a new identity (new host key in known_hosts), boot, wait."""
     from k8sboot.lab import cgroups, hosts, net, plan, rootfs
+    from k8sboot.lab import lease as leases
     from k8sboot.lab.state import lab_lock, load_state, write_known_hosts, write_state
 
     report = report or _quiet
     t0 = time.monotonic()
     with lab_lock():
         state = load_state()
+        leases.check_free(state.leases, f"reset {name}", force)
         rec = state.hosts.get(name)
         if rec is None:
             known = ", ".join(sorted(state.hosts)) or "none (the lab is down)"
@@ -312,11 +336,12 @@ def reset(name: str, boot_timeout: float = 90.0, report: Report | None = None) -
 # --- down --------------------------------------------------------------------------------------
 
 
-def down(timeout: float = 10.0, report: Report | None = None) -> DownResult:
+def down(timeout: float = 10.0, report: Report | None = None, force: bool = False) -> DownResult:
     """Remove everything the lab made: processes (by PID: SIGTERM = orderly poweroff, then
     SIGKILL after `timeout`), mounts, netns, veths, bridge, guard route, cgroups; restore the
     inotify limit. Works from the state file and from what exists, so also after a crash."""
     from k8sboot.lab import cgroups, hosts, mounts, net, plan
+    from k8sboot.lab import lease as leases
     from k8sboot.lab.state import lab_lock, load_state
 
     report = report or _quiet
@@ -325,6 +350,7 @@ def down(timeout: float = 10.0, report: Report | None = None) -> DownResult:
     notes: list[str] = []
     with lab_lock():
         state = load_state()
+        leases.check_free(state.leases, "take the lab down", force)
         records = list(state.hosts.values())
         known = {r.spec.machine for r in records}
         strays = {pid: m for pid, m in hosts.find_lab_nspawns().items() if m not in known}

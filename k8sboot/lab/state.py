@@ -34,12 +34,14 @@ class LabState:
     hosts: dict[str, HostRecord] = field(default_factory=dict)
     mounted_nspawn_tmpfs: bool = False
     mounted_run_netns: bool = False       # /run/netns was not a mount before our first netns
+    leases: list[dict] = field(default_factory=list)   # {"pid", "starttime", "description", "cmdline"}
 
     def to_json(self) -> str:
         return json.dumps({
             "version": 1,
             "mounted_nspawn_tmpfs": self.mounted_nspawn_tmpfs,
             "mounted_run_netns": self.mounted_run_netns,
+            "leases": self.leases,
             "hosts": {n: {**asdict(r), "spec": asdict(r.spec)} for n, r in self.hosts.items()},
         }, indent=2, sort_keys=True)
 
@@ -53,7 +55,8 @@ class LabState:
                                      cgroups=list(r.get("cgroups", [])), host_key=r.get("host_key"),
                                      rootfs=r.get("rootfs"))
         return cls(hosts=hosts, mounted_nspawn_tmpfs=bool(raw.get("mounted_nspawn_tmpfs")),
-                   mounted_run_netns=bool(raw.get("mounted_run_netns")))
+                   mounted_run_netns=bool(raw.get("mounted_run_netns")),
+                   leases=[dict(x) for x in raw.get("leases", []) if isinstance(x, dict)])
 
 
 def load_state(path: Path = plan.STATE_FILE) -> LabState:

@@ -5,6 +5,10 @@ fixture runs the installed `k8sboot lab up --controllers 3` once per session (an
 3-host lab is reused and left running), yields `LabHost` objects and runs `k8sboot lab down` at
 the end if it started the lab (`K8SBOOT_LAB_KEEP=1` keeps it up for debugging).
 
+The lab is one per machine: the fixture takes a lease on it (K8SBOOT_LAB_LEASE), so another
+session cannot take it down meanwhile, and it waits (K8SBOOT_LAB_WAIT, default 900 s) while
+another session holds it.
+
 Without root (or without systemd-nspawn, debootstrap, ...) the lab tests skip with the reason;
 when `CI=true` (set by .ci/run) or `K8SBOOT_LAB_REQUIRED=1`, that is a failure instead.
 
@@ -17,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +43,12 @@ def k8sboot(*args: str, cwd: Path | None = None, check: bool = True, timeout: fl
 
 
 def clean_env() -> dict:
-    """The environment without proxies: lab traffic must go straight to 10.240.0.0/24."""
+    """The environment without proxies (lab traffic goes straight to 10.240.0.0/24), with the
+    lease: `lab up` records this pytest process as depending on the lab, so another session's
+    `lab down` is refused while we run (see k8sboot/lab/lease.py)."""
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["NO_PROXY"] = env["no_proxy"] = "10.240.0.0/24,127.0.0.1,localhost"
+    env["K8SBOOT_LAB_LEASE"] = "pytest tests/lab"
     return env
 
 
@@ -104,9 +112,21 @@ def hosts_from(up_json: dict) -> list[LabHost]:
             for h in up_json["hosts"]]
 
 
-def lab_up(inventory: Path, controllers: int = N_CONTROLLERS) -> dict:
-    r = k8sboot("lab", "up", "--controllers", str(controllers), "--inventory", str(inventory), "--json")
-    return json.loads(r.stdout)
+LOCKED = 17     # k8sboot.errors.ExitCode.LOCKED: another process holds the lab
+
+
+def lab_up(inventory: Path, controllers: int = N_CONTROLLERS, wait: float = 0.0) -> dict:
+    """`k8sboot lab up --json`; with `wait`, retry while another session holds the lab."""
+    deadline = time.monotonic() + wait
+    while True:
+        r = k8sboot("lab", "up", "--controllers", str(controllers), "--inventory", str(inventory), "--json",
+                    check=False)
+        if r.returncode == LOCKED and time.monotonic() < deadline:
+            time.sleep(2)
+            continue
+        if r.returncode != 0:
+            raise AssertionError(f"k8sboot lab up exited {r.returncode}\n{r.stdout}\n{r.stderr}")
+        return json.loads(r.stdout)
 
 
 class LabTools:
@@ -141,7 +161,7 @@ def lab_hosts(lab_inventory):
     from k8sboot.lab import net
 
     inotify_before = net.read_inotify_limit()
-    result = lab_up(lab_inventory)
+    result = lab_up(lab_inventory, wait=float(os.environ.get("K8SBOOT_LAB_WAIT", "900")))
     started_here = bool(result["started"])
     if started_here:
         LabTools.inotify_before = inotify_before

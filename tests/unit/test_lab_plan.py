@@ -4,6 +4,7 @@ apt sources, nspawn's command line, the inventory it writes, the prerequisite fi
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -220,3 +221,24 @@ def test_prereq_on_another_os_says_linux():
 
 def test_all_present_is_no_finding():
     assert prereq.check_prereqs(euid=0, platform="linux", overlayfs=True, which=lambda t: f"/usr/bin/{t}") == []
+
+
+def test_a_lease_protects_the_lab_from_other_processes_only():
+    import subprocess
+
+    from k8sboot.errors import LockedError
+    from k8sboot.lab import lease
+
+    mine = lease.take_lease([], "this test", os.getpid())
+    lease.check_free(mine, "take the lab down")                # the holder itself may
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        theirs = lease.take_lease(mine, "another session", other.pid)
+        assert [x["pid"] for x in theirs] == [os.getpid(), other.pid]
+        with pytest.raises(LockedError, match=rf"in use by PID {other.pid} .*lease 'another session'"):
+            lease.check_free(theirs, "take the lab down")
+        lease.check_free(theirs, "take the lab down", force=True)
+    finally:
+        other.kill()
+        other.wait()
+    lease.check_free(theirs, "take the lab down")              # a dead holder's lease is ignored
