@@ -1,0 +1,205 @@
+"""The kube-apiserver stand-in on a real lab host, started by a hand-written systemd unit, with
+the real PKI from `k8sboot gen-certs`, checked with real kubectl and curl from the workstation.
+
+Everything dials 10.240.0.10:6443 only (the lab's controller-0), never anything else.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+ISSUER = "https://10.240.0.10:6443"
+REQUIRED = ("Error: [service-account-issuer is a required flag, --service-account-signing-key-file "
+            "and --service-account-issuer are required flags]")
+PKI_FILES = ("ca.pem", "kubernetes.pem", "kubernetes-key.pem", "service-account.pem", "service-account-key.pem")
+
+
+def unit(address: str, anonymous: bool = True, issuer: str | None = ISSUER) -> str:
+    flags = [
+        f"--advertise-address={address}", "--allow-privileged=true",
+        f"--anonymous-auth={'true' if anonymous else 'false'}", "--authorization-mode=Node,RBAC",
+        "--bind-address=0.0.0.0", "--client-ca-file=/var/lib/kubernetes/ca.pem",
+        f"--etcd-servers=https://{address}:2379", "--secure-port=6443",
+        "--service-account-key-file=/var/lib/kubernetes/service-account.pem",
+        "--service-account-signing-key-file=/var/lib/kubernetes/service-account-key.pem",
+        *([f"--service-account-issuer={issuer}"] if issuer else []),
+        "--service-cluster-ip-range=10.32.0.0/24",
+        "--tls-cert-file=/var/lib/kubernetes/kubernetes.pem",
+        "--tls-private-key-file=/var/lib/kubernetes/kubernetes-key.pem", "--v=2",
+    ]
+    body = " \\\n  ".join(["/usr/local/bin/kube-apiserver", *flags])
+    return ("[Unit]\nDescription=Kubernetes API Server (k8sboot stand-in, hand-written test unit)\n\n"
+            f"[Service]\nExecStart={body}\nRestart=on-failure\nRestartSec=5\n\n"
+            "[Install]\nWantedBy=multi-user.target\n")
+
+
+@pytest.fixture(scope="module")
+def workdir(lab_hosts, lab_inventory, lab_tools, tmp_path_factory) -> Path:
+    """A tmp cwd with inventory/lab.yaml, pki/ from `k8sboot gen-certs` and admin.kubeconfig."""
+    d = tmp_path_factory.mktemp("standin-lab")
+    (d / "inventory").mkdir()
+    shutil.copy(lab_inventory, d / "inventory" / "lab.yaml")
+    lab_tools.k8sboot("gen-certs", "-i", "inventory/lab.yaml", cwd=d)
+    lab_tools.k8sboot("kubeconfig", "admin", "-i", "inventory/lab.yaml", cwd=d)
+    assert (d / "admin.kubeconfig").exists() and (d / "pki" / "kubernetes.pem").exists()
+    return d
+
+
+@pytest.fixture(scope="module")
+def controller(lab_hosts, workdir):
+    """controller-0 with the PKI files; reset to a fresh root when the module is done."""
+    h = lab_hosts[0]
+    with h.connection() as c:
+        c.run("install -d -m 700 /var/lib/kubernetes", hide=True)
+        for name in PKI_FILES:
+            c.put(str(workdir / "pki" / name), f"/var/lib/kubernetes/{name}")
+        c.run("chmod 600 /var/lib/kubernetes/*-key.pem", hide=True)
+    yield h
+    h.reset()
+
+
+def start(h, unit_text: str) -> None:
+    with h.connection() as c:
+        c.put(io.StringIO(unit_text), "/etc/systemd/system/kube-apiserver.service")
+        c.run("systemctl daemon-reload && systemctl enable kube-apiserver >/dev/null 2>&1 && "
+              "systemctl restart kube-apiserver", hide=True)
+
+
+def wait_serving(address: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((address, 6443), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {address}:6443 after {timeout} s")
+
+
+def curl(workdir: Path, lab_tools, path: str, *args: str) -> tuple[int, dict]:
+    out = workdir / f"body-{uuid.uuid4().hex}"
+    r = subprocess.run(["curl", "-sS", "--noproxy", "*", "--max-time", "10", "-o", str(out), "-w", "%{http_code}",
+                        "--cacert", str(workdir / "pki" / "ca.pem"), *args, f"https://10.240.0.10:6443{path}"],
+                       capture_output=True, text=True, env=lab_tools.clean_env())
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout), json.loads(out.read_text())
+
+
+def whoami_by_token(workdir, lab_tools, tok: str) -> tuple[int, dict]:
+    return curl(workdir, lab_tools, "/apis/authentication.k8s.io/v1/selfsubjectreviews", "-X", "POST",
+                "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {tok}",
+                "-d", '{"kind":"SelfSubjectReview","apiVersion":"authentication.k8s.io/v1"}')
+
+
+@pytest.fixture(scope="module")
+def serving(controller):
+    """The stand-in with anonymous auth on (the tutorial's 403 demo)."""
+    start(controller, unit(controller.address, anonymous=True))
+    wait_serving(controller.address)
+    return controller
+
+
+def test_kubectl_auth_whoami_with_the_admin_kubeconfig(serving, workdir, lab_tools):
+    r = subprocess.run(["kubectl", "--kubeconfig", str(workdir / "admin.kubeconfig"), "auth", "whoami"],
+                       capture_output=True, text=True, timeout=30, env=lab_tools.clean_env())
+    assert r.returncode == 0, r.stderr
+    lines = {ln.split()[0]: ln.split(None, 1)[1].strip() for ln in r.stdout.splitlines() if ln.strip()}
+    assert lines["Username"] == "admin"
+    assert lines["Groups"] == "[system:masters system:authenticated]"
+    assert "X509SHA256=" in r.stdout
+
+
+def test_no_credential_is_403_as_system_anonymous_with_anonymous_auth_on(serving, workdir, lab_tools):
+    code, body = curl(workdir, lab_tools, "/api/v1/namespaces/default/pods")
+    assert code == 403
+    assert body["message"] == ('pods is forbidden: User "system:anonymous" cannot list resource "pods" '
+                               'in API group "" in the namespace "default"')
+    assert body["reason"] == "Forbidden" and body["code"] == 403
+
+
+def test_version_says_stand_in(serving, workdir, lab_tools):
+    code, body = curl(workdir, lab_tools, "/version")
+    assert code == 200 and body["gitVersion"] == "v0.0.0-k8sboot-standin"
+
+
+def test_token_from_token_create_is_the_service_account(serving, workdir, lab_tools):
+    tok = lab_tools.k8sboot("token", "create", "--namespace", "authn-demo", "--service-account", "bot",
+                            "--duration", "10m", "-i", "inventory/lab.yaml", cwd=workdir).stdout.strip()
+    code, body = whoami_by_token(workdir, lab_tools, tok)
+    assert code == 201
+    assert body["status"]["userInfo"]["username"] == "system:serviceaccount:authn-demo:bot"
+    assert "system:serviceaccounts:authn-demo" in body["status"]["userInfo"]["groups"]
+
+
+def test_token_for_another_audience_is_401(serving, workdir, lab_tools):
+    tok = lab_tools.k8sboot("token", "create", "-n", "authn-demo", "--service-account", "bot", "--duration", "10m",
+                            "--audience", "vault", "-i", "inventory/lab.yaml", cwd=workdir).stdout.strip()
+    code, body = whoami_by_token(workdir, lab_tools, tok)
+    assert code == 401 and body["reason"] == "Unauthorized" and body["message"] == "Unauthorized"
+
+
+def test_token_from_another_issuer_is_401(serving, workdir, lab_tools):
+    other = workdir / "inventory" / "other-issuer.yaml"
+    other.write_text((workdir / "inventory" / "lab.yaml").read_text().replace(
+        f"service_account_issuer: {ISSUER}", "service_account_issuer: https://other.example:6443"))
+    tok = lab_tools.k8sboot("token", "create", "-n", "authn-demo", "--service-account", "bot", "--duration", "10m",
+                            "--audience", ISSUER, "-i", str(other), cwd=workdir).stdout.strip()
+    code, body = whoami_by_token(workdir, lab_tools, tok)
+    assert code == 401 and body["reason"] == "Unauthorized"
+
+
+def test_expired_token_is_401(serving, workdir, lab_tools):
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key((workdir / "pki" / "service-account-key.pem").read_bytes(), None)
+    past = int(time.time()) - 3600
+    tok = jwt.encode({"iss": ISSUER, "aud": [ISSUER], "iat": past - 600, "nbf": past - 600, "exp": past,
+                      "sub": "system:serviceaccount:authn-demo:bot",
+                      "kubernetes.io": {"namespace": "authn-demo", "serviceaccount": {"name": "bot", "uid": "u"}}},
+                     key, algorithm="RS256")
+    code, body = whoami_by_token(workdir, lab_tools, tok)
+    assert code == 401 and body["reason"] == "Unauthorized"
+
+
+def test_journal_logs_each_request_with_identity_and_decision(serving):
+    log = serving.run("journalctl -u kube-apiserver --no-pager -o cat").stdout
+    assert "STAND-IN" in log and "not Kubernetes" in log
+    assert 'user="system:anonymous"' in log and 'decision="forbidden"' in log
+    assert 'user="admin"' in log and 'decision="allowed"' in log
+    assert 'decision="unauthorized"' in log
+
+
+def test_no_credential_is_401_with_anonymous_auth_off(serving, workdir, lab_tools):
+    start(serving, unit(serving.address, anonymous=False))
+    wait_serving(serving.address)
+    code, body = curl(workdir, lab_tools, "/api/v1/namespaces/default/pods")
+    assert code == 401
+    assert body == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "Unauthorized", "reason": "Unauthorized", "code": 401}
+
+
+def test_missing_issuer_flag_fails_the_unit_with_the_real_message(serving):
+    start(serving, unit(serving.address, issuer=None))
+    deadline = time.monotonic() + 15
+    while True:
+        log = serving.run("journalctl -u kube-apiserver --no-pager -o cat", warn=True).stdout
+        if REQUIRED in log or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert REQUIRED in log
+    state = serving.run("systemctl is-active kube-apiserver", warn=True).stdout.strip()
+    assert state in ("activating", "failed")        # Restart=on-failure: auto-restart between attempts
+    show = serving.run("systemctl show -p ExecMainStatus kube-apiserver").stdout.strip()
+    assert show == "ExecMainStatus=1"
