@@ -352,6 +352,12 @@ def _translate_connect(exc: BaseException, label: str, ssh: SshSettings, user: s
                             hint=f"the public key must be in ~{user}/.ssh/authorized_keys on the host; "
                                  "set ssh.identity_file or load the key into ssh-agent")
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        import errno
+
+        codes = {getattr(e, "errno", None) for e in exc.errors.values()}
+        if codes == {errno.EHOSTUNREACH}:
+            return ConnectError(f"{label}: no route to host",
+                                hint="is the host up, and is this its address?")
         return ConnectError(f"{label}: connection refused",
                             hint=f"is sshd running and listening on port {port}?")
     if isinstance(exc, (socket.timeout, TimeoutError)):

@@ -205,3 +205,132 @@ def planned_unit(inventory, name="controller-0") -> str:
 
 __all__ = ["make_inventory", "fake_pki_files", "write_fake_pki", "FakeHost", "FakeRemote", "fake_connector",
            "planned_unit", "planmod"]
+
+
+# --- lab (tests/lab): an inventory for the shared lab hosts, a PKI, the CLI, SSH checks ---------
+
+LAB_INVENTORY = """\
+cluster:
+  name: k8sboot-deploy-test
+  api_endpoint: https://{first}:6443
+  service_cidr: 10.32.0.0/24
+  cluster_domain: cluster.local
+pki:
+  dir: {pki}
+  subject: {{C: VN, OU: k8sboot-deploy-test}}
+apiserver:
+  anonymous_auth: {anonymous}
+  authorization_mode: [Node, RBAC]
+  etcd_servers: [https://{first}:2379]
+  extra_flags: {extra_flags}
+ssh:
+  user: {user}
+  port: 22
+  identity_file: {identity_file}
+  known_hosts: {known_hosts}
+  sudo: {sudo}
+  connect_timeout: 5
+{proxy_jump}controllers:
+{controllers}"""
+
+WATCHED = tuple(f.path for f in layout.CONTROLLER_FILES) + (layout.UNIT_PATH,)
+
+
+class LabEnv:
+    """One test module's view of the shared lab: its own inventory and PKI in a temp dir."""
+
+    def __init__(self, hosts, tmp: Path):
+        from k8sboot.lab import plan as labplan
+
+        self.hosts = list(hosts)
+        self.tmp = tmp
+        self.pki = tmp / "pki"
+        self.identity_file = Path(getattr(self.hosts[0], "key_path", None) or labplan.CLIENT_KEY)
+        self.known_hosts = Path(getattr(self.hosts[0], "known_hosts", None) or labplan.KNOWN_HOSTS)
+        self.inventory = self.write_inventory()
+
+    def host(self, name):
+        return next(h for h in self.hosts if h.name == name)
+
+    def write_inventory(self, path: Path | None = None, *, anonymous=False, extra_flags: dict | None = None,
+                        user="root", sudo=False, known_hosts: Path | None = None, proxy_jump: str | None = None,
+                        identity_file: Path | None = None) -> Path:
+        path = path or self.tmp / "lab-deploy.yaml"
+        extra = "{" + ", ".join(f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {str(v).lower()}"
+                                for k, v in (extra_flags or {}).items()) + "}"
+        controllers = "".join(f"  - {{name: {h.name}, address: {h.address}, internal_ip: {h.address}}}\n"
+                              for h in self.hosts)
+        path.write_text(LAB_INVENTORY.format(
+            first=self.hosts[0].address, pki=self.pki, anonymous=str(anonymous).lower(), extra_flags=extra,
+            user=user, identity_file=identity_file or self.identity_file,
+            known_hosts=known_hosts or self.known_hosts, sudo=str(sudo).lower(),
+            proxy_jump=f"  proxy_jump: {proxy_jump}\n" if proxy_jump else "", controllers=controllers))
+        return path
+
+    def k8sboot(self, *args):
+        """Run the CLI in-process; returns the click Result (exit_code, stdout, stderr, output)."""
+        from typer.testing import CliRunner
+
+        from k8sboot.cli import app
+
+        return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    def gen_certs(self, *args):
+        res = self.k8sboot("gen-certs", "-i", self.inventory, *args)
+        assert res.exit_code == 0, res.output
+        return res
+
+    def deploy(self, *args, inventory: Path | None = None):
+        import json
+
+        res = self.k8sboot("deploy-apiserver", "-i", inventory or self.inventory, "--json", "--wait", "30", *args)
+        try:
+            doc = json.loads(res.stdout)
+        except ValueError:
+            doc = None
+        return res, doc
+
+    def ssh(self, host, command: str, warn: bool = False) -> str:
+        with host.connection() as c:
+            r = c.run(command, hide=True, warn=True, in_stream=False)
+        if not warn:
+            assert r.ok, f"{host.name}: {command}: {r.stderr}"
+        return r.stdout
+
+    def snapshot(self, host) -> dict:
+        """sha256, mode, owner, inode, mtime of every deployed path, and the unit's start/PID."""
+        out = self.ssh(host, "stat -c '%n|%a|%U|%G|%i|%Y' " + " ".join(WATCHED) + " 2>/dev/null; "
+                       "sha256sum " + " ".join(WATCHED) + " 2>/dev/null; "
+                       f"systemctl show -p ActiveEnterTimestampMonotonic,MainPID,ActiveState {layout.UNIT_NAME}; "
+                       "ls -la --time-style=+%s /var/lib/kubernetes /etc/systemd/system 2>/dev/null", warn=True)
+        return {"raw": out}
+
+    def service(self, host) -> dict:
+        out = self.ssh(host, f"systemctl show -p ActiveState,SubState,MainPID,ActiveEnterTimestampMonotonic,"
+                             f"UnitFileState {layout.UNIT_NAME}")
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def remote_files(self, host) -> dict[str, tuple[str, str, str, str]]:
+        """path -> (sha256, mode, owner, group) as the host reports them."""
+        out = self.ssh(host, "for f in " + " ".join(WATCHED) + "; do [ -e $f ] && "
+                             "echo \"$f $(sha256sum < $f | cut -c1-64) $(stat -c '%a %U %G' $f)\"; done; true")
+        files = {}
+        for line in out.splitlines():
+            path, sha, mode, owner, group = line.split()
+            files[path] = (sha, mode, owner, group)
+        return files
+
+
+def expected_files(env: LabEnv, host) -> dict[str, tuple[str, str, str, str]]:
+    """What deploy must have put on `host`: local PKI bytes + the rendered unit, with layout modes."""
+    from k8sboot.inventory import load_inventory
+    from k8sboot.render import render_unit
+
+    inv = load_inventory(env.inventory)
+    unit = render_unit(inv, inv.controller(host.name)).text.encode()
+    out = {}
+    for spec in layout.CONTROLLER_FILES:
+        data = (env.pki / spec.local_name).read_bytes()
+        out[spec.path] = (hashlib.sha256(data).hexdigest(), f"{spec.mode:o}", spec.owner, spec.group)
+    out[layout.UNIT_PATH] = (hashlib.sha256(unit).hexdigest(), f"{layout.UNIT_MODE:o}", "root", "root")
+    return out
