@@ -29,7 +29,9 @@ def _out():
     if _stdout_console is None:
         from rich.console import Console
 
-        _stdout_console = Console(highlight=False, soft_wrap=False)
+        # piped output (scripts, CI logs) gets room for whole rows instead of rich's 80 columns
+        width = None if sys.stdout.isatty() else 240
+        _stdout_console = Console(highlight=False, soft_wrap=False, width=width)
     return _stdout_console
 
 
