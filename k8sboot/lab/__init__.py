@@ -138,9 +138,9 @@ def status(query: bool = True) -> list[HostStatus]:
 def leases() -> list[dict]:
     """Live leases: who depends on the lab now (see lease.py)."""
     from k8sboot.lab import lease as lease_mod
-    from k8sboot.lab.state import load_state
+    from k8sboot.lab.state import load_leases
 
-    return [x for x in load_state().leases if lease_mod.live(x)]
+    return [x for x in load_leases() if lease_mod.live(x)]
 
 
 def _octet(address: str) -> int:
@@ -166,7 +166,8 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
 
     from k8sboot.lab import cgroups, hosts, mounts, net, plan, prereq, rootfs
     from k8sboot.lab import lease as leases
-    from k8sboot.lab.state import HostRecord, lab_lock, load_state, write_known_hosts, write_state
+    from k8sboot.lab.state import (HostRecord, lab_lock, load_leases, load_state, write_known_hosts,
+                                   write_leases, write_state)
 
     report = report or _quiet
     t0 = time.monotonic()
@@ -198,11 +199,11 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
         # what runs without a record (a SIGKILLed `up` between spawn and record): stop it too
         known_machines = {r.spec.machine for n, r in state.hosts.items() if n in running}
         strays = {pid: m for pid, m in hosts.find_lab_nspawns().items() if m not in known_machines}
+        held = load_leases()
         if not lab_plan.changes_nothing or strays:
-            leases.check_free(state.leases, f"bring the lab to {controllers} controllers and {workers} workers",
-                              force)
+            leases.check_free(held, f"bring the lab to {controllers} controllers and {workers} workers", force)
         if lease:
-            state.leases = leases.take_lease(state.leases, lease, lease_holder or os.getpid())
+            write_leases(leases.take_lease(held, lease, lease_holder or os.getpid()))
         to_stop = [state.hosts[h.name] for h in lab_plan.stop]
         if to_stop or strays:
             for rec in to_stop:
@@ -299,13 +300,13 @@ def reset(name: str, boot_timeout: float = 90.0, report: Report | None = None,
     drop its overlay upper, write a new identity (new host key in known_hosts), boot, wait."""
     from k8sboot.lab import cgroups, hosts, net, plan, rootfs
     from k8sboot.lab import lease as leases
-    from k8sboot.lab.state import lab_lock, load_state, write_known_hosts, write_state
+    from k8sboot.lab.state import lab_lock, load_leases, load_state, write_known_hosts, write_state
 
     report = report or _quiet
     t0 = time.monotonic()
     with lab_lock():
         state = load_state()
-        leases.check_free(state.leases, f"reset {name}", force)
+        leases.check_free(load_leases(), f"reset {name}", force)
         rec = state.hosts.get(name)
         if rec is None:
             known = ", ".join(sorted(state.hosts)) or "none (the lab is down)"
@@ -342,7 +343,7 @@ def down(timeout: float = 10.0, report: Report | None = None, force: bool = Fals
     inotify limit. Works from the state file and from what exists, so also after a crash."""
     from k8sboot.lab import cgroups, hosts, mounts, net, plan
     from k8sboot.lab import lease as leases
-    from k8sboot.lab.state import lab_lock, load_state
+    from k8sboot.lab.state import lab_lock, load_leases, load_state, write_leases
 
     report = report or _quiet
     t0 = time.monotonic()
@@ -350,7 +351,9 @@ def down(timeout: float = 10.0, report: Report | None = None, force: bool = Fals
     notes: list[str] = []
     with lab_lock():
         state = load_state()
-        leases.check_free(state.leases, "take the lab down", force)
+        held = load_leases()
+        leases.check_free(held, "take the lab down", force)
+        write_leases([x for x in held if leases.live(x) and x.get("pid") in leases.ancestors()])
         records = list(state.hosts.values())
         known = {r.spec.machine for r in records}
         strays = {pid: m for pid, m in hosts.find_lab_nspawns().items() if m not in known}
@@ -382,7 +385,13 @@ def down(timeout: float = 10.0, report: Report | None = None, force: bool = Fals
                 removed.append(f"link {link}")
         if net.remove_bridge():
             removed.append(f"bridge {plan.BRIDGE}")
-        if net.remove_guard_route():
+        talking = net.lab_sockets()
+        if talking:
+            # a client still talks to the lab's range: without the guard its packets would
+            # leave by the default route; the next `down` removes the guard once they are gone
+            notes.append(f"guard route blackhole {plan.GUARD_ROUTE} kept: {len(talking)} socket(s) still "
+                         f"talk to the lab network ({'; '.join(talking[:3])})")
+        elif net.remove_guard_route():
             removed.append(f"route blackhole {plan.GUARD_ROUTE}")
         original = net.restore_inotify_limit()
         if original is not None:

@@ -4,8 +4,10 @@ The lab is one per machine. A process that depends on it (the pytest fixture, a 
 a *lease*: `k8sboot lab up` run with `K8SBOOT_LAB_LEASE=<description>` in its environment records
 its caller (the parent process) as a holder. While a holder lives, `down`, `reset` and an `up`
 that would stop or boot hosts are refused (exit 17, LOCKED) for every process that is not the
-holder or one of its descendants, unless `--force`. A lease ends with its holder (a dead
-holder's lease is ignored) or with `lab down`.
+holder or one of its descendants, unless `--force` (which also drops the other holders' leases).
+A lease ends when its holder exits; it outlives the holder's own `lab down`, so a benchmark that
+cycles `up`/`down` keeps the lab between cycles. Leases live in /run/lock (state.LEASE_FILE),
+outside the lab's tmpfs.
 """
 
 from __future__ import annotations

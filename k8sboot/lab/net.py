@@ -13,6 +13,7 @@ stops the ~18th host), raised on `up` and restored on `down`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 from pathlib import Path
@@ -79,6 +80,42 @@ def remove_guard_route() -> bool:
         return False
     _ip("route", "del", "blackhole", str(plan.GUARD_ROUTE), check=False)
     return True
+
+
+_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+               "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN",
+               "0B": "CLOSING"}
+
+
+def _hex_addr(field: str) -> tuple[str, int]:
+    ip_hex, port_hex = field.split(":")
+    ip = ".".join(str(b) for b in reversed(bytes.fromhex(ip_hex)))
+    return ip, int(port_hex, 16)
+
+
+def lab_sockets() -> list[str]:
+    """Sockets of this network namespace still talking to the lab's range (that could send).
+
+    While one exists, removing the guard route would let its packets leave by the default route.
+    TIME_WAIT, FIN_WAIT2, CLOSE and LISTEN sockets send nothing on their own and are not counted.
+    """
+    found = []
+    for proto in ("tcp", "udp"):
+        try:
+            lines = Path(f"/proc/net/{proto}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 4:
+                continue
+            (lip, lport), (rip, rport) = _hex_addr(f[1]), _hex_addr(f[2])
+            state = _TCP_STATES.get(f[3], f[3]) if proto == "tcp" else "connected"
+            if rport == 0 or state in ("TIME_WAIT", "FIN_WAIT2", "CLOSE", "LISTEN"):
+                continue
+            if ipaddress.IPv4Address(rip) in plan.GUARD_ROUTE:
+                found.append(f"{proto} {lip}:{lport} -> {rip}:{rport} ({state})")
+    return found
 
 
 def remove_bridge() -> bool:

@@ -38,6 +38,7 @@ STATE_FILE = STATE_DIR / "lab.json"
 KNOWN_HOSTS = STATE_DIR / "known_hosts"
 HOSTS_DIR = STATE_DIR / "hosts"
 LOCK_FILE = Path("/run/lock/k8sboot-lab.lock")    # outside the tmpfs: it outlives `down`
+LEASE_FILE = Path("/run/lock/k8sboot-lab.leases.json")   # who depends on the lab (lease.py)
 STATE_FS_NAME = "k8sboot-lab"                     # tmpfs "device" names: how `down` finds our mounts
 NSPAWN_FS_NAME = "k8sboot-nspawn"
 NSPAWN_RUN_DIR = Path("/run/systemd/nspawn")      # nspawn needs it on tmpfs

@@ -34,14 +34,12 @@ class LabState:
     hosts: dict[str, HostRecord] = field(default_factory=dict)
     mounted_nspawn_tmpfs: bool = False
     mounted_run_netns: bool = False       # /run/netns was not a mount before our first netns
-    leases: list[dict] = field(default_factory=list)   # {"pid", "starttime", "description", "cmdline"}
 
     def to_json(self) -> str:
         return json.dumps({
             "version": 1,
             "mounted_nspawn_tmpfs": self.mounted_nspawn_tmpfs,
             "mounted_run_netns": self.mounted_run_netns,
-            "leases": self.leases,
             "hosts": {n: {**asdict(r), "spec": asdict(r.spec)} for n, r in self.hosts.items()},
         }, indent=2, sort_keys=True)
 
@@ -55,8 +53,7 @@ class LabState:
                                      cgroups=list(r.get("cgroups", [])), host_key=r.get("host_key"),
                                      rootfs=r.get("rootfs"))
         return cls(hosts=hosts, mounted_nspawn_tmpfs=bool(raw.get("mounted_nspawn_tmpfs")),
-                   mounted_run_netns=bool(raw.get("mounted_run_netns")),
-                   leases=[dict(x) for x in raw.get("leases", []) if isinstance(x, dict)])
+                   mounted_run_netns=bool(raw.get("mounted_run_netns")))
 
 
 def load_state(path: Path = plan.STATE_FILE) -> LabState:
@@ -80,6 +77,24 @@ def write_known_hosts(state: LabState, path: Path = plan.KNOWN_HOSTS) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(plan.render_known_hosts(entries))
     os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def load_leases(path: Path = plan.LEASE_FILE) -> list[dict]:
+    """Recorded leases (live or not); kept outside the state tmpfs, so they outlive `down`."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [dict(x) for x in raw if isinstance(x, dict)] if isinstance(raw, list) else []
+
+
+def write_leases(leases: list[dict], path: Path = plan.LEASE_FILE) -> None:
+    if not leases:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(leases, indent=2))
     os.replace(tmp, path)
 
 
