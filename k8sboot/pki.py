@@ -241,8 +241,12 @@ def generate_keys(algorithms: Sequence[str]) -> list[PrivateKey]:
         return [generate_key(a) for a in algorithms]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         return list(pool.map(generate_key, algorithms))
+    finally:
+        # On Ctrl-C/SIGTERM, drop the keys not started yet instead of generating them all first.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def key_algorithm_of(key: PublicKey | PrivateKey) -> str:
@@ -704,9 +708,6 @@ def plan_pki(spec: PkiSpec, facts: PkiFacts, *, now: datetime, renew: Iterable[s
         if differs:
             warnings.append(f"{ca_fact.cert_path} differs from the inventory ({'; '.join(differs)}); "
                             "kept: only --force-new-ca replaces the CA, and it reissues every leaf")
-        if not_after_of(ca_fact.cert) <= now:
-            warnings.append(f"{ca_fact.cert_path} expired on {not_after_of(ca_fact.cert):%Y-%m-%d}; "
-                            "replace it with --force-new-ca")
         actions.append(Action(CA_NAME, UNCHANGED))
 
     for leaf in spec.leaves:
@@ -744,6 +745,10 @@ def plan_pki(spec: PkiSpec, facts: PkiFacts, *, now: datetime, renew: Iterable[s
                            f"{not_after_of(ca_fact.cert):%Y-%m-%d}, so they would be born expired",
                            hint="replace the CA with `k8sboot gen-certs --force-new-ca` "
                                 "(reissues every leaf)")
+        raise PkiError(f"checking {ca_fact.cert_path}: the CA expired on "
+                       f"{not_after_of(ca_fact.cert):%Y-%m-%d}, so TLS refuses every certificate "
+                       "it signed", hint="replace the CA with `k8sboot gen-certs --force-new-ca` "
+                                         "(reissues every leaf), then deploy again")
 
     sa, sa_fact = spec.service_account, facts.service_account
     if sa.name in renew:
@@ -888,6 +893,7 @@ class CertStatus:
     key_match: bool | None = None
     not_after: datetime | None = None
     residual: timedelta | None = None
+    key_present: bool | None = None      # None: nothing to pair (a missing cert without key)
 
     @property
     def expired(self) -> bool:
@@ -902,7 +908,8 @@ def _cert_status(name: str, fact: PairFact, ca_cert: x509.Certificate | None, no
                  is_ca: bool = False) -> CertStatus:
     if fact.cert is None:
         return CertStatus(name, fact.cert_path.name, present=False, is_ca=is_ca,
-                          key_match=None if fact.key is None else False)
+                          key_match=None if fact.key is None else False,
+                          key_present=None if fact.key is None else True)
     cert = fact.cert
     issuer_ok = is_directly_issued_by(cert, ca_cert) if ca_cert is not None else False
     return CertStatus(
@@ -910,6 +917,7 @@ def _cert_status(name: str, fact: PairFact, ca_cert: x509.Certificate | None, no
         subject=format_subject(subject_of(cert.subject)), sans=sans_of(cert),
         issuer_ok=issuer_ok, key_match=fact.key is not None and key_matches(cert, fact.key),
         not_after=not_after_of(cert), residual=not_after_of(cert) - now,
+        key_present=fact.key is not None,
     )
 
 
@@ -924,6 +932,7 @@ def check_certs(spec: PkiSpec, facts: PkiFacts, now: datetime) -> tuple[CertStat
         subject=f"key pair ({key_algorithm_of(sa.key or sa.public)})" if sa.exists else "",
         key_match=(key_matches(sa.public, sa.key) if sa.public is not None and sa.key is not None
                    else (False if sa.exists else None)),
+        key_present=(sa.key is not None) if sa.exists else None,
     ))
     return tuple(out)
 

@@ -121,12 +121,19 @@ def gen_certs(
         raise typer.BadParameter(f"{why}; valid names: {', '.join(spec.renewable_names)}",
                                  param_hint="'--renew'")
     now = datetime.now(timezone.utc)
-    with store.pki_lock(spec.dir):
+    with store.pki_lock(spec.dir, create=True):
+        recovery = store.finish_interrupted_write(spec.dir)
         facts = store.read_pki(spec)
         plan = pki.plan_pki(spec, facts, now=now, renew=renew, force_new_ca=force_new_ca)
         result = pki.issue_pki(spec, facts, plan, now=now)
         store.write_pki_files(spec.dir, result.files)
 
+    if recovery.finished:
+        console.info(f"{spec.dir}/: finished the write of an interrupted run: "
+                     f"{', '.join(recovery.finished)}")
+    if recovery.temps_removed:
+        console.info(f"{spec.dir}/: removed {recovery.temps_removed} temp file(s) left by an "
+                     "interrupted run")
     for message in result.warnings:
         console.warn(message)
     dir_mode = store.file_mode(spec.dir)
@@ -207,17 +214,35 @@ def _report_problems(spec, statuses) -> None:
             console.warn(f"{spec.dir / s.file} {when}: renew with `k8sboot gen-certs {fix}`")
     missing = [s.file for s in statuses if not s.present]
     foreign = [s.file for s in statuses if s.present and s.issuer_ok is False]
-    mismatched = [s.file for s in statuses if s.key_match is False]
+    keyless = [s.file for s in statuses if s.present and s.key_present is False]
+    mismatched = [s.file for s in statuses if s.key_match is False and s.key_present]
     if missing:
         raise PkiError(f"checking {spec.dir}: missing {', '.join(missing)}",
                        hint="run `k8sboot gen-certs` (with the same -i) to create them")
+    if keyless:
+        raise PkiError(f"checking {spec.dir}: no private key for {', '.join(keyless)} "
+                       f"({', '.join(_key_file(spec, f) for f in keyless)} missing)",
+                       hint="restore the key from a backup, or reissue with "
+                            "`k8sboot gen-certs --renew NAME` (the CA: --force-new-ca)")
     if mismatched:
-        raise PkiError(f"checking {spec.dir}: key does not match or is missing for "
+        raise PkiError(f"checking {spec.dir}: the private key does not match the certificate for "
                        f"{', '.join(mismatched)}",
                        hint="reissue with `k8sboot gen-certs --renew NAME`")
+    ca = statuses[0] if statuses and statuses[0].is_ca else None
+    if ca is not None and ca.present and ca.issuer_ok is False:
+        raise PkiError(f"checking {spec.dir / ca.file}: not a self-signed CA certificate",
+                       hint="restore the CA files from a backup; only `k8sboot gen-certs "
+                            "--force-new-ca` replaces the CA (and then reissues every leaf)")
     if foreign:
         raise PkiError(f"checking {spec.dir}: not signed by {spec.dir / 'ca.pem'}: {', '.join(foreign)}",
                        hint="reissue with `k8sboot gen-certs --renew NAME`")
+
+
+def _key_file(spec, cert_file: str) -> str:
+    """`admin.pem` -> `pki/admin-key.pem` (the service account's public key likewise)."""
+    from k8sboot import layout
+
+    return str(spec.dir / layout.key_file(cert_file.removesuffix(".pem")))
 
 
 def _residual(s) -> str:

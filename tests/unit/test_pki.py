@@ -597,3 +597,21 @@ def test_an_expired_ca_refuses_to_issue_leaves_that_would_be_born_expired(genera
         plan_for(generated_pki.inventory, now=later)
     assert "--force-new-ca" in err.value.hint
     assert verbs(plan_for(generated_pki.inventory, now=later, force_new_ca=True))["admin"] == "created"
+
+
+def test_an_expired_ca_is_refused_even_when_nothing_needs_issuing(generated_pki):
+    later = datetime.now(timezone.utc) + timedelta(days=3651)
+    with pytest.raises(PkiError, match=r"checking .*ca.pem: the CA expired on .*TLS refuses every "
+                                       r"certificate it signed") as err:
+        plan_for(generated_pki.inventory, now=later)
+    assert "--force-new-ca" in err.value.hint
+    assert verbs(plan_for(generated_pki.inventory, now=later, force_new_ca=True))["ca"] == "reissued"
+
+
+def test_check_certs_tells_a_missing_key_from_a_wrong_one(generated_pki):
+    generated_pki.path("ca-key.pem").unlink()
+    generated_pki.path("admin-key.pem").write_bytes(generated_pki.path("kube-proxy-key.pem").read_bytes())
+    spec = pki.build_pki_spec(generated_pki.inventory)
+    statuses = {s.name: s for s in pki.check_certs(spec, store.read_pki(spec), datetime.now(timezone.utc))}
+    assert statuses["ca"].key_present is False and statuses["ca"].key_match is False
+    assert statuses["admin"].key_present is True and statuses["admin"].key_match is False
