@@ -37,7 +37,8 @@ Decisions (each returns an AuthResult; none raises for a bad credential)::
     cert_not_valid_before(cert) / cert_not_valid_after(cert) -> aware UTC datetime (any version)
 
 Constants: USER_ANONYMOUS, GROUP_AUTHENTICATED, GROUP_UNAUTHENTICATED, CREDENTIAL_ID_KEY, LEEWAY,
-MAX_TOKEN_BYTES, SUPPORTED_TOKEN_ALGORITHMS; Reason (str enum of stable failure codes).
+MAX_TOKEN_BYTES, MAX_JSON_DEPTH, SUPPORTED_TOKEN_ALGORITHMS; Reason (str enum of stable failure
+codes).
 
 For a server: pass `ssl_socket.getpeercert(binary_form=True)` as `client_cert_der` and the raw
 Authorization header; answer 201 + `result.self_subject_review(now)` to a SelfSubjectReview POST,
@@ -72,12 +73,13 @@ Semantics (kube-apiserver's, checked against its source):
   is accepted, as Go accepts it. Username = the CN, groups = each O in order + system:authenticated,
   extra credential-id `X509SHA256=<hex sha256 of the DER>`.
 - ServiceAccount JWT, in the real authenticator's order: well-formed (3 base64url segments, JSON
-  objects, at most MAX_TOKEN_BYTES), `iss` among the issuers (read before the signature, as the
-  real server does), alg RS256/ES256 only (none and HS* are refused with their own message; a key
-  is never handed to PyJWT with any other algorithm, so a public key can never serve as an HMAC
-  secret), signature by one of the keys (all tried; `kid` is not used for selection, like the real
-  server), `aud` (string or list) intersecting the API audiences (a token without `aud` gets the
-  API audiences, the real server's legacy rule), then nbf / exp / iat with go-jose's 60 s leeway,
+  objects nesting at most MAX_JSON_DEPTH levels, at most MAX_TOKEN_BYTES), `iss` among the
+  issuers (read before the signature, as the real server does), alg RS256/ES256 only (none and
+  HS* are refused with their own message; a key is never handed to PyJWT with any other
+  algorithm, so a public key can never serve as an HMAC secret), signature by one of the keys
+  (all tried; `kid` is not used for selection, like the real server), `aud` (string or list)
+  intersecting the API audiences (a token without `aud` gets the API audiences, the real
+  server's legacy rule), then nbf / exp / iat with go-jose's 60 s leeway,
   then the `kubernetes.io` claims (namespace and serviceaccount name required; `sub` must agree).
   Username `system:serviceaccount:<ns>:<name>`, uid the serviceaccount uid, groups
   system:serviceaccounts, system:serviceaccounts:<ns>, system:authenticated; extra credential-id
@@ -128,6 +130,8 @@ ANONYMOUS = "anonymous"
 SUPPORTED_TOKEN_ALGORITHMS = ("RS256", "ES256")
 LEEWAY = timedelta(seconds=60)          # go-jose's jwt.DefaultLeeway, used by the API server
 MAX_TOKEN_BYTES = 1 << 20               # Go's http.DefaultMaxHeaderBytes: a header cannot be larger
+MAX_JSON_DEPTH = 64                     # a real token nests 3 levels; deeper JSON is refused as
+                                        # malformed before anything recurses over it
 _MAX_CHAIN_DEPTH = 8
 
 
@@ -625,13 +629,30 @@ def _b64url_decode(segment: str, what: str) -> bytes:
         raise MalformedTokenError(f"the {what} is not base64url: {exc}") from None
 
 
+def _json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest (iteratively: a hostile token cannot recurse us)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise MalformedTokenError(f"the {what} is not JSON") from None
+    except RecursionError:
+        raise MalformedTokenError(f"the {what} nests more than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise MalformedTokenError(f"the {what} is not a JSON object")
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise MalformedTokenError(f"the {what} nests more than {MAX_JSON_DEPTH} levels")
     return value
 
 
@@ -640,8 +661,8 @@ def parse_jwt(token: str) -> JwtParts:
     if not isinstance(token, str):
         raise MalformedTokenError("the token is not text")
     if len(token) > MAX_TOKEN_BYTES:
-        raise MalformedTokenError(f"the token is {len(token)} bytes, more than an HTTP header "
-                                  f"can carry ({MAX_TOKEN_BYTES})")
+        raise MalformedTokenError(f"the token is longer than {MAX_TOKEN_BYTES} bytes, more than "
+                                  "an HTTP header can carry")
     if not token:
         raise MalformedTokenError("the token is empty")
     segments = token.split(".")

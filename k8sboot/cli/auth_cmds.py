@@ -172,7 +172,10 @@ def _read_client_cert(cert_path: Path, key_path: Path | None) -> tuple[bytes, li
 
 
 def _read_stdin_token(param: str) -> str:
-    text = sys.stdin.read().strip()
+    """The token on stdin; never more than one byte over the limit is read (`yes | ...` ends)."""
+    from k8sboot.authn import MAX_TOKEN_BYTES
+
+    text = sys.stdin.read(MAX_TOKEN_BYTES + 1).strip()
     if not text:
         raise typer.BadParameter("no token on stdin", param_hint=param)
     return text

@@ -656,3 +656,17 @@ def test_authn_uses_no_api_missing_from_cryptography_38():
     for attr in ("not_valid_before_utc", "not_valid_after_utc"):
         # only through getattr with a fallback
         assert f".{attr}" not in body
+
+
+@pytest.mark.parametrize("depth", [authn.MAX_JSON_DEPTH + 1, 100_000])
+def test_deeply_nested_claims_are_malformed_not_a_recursion_error(config, depth):
+    import base64
+
+    def seg(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+    token = seg('{"alg":"RS256"}') + "." + seg('{"a":' + "[" * depth + "]" * depth + "}") + ".c2ln"
+    assert_401(authn.authenticate_token(token, config, NOW), Reason.TOKEN_MALFORMED,
+               f"nests more than {authn.MAX_JSON_DEPTH} levels")
+    with pytest.raises(authn.MalformedTokenError):
+        authn.parse_jwt(token)
