@@ -107,7 +107,7 @@ def facts_script(request: FactRequest) -> str:
     ]
     for name, command in request.sections:
         parts.append(f"echo {_MARK}{name}")
-        parts.append(f"( {command} ) 2>&1 || true")
+        parts.append(f"( {command} ) 2>&1 || true; echo")   # a newline even after base64 -w0
     parts.append(f"echo {_MARK}end")
     return "\n".join(parts) + "\n"
 

@@ -140,6 +140,10 @@ def _argv_check(host: str, label: str, argv: list[str] | None, expected_argv: li
     return checks
 
 
+def _is_interpreter(path: str) -> bool:
+    return bool(re.fullmatch(r"(python[0-9.]*|sh|bash|dash|perl|env)", path.rsplit("/", 1)[-1]))
+
+
 def check_host(host: str, desired: Sequence[DesiredFile], expected_flags: flagmod.Flags, facts: HostFacts,
                local_ca_pem: bytes | None) -> tuple[list[Check], str]:
     """Every check for one host from its facts; returns (checks, the tutorial grep's output)."""
@@ -181,7 +185,11 @@ def check_host(host: str, desired: Sequence[DesiredFile], expected_flags: flagmo
             argv = flagmod.parse_proc_cmdline(base64.b64decode(cmdline_b64))
         except ValueError:
             argv = None
-        checks.extend(_argv_check(host, f"process {facts.service.main_pid}", argv, expected_argv, expected_flags))
+        label = f"process {facts.service.main_pid}"
+        if argv and len(argv) > 1 and argv[1] == layout.BINARY_PATH and _is_interpreter(argv[0]):
+            label += f" (a script run by {argv[0]})"      # e.g. the lab's stand-in: #!/usr/bin/python3
+            argv = argv[1:]
+        checks.extend(_argv_check(host, label, argv, expected_argv, expected_flags))
     else:
         checks.append(Check(host, "running process", SKIP, f"not running ({active})"))
 

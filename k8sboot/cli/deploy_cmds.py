@@ -214,7 +214,7 @@ def _print_deploy_report(console, report, json_: bool) -> None:
                                        "deployed": "green", "up to date": "green"})
     for r in report.results:
         if not r.ok:
-            console.error(f"{r.host}: {r.message}", r.hint)
+            console.error(r.message if r.message.startswith(r.host) else f"{r.host}: {r.message}", r.hint)
             for line in r.journal:
                 console.info(f"  journal: {line}")
         elif report.dry_run:
@@ -268,7 +268,7 @@ def verify_cmd(
                       styles={"OK": "green", "DRIFT": "bold red", "SKIP": "dim"})
         for h in report.hosts:
             if h.error:
-                console.error(f"{h.host}: {h.error}", h.hint)
+                console.error(h.error if h.error.startswith(h.host) else f"{h.host}: {h.error}", h.hint)
         drifted = [h.host for h in report.hosts if h.drifted]
         if drifted:
             console.info(f"drift on {', '.join(drifted)}: run `k8sboot deploy-apiserver -i {inventory}` to repair")
@@ -306,7 +306,7 @@ def audit_cmd(
                       "authentication)",
                       styles={"PASS": "green", "WARN": "yellow", "FAIL": "bold red"})
         for h in report.errors:
-            console.error(f"{h.host}: {h.error}", h.hint)
+            console.error(h.error if h.error.startswith(h.host) else f"{h.host}: {h.error}", h.hint)
         counts = {s: sum(1 for f in report.findings if f.status == s) for s in ("PASS", "WARN", "FAIL")}
         console.info(f"{counts['PASS']} PASS, {counts['WARN']} WARN, {counts['FAIL']} FAIL")
     code = report.exit_code()

@@ -1,0 +1,129 @@
+"""SSH on real lab hosts: strict host keys (unknown, changed, trust on first use), a non-root user
+with sudo, a jump host."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k8sboot.errors import ExitCode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
+from deploy_helpers import LabEnv, expected_files  # noqa: E402
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def env(lab_hosts, tmp_path_factory):
+    hosts = list(lab_hosts)[:3]
+    e = LabEnv(hosts, tmp_path_factory.mktemp("ssh"))
+    e.gen_certs()
+    dirty: set[str] = set()
+    e.dirty = dirty
+    yield e
+    for h in hosts:
+        if h.name in dirty:
+            h.reset()
+
+
+def test_unknown_host_key_is_refused_with_the_keyscan_line(env, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    inv = env.write_inventory(tmp_path / "inv.yaml", known_hosts=known)
+    res = env.k8sboot("deploy-apiserver", "-i", inv, "--hosts", "controller-0", "--dry-run")
+    assert res.exit_code == ExitCode.HOST_KEY, res.output
+    h = env.hosts[0]
+    assert "host key not in" in res.output
+    assert f"ssh-keyscan -p 22 {h.address} >> {known}" in res.output
+    assert known.read_text() == "" and "Traceback" not in res.output
+
+
+def test_changed_host_key_is_refused_with_the_ssh_keygen_line_even_with_accept_new(env, tmp_path):
+    key = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    h = env.hosts[0]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{h.address} {key.with_suffix('.pub').read_text().split()[0]} "
+                     f"{key.with_suffix('.pub').read_text().split()[1]}\n")
+    inv = env.write_inventory(tmp_path / "inv.yaml", known_hosts=known)
+    for extra in ((), ("--accept-new-host-keys",)):
+        res = env.k8sboot("deploy-apiserver", "-i", inv, "--hosts", "controller-0", "--dry-run", *extra)
+        assert res.exit_code == ExitCode.HOST_KEY, res.output
+        assert "HOST KEY CHANGED" in res.output
+        assert f"ssh-keygen -f {known} -R '{h.address}'" in res.output
+
+
+def test_accept_new_host_keys_trusts_on_first_use_once(env, tmp_path):
+    known = tmp_path / "sub" / "known_hosts"
+    inv = env.write_inventory(tmp_path / "inv.yaml", known_hosts=known)
+    res = env.k8sboot("deploy-apiserver", "-i", inv, "--dry-run", "--accept-new-host-keys")
+    assert res.exit_code == 0, res.output
+    lines = known.read_text().splitlines()
+    assert sorted(line.split()[0] for line in lines) == sorted(h.address for h in env.hosts)
+    assert (known.stat().st_mode & 0o777) == 0o600
+    real = {line.split()[0]: line.split()[2] for line in env.known_hosts.read_text().splitlines() if line.strip()}
+    for line in lines:
+        assert line.split()[2] == real[line.split()[0]]      # the hosts' real keys were recorded
+    again = env.k8sboot("deploy-apiserver", "-i", inv, "--dry-run")       # no flag needed now
+    assert again.exit_code == 0, again.output
+    assert known.read_text().splitlines() == lines                        # nothing added twice
+
+
+def _make_sudo_user(env, host, user: str, nopasswd: bool = True):
+    env.dirty.add(host.name)
+    rule = "NOPASSWD: ALL" if nopasswd else "ALL"
+    env.ssh(host, f"id {user} >/dev/null 2>&1 || useradd -m -s /bin/sh {user}; "
+                  f"mkdir -p /home/{user}/.ssh && cp /root/.ssh/authorized_keys /home/{user}/.ssh/ && "
+                  f"chown -R {user}:{user} /home/{user}/.ssh && chmod 700 /home/{user}/.ssh && "
+                  f"echo '{user} ALL=(ALL) {rule}' > /etc/sudoers.d/{user} && chmod 0440 /etc/sudoers.d/{user}")
+
+
+def test_non_root_user_with_sudo_deploys_root_owned_files(env, tmp_path):
+    host = env.host("controller-2")
+    _make_sudo_user(env, host, "deployer")
+    inv = env.write_inventory(tmp_path / "inv.yaml", user="deployer", sudo=True)
+    res = env.k8sboot("deploy-apiserver", "-i", inv, "--hosts", "controller-2", "--json")
+    assert res.exit_code == 0, res.output
+    assert env.remote_files(host) == expected_files(env, host)
+    assert env.service(host)["ActiveState"] == "active"
+    again = env.k8sboot("deploy-apiserver", "-i", inv, "--hosts", "controller-2")
+    assert again.exit_code == 0 and "already up to date" in again.output
+    res = env.k8sboot("verify", "-i", inv, "--host", "controller-2")
+    assert res.exit_code == 0, res.output
+    # the user cannot read the keys itself: everything went through sudo
+    out = env.ssh(host, "su deployer -c 'cat /var/lib/kubernetes/kubernetes-key.pem' 2>&1; true")
+    assert "Permission denied" in out
+
+
+def test_sudo_that_wants_a_password_is_a_clear_error(env, tmp_path):
+    host = env.host("controller-2")
+    _make_sudo_user(env, host, "asker", nopasswd=False)
+    inv = env.write_inventory(tmp_path / "inv.yaml", user="asker", sudo=True)
+    res = env.k8sboot("deploy-apiserver", "-i", inv, "--hosts", "controller-2")
+    assert res.exit_code != 0
+    assert "sudo -n failed" in res.output and "NOPASSWD" in res.output and "Traceback" not in res.output
+
+
+def test_jump_host_controller_0_to_controller_1(env, tmp_path):
+    jump, target = env.host("controller-0"), env.host("controller-1")
+    env.dirty.update({jump.name, target.name})
+    inv = env.write_inventory(tmp_path / "inv.yaml", proxy_jump="controller-0")
+    since = env.ssh(target, "date +%s").strip()
+    res = env.k8sboot("deploy-apiserver", "-i", inv, "--hosts", "controller-1", "--json")
+    assert res.exit_code == 0, res.output
+    log = env.ssh(target, f"journalctl --since @{since} -u ssh.service --no-pager -o cat; true")
+    assert f"Accepted publickey for root from {jump.address}" in log, log
+    assert env.service(target)["ActiveState"] == "active"
+
+
+def test_unreachable_host_times_out_with_a_connect_error(env, tmp_path):
+    inv_text = env.inventory.read_text()
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(inv_text.replace(f"address: {env.hosts[2].address}", "address: 10.240.0.251"))
+    res = env.k8sboot("deploy-apiserver", "-i", inv, "--hosts", "controller-2", "--dry-run")
+    assert res.exit_code == ExitCode.CONNECT, res.output
+    assert "controller-2 (10.240.0.251:22)" in res.output and "Traceback" not in res.output

@@ -1,0 +1,102 @@
+"""k8sboot.remote's scripts and parsers, run through a real local `sh` (no SSH, no paramiko)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import subprocess
+import tarfile
+
+import pytest
+
+from k8sboot import layout
+from k8sboot import plan as P
+from k8sboot.remote import (FactRequest, build_tar, facts_script, known_hosts_name, parse_facts, parse_jump,
+                            parse_service, split_sections)
+from k8sboot.verify import SECTIONS
+
+
+def run_sh(script: str) -> str:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.skipif(not shutil.which("sha256sum"), reason="coreutils missing")
+def test_fact_script_runs_and_parses_with_base64_sections_and_missing_files():
+    request = FactRequest(hashed=("/etc/hostname", "/nonexistent/k8sboot-file"), stat_only=("/etc",),
+                          sections=(*SECTIONS, ("raw", "printf 'no newline'"), ("b64", "base64 -w0 /etc/hostname")))
+    text = run_sh(facts_script(request))
+    facts = parse_facts(text, request)
+    host = facts.file("/etc/hostname")
+    assert host.exists and host.kind == "file" and len(host.sha256) == 64 and host.mode is not None
+    assert not facts.file("/nonexistent/k8sboot-file").exists
+    assert facts.file("/etc").kind == "directory" and facts.file("/etc").sha256 is None
+    assert facts.sections["raw"] == "no newline"
+    assert base64.b64decode(facts.sections["b64"]) == open("/etc/hostname", "rb").read()
+    assert set(facts.sections) == {name for name, _ in request.sections}
+
+
+def test_parse_facts_refuses_truncated_output():
+    with pytest.raises(ValueError):
+        parse_facts("@@k8sboot:files\n", FactRequest(hashed=()))
+
+
+def test_unit_text_round_trips_exactly():
+    unit = "[Service]\nExecStart=/x \\\n  --a=1\n# no trailing newline"
+    text = ("@@k8sboot:stat\n" f"{layout.UNIT_PATH}|regular file|644|root|root\n" "@@k8sboot:unit\n"
+            + base64.b64encode(unit.encode()).decode() + "\n@@k8sboot:end\n")
+    facts = parse_facts(text, FactRequest(hashed=(layout.UNIT_PATH,)))
+    assert facts.unit_text == unit
+
+
+def test_parse_service():
+    svc = parse_service("ActiveState=activating\nSubState=auto-restart\nNRestarts=2\nMainPID=0\n"
+                        "UnitFileState=enabled\nNeedDaemonReload=yes\nListening=no\nLoadState=loaded\n")
+    assert (svc.active_state, svc.sub_state, svc.n_restarts, svc.is_enabled, svc.need_daemon_reload,
+            svc.listening) == ("activating", "auto-restart", 2, True, True, False)
+    assert P.classify_service(svc)[0] == P.FAILED
+
+
+def test_split_sections_ignores_text_before_the_first_marker():
+    assert split_sections("junk\n@@k8sboot:a\n1\n2\n@@k8sboot:end\n") == {"a": "1\n2", "end": ""}
+
+
+def test_tar_holds_temp_names_0600_root():
+    desired = P.build_desired_files({f.local_name: b"x" for f in layout.CONTROLLER_FILES}, "unit\n")
+    plan = P.build_host_plan(desired, P.HostFacts(files={}, service=P.ServiceFact()))
+    with tarfile.open(fileobj=io.BytesIO(build_tar(plan.uploads))) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == [c.file.temp_path.lstrip("/") for c in plan.uploads]
+    assert all(m.mode == 0o600 and m.uid == 0 and m.isfile() for m in members)
+    assert all("/." in "/" + m.name and m.name.endswith(".k8sboot-new") for m in members)
+
+
+@pytest.mark.skipif(not shutil.which("tar"), reason="tar missing")
+def test_install_script_really_installs_into_a_scratch_root(tmp_path):
+    """Run the install script's file part for real, rooted in tmp_path (paths rewritten)."""
+    root = tmp_path
+    desired = P.build_desired_files({f.local_name: f"data {f.local_name}\n".encode()
+                                     for f in layout.CONTROLLER_FILES}, "unit\n")
+    plan = P.build_host_plan(desired, P.HostFacts(files={}, service=P.ServiceFact()))
+    script = P.build_install_script(plan)
+    script = script.replace(" /var/lib", f" {root}/var/lib").replace(" /etc/", f" {root}/etc/")
+    script = script.replace("-C /", f"-C {root}")
+    script = "\n".join(line for line in script.splitlines()
+                       if not line.startswith(("chown", "systemctl")))     # not root in the unit tests
+    (root / "etc/systemd/system").mkdir(parents=True)
+    subprocess.run(["sh", "-c", script], input=build_tar(plan.uploads), check=True)
+    for f in desired:
+        path = root / f.path.lstrip("/")
+        assert path.read_bytes() == f.content
+        assert path.stat().st_mode & 0o7777 == f.mode
+    assert (root / "var/lib/kubernetes").stat().st_mode & 0o777 == 0o700
+    assert not list(root.rglob("*.k8sboot-new"))
+
+
+def test_jump_specs_and_known_hosts_names():
+    assert parse_jump("controller-0", "root", 22, {"controller-0": "10.240.0.10"}).address == "10.240.0.10"
+    j = parse_jump("ops@bastion:2222", "root")
+    assert (j.user, j.address, j.port) == ("ops", "bastion", 2222)
+    assert parse_jump("[fd00::1]:2200", "root").port == 2200
+    assert known_hosts_name("10.0.0.1", 22) == "10.0.0.1"
+    assert known_hosts_name("10.0.0.1", 2222) == "[10.0.0.1]:2222"
