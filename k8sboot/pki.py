@@ -418,8 +418,17 @@ def parse_private_key(data: bytes, path: Path | str) -> PrivateKey:
                        hint=f"restore {path} from a backup, or remove it and its certificate "
                             "and run k8sboot gen-certs") from exc
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
-        raise PkiError(f"reading {path}: a {type(key).__name__} key; k8sboot uses RSA or ECDSA keys")
+        raise PkiError(f"reading {path}: {_key_kind(key)} key; k8sboot uses RSA or ECDSA keys",
+                       hint=f"remove {path} and its certificate and run k8sboot gen-certs")
     return key
+
+
+def _key_kind(key) -> str:
+    """`an Ed25519`, `a DSA`, ... for a key type k8sboot does not use."""
+    name = type(key).__name__.removeprefix("_")
+    for suffix in ("PrivateKey", "PublicKey"):
+        name = name.removesuffix(suffix)
+    return f"{'an' if name[:1].upper() in 'AEIOU' else 'a'} {name}"
 
 
 def parse_public_key(data: bytes, path: Path | str) -> PublicKey:
@@ -430,7 +439,7 @@ def parse_public_key(data: bytes, path: Path | str) -> PublicKey:
                        hint=f"restore {path} from a backup; it is the public half of "
                             f"{layout.key_file(SERVICE_ACCOUNT_NAME)}") from exc
     if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
-        raise PkiError(f"reading {path}: a {type(key).__name__} key; k8sboot uses RSA or ECDSA keys")
+        raise PkiError(f"reading {path}: {_key_kind(key)} key; k8sboot uses RSA or ECDSA keys")
     return key
 
 
