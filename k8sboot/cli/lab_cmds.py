@@ -151,9 +151,13 @@ def down_cmd(
     as_json: bool = json_option,
 ) -> None:
     """Remove everything the lab made (processes, mounts, netns, bridge, route, cgroups, limits)."""
-    from k8sboot import console, lab
+    import os
 
-    result = lab.down(timeout=timeout, force=force)
+    from k8sboot import console, lab
+    from k8sboot.lab.lease import LEASE_ENV
+
+    # with K8SBOOT_LAB_LEASE set, the caller keeps its lease (it cycles up/down); else released
+    result = lab.down(timeout=timeout, force=force, keep_lease=bool(os.environ.get(LEASE_ENV)))
     if as_json:
         console.json_out({"stopped": list(result.stopped), "removed": list(result.removed),
                           "notes": list(result.notes), "seconds": round(result.seconds, 3)})

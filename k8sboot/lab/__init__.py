@@ -337,10 +337,12 @@ def reset(name: str, boot_timeout: float = 90.0, report: Report | None = None,
 # --- down --------------------------------------------------------------------------------------
 
 
-def down(timeout: float = 10.0, report: Report | None = None, force: bool = False) -> DownResult:
+def down(timeout: float = 10.0, report: Report | None = None, force: bool = False,
+         keep_lease: bool = False) -> DownResult:
     """Remove everything the lab made: processes (by PID: SIGTERM = orderly poweroff, then
     SIGKILL after `timeout`), mounts, netns, veths, bridge, guard route, cgroups; restore the
-    inotify limit. Works from the state file and from what exists, so also after a crash."""
+    inotify limit. Works from the state file and from what exists, so also after a crash.
+    Leases are released, except the caller's own with `keep_lease`."""
     from k8sboot.lab import cgroups, hosts, mounts, net, plan
     from k8sboot.lab import lease as leases
     from k8sboot.lab.state import lab_lock, load_leases, load_state, write_leases
@@ -353,7 +355,8 @@ def down(timeout: float = 10.0, report: Report | None = None, force: bool = Fals
         state = load_state()
         held = load_leases()
         leases.check_free(held, "take the lab down", force)
-        write_leases([x for x in held if leases.live(x) and x.get("pid") in leases.ancestors()])
+        # the caller keeps its own lease only when it asks to (a benchmark between cycles)
+        write_leases([x for x in held if keep_lease and leases.live(x) and x.get("pid") in leases.ancestors()])
         records = list(state.hosts.values())
         known = {r.spec.machine for r in records}
         strays = {pid: m for pid, m in hosts.find_lab_nspawns().items() if m not in known}

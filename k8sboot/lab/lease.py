@@ -5,9 +5,9 @@ a *lease*: `k8sboot lab up` run with `K8SBOOT_LAB_LEASE=<description>` in its en
 its caller (the parent process) as a holder. While a holder lives, `down`, `reset` and an `up`
 that would stop or boot hosts are refused (exit 17, LOCKED) for every process that is not the
 holder or one of its descendants, unless `--force` (which also drops the other holders' leases).
-A lease ends when its holder exits; it outlives the holder's own `lab down`, so a benchmark that
-cycles `up`/`down` keeps the lab between cycles. Leases live in /run/lock (state.LEASE_FILE),
-outside the lab's tmpfs.
+A lease ends when its holder exits, or with a `lab down` run without K8SBOOT_LAB_LEASE; a
+`lab down` run with it keeps the caller's lease, so a benchmark that cycles `up`/`down` keeps the
+lab between cycles. Leases live in /run/lock (plan.LEASE_FILE), outside the lab's tmpfs.
 """
 
 from __future__ import annotations

@@ -170,6 +170,8 @@ def lab_hosts(lab_inventory):
         yield hosts
     finally:
         if started_here and os.environ.get("K8SBOOT_LAB_KEEP") != "1":
-            k8sboot("lab", "down", check=False)
+            env = clean_env()
+            del env["K8SBOOT_LAB_LEASE"]          # the last down releases our lease
+            k8sboot("lab", "down", check=False, env=env)
             after = net.read_inotify_limit()
             assert after == inotify_before, f"inotify limit {after}, was {inotify_before} before the lab"
