@@ -313,7 +313,7 @@ def run_timed(argv: Sequence[str], *, cwd: Path | str | None = None, env: Mappin
         raise BenchError(f"{what or argv[0]}: not found: {exc.filename}") from exc
     seconds = time.perf_counter() - t0
     if check and proc.returncode != 0:
-        tail = "\n".join((proc.stderr.strip() or proc.stdout.strip()).splitlines()[-15:])
+        tail = "\n".join((proc.stdout.strip().splitlines()[-10:]) + (proc.stderr.strip().splitlines()[-10:]))
         raise BenchError(f"{what or argv[0]} exited {proc.returncode}: {shlex.join(argv)}\n{tail}")
     return Timed(seconds, proc.stdout, proc.stderr, proc.returncode)
 

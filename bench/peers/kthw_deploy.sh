@@ -31,6 +31,7 @@ done
   echo "usage: kthw_deploy.sh [--control-master] -F SSH_CONFIG -p PKI_DIR -u UNITS_DIR HOST..." >&2; exit 2; }
 
 HOSTS=("$@")
+CFG=$(realpath "$CFG") PKI=$(realpath "$PKI") UNITS=$(realpath "$UNITS")
 SSH_OPTS=(-F "$CFG")
 CM_DIR=""
 if [ "$CM" = 1 ]; then
