@@ -105,7 +105,9 @@ _register()
 def main() -> None:
     try:
         app()
-    except K8sbootError as exc:  # raised outside a command (should not happen); still no traceback
+    except K8sbootError as exc:  # raised outside a command, or re-raised by --debug
+        if _debug:
+            raise                # --debug: the traceback (typer prints it, without locals)
         from k8sboot import console
 
         console.error(exc.message, exc.hint)

@@ -83,6 +83,7 @@ token_app = typer.Typer(
     help="Mint and decode ServiceAccount tokens (JWTs signed with pki/service-account-key.pem).",
     no_args_is_help=True,
     epilog=TOKEN_EPILOG,
+    pretty_exceptions_show_locals=False,   # locals hold the signing key and the token
 )
 
 
