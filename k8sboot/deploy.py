@@ -66,10 +66,12 @@ class HostResult:
     journal: tuple[str, ...] = ()
     unit_diff: str = ""
     restart_reasons: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)   # seconds per phase: connect, facts, ...
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["seconds"] = round(self.seconds, 3)
+        d["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
         return d
 
 
@@ -186,28 +188,12 @@ def fact_request(desired: Sequence[DesiredFile], port: int, sections=()) -> "obj
 # --- one host ------------------------------------------------------------------------------------
 
 
-def wait_until_up(remote, port: int, bound: float, *, sleep=time.sleep,
-                  clock=time.monotonic) -> tuple[str, str, ServiceFact]:
-    """Poll the unit until it is up twice in a row (same PID), fails, or `bound` seconds pass."""
-    deadline = clock() + bound
-    delay = 0.1
-    last_up_pid = None
-    while True:
-        svc = remote.read_service(port)
-        verdict, why = planmod.classify_service(svc)
-        if verdict == planmod.FAILED:
-            return verdict, why, svc
-        if verdict == planmod.UP:
-            if last_up_pid == svc.main_pid:
-                return verdict, why, svc
-            last_up_pid = svc.main_pid
-            delay = 0.25
-        else:
-            last_up_pid = None
-        if clock() + delay > deadline:
-            return planmod.FAILED, f"not up after {bound:g}s: {why}", svc
-        sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+def _verdict_after_wait(svc: ServiceFact, bound: float) -> tuple[str, str]:
+    """The host-side wait stops when the unit is up, failing, or out of time: say which."""
+    verdict, why = planmod.classify_service(svc)
+    if verdict == planmod.STARTING:
+        return planmod.FAILED, f"not up after {bound:g}s: {why}"
+    return verdict, why
 
 
 def _state(svc: ServiceFact) -> str:
@@ -215,18 +201,26 @@ def _state(svc: ServiceFact) -> str:
 
 
 def deploy_host(host: Host, desired: tuple[DesiredFile, ...], connect: Connector, options: DeployOptions,
-                port: int, progress: Progress = lambda h, m: None, clock=time.monotonic,
-                sleep=time.sleep) -> HostResult:
+                port: int, progress: Progress = lambda h, m: None, clock=time.monotonic) -> HostResult:
     t0 = clock()
     name = host.name
     result = HostResult(host=name, outcome=ERROR, ok=False)
     remote = None
+    mark = [t0]
+
+    def lap(phase: str) -> None:
+        now = clock()
+        result.timings[phase] = now - mark[0]
+        mark[0] = now
+
     try:
         progress(name, "connecting")
         remote = connect(host)
+        lap("connect")
         progress(name, "reading facts" if options.dry_run else "taking the lock, reading facts")
         facts = remote.read_facts(fact_request(desired, port),
                                   lock_wait=None if options.dry_run else options.lock_wait)
+        lap("facts")
         plan = planmod.build_host_plan(desired, facts, no_restart=options.no_restart, host=name)
         result.files_changed = plan.files_changed
         result.unit_changed = plan.unit_changed
@@ -247,16 +241,16 @@ def deploy_host(host: Host, desired: tuple[DesiredFile, ...], connect: Connector
             result.message = "already up to date"
             return result
         progress(name, f"installing {len(plan.uploads)} file(s)" + (", restarting" if plan.restart else ""))
-        remote.install(plan, keep_previous=options.rollback_on_failure)
+        svc = remote.install(plan, keep_previous=options.rollback_on_failure, wait=options.wait, port=port)
+        lap("install+wait" if plan.restart else "install")
         result.restarted = plan.restart
-        if plan.restart:
-            progress(name, "waiting for kube-apiserver")
-            verdict, why, svc = wait_until_up(remote, port, options.wait, sleep=sleep, clock=clock)
+        if svc is None:
+            # not restarted (a mode/owner fix, or --no-restart): it runs as it did before we came,
+            # and `build_host_plan` restarts any unit that was not active
+            svc = facts.service
+            verdict, why = (planmod.UP, "running") if svc.is_active else planmod.classify_service(svc)
         else:
-            svc = remote.read_service(port)
-            verdict, why = planmod.classify_service(svc)
-            if verdict == planmod.STARTING and svc.is_active:
-                verdict = planmod.UP   # not restarted: it was already running before we came
+            verdict, why = _verdict_after_wait(svc, options.wait)
         result.state = _state(svc)
         if verdict == planmod.UP:
             result.outcome, result.ok = DEPLOYED, True
@@ -269,9 +263,9 @@ def deploy_host(host: Host, desired: tuple[DesiredFile, ...], connect: Connector
         result.journal = tuple(remote.read_journal())
         if options.rollback_on_failure:
             progress(name, "rolling back")
-            remote.rollback(plan)
-            if any(c.existed for c in plan.uploads if c.file.kind == planmod.KIND_UNIT) or not plan.unit_changed:
-                verdict2, why2, svc2 = wait_until_up(remote, port, options.wait, sleep=sleep, clock=clock)
+            svc2 = remote.rollback(plan, wait=options.wait, port=port)
+            if svc2 is not None:
+                _, why2 = _verdict_after_wait(svc2, options.wait)
                 result.state = _state(svc2)
                 result.message += f"; rolled back to the previous files: {why2}"
             else:
@@ -314,15 +308,15 @@ def _summary(plan: HostPlan, *, would: bool) -> str:
 
 
 def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector | None = None,
-           progress: Progress = lambda h, m: None, sleep=time.sleep) -> DeployReport:
+           progress: Progress = lambda h, m: None) -> DeployReport:
     prepared = prepare(inventory, options)
     if connect is None:
         connect = ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys)
     workers = options.parallel if options.parallel > 0 else len(prepared.hosts)
     report = DeployReport(dry_run=options.dry_run)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="deploy") as pool:
-        futures = [pool.submit(deploy_host, h, prepared.desired[h.name], connect, options, prepared.port, progress,
-                               sleep=sleep) for h in prepared.hosts]
+        futures = [pool.submit(deploy_host, h, prepared.desired[h.name], connect, options, prepared.port, progress)
+                   for h in prepared.hosts]
         report.results = [f.result() for f in futures]
     return report
 

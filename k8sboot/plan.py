@@ -331,10 +331,11 @@ def build_install_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
 
 def service_commands(plan: HostPlan) -> list[str]:
     out = []
-    if plan.daemon_reload:
-        out.append("systemctl daemon-reload")
     if plan.enable:
-        out.append(f"systemctl enable -q {UNIT}")
+        # --no-reload: `enable` would reload systemd itself; one reload (below, or none) is enough
+        out.append(f"systemctl enable -q --no-reload {UNIT}")
+    if plan.daemon_reload or plan.enable:
+        out.append("systemctl daemon-reload")
     if plan.restart:
         # a failing start is reported by the state that follows, with the journal; not here
         out.append(f"systemctl restart {UNIT} || echo '@@k8sboot:restart-failed' $?")
@@ -372,6 +373,46 @@ def build_cleanup_script(plan: HostPlan) -> str:
 
 
 # --- reading the service back --------------------------------------------------------------------
+
+SERVICE_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "Result", "MainPID",
+                      "NRestarts", "ActiveEnterTimestampMonotonic", "NeedDaemonReload")
+STATE_MARK = "@@k8sboot:state"
+
+
+def _listening_test(port: int) -> str:
+    """True (exit 0) when something listens on TCP `port` (IPv4 or IPv6), from /proc alone."""
+    return (f"grep -qiE '^ *[0-9]+: [0-9A-F]+:{port:04X} [0-9A-F]+:[0-9A-F]+ 0A ' "
+            "/proc/net/tcp /proc/net/tcp6 2>/dev/null")
+
+
+def service_state_script(port: int) -> str:
+    """Prints the unit's state as `Key=value` lines (parsed by `remote.parse_service`)."""
+    props = ",".join(SERVICE_PROPERTIES)
+    return (f"systemctl show -p {props} {UNIT} 2>/dev/null || true\n"
+            f"if {_listening_test(port)}; then echo Listening=yes; else echo Listening=no; fi\n")
+
+
+def wait_script(port: int, bound: float) -> str:
+    """Poll on the host (no round trip per poll) until the unit is up twice in a row with the same
+    PID, or visibly failing, or `bound` seconds pass (whole seconds from `date +%s`, so up to one
+    more); then print its state after STATE_MARK.
+    The verdict is `classify_service`'s, in Python: this loop only decides when to stop looking."""
+    return f"""\
+set +e
+end=$(( $(date +%s) + {max(1, int(bound + 0.999)) + 1} )); prev=""
+while :; do
+  st=$(systemctl show -p ActiveState,SubState,NRestarts,MainPID {UNIT} 2>/dev/null)
+  case "$st" in *ActiveState=failed*|*SubState=auto-restart*|*ActiveState=inactive*) break;; esac
+  printf '%s\\n' "$st" | grep -qx 'NRestarts=0' || break
+  pid=$(printf '%s\\n' "$st" | sed -n 's/^MainPID=//p')
+  case "$st" in *SubState=running*)
+    if {_listening_test(port)}; then [ "$pid" = "$prev" ] && break; prev=$pid; else prev=""; fi;;
+  esac
+  [ "$(date +%s)" -ge "$end" ] && break
+  sleep 0.1
+done
+echo {STATE_MARK}
+{service_state_script(port)}"""
 
 UP = "up"
 STARTING = "starting"

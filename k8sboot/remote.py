@@ -7,7 +7,8 @@ paramiko/socket error becomes a `ConnectError`/`HostKeyError`/`RemoteError` nami
 An `SshRemote` does each step in one command: `read_facts` (sha256 + stat of every target, the
 unit's state and text, optional extra sections; inside the deploy lock when asked), `install`
 (the staged files as one tar on stdin, then `build_install_script`), `read_service`,
-`read_journal`, `rollback`, `cleanup`. With `sudo: true` each command runs under `sudo -n sh -c`.
+`read_journal`, `rollback`, `cleanup`; after a restart, `install` and `rollback` also wait for the
+unit on the host, in the same command (`plan.wait_script`). With `sudo: true` each command runs under `sudo -n sh -c`.
 `deploy` and `verify` see only this interface, so unit tests use an in-memory fake of it.
 """
 
@@ -32,8 +33,6 @@ from k8sboot.model import Host, SshSettings
 from k8sboot.plan import FileFact, HostFacts, HostPlan, ServiceFact
 
 LOCKED_EXIT = 75
-SERVICE_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "Result", "MainPID",
-                      "NRestarts", "ActiveEnterTimestampMonotonic", "NeedDaemonReload")
 _MARK = "@@k8sboot:"
 
 
@@ -68,10 +67,12 @@ class Remote(Protocol):
     name: str
 
     def read_facts(self, request: FactRequest, *, lock_wait: float | None = None) -> HostFacts: ...
-    def install(self, plan: HostPlan, *, keep_previous: bool = False) -> None: ...
+    def install(self, plan: HostPlan, *, keep_previous: bool = False, wait: float | None = None,
+                port: int = layout.SECURE_PORT) -> ServiceFact | None: ...
     def read_service(self, port: int = layout.SECURE_PORT) -> ServiceFact: ...
     def read_journal(self, lines: int = 15) -> list[str]: ...
-    def rollback(self, plan: HostPlan) -> None: ...
+    def rollback(self, plan: HostPlan, *, wait: float | None = None,
+                 port: int = layout.SECURE_PORT) -> ServiceFact | None: ...
     def cleanup(self, plan: HostPlan) -> None: ...
     def close(self) -> None: ...
 
@@ -81,14 +82,6 @@ class Remote(Protocol):
 
 def _q(s: str) -> str:
     return shlex.quote(s)
-
-
-def service_script(port: int) -> str:
-    props = ",".join(SERVICE_PROPERTIES)
-    hexport = f"{port:04X}"
-    return (f"systemctl show -p {props} {layout.UNIT_NAME} 2>/dev/null || true\n"
-            f"if grep -qiE '^ *[0-9]+: [0-9A-F]+:{hexport} [0-9A-F]+:[0-9A-F]+ 0A ' "
-            f"/proc/net/tcp /proc/net/tcp6 2>/dev/null; then echo Listening=yes; else echo Listening=no; fi\n")
 
 
 def facts_script(request: FactRequest) -> str:
@@ -101,7 +94,7 @@ def facts_script(request: FactRequest) -> str:
         f"echo {_MARK}stat",
         f"stat -c '%n|%F|%a|%U|%G' -- {everything} 2>/dev/null || true",
         f"echo {_MARK}service",
-        service_script(request.port).rstrip("\n"),
+        planmod.service_state_script(request.port).rstrip("\n"),
         f"echo {_MARK}unit",
         f"base64 -w0 {_q(layout.UNIT_PATH)} 2>/dev/null; echo",
     ]
@@ -538,22 +531,43 @@ class SshRemote:
         self._lock_channel = chan
         return buf.decode("utf-8", "replace")
 
-    def install(self, plan: HostPlan, *, keep_previous: bool = False) -> None:
+    def install(self, plan: HostPlan, *, keep_previous: bool = False, wait: float | None = None,
+                port: int = layout.SECURE_PORT) -> ServiceFact | None:
+        """Install the plan in one command; with `wait` and a restart, also wait (on the host) until
+        the unit is up or failing, and return its state."""
         payload = build_tar(plan.uploads) if plan.uploads else None
         script = planmod.build_install_script(plan, keep_previous=keep_previous)
+        waiting = wait is not None and plan.restart
+        if waiting:
+            script += planmod.wait_script(port, wait)
         size = len(payload or b"")
-        self._checked(script, "installing files", stdin=payload, timeout=120 + size / (5 << 20))
+        result = self._checked(script, "installing files", stdin=payload,
+                               timeout=120 + size / (5 << 20) + (wait or 0))
+        return self._state_after(result) if waiting else None
+
+    def _state_after(self, result: CommandResult) -> ServiceFact:
+        _, mark, tail = result.out.partition(planmod.STATE_MARK + "\n")
+        if not mark:
+            raise RemoteError(f"{self.name}: waiting for the unit: no state in the output")
+        return parse_service(tail)
 
     def read_service(self, port: int = layout.SECURE_PORT) -> ServiceFact:
-        return parse_service(self._checked(service_script(port), "reading the unit state", timeout=30).out)
+        return parse_service(self._checked(planmod.service_state_script(port), "reading the unit state",
+                                           timeout=30).out)
 
     def read_journal(self, lines: int = 15) -> list[str]:
         result = self.exec(f"journalctl -u {layout.UNIT_NAME} -n {int(lines)} --no-pager -o short-iso "
                            f"--no-hostname 2>&1", what="reading the journal", timeout=30)
         return [ln for ln in result.out.splitlines() if ln.strip() and not ln.startswith("-- ")]
 
-    def rollback(self, plan: HostPlan) -> None:
-        self._checked(planmod.build_rollback_script(plan), "rolling back", timeout=120)
+    def rollback(self, plan: HostPlan, *, wait: float | None = None,
+                 port: int = layout.SECURE_PORT) -> ServiceFact | None:
+        script = planmod.build_rollback_script(plan)
+        waiting = wait is not None and planmod.rollback_restarts(plan)
+        if waiting:
+            script += planmod.wait_script(port, wait)
+        result = self._checked(script, "rolling back", timeout=120 + (wait or 0))
+        return self._state_after(result) if waiting else None
 
     def cleanup(self, plan: HostPlan) -> None:
         script = planmod.build_cleanup_script(plan)

@@ -141,7 +141,7 @@ class FakeRemote:
         return HostFacts(files=files, service=h.service(), unit_text=unit[0].decode() if unit else None,
                          sections={name: "" for name, _ in request.sections})
 
-    def install(self, plan, *, keep_previous=False):
+    def install(self, plan, *, keep_previous=False, wait=None, port=6443):
         h = self.host
         for d in plan.dirs:
             h.dirs[d.dir.path] = (d.dir.mode, d.dir.owner, d.dir.group)
@@ -162,6 +162,9 @@ class FakeRemote:
             h.enabled = True
         if plan.restart:
             h.start()
+            if wait is not None:
+                return h.service()
+        return None
 
     def read_service(self, port=6443):
         return self.host.service()
@@ -169,7 +172,7 @@ class FakeRemote:
     def read_journal(self, lines=15):
         return list(getattr(self.host, "journal", []))[-lines:]
 
-    def rollback(self, plan):
+    def rollback(self, plan, *, wait=None, port=6443):
         h = self.host
         h.commands.append("rollback")
         for c in plan.uploads:
@@ -181,6 +184,7 @@ class FakeRemote:
         if plan.unit_changed:
             h.loaded_unit = h.files.get(layout.UNIT_PATH, (None,))[0]
         h.start()
+        return h.service() if wait is not None else None
 
     def cleanup(self, plan):
         for c in plan.uploads:

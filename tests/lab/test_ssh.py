@@ -20,6 +20,8 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module")
 def env(lab_hosts, tmp_path_factory):
     hosts = list(lab_hosts)[:3]
+    for h in hosts:          # a fresh start; also refuses (LOCKED) while another session holds the lab
+        h.reset()
     e = LabEnv(hosts, tmp_path_factory.mktemp("ssh"))
     e.gen_certs()
     dirty: set[str] = set()

@@ -33,8 +33,7 @@ def lab(tmp_path):
 
 
 def run(inv, fakes, **opts):
-    return D.deploy(inv, D.DeployOptions(wait=2, **opts), connect=fake_connector(fakes),
-                    sleep=lambda s: None)
+    return D.deploy(inv, D.DeployOptions(wait=2, **opts), connect=fake_connector(fakes))
 
 
 def by_host(report):
@@ -218,7 +217,7 @@ def test_parallel_bound_is_respected(lab):
             active.remove(host.name)
         return base(host)
 
-    D.deploy(make_inventory(pki=pki), D.DeployOptions(parallel=1, wait=2), connect=connect, sleep=lambda s: None)
+    D.deploy(make_inventory(pki=pki), D.DeployOptions(parallel=1, wait=2), connect=connect)
     assert max(peak) == 1
 
 

@@ -100,3 +100,53 @@ def test_jump_specs_and_known_hosts_names():
     assert parse_jump("[fd00::1]:2200", "root").port == 2200
     assert known_hosts_name("10.0.0.1", 22) == "10.0.0.1"
     assert known_hosts_name("10.0.0.1", 2222) == "[10.0.0.1]:2222"
+
+
+def _fake_systemctl(tmp_path, show_output: str):
+    """A `systemctl` on PATH that answers every `show` with `show_output` (the wait loop's view)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "systemctl"
+    script.write_text(f"#!/bin/sh\ncat <<'X'\n{show_output}\nX\n")
+    script.chmod(0o755)
+    import os
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def _run_wait(tmp_path, show_output: str, port: int, bound: float = 1.0):
+    import time
+    env = _fake_systemctl(tmp_path, show_output)
+    t0 = time.monotonic()
+    out = subprocess.run(["sh", "-c", "set -eu\n" + P.wait_script(port, bound)], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    _, mark, tail = out.partition(P.STATE_MARK + "\n")
+    assert mark, out
+    return parse_service(tail), time.monotonic() - t0
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/net/tcp"), reason="needs /proc/net/tcp")
+def test_wait_script_stops_once_up_twice_with_the_same_pid(tmp_path):
+    import socket
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    try:
+        port = listener.getsockname()[1]
+        svc, seconds = _run_wait(tmp_path, "ActiveState=active\nSubState=running\nNRestarts=0\nMainPID=42\n"
+                                 "LoadState=loaded", port)
+    finally:
+        listener.close()
+    assert svc.listening and P.classify_service(svc)[0] == P.UP
+    assert seconds < 0.9      # two polls, not the whole bound
+
+
+def test_wait_script_stops_at_once_on_a_crash_loop(tmp_path):
+    svc, seconds = _run_wait(tmp_path, "ActiveState=activating\nSubState=auto-restart\nNRestarts=0\n"
+                             "MainPID=0\nLoadState=loaded\nResult=exit-code", 1, bound=5)
+    assert P.classify_service(svc)[0] == P.FAILED and seconds < 1
+
+
+def test_wait_script_gives_up_after_the_bound_when_never_serving(tmp_path):
+    svc, seconds = _run_wait(tmp_path, "ActiveState=active\nSubState=running\nNRestarts=0\nMainPID=42\n"
+                             "LoadState=loaded", 1, bound=1)
+    assert P.classify_service(svc)[0] == P.STARTING and 0.9 < seconds < 3.5
