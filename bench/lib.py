@@ -192,7 +192,7 @@ def fmt_ratio(r: float | None) -> str:
     if r is None:
         return "–"
     if r < 0.1:
-        return f"{r:.3f}×"
+        return f"{r:.3g}×"      # 0.0603×, 0.023×: enough digits to judge a 0.06 goal
     return f"{r:.2f}×"
 
 

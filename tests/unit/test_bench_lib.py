@@ -126,7 +126,8 @@ def test_fmt_seconds(x, text):
 
 def test_fmt_ratio_and_stats():
     assert lib.fmt_ratio(0.4213) == "0.42×"
-    assert lib.fmt_ratio(0.0312) == "0.031×"
+    assert lib.fmt_ratio(0.0312) == "0.0312×"
+    assert lib.fmt_ratio(0.0603) == "0.0603×"
     assert lib.fmt_ratio(None) == "–"
     assert lib.fmt_stats(lib.summarize([0.5, 0.61, 0.52])) == "0.520 s (0.500 s–0.610 s, n=3)"
     assert lib.fmt_stats(None) == "–"
@@ -164,6 +165,7 @@ def test_goal_verdicts():
     table = lib.goals_table([lib.Goal("g", 0.5, 0.4), lib.Goal("h", None, 3.0)])
     assert "| g | ≤ 0.40× | 0.50× | **missed** |" in table
     assert "| h | ≤ 3.00× | – | not measured |" in table
+    assert lib.Goal("g", 0.0603, 0.06).row()[1:] == ["≤ 0.06×", "0.0603×", "**missed**"]
 
 
 # --- the job every tool must do: one list, the same as k8sboot's layout ----------------------------------
