@@ -27,8 +27,23 @@ import pytest
 pytestmark = pytest.mark.lab
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-import lib as benchlib  # noqa: E402  (bench/lib.py)
+
+
+def _load_bench_lib():
+    """bench/lib.py under a name of its own (a bare `lib` could collide with another test helper)."""
+    import importlib.util
+
+    name = "k8sboot_bench_lib"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "lib.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+benchlib = _load_bench_lib()
 
 HOST = "controller-0"
 

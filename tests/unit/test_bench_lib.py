@@ -9,8 +9,23 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))
-import lib  # noqa: E402
+
+
+def _load_bench_lib():
+    """bench/lib.py under a name of its own (a bare `lib` could collide with another test helper)."""
+    import importlib.util
+
+    name = "k8sboot_bench_lib"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCH / "lib.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+lib = _load_bench_lib()
 
 
 # --- statistics -------------------------------------------------------------------------------------
