@@ -553,3 +553,12 @@ def state_differences(got: HostState, want: HostState) -> list[str]:
         if extra:
             diffs.append(f"{REMOTE_PKI_DIR}: unexpected entries {extra}")
     return diffs
+
+
+if __name__ == "__main__":
+    # Reproduce a peer by hand:  python3 bench/lib.py ssh-config inventory/lab.yaml > ssh_config
+    #                            python3 bench/lib.py ansible-inventory inventory/lab.yaml > hosts.ini
+    if len(sys.argv) != 3 or sys.argv[1] not in ("ssh-config", "ansible-inventory"):
+        sys.exit("usage: bench/lib.py ssh-config|ansible-inventory INVENTORY")
+    _inv = read_lab_inventory(Path(sys.argv[2]))
+    sys.stdout.write(render_ssh_config(_inv) if sys.argv[1] == "ssh-config" else render_ansible_inventory(_inv))
