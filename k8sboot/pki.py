@@ -234,19 +234,56 @@ def generate_key(algorithm: str) -> PrivateKey:
 
 
 def generate_keys(algorithms: Sequence[str]) -> list[PrivateKey]:
-    """Several keys at once; RSA prime search runs in OpenSSL without the GIL, so use threads."""
+    """Several keys at once; RSA prime search runs in OpenSSL without the GIL, so use threads.
+
+    Daemon threads, not a ThreadPoolExecutor: on Ctrl-C or SIGTERM the run must end now, and an
+    executor's workers are joined at exit, each finishing its key first (seconds for rsa-4096).
+    """
     slow = sum(1 for a in algorithms if a.startswith("rsa-"))
     workers = min(os.cpu_count() or 1, slow)
     if workers < 2:
         return [generate_key(a) for a in algorithms]
-    from concurrent.futures import ThreadPoolExecutor
+    import queue
+    import threading
 
-    pool = ThreadPoolExecutor(max_workers=workers)
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    for item in enumerate(algorithms):
+        todo.put(item)
+
+    def work() -> None:
+        while True:
+            try:
+                i, algorithm = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((i, generate_key(algorithm), None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                done.put((i, None, exc))
+
+    for n in range(workers):
+        threading.Thread(target=work, name=f"k8sboot-keygen-{n}", daemon=True).start()
+    keys: list[PrivateKey | None] = [None] * len(algorithms)
     try:
-        return list(pool.map(generate_key, algorithms))
-    finally:
-        # On Ctrl-C/SIGTERM, drop the keys not started yet instead of generating them all first.
-        pool.shutdown(wait=False, cancel_futures=True)
+        for _ in algorithms:
+            while True:
+                try:
+                    i, key, exc = done.get(timeout=0.05)   # a short wait: signals get through
+                    break
+                except queue.Empty:
+                    continue
+            if exc is not None:
+                raise exc
+            keys[i] = key
+    except BaseException:
+        while True:                     # nothing new starts; the keys in progress are dropped
+            try:
+                todo.get_nowait()
+            except queue.Empty:
+                break
+        raise
+    return keys  # type: ignore[return-value]
 
 
 def key_algorithm_of(key: PublicKey | PrivateKey) -> str:

@@ -103,6 +103,10 @@ _register()
 
 
 def main() -> None:
+    def on_sigterm(signum, frame):      # from the start: SIGTERM while parsing is "interrupted" too
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         app()
     except K8sbootError as exc:  # raised outside a command, or re-raised by --debug
