@@ -294,19 +294,16 @@ def create(
 
     from datetime import datetime, timezone
 
-    from k8sboot import console, layout
+    from k8sboot import console, layout, store
     from k8sboot.errors import PkiError
     from k8sboot.inventory import load_inventory
 
     inv = load_inventory(inventory)
     key_path = _pki_file(inv, layout.key_file(layout.SERVICE_ACCOUNT))
-    try:
-        key_pem = key_path.read_bytes()
-    except FileNotFoundError:
+    key_pem = store.read_optional(key_path)      # a regular file in the PKI dir, never a link
+    if key_pem is None:
         raise PkiError(f"reading the signing key {key_path}: no such file",
-                       hint=_gen_certs_hint(inventory)) from None
-    except OSError as exc:
-        raise PkiError(f"reading the signing key {key_path}: {exc.strerror}") from exc
+                       hint=_gen_certs_hint(inventory))
     token = tokens.mint_token(namespace, service_account, lifetime,
                               list(audience) if audience else list(inv.cluster.api_audiences),
                               inv.cluster.service_account_issuer, key_pem,

@@ -118,3 +118,12 @@ def test_kubeconfig_out_over_a_hard_link_replaces_only_its_own_name(workspace):
     assert other.read_bytes() == b"someone else's kubeconfig\n"
     assert b"client-key-data" in (workspace / "admin.kubeconfig").read_bytes()
     assert os.stat(workspace / "admin.kubeconfig").st_mode & 0o777 == 0o600
+
+
+def test_token_create_does_not_sign_with_a_key_linked_from_outside_the_pki_dir(workspace):
+    pki, outside = workspace / "pki", workspace / "outside"
+    (pki / "service-account-key.pem").rename(outside / "sa-key.pem")
+    (pki / "service-account-key.pem").symlink_to(outside / "sa-key.pem")
+    result = run("token", "create", "--service-account", "bot")
+    assert result.exit_code == ExitCode.PKI and result.stdout == ""
+    assert "reading pki/service-account-key.pem: it is a symbolic link to" in result.stderr
