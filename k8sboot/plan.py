@@ -366,6 +366,11 @@ def build_rollback_script(plan: HostPlan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rollback_restarts(plan: HostPlan) -> bool:
+    """Whether the rollback restarts the unit (False when the unit was new and is removed)."""
+    return not any(c.file.kind == KIND_UNIT and not c.existed for c in plan.uploads)
+
+
 def build_cleanup_script(plan: HostPlan) -> str:
     """After a successful deploy with keep_previous: drop the `.k8sboot-prev` copies (old keys)."""
     paths = [c.file.prev_path for c in plan.uploads]

@@ -170,3 +170,11 @@ def test_mode_fix_only_script_has_no_tar():
 ])
 def test_classify_service(svc, verdict):
     assert P.classify_service(svc)[0] == verdict
+
+
+def test_rollback_restarts_unless_the_unit_was_new():
+    changed_key = P.build_host_plan(DESIRED, facts_matching(**{KEY: fact(KEY)}))
+    assert P.rollback_restarts(changed_key)
+    first = P.build_host_plan(DESIRED, HostFacts(files={}, service=ServiceFact()))
+    assert not P.rollback_restarts(first)
+    assert "disable -q --now" in P.build_rollback_script(first)
