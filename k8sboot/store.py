@@ -190,7 +190,11 @@ def pki_lock(directory: Path, *, create: bool = False) -> Iterator[None]:
             created = ensure_private_dir(directory)
         except LockedError:          # another first run created it just now: its lock decides
             pass
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PkiError(f"locking {directory}: {exc.strerror}",
+                       hint="run as the user that ran k8sboot gen-certs") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
