@@ -160,9 +160,14 @@ def lab_hosts(lab_inventory):
         skip_or_fail(why)
     from k8sboot.lab import net
 
-    inotify_before = net.read_inotify_limit()
     result = lab_up(lab_inventory, wait=float(os.environ.get("K8SBOOT_LAB_WAIT", "900")))
     started_here = bool(result["started"])
+    # the limit before the lab: what `up` saved when it raised it (another session may have
+    # had a lab up just before ours, so reading the sysctl before our `up` proves nothing)
+    try:
+        inotify_before = int(net.INOTIFY_SAVED.read_text())
+    except (OSError, ValueError):
+        inotify_before = net.read_inotify_limit()           # was high enough: left alone
     if started_here:
         LabTools.inotify_before = inotify_before
     hosts = hosts_from(result)

@@ -95,6 +95,21 @@ def test_status_lists_the_hosts_as_running(lab_hosts, lab_tools):
     assert all(0 < h["memory_bytes"] < 200 * 1024 * 1024 for h in hosts)
 
 
+def test_a_worker_is_added_after_the_controllers_and_removed_again(lab_hosts, lab_tools, lab_inventory):
+    from k8sboot.inventory import load_inventory
+
+    r = lab_tools.k8sboot("lab", "up", "-c", "3", "-w", "1", "-i", str(lab_inventory), "--json")
+    result = json.loads(r.stdout)
+    assert result["started"] == ["worker-0"] and result["kept"] == [h.name for h in lab_hosts]
+    worker = next(h for h in lab_tools.hosts_from(result) if h.name == "worker-0")
+    assert worker.address == "10.240.0.13"
+    assert worker.run("hostname; systemctl is-system-running", warn=True).stdout.split() == ["worker-0", "running"]
+    assert [h.name for h in load_inventory(lab_inventory).workers] == ["worker-0"]
+    back = lab_tools.lab_up(lab_inventory)
+    assert back["stopped"] == ["worker-0"] and back["started"] == []
+    assert load_inventory(lab_inventory).workers == ()
+
+
 def test_reset_gives_a_fresh_root_and_a_new_host_key(lab_hosts):
     h = lab_hosts[1]
     h.run("echo dirty > /root/dirty")
