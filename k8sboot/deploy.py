@@ -180,8 +180,8 @@ def fact_request(desired: Sequence[DesiredFile], port: int, sections=()) -> "obj
     from k8sboot.remote import FactRequest
 
     hashed = tuple(f.path for f in desired)
-    stat_only = tuple(p for p in (layout.BINARY_PATH, f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.CA)}")
-                      if p not in hashed)
+    stat_only = tuple(p for p in (layout.BINARY_PATH, f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.CA)}",
+                                  planmod.RESTART_PENDING) if p not in hashed)
     return FactRequest(hashed=hashed, stat_only=stat_only, port=port, sections=tuple(sections))
 
 

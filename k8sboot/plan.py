@@ -21,6 +21,10 @@ UNIT = layout.UNIT_NAME
 TEMP_SUFFIX = ".k8sboot-new"
 PREV_SUFFIX = ".k8sboot-prev"
 
+# Left by a `--no-restart` deploy that changed content, so the next deploy restarts and verify
+# reports it; removed by the restart. (A candidate for k8sboot.layout.)
+RESTART_PENDING = f"{layout.REMOTE_PKI_DIR}/.k8sboot-restart-pending"
+
 KIND_PKI = "pki"
 KIND_UNIT = "unit"
 KIND_BINARY = "binary"
@@ -167,6 +171,7 @@ class HostPlan:
     restart_reasons: tuple[str, ...] = ()
     unit_diff: str = ""
     problems: tuple[str, ...] = ()  # facts that make the deploy unable to succeed (e.g. no binary)
+    mark_pending: bool = False      # content changed under --no-restart: leave RESTART_PENDING
 
     @property
     def uploads(self) -> tuple[FileChange, ...]:
@@ -187,7 +192,8 @@ class HostPlan:
 
     @property
     def has_changes(self) -> bool:
-        return bool(self.changes or self.dirs or self.daemon_reload or self.enable or self.restart)
+        return bool(self.changes or self.dirs or self.daemon_reload or self.enable or self.restart
+                    or self.mark_pending)
 
 
 def _mode(m: int | None) -> str:
@@ -271,8 +277,12 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
         restart_reasons.append("changed: " + ", ".join(c.file.name for c in content_changed))
     if stale_load and not no_restart:
         restart_reasons.append("systemd had not loaded the unit file on disk")
+    pending = facts.file(RESTART_PENDING).exists
+    if pending and not no_restart:
+        restart_reasons.append("a restart was left pending by a --no-restart deploy")
     if not svc.is_active:
         restart_reasons.append(f"unit was {svc.active_state}")
+    restart = bool(restart_reasons)
     desired_unit = next((w for w in desired if w.kind == KIND_UNIT), None)
     diff = unit_diff(facts.unit_text, desired_unit.content.decode(), host) if desired_unit else ""
     return HostPlan(
@@ -280,10 +290,11 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
         dirs=tuple(dirs),
         daemon_reload=daemon_reload,
         enable=not svc.is_enabled,
-        restart=bool(restart_reasons),
+        restart=restart,
         restart_reasons=tuple(restart_reasons),
         unit_diff=diff,
         problems=tuple(problems),
+        mark_pending=bool(content_changed or stale_load) and not restart and not pending,
     )
 
 
@@ -336,7 +347,10 @@ def service_commands(plan: HostPlan) -> list[str]:
         out.append(f"systemctl enable -q --no-reload {UNIT}")
     if plan.daemon_reload or plan.enable:
         out.append("systemctl daemon-reload")
+    if plan.mark_pending:
+        out.append(f": > {_q(RESTART_PENDING)}")
     if plan.restart:
+        out.append(f"rm -f {_q(RESTART_PENDING)}")
         # a failing start is reported by the state that follows, with the journal; not here
         out.append(f"systemctl restart {UNIT} || echo '@@k8sboot:restart-failed' $?")
     return out

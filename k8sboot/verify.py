@@ -217,6 +217,11 @@ def check_host(host: str, desired: Sequence[DesiredFile], expected_flags: flagmo
                         f"{CA_KEY_REMOTE} is present: the CA key must never leave the workstation; remove it"
                         if ca_key.exists else "absent"))
 
+    if facts.file(planmod.RESTART_PENDING).exists:
+        checks.append(Check(host, "restart pending", DRIFT,
+                            "a --no-restart deploy changed files the running kube-apiserver has not read; "
+                            "run deploy-apiserver without --no-restart"))
+
     # 6. CA fingerprint
     remote_ca_b64 = facts.sections.get("ca", "").strip()
     try:

@@ -160,7 +160,10 @@ class FakeRemote:
         if plan.enable:
             h.commands.append("enable")
             h.enabled = True
+        if plan.mark_pending:
+            h.files[planmod.RESTART_PENDING] = (b"", 0o600, "root", "root")
         if plan.restart:
+            h.files.pop(planmod.RESTART_PENDING, None)
             h.start()
             if wait is not None:
                 return h.service()

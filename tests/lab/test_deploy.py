@@ -170,6 +170,43 @@ def test_mode_loosened_on_a_host_is_repaired_without_restart(env):
     assert env.ssh(host, "stat -c %a /var/lib/kubernetes").strip() == "700"
 
 
+def test_no_restart_defers_the_restart_and_verify_says_so(env):
+    host = env.host("controller-1")
+    pid = env.service(host)["MainPID"]
+    changed = env.write_inventory(env.tmp / "v4.yaml", extra_flags={"v": 4})
+    res, doc = env.deploy("--hosts", "controller-1", "--no-restart", inventory=changed)
+    assert res.exit_code == 0, res.output
+    h = by_host(doc)["controller-1"]
+    assert h["unit_changed"] and not h["restarted"] and env.service(host)["MainPID"] == pid
+    res = env.k8sboot("verify", "-i", changed, "--host", "controller-1")
+    assert res.exit_code == ExitCode.DRIFT and "restart pending" in res.output, res.output
+    res, doc = env.deploy("--hosts", "controller-1", inventory=changed)
+    h = by_host(doc)["controller-1"]
+    assert res.exit_code == 0 and h["restarted"] and h["files_changed"] == [], h
+    assert env.service(host)["MainPID"] != pid
+    assert env.k8sboot("verify", "-i", changed, "--host", "controller-1").exit_code == 0
+    res, _ = env.deploy("--hosts", "controller-1")
+    assert res.exit_code == 0
+
+
+def test_binary_option_uploads_the_binary_0755_and_restarts(env):
+    host = env.host("controller-0")
+    original = env.ssh(host, f"base64 -w0 {layout.BINARY_PATH}")
+    import base64
+    import hashlib
+    data = base64.b64decode(original) + b"\n# k8sboot test: a changed binary\n"
+    binary = env.tmp / "kube-apiserver"
+    binary.write_bytes(data)
+    res, doc = env.deploy("--hosts", "controller-0", "--binary", binary)
+    assert res.exit_code == 0, res.output
+    h = by_host(doc)["controller-0"]
+    assert h["files_changed"] == ["kube-apiserver"] and h["restarted"] and h["state"] == "active/running"
+    got = env.ssh(host, f"sha256sum < {layout.BINARY_PATH} | cut -c1-64; stat -c '%a %U %G' {layout.BINARY_PATH}")
+    assert got.split() == [hashlib.sha256(data).hexdigest(), "755", "root", "root"]
+    res, doc = env.deploy("--hosts", "controller-0", "--binary", binary)
+    assert by_host(doc)["controller-0"]["outcome"] == "up to date"
+
+
 def test_concurrent_deploy_waits_for_the_lock_then_refuses(env):
     host = env.host("controller-0")
     with host.connection() as c:

@@ -122,6 +122,20 @@ def test_jump_host_controller_0_to_controller_1(env, tmp_path):
     assert env.service(target)["ActiveState"] == "active"
 
 
+def test_ssh_config_host_alias_and_identity_file_are_respected(env, tmp_path):
+    target = env.host("controller-1")
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host ctl-one\n  HostName {target.address}\n  IdentityFile {env.identity_file}\n"
+                      "  IdentitiesOnly yes\n")
+    inv = env.write_inventory(tmp_path / "inv.yaml")
+    text = inv.read_text().replace(f"identity_file: {env.identity_file}\n", f"config_file: {config}\n")
+    text = text.replace(f"{{name: controller-1, address: {target.address},", "{name: controller-1, address: ctl-one,")
+    inv.write_text(text)
+    assert "ctl-one" in text and "identity_file" not in text
+    res = env.k8sboot("deploy-apiserver", "-i", inv, "--hosts", "controller-1", "--dry-run")
+    assert res.exit_code == 0, res.output
+
+
 def test_unreachable_host_times_out_with_a_connect_error(env, tmp_path):
     inv_text = env.inventory.read_text()
     inv = tmp_path / "inv.yaml"

@@ -312,3 +312,17 @@ def test_cli_help_has_worked_examples():
     for cmd in ("render-apiserver", "deploy-apiserver"):
         res = runner.invoke(app, [cmd, "--help"])
         assert res.exit_code == 0 and "Examples:" in res.output and "k8sboot " + cmd in res.output
+
+
+def test_no_restart_defers_the_restart_to_the_next_deploy(lab):
+    tmp, pki, hosts = lab
+    run(make_inventory(pki=pki), hosts)
+    pids = {n: h.pid for n, h in hosts.items()}
+    report = run(make_inventory(pki=pki, anonymous=True), hosts, no_restart=True)
+    assert report.ok and all(not r.restarted and r.unit_changed for r in report.results)
+    assert {n: h.pid for n, h in hosts.items()} == pids
+    later = run(make_inventory(pki=pki, anonymous=True), hosts)
+    assert all(r.restarted and r.files_changed == () for r in later.results)
+    assert all("pending" in r.restart_reasons[0] for r in later.results)
+    assert all(h.pid != pids[n] for n, h in hosts.items())
+    assert run(make_inventory(pki=pki, anonymous=True), hosts).nothing_changed

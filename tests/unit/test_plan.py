@@ -178,3 +178,16 @@ def test_rollback_restarts_unless_the_unit_was_new():
     first = P.build_host_plan(DESIRED, HostFacts(files={}, service=ServiceFact()))
     assert not P.rollback_restarts(first)
     assert "disable -q --now" in P.build_rollback_script(first)
+
+
+def test_no_restart_leaves_a_pending_mark_that_the_next_deploy_honours():
+    changed = facts_matching(**{KEY: fact(KEY)})
+    plan = P.build_host_plan(DESIRED, changed, no_restart=True)
+    assert not plan.restart and plan.mark_pending
+    assert f": > {P.RESTART_PENDING}" in P.build_install_script(plan)
+    later = facts_matching(**{P.RESTART_PENDING: FileFact(P.RESTART_PENDING, True, None, 0o600, "root", "root")})
+    again = P.build_host_plan(DESIRED, later)
+    assert again.restart and "pending" in again.restart_reasons[0]
+    script = P.build_install_script(again)
+    assert f"rm -f {P.RESTART_PENDING}" in script and script.index("rm -f") < script.index("systemctl restart")
+    assert P.build_host_plan(DESIRED, later, no_restart=True).has_changes is False
