@@ -147,15 +147,22 @@ def check_library(token: str) -> None:
     request = authn.authenticate_request(None, f"Bearer {token}", CONFIG, NOW)
     if token and token == "".join(token.split()):          # no blank: the header carries it all
         assert request.authenticated == result.authenticated
+    # `token decode` forgives blanks around a pasted token; its verdict is the one for that text
+    pasted = token.strip()
+    try:
+        pasted_parts = authn.parse_jwt(pasted)
+    except authn.MalformedTokenError:
+        pasted_parts = None
+    pasted_result = authn.authenticate_token(pasted, CONFIG, NOW)
     try:
         report = tokens.decode_token(token, CONFIG, NOW)
     except TokenError as exc:
         assert exc.code == ExitCode.TOKEN and exc.message.startswith("decoding the token: ")
-        assert parts is None, "decode refuses only what parse_jwt refuses"
+        assert pasted_parts is None, "decode refuses only what parse_jwt refuses"
         return
     assert report.render_json()
     verdict = tokens.render_verdict(report, "pki/service-account.pem", NOW)
-    assert ("=> the API server would answer 401" in verdict) != result.authenticated, verdict
+    assert ("=> the API server would answer 401" in verdict) != pasted_result.authenticated, verdict
 
 
 @SETTINGS
