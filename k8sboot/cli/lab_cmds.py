@@ -25,7 +25,7 @@ Examples:
   sudo k8sboot lab up                      # 3 controllers at 10.240.0.10-12
   sudo k8sboot lab up --controllers 1      # shrink: stops controller-1 and controller-2
   sudo k8sboot lab up -c 3 -w 1            # plus worker-0 at 10.240.0.13
-  sudo k8sboot lab up --mirror http://deb.debian.org/debian
+  sudo k8sboot lab up --mirror URL        # another Debian mirror (default: your apt sources)
   ssh -i /var/lib/k8sboot/lab/id_ed25519 -o UserKnownHostsFile=/run/k8sboot-lab/known_hosts root@10.240.0.10
 """
 
