@@ -8,7 +8,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 K8SBOOT := $(VENV)/bin/k8sboot
-APT_PACKAGES := systemd-container debootstrap openssh-client openssl curl iproute2 procps
+# python3-{cryptography,jwt,openssl}: the lab stand-in's libraries, tested under the system python too
+APT_PACKAGES := systemd-container debootstrap openssh-client openssl curl iproute2 procps \
+	python3 python3-cryptography python3-jwt python3-openssl
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: deps apt venv kubectl demo test test-unit bench bench-quick clean
@@ -54,6 +56,8 @@ demo: deps
 	$(K8SBOOT) whoami -i inventory/cluster.yaml --anonymous || true
 
 test: deps
+	@# under CI, clear what a killed earlier run may have left (mounts, netns, bridge) first
+	@if [ "$${CI:-}" = true ] && [ "$$(id -u)" = 0 ]; then $(K8SBOOT) lab down --force >/dev/null 2>&1 || true; fi
 	$(PY) -m pytest
 
 test-unit: venv
