@@ -13,7 +13,7 @@ APT_PACKAGES := systemd-container debootstrap openssh-client openssl curl iprout
 	python3 python3-cryptography python3-jwt python3-openssl
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps apt venv kubectl bench-deps demo test test-unit bench bench-quick clean
+.PHONY: deps apt venv kubectl bench-deps demo demo-offline test test-unit bench bench-quick clean
 
 deps: apt venv kubectl
 
@@ -51,7 +51,21 @@ bench-deps: venv
 	test -x bench/.venv-ansible/bin/ansible-playbook || { python3 -m venv bench/.venv-ansible && \
 	  bench/.venv-ansible/bin/pip install -q --disable-pip-version-check 'ansible-core~=2.19.0' 2>&1 | grep -v '^WARNING: Location' || true; }
 
+# The main job on the embedded default: a local lab of 3 real controller hosts (systemd + sshd
+# in systemd-nspawn), its PKI, the admin kubeconfig, the kube-apiserver unit deployed to every
+# controller, proof on controller-0 over SSH and HTTPS, and real kubectl asking who we are.
+# The lab stays up afterwards (k8sboot lab down removes it).
 demo: deps
+	$(K8SBOOT) lab up --controllers 3
+	$(K8SBOOT) gen-certs -i inventory/lab.yaml
+	$(K8SBOOT) kubeconfig admin -i inventory/lab.yaml
+	$(K8SBOOT) deploy-apiserver --inventory inventory/lab.yaml
+	$(K8SBOOT) verify -i inventory/lab.yaml --host controller-0 --probe
+	kubectl --kubeconfig admin.kubeconfig auth whoami
+	@echo "demo: done. Try: k8sboot whoami -i inventory/lab.yaml --cert pki/admin.pem; k8sboot lab down" >&2
+
+# The offline half alone (no root, no lab): the tutorial's PKI and Stage 1 on inventory/cluster.yaml.
+demo-offline: venv
 	$(K8SBOOT) gen-certs -i inventory/cluster.yaml
 	$(K8SBOOT) kubeconfig admin -i inventory/cluster.yaml
 	openssl x509 -in pki/admin.pem -noout -subject

@@ -67,13 +67,18 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | No
     from rich.table import Table
     from rich.text import Text
 
+    out = _out()
+    if title and not out.is_terminal:
+        # a table title is padded to the console width; a plain line reads better in logs and pipes
+        out.print(title, markup=False)
+        title = None
     t = Table(title=title, title_justify="left", header_style="bold")
     for col in columns:
         t.add_column(col, overflow="fold")
     styles = styles or {}
     for row in rows:
         t.add_row(*(Text(str(cell), style=styles.get(str(cell), "")) for cell in row))
-    _out().print(t)
+    out.print(t)
 
 
 def status(message: str):
