@@ -242,7 +242,10 @@ def deploy_host(host: Host, desired: tuple[DesiredFile, ...], connect: Connector
             return result
         progress(name, f"installing {len(plan.uploads)} file(s)" + (", restarting" if plan.restart else ""))
         svc = remote.install(plan, keep_previous=options.rollback_on_failure, wait=options.wait, port=port)
-        lap("install+wait" if plan.restart else "install")
+        lap("install")
+        if svc is not None and svc.wait_ms is not None:   # split the one command: host-side wait loop
+            result.timings["wait"] = min(svc.wait_ms / 1000, result.timings["install"])
+            result.timings["install"] -= result.timings["wait"]
         result.restarted = plan.restart
         if svc is None:
             # not restarted (a mode/owner fix, or --no-restart): it runs as it did before we came,

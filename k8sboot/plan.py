@@ -123,6 +123,7 @@ class ServiceFact:
     active_enter_usec: int = 0     # ActiveEnterTimestampMonotonic: changes on every (re)start
     need_daemon_reload: bool = False
     listening: bool = False        # something listens on the secure port
+    wait_ms: int | None = None     # how long the host-side wait loop ran (`wait_script`)
 
     @property
     def is_active(self) -> bool:
@@ -418,7 +419,7 @@ def wait_script(port: int, bound: float) -> str:
     The verdict is `classify_service`'s, in Python: this loop only decides when to stop looking."""
     return f"""\
 set +e
-end=$(( $(date +%s) + {max(1, int(bound + 0.999)) + 1} )); prev=""
+w0=$(date +%s%N); end=$(( $(date +%s) + {max(1, int(bound + 0.999)) + 1} )); prev=""
 while :; do
   st=$(systemctl show -p ActiveState,SubState,NRestarts,MainPID {UNIT} 2>/dev/null)
   case "$st" in *ActiveState=failed*|*SubState=auto-restart*|*ActiveState=inactive*) break;; esac
@@ -431,6 +432,7 @@ while :; do
   sleep 0.1
 done
 echo {STATE_MARK}
+echo "WaitMs=$(( ($(date +%s%N) - w0) / 1000000 ))"
 {service_state_script(port)}"""
 
 UP = "up"

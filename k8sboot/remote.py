@@ -146,6 +146,7 @@ def parse_service(text: str) -> ServiceFact:
         active_enter_usec=num("ActiveEnterTimestampMonotonic"),
         need_daemon_reload=values.get("NeedDaemonReload") == "yes",
         listening=values.get("Listening") == "yes",
+        wait_ms=num("WaitMs") if "WaitMs" in values else None,
     )
 
 
