@@ -272,7 +272,11 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
     content_changed = [c for c in changes if c.upload]
     unit_changed = any(c.file.kind == KIND_UNIT for c in content_changed)
     stale_load = svc.need_daemon_reload and not unit_changed
-    daemon_reload = unit_changed or stale_load
+    # A unit systemd has never loaded needs no daemon-reload: since v246 systemd looks on disk again
+    # when the unit dirs changed (the restart command falls back to a reload for older ones). That
+    # saves a reload per host on a first deploy (~0.1 s CPU each in PID 1).
+    unit_is_new = not facts.file(layout.UNIT_PATH).exists and svc.load_state in ("not-found", "")
+    daemon_reload = (unit_changed and not unit_is_new) or stale_load
     restart_reasons: list[str] = []
     if content_changed and not no_restart:
         restart_reasons.append("changed: " + ", ".join(c.file.name for c in content_changed))
@@ -346,14 +350,16 @@ def service_commands(plan: HostPlan) -> list[str]:
     if plan.enable:
         # --no-reload: `enable` would reload systemd itself; one reload (below, or none) is enough
         out.append(f"systemctl enable -q --no-reload {UNIT}")
-    if plan.daemon_reload or plan.enable:
+    if plan.daemon_reload:
         out.append("systemctl daemon-reload")
     if plan.mark_pending:
         out.append(f": > {_q(RESTART_PENDING)}")
     if plan.restart:
         out.append(f"rm -f {_q(RESTART_PENDING)}")
         # a failing start is reported by the state that follows, with the journal; not here
-        out.append(f"systemctl restart {UNIT} || echo '@@k8sboot:restart-failed' $?")
+        # (a new unit: an old systemd may need the reload we skipped before it finds the file)
+        out.append(f"systemctl restart {UNIT} || {{ systemctl daemon-reload && systemctl restart {UNIT}; }} "
+                   "|| echo '@@k8sboot:restart-failed' $?")
     return out
 
 

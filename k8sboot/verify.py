@@ -186,9 +186,9 @@ def check_host(host: str, desired: Sequence[DesiredFile], expected_flags: flagmo
         except ValueError:
             argv = None
         label = f"process {facts.service.main_pid}"
-        if argv and len(argv) > 1 and argv[1] == layout.BINARY_PATH and _is_interpreter(argv[0]):
+        if argv and _is_interpreter(argv[0]) and layout.BINARY_PATH in argv[1:3]:
             label += f" (a script run by {argv[0]})"      # e.g. the lab's stand-in: #!/usr/bin/python3
-            argv = argv[1:]
+            argv = argv[argv.index(layout.BINARY_PATH, 1):]
         checks.extend(_argv_check(host, label, argv, expected_argv, expected_flags))
     else:
         checks.append(Check(host, "running process", SKIP, f"not running ({active})"))

@@ -87,6 +87,8 @@ class FakeHost:
     # systemd-ish behaviour
     def start(self):
         self.commands.append("restart")
+        if self.loaded_unit is None:    # like systemd >= 246: a never-loaded unit is read from disk
+            self.loaded_unit = self.files.get(layout.UNIT_PATH, (None,))[0]
         unit = self.loaded_unit
         argv = parse_unit_exec_start(unit.decode()) if unit else None
         missing = []

@@ -48,7 +48,7 @@ def test_first_deploy_installs_everything_everywhere_and_never_the_ca_key(lab):
         r = by_host(report)[name]
         assert r.outcome == D.DEPLOYED and r.restarted and r.unit_changed and r.state == "active/running"
         assert sorted(h.uploads) == sorted([f.local_name for f in layout.CONTROLLER_FILES] + [layout.UNIT_NAME])
-        assert h.commands == ["daemon-reload", "enable", "restart"]
+        assert h.commands == ["enable", "restart"]      # a new unit: no daemon-reload needed
         assert h.dirs[layout.REMOTE_PKI_DIR] == (0o700, "root", "root")
         assert not any("ca-key" in p for p in h.files)
         assert h.files["/var/lib/kubernetes/kubernetes-key.pem"][1] == 0o600

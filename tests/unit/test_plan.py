@@ -85,7 +85,9 @@ def test_first_deploy_on_an_empty_host_uploads_everything_and_creates_the_dir():
     plan = P.build_host_plan(DESIRED, facts)
     assert {c.file.path for c in plan.uploads} == {f.path for f in DESIRED}
     assert [d.dir.path for d in plan.dirs] == ["/var/lib/kubernetes"]
-    assert plan.daemon_reload and plan.enable and plan.restart
+    assert plan.enable and plan.restart
+    assert not plan.daemon_reload          # systemd never loaded it: no reload needed (fallback in restart)
+    assert "daemon-reload && systemctl restart" in P.build_install_script(plan)
     assert plan.unit_diff.startswith("--- /dev/null")
 
 
