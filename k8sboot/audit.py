@@ -237,7 +237,7 @@ def merge_subjects(findings: Iterable[Finding]) -> list[Finding]:
         groups[key].append(f.subject)
     out = []
     for key in order:
-        subjects = groups[key]
+        subjects = list(dict.fromkeys(groups[key]))
         suffixes = {s.rsplit(" ", 1)[-1] for s in subjects if " (" in s}
         if len(subjects) > 1 and len(suffixes) == 1 and all(" (" in s for s in subjects):
             subject = ", ".join(s.rsplit(" ", 1)[0] for s in subjects) + " " + suffixes.pop()

@@ -297,9 +297,9 @@ def _summary(plan: HostPlan, *, would: bool) -> str:
     for d in plan.dirs:
         parts.append(("would fix " if would else "fixed ") + f"{d.dir.path} ({', '.join(d.reasons)})")
     if plan.daemon_reload:
-        parts.append("daemon-reload")
+        parts.append(("would " if would else "") + "daemon-reload")
     if plan.enable:
-        parts.append("enable")
+        parts.append(("would " if would else "") + "enable")
     if plan.restart:
         parts.append(("would restart" if would else "restarted") + f" ({'; '.join(plan.restart_reasons)})")
     if not parts:

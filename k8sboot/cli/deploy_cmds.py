@@ -205,7 +205,9 @@ def _print_deploy_report(console, report, json_: bool) -> None:
                 console.data(r.unit_diff.rstrip("\n"))
     rows = []
     for r in report.results:
-        rows.append((r.host, ", ".join(r.files_changed) or "-", "yes" if r.unit_changed else "no",
+        files = ", ".join(r.files_changed) if len(r.files_changed) <= 3 else \
+            f"{len(r.files_changed)} files (--json lists them)"
+        rows.append((r.host, files or "-", "yes" if r.unit_changed else "no",
                      ("would" if report.dry_run else "yes") if r.restarted else "no",
                      r.state or "-", f"{r.seconds:.2f}s", r.outcome))
     title = "deploy-apiserver --dry-run (nothing was changed)" if report.dry_run else "deploy-apiserver"
