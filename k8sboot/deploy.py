@@ -11,6 +11,8 @@ One host failing never stops the others. Progress goes to a callback (the CLI dr
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from k8sboot import layout
 from k8sboot import plan as planmod
-from k8sboot.errors import ExitCode, K8sbootError, PkiError
+from k8sboot.errors import ExitCode, Interrupted, K8sbootError, PkiError
 from k8sboot.model import Host, Inventory
 from k8sboot.plan import DesiredFile, HostPlan, ServiceFact
 
@@ -122,9 +124,10 @@ def select_hosts(inventory: Inventory, names: Sequence[str]) -> tuple[Host, ...]
 
 def read_local_pki(inventory: Inventory) -> dict[str, bytes]:
     """The PKI files every controller gets, read from the local PKI dir; all missing ones named."""
-    from k8sboot.store import read_optional
+    from k8sboot.store import check_no_interrupted_write, read_optional
 
     pki_dir = Path(inventory.pki.dir)
+    check_no_interrupted_write(pki_dir)    # never ship a key beside the wrong half-written cert
     out: dict[str, bytes] = {}
     missing = []
     for spec in layout.CONTROLLER_FILES:
@@ -317,11 +320,56 @@ def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector |
         connect = ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys)
     workers = options.parallel if options.parallel > 0 else len(prepared.hosts)
     report = DeployReport(dry_run=options.dry_run)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="deploy") as pool:
-        futures = [pool.submit(deploy_host, h, prepared.desired[h.name], connect, options, prepared.port, progress)
-                   for h in prepared.hosts]
+    opened = _Connections(connect)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="deploy")
+    futures = []
+    try:
+        futures = [pool.submit(deploy_host, h, prepared.desired[h.name], opened.connect, options, prepared.port,
+                               progress) for h in prepared.hosts]
         report.results = [f.result() for f in futures]
+    except (KeyboardInterrupt, Interrupted) as exc:
+        # Ctrl-C / SIGTERM land here, in the main thread: stop every host where it stands. Closing
+        # a connection ends its command's input: an install still receiving its files fails and
+        # the host removes what it staged; one already renaming them finishes on the host.
+        opened.abort()
+        for f in futures:
+            f.cancel()
+        stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        stopped.hint = ("each host holds the old or the new version of every file, never a partial one; "
+                        "rerun deploy-apiserver to converge")
+        raise stopped from None
+    finally:
+        pool.shutdown(wait=True)
     return report
+
+
+class _Connections:
+    """The connector, keeping every open remote so that an interrupt can close them all."""
+
+    def __init__(self, connect: Connector):
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._open: list = []
+        self._aborted = False
+
+    def connect(self, host: Host):
+        remote = self._connect(host)
+        with self._lock:
+            if not self._aborted:
+                self._open.append(remote)
+                return remote
+        remote.close()
+        raise K8sbootError(f"{host.name}: interrupted before any change")
+
+    def abort(self) -> None:
+        with self._lock:
+            self._aborted = True
+            remotes, self._open = self._open, []
+        for remote in remotes:
+            try:
+                remote.close()
+            except Exception:  # noqa: BLE001 - closing what an interrupt cut short
+                pass
 
 
 def ssh_connector(inventory: Inventory, *, accept_new_host_keys: bool = False) -> Connector:

@@ -120,6 +120,11 @@ def render_template(directory: Path, name: str, context: dict) -> str:
         raise TemplateError(f"{where}: template syntax error: {exc.message}",
                             hint="fix the template, or remove --templates to use the packaged one") from exc
     except jinja2.TemplateNotFound as exc:
+        # an {% include %} / {% extends %} of a missing template: name it, and where it was asked for
+        missing = exc.name if exc.name and exc.name != path.name else None
+        if missing:
+            raise TemplateError(f"{_where_in_template(exc, path)}: template {missing!r} not found",
+                                hint=f"put {missing} in {path.parent}, or remove the include") from exc
         raise TemplateError(f"{path}: template not found") from exc
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"{_where_in_template(exc, path)}: {exc.message}",
