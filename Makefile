@@ -13,7 +13,7 @@ APT_PACKAGES := systemd-container debootstrap openssh-client openssl curl iprout
 	python3 python3-cryptography python3-jwt python3-openssl
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps apt venv kubectl bench-deps demo demo-offline test test-unit bench bench-quick clean
+.PHONY: deps apt venv kubectl bench-deps demo demo-offline test test-unit bench bench-quick bench-gen-certs bench-lab bench-deploy clean
 
 deps: apt venv kubectl
 
@@ -88,6 +88,14 @@ bench: deps bench-deps
 
 bench-quick: deps bench-deps
 	$(PY) bench/run --quick
+
+# single sections, each printing its own markdown table
+bench-gen-certs: venv
+	$(PY) bench/gen_certs
+bench-lab: venv
+	$(PY) bench/lab_up --quick
+bench-deploy: venv
+	$(PY) bench/deploy --full
 
 clean:
 	rm -rf $(VENV) pki *.kubeconfig .pytest_cache
