@@ -20,6 +20,7 @@ from k8sboot import layout
 UNIT = layout.UNIT_NAME
 TEMP_SUFFIX = ".k8sboot-new"
 PREV_SUFFIX = ".k8sboot-prev"
+STAGED_MARK = "@@k8sboot:staged"      # printed by the install script once every file is staged
 
 # Left by a `--no-restart` deploy that changed content, so the next deploy restarts and verify
 # reports it; removed by the restart. (A candidate for k8sboot.layout.)
@@ -317,6 +318,9 @@ def build_install_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
     readable by others), get owner and mode, and are renamed over the target with `mv -f`: a
     reader sees the old file or the new one, never a partial one. With `keep_previous`, the
     current file is first hard-linked to `.NAME.k8sboot-prev` for `--rollback-on-failure`.
+    A script that stops early (a full disk, a read-only directory, a dropped connection: tar
+    reads a truncated archive) removes its staged files on the way out; STAGED_MARK on stdout
+    says that every file was staged and the renames began.
     """
     lines = ["set -eu", "umask 077"]
     for d in plan.dirs:
@@ -325,12 +329,16 @@ def build_install_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
         lines.append(f"chmod {d.dir.mode:04o} {_q(d.dir.path)}")
     uploads = plan.uploads
     if uploads:
-        lines.append("rm -f " + " ".join(_q(c.file.temp_path) for c in uploads))
+        temps = " ".join(_q(c.file.temp_path) for c in uploads)
+        lines.append(f"trap 'rm -f {temps}' EXIT")
+        lines.append("trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM")
+        lines.append(f"rm -f {temps}")
         lines.append("tar -x -f - -C / --no-same-permissions --no-overwrite-dir")
         for c in uploads:
             f = c.file
             lines.append(f"chown {f.owner}:{f.group} {_q(f.temp_path)}")
             lines.append(f"chmod {f.mode:04o} {_q(f.temp_path)}")
+        lines.append(f"echo {STAGED_MARK}")
         for c in uploads:
             f = c.file
             if keep_previous:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
+import re
 import shlex
 import socket
 import tarfile
@@ -34,6 +36,10 @@ from k8sboot.plan import FileFact, HostFacts, HostPlan, ServiceFact
 
 LOCKED_EXIT = 75
 _MARK = "@@k8sboot:"
+
+# paramiko logs a failed handshake with a traceback; with no handler, Python's last-resort handler
+# would print it on stderr next to our one-line error (which carries the same facts, translated)
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,55 @@ def parse_facts(text: str, request: FactRequest) -> HostFacts:
     extra = {name: sections.get(name, "") for name, _ in request.sections}
     return HostFacts(files=files, service=parse_service(sections.get("service", "")), unit_text=unit_text,
                      sections=extra)
+
+
+# Deploy and verify read 0600 keys and write root-owned files: without root (or sudo), sha256sum
+# and stat would fail quietly and every file would look missing. Checked first, in the same command.
+ROOT_CHECK = (f'[ "$(id -u)" = 0 ] || {{ echo {_MARK}not-root; id -un; id -u; echo {_MARK}end; exit 0; }}\n')
+
+
+def check_root(text: str, host: str, user: str) -> None:
+    """Raise when the fact command found that it did not run as root (see ROOT_CHECK)."""
+    sections = split_sections(text)
+    if "not-root" not in sections:
+        return
+    who = (sections["not-root"].split() + [user, "?"])[:2]
+    raise RemoteError(f"{host}: connected as {who[0]} (uid {who[1]}), not root, and ssh.sudo is off: deploying "
+                      f"reads and writes root-only files in {layout.REMOTE_PKI_DIR} and runs systemctl",
+                      hint=f"connect as root (ssh.user: root), or give {who[0]} passwordless sudo and set "
+                           "ssh.sudo: true")
+
+
+_WHY = {"no space left on device": "no space left on device", "disk quota exceeded": "disk quota exceeded",
+        "read-only file system": "read-only file system", "permission denied": "permission denied",
+        "operation not permitted": "operation not permitted"}
+_TAR_LINE = re.compile(r"^tar: (?P<path>[^:]+): (?P<what>[^:]+): (?P<why>.+)$")
+_QUOTED = re.compile(r"'(?P<path>/[^']+)'")
+
+
+def explain_install_failure(host: str, stdout: str, stderr: str) -> tuple[str, str | None] | None:
+    """A failed install's stderr as one line naming the host, the directory and the cause, with a
+    hint; None when no known cause is in it. Staged names (`.NAME.k8sboot-new`) become NAME."""
+    for line in stderr.splitlines():
+        low = line.lower()
+        why = next((w for w in _WHY if w in low), None)
+        if why is None:
+            continue
+        m = _TAR_LINE.match(line)
+        path = "/" + m["path"].lstrip("/") if m else (_QUOTED.search(line) or {"path": ""})["path"]
+        directory, _, name = path.rpartition("/")
+        if name.startswith(".") and name.endswith(planmod.TEMP_SUFFIX):
+            name = name[1:-len(planmod.TEMP_SUFFIX)]
+        where = f"{directory or '/'} (writing {name})" if name else "the target directories"
+        replaced = ("no file was replaced" if planmod.STAGED_MARK not in stdout
+                    else "the renames had begun: each file is the old or the new version")
+        message = f"{host}: installing files: {_WHY[why]} in {where}; {replaced}"
+        hint = {"no space left on device": f"free space on {host} (df -h {directory or '/'}), then rerun",
+                "disk quota exceeded": f"free space on {host} (df -h {directory or '/'}), then rerun",
+                "read-only file system": f"remount {directory or '/'} read-write on {host}, then rerun",
+                }.get(why, "connect as root, or set ssh.sudo: true with passwordless sudo")
+        return message, hint
+    return None
 
 
 def build_tar(uploads: Sequence[planmod.FileChange]) -> bytes:
@@ -362,6 +417,11 @@ def _translate_connect(exc: BaseException, label: str, ssh: SshSettings, user: s
     if isinstance(exc, paramiko.ChannelException):
         return ConnectError(f"{label}: the jump host could not open a connection onward: {exc}",
                             hint="check ssh.proxy_jump and that the jump host can reach the target")
+    if isinstance(exc, paramiko.SSHException) and "protocol banner" in str(exc):
+        return ConnectError(f"{label}: no SSH banner within {ssh.connect_timeout:g}s: the port accepts "
+                            "connections but no SSH server answers",
+                            hint="is sshd hung, or another service on this port? ssh.connect_timeout raises "
+                                 "the bound")
     if isinstance(exc, paramiko.SSHException):
         return ConnectError(f"{label}: SSH failed: {exc}")
     if isinstance(exc, OSError):
@@ -477,19 +537,27 @@ class SshRemote:
     def _checked(self, script: str, what: str, **kw) -> CommandResult:
         result = self.exec(script, what=what, **kw)
         if result.rc != 0:
-            tail = (result.err.strip() or result.out.strip()).splitlines()[-3:]
-            raise RemoteError(f"{self.name}: {what} failed (exit {result.rc}): " + " | ".join(tail))
+            self._raise_failed(result, what)
         return result
+
+    def _raise_failed(self, result: CommandResult, what: str) -> None:
+        if result.rc == -1:     # paramiko: no exit status, the channel closed (sshd or the link died)
+            raise RemoteError(f"{self.name}: {what}: the connection closed before the command finished",
+                              hint="the host holds the old or the new version of each file, never a partial "
+                                   "one; rerun to converge")
+        tail = (result.err.strip() or result.out.strip()).splitlines()[-3:]
+        raise RemoteError(f"{self.name}: {what} failed (exit {result.rc}): " + " | ".join(tail))
 
     # the interface
 
     def read_facts(self, request: FactRequest, *, lock_wait: float | None = None) -> HostFacts:
-        script = facts_script(request)
+        script = ("" if self.sudo else ROOT_CHECK) + facts_script(request)
         if lock_wait is None:
             result = self._checked(script, "reading facts", timeout=60)
             text = result.out
         else:
             text = self._lock_and_read(script, lock_wait)
+        check_root(text, self.name, self.conn.user)
         try:
             return parse_facts(text, request)
         except ValueError as exc:
@@ -542,8 +610,13 @@ class SshRemote:
         if waiting:
             script += planmod.wait_script(port, wait)
         size = len(payload or b"")
-        result = self._checked(script, "installing files", stdin=payload,
-                               timeout=120 + size / (5 << 20) + (wait or 0))
+        result = self.exec(script, what="installing files", stdin=payload,
+                           timeout=120 + size / (5 << 20) + (wait or 0))
+        if result.rc != 0:
+            explained = explain_install_failure(self.name, result.out, result.err)
+            if explained:
+                raise RemoteError(explained[0], hint=explained[1])
+            self._raise_failed(result, "installing files")
         return self._state_after(result) if waiting else None
 
     def _state_after(self, result: CommandResult) -> ServiceFact:

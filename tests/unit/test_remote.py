@@ -150,3 +150,72 @@ def test_wait_script_gives_up_after_the_bound_when_never_serving(tmp_path):
     svc, seconds = _run_wait(tmp_path, "ActiveState=active\nSubState=running\nNRestarts=0\nMainPID=42\n"
                              "LoadState=loaded", 1, bound=1)
     assert P.classify_service(svc)[0] == P.STARTING and 0.9 < seconds < 3.5
+
+
+def _scratch_install(root, plan):
+    """The install script's file part rooted in `root` (paths rewritten, no chown/systemctl)."""
+    script = P.build_install_script(plan)
+    script = script.replace(" /var/lib", f" {root}/var/lib").replace(" /etc/", f" {root}/etc/")
+    script = script.replace("-C /", f"-C {root}")
+    return "\n".join(line for line in script.splitlines() if not line.startswith(("chown", "systemctl")))
+
+
+@pytest.mark.skipif(not shutil.which("tar"), reason="tar missing")
+def test_install_cut_short_replaces_nothing_and_removes_what_it_staged(tmp_path):
+    """A connection that drops mid-upload: tar reads a truncated archive and fails; the trap
+    removes the staged files, every target keeps its old bytes, STAGED_MARK never printed."""
+    root = tmp_path
+    desired = P.build_desired_files({f.local_name: f"new {f.local_name}\n".encode() * 200
+                                     for f in layout.CONTROLLER_FILES}, "unit\n")
+    plan = P.build_host_plan(desired, P.HostFacts(files={}, service=P.ServiceFact()))
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "var/lib/kubernetes").mkdir(parents=True)
+    for f in desired:
+        (root / f.path.lstrip("/")).write_bytes(b"old\n")
+    tar = build_tar(plan.uploads)
+    r = subprocess.run(["sh", "-c", _scratch_install(root, plan)], input=tar[:len(tar) // 3], capture_output=True)
+    assert r.returncode != 0 and P.STAGED_MARK.encode() not in r.stdout
+    assert not list(root.rglob("*.k8sboot-new"))
+    assert all((root / f.path.lstrip("/")).read_bytes() == b"old\n" for f in desired)
+
+
+@pytest.mark.parametrize("stdout,stderr,message,hint", [
+    ("", "tar: var/lib/kubernetes/.kubernetes.pem.k8sboot-new: Cannot write: No space left on device\n"
+         "tar: Exiting with failure status due to previous errors\n",
+     "c-0: installing files: no space left on device in /var/lib/kubernetes (writing kubernetes.pem); "
+     "no file was replaced", "df -h /var/lib/kubernetes"),
+    ("", "tar: etc/systemd/system/.kube-apiserver.service.k8sboot-new: Cannot open: Read-only file system\n",
+     "c-0: installing files: read-only file system in /etc/systemd/system (writing kube-apiserver.service); "
+     "no file was replaced", "remount /etc/systemd/system read-write on c-0"),
+    (P.STAGED_MARK + "\n", "mv: cannot move '/var/lib/kubernetes/.ca.pem.k8sboot-new' to "
+                           "'/var/lib/kubernetes/ca.pem': Permission denied\n",
+     "c-0: installing files: permission denied in /var/lib/kubernetes (writing ca.pem); the renames had begun: "
+     "each file is the old or the new version", "ssh.sudo: true"),
+])
+def test_install_failures_name_the_host_the_directory_and_the_cause(stdout, stderr, message, hint):
+    from k8sboot.remote import explain_install_failure
+
+    got, got_hint = explain_install_failure("c-0", stdout, stderr)
+    assert got == message and hint in got_hint
+
+
+def test_an_unknown_install_failure_is_left_to_the_generic_message():
+    from k8sboot.remote import explain_install_failure
+
+    assert explain_install_failure("c-0", "", "systemctl: something else\n") is None
+
+
+def test_facts_as_a_non_root_user_without_sudo_are_refused_with_what_to_set():
+    import os
+
+    from k8sboot.errors import RemoteError
+    from k8sboot.remote import ROOT_CHECK, check_root
+
+    with pytest.raises(RemoteError) as info:
+        check_root("@@k8sboot:not-root\nplain\n1000\n@@k8sboot:end\n", "c-0", "plain")
+    assert info.value.message.startswith("c-0: connected as plain (uid 1000), not root, and ssh.sudo is off")
+    assert "ssh.sudo: true" in info.value.hint
+    out = run_sh(ROOT_CHECK + "echo @@k8sboot:end\n")
+    assert ("@@k8sboot:not-root" in out) == (os.geteuid() != 0)
+    if os.geteuid() == 0:
+        check_root(out, "c-0", "root")     # root: no error
