@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -326,6 +327,8 @@ def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector |
     try:
         futures = [pool.submit(deploy_host, h, prepared.desired[h.name], opened.connect, options, prepared.port,
                                progress) for h in prepared.hosts]
+        while wait_for_futures(futures, timeout=0.25).not_done:   # wake up often: a signal's handler runs here
+            pass
         report.results = [f.result() for f in futures]
     except (KeyboardInterrupt, Interrupted) as exc:
         # Ctrl-C / SIGTERM land here, in the main thread: stop every host where it stands. Closing

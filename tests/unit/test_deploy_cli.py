@@ -221,6 +221,53 @@ def test_parallel_bound_is_respected(lab):
     assert max(peak) == 1
 
 
+def test_interrupt_closes_every_connection_and_ends_at_once_with_interrupted(lab):
+    """Ctrl-C while every host is mid-command: each connection is closed (an install in flight
+    loses its input, and the host removes what it staged), deploy() raises Interrupted (exit 130)
+    with a rerun hint at once instead of finishing the hosts, and nothing was uploaded."""
+    import signal
+    import threading
+    import time
+
+    from deploy_helpers import FakeRemote
+
+    from k8sboot.errors import Interrupted, RemoteError
+
+    tmp, pki, hosts = lab
+    started = threading.Semaphore(0)
+    remotes = []
+
+    class Stuck(FakeRemote):
+        cut = threading.Event()
+
+        def read_facts(self, request, *, lock_wait=None):
+            started.release()
+            assert self.cut.wait(10), "never closed"
+            raise RemoteError(f"{self.name}: the connection closed")
+
+        def close(self):
+            self.cut.set()
+            super().close()
+
+    def connect(host):
+        remotes.append(Stuck(hosts[host.name]))
+        return remotes[-1]
+
+    def interrupt():
+        for _ in NAMES:
+            started.acquire()
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(Interrupted) as info:
+        D.deploy(make_inventory(pki=pki), D.DeployOptions(wait=2), connect=connect)
+    assert time.monotonic() - t0 < 5
+    assert info.value.code == ExitCode.INTERRUPTED and "rerun" in info.value.hint
+    assert len(remotes) == 3 and all(r.closed for r in remotes)
+    assert not any(h.uploads for h in hosts.values())
+
+
 # --- CLI -----------------------------------------------------------------------------------------
 
 
