@@ -334,10 +334,7 @@ def build_install_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
         lines.append("trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM")
         lines.append(f"rm -f {temps}")
         lines.append("tar -x -f - -C / --no-same-permissions --no-overwrite-dir")
-        for c in uploads:
-            f = c.file
-            lines.append(f"chown {f.owner}:{f.group} {_q(f.temp_path)}")
-            lines.append(f"chmod {f.mode:04o} {_q(f.temp_path)}")
+        lines.extend(_owner_and_mode_commands([(c.file, c.file.temp_path) for c in uploads]))
         lines.append(f"echo {STAGED_MARK}")
         for c in uploads:
             f = c.file
@@ -345,12 +342,21 @@ def build_install_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
                 lines.append(f"if [ -e {_q(f.path)} ]; then ln -f {_q(f.path)} {_q(f.prev_path)}; "
                              f"else rm -f {_q(f.prev_path)}; fi")
             lines.append(f"mv -f {_q(f.temp_path)} {_q(f.path)}")
-    for c in plan.fixups:
-        f = c.file
-        lines.append(f"chown {f.owner}:{f.group} {_q(f.path)}")
-        lines.append(f"chmod {f.mode:04o} {_q(f.path)}")
+    lines.extend(_owner_and_mode_commands([(c.file, c.file.path) for c in plan.fixups]))
     lines.extend(service_commands(plan))
     return "\n".join(lines) + "\n"
+
+
+def _owner_and_mode_commands(files) -> list[str]:
+    """One `chown` per owner and one `chmod` per mode for all of `files` ((DesiredFile, path)
+    pairs), not two commands per file: each is a fork on the host (~18 fewer per first deploy)."""
+    owners: dict[str, list[str]] = {}
+    modes: dict[str, list[str]] = {}
+    for f, path in files:
+        owners.setdefault(f"{f.owner}:{f.group}", []).append(_q(path))
+        modes.setdefault(f"{f.mode:04o}", []).append(_q(path))
+    return ([f"chown {who} " + " ".join(paths) for who, paths in owners.items()]
+            + [f"chmod {mode} " + " ".join(paths) for mode, paths in modes.items()])
 
 
 def service_commands(plan: HostPlan) -> list[str]:

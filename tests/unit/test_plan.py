@@ -133,9 +133,13 @@ def test_install_script_stages_in_the_target_dir_with_umask_077_then_renames():
     lines = script.splitlines()
     assert lines[:2] == ["set -eu", "umask 077"]
     tar_at = lines.index("tar -x -f - -C / --no-same-permissions --no-overwrite-dir")
-    assert "chmod 0600 /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-new" in lines[tar_at:]
+    # one chmod per mode (the key among the 0600 files), after tar and before any rename
+    chmod_key = next(i for i, line in enumerate(lines) if line.startswith("chmod 0600 ")
+                     and "/var/lib/kubernetes/.kubernetes-key.pem.k8sboot-new" in line.split())
+    assert chmod_key > tar_at
     mv_key = lines.index("mv -f /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-new /var/lib/kubernetes/kubernetes-key.pem")
-    assert lines.index("chmod 0600 /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-new") < mv_key
+    assert chmod_key < min(i for i, line in enumerate(lines) if line.startswith("mv -f "))
+    assert not any(line.startswith("chmod 0644 ") and "kubernetes-key" in line for line in lines)
     assert lines.index("systemctl daemon-reload") > mv_key
     assert lines[-1].startswith("systemctl restart kube-apiserver.service")
     assert "ca-key" not in script
