@@ -140,6 +140,32 @@ def test_wait_script_stops_once_up_twice_with_the_same_pid(tmp_path):
     assert seconds < 0.9      # two polls, not the whole bound
 
 
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/net/tcp"), reason="needs /proc/net/tcp")
+def test_wait_script_never_calls_a_changing_pid_up(tmp_path):
+    """Listening, running, but a new MainPID on every look (a restart between looks): not stable,
+    so the loop runs to its bound rather than stopping on a single look."""
+    import os
+    import socket
+    import time
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text("#!/bin/sh\nprintf 'ActiveState=active\\nSubState=running\\nNRestarts=0\\n"
+                                       "MainPID=%s\\nLoadState=loaded\\n' \"$(date +%N)\"\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    try:
+        t0 = time.monotonic()
+        subprocess.run(["sh", "-c", P.wait_script(listener.getsockname()[1], 1)], env=env, check=True,
+                       capture_output=True)
+        seconds = time.monotonic() - t0
+    finally:
+        listener.close()
+    assert seconds > 0.9
+
+
 def test_wait_script_stops_at_once_on_a_crash_loop(tmp_path):
     svc, seconds = _run_wait(tmp_path, "ActiveState=activating\nSubState=auto-restart\nNRestarts=0\n"
                              "MainPID=0\nLoadState=loaded\nResult=exit-code", 1, bound=5)
