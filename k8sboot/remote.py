@@ -36,6 +36,8 @@ from k8sboot.plan import FileFact, HostFacts, HostPlan, ServiceFact
 
 LOCKED_EXIT = 75
 _MARK = "@@k8sboot:"
+CLOSED_HINT = ("the host holds the old or the new version of each file, never a partial one (an install that "
+               "lost its input removes what it staged); rerun to converge")
 
 # paramiko logs a failed handshake with a traceback; with no handler, Python's last-resort handler
 # would print it on stderr next to our one-line error (which carries the same facts, translated)
@@ -417,8 +419,10 @@ def _translate_connect(exc: BaseException, label: str, ssh: SshSettings, user: s
     if isinstance(exc, paramiko.ChannelException):
         return ConnectError(f"{label}: the jump host could not open a connection onward: {exc}",
                             hint="check ssh.proxy_jump and that the jump host can reach the target")
-    if isinstance(exc, paramiko.SSHException) and "protocol banner" in str(exc):
-        return ConnectError(f"{label}: no SSH banner within {ssh.connect_timeout:g}s: the port accepts "
+    if isinstance(exc, paramiko.SSHException) and ("protocol banner" in str(exc)
+                                                   or "No existing session" in str(exc)):
+        # the banner wait or the handshake's own bound (both ssh.connect_timeout) ran out first
+        return ConnectError(f"{label}: no SSH handshake within {ssh.connect_timeout:g}s: the port accepts "
                             "connections but no SSH server answers",
                             hint="is sshd hung, or another service on this port? ssh.connect_timeout raises "
                                  "the bound")
@@ -520,8 +524,13 @@ class SshRemote:
             rc = chan.recv_exit_status()
             chan.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else str(exc) or type(exc).__name__
-            raise RemoteError(f"{self.name}: {what}: {reason}") from exc
+            if isinstance(exc, (socket.timeout, TimeoutError)):
+                raise RemoteError(f"{self.name}: {what}: timed out") from exc
+            transport = getattr(self.conn, "transport", None)
+            if isinstance(exc, EOFError) or transport is None or not transport.is_active():
+                raise RemoteError(f"{self.name}: {what}: the connection closed before the command finished",
+                                  hint=CLOSED_HINT) from exc
+            raise RemoteError(f"{self.name}: {what}: {exc or type(exc).__name__}") from exc
         result = CommandResult(rc, out, err)
         self._check_sudo(result, what)
         return result
@@ -543,8 +552,7 @@ class SshRemote:
     def _raise_failed(self, result: CommandResult, what: str) -> None:
         if result.rc == -1:     # paramiko: no exit status, the channel closed (sshd or the link died)
             raise RemoteError(f"{self.name}: {what}: the connection closed before the command finished",
-                              hint="the host holds the old or the new version of each file, never a partial "
-                                   "one; rerun to converge")
+                              hint=CLOSED_HINT)
         tail = (result.err.strip() or result.out.strip()).splitlines()[-3:]
         raise RemoteError(f"{self.name}: {what} failed (exit {result.rc}): " + " | ".join(tail))
 

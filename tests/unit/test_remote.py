@@ -245,3 +245,42 @@ def test_facts_as_a_non_root_user_without_sudo_are_refused_with_what_to_set():
     assert ("@@k8sboot:not-root" in out) == (os.geteuid() != 0)
     if os.geteuid() == 0:
         check_root(out, "c-0", "root")     # root: no error
+
+
+@pytest.mark.parametrize("raised", ["Error reading SSH protocol banner", "No existing session"])
+def test_a_port_that_accepts_but_never_speaks_ssh_is_a_bounded_connect_error(raised):
+    """paramiko says either, depending on which of its two waits (banner, handshake) ends first."""
+    import paramiko
+
+    from k8sboot.errors import ConnectError
+    from k8sboot.model import SshSettings
+    from k8sboot.remote import _translate_connect
+
+    err = _translate_connect(paramiko.SSHException(raised), "c-0 (10.0.0.1:22)", SshSettings(connect_timeout=3),
+                             "root", "10.0.0.1", 22)
+    assert isinstance(err, ConnectError)
+    assert err.message == ("c-0 (10.0.0.1:22): no SSH handshake within 3s: the port accepts connections but no "
+                           "SSH server answers")
+    assert "ssh.connect_timeout" in err.hint
+
+
+def test_a_command_whose_connection_dies_says_so_with_a_rerun_hint():
+    from k8sboot.errors import RemoteError
+    from k8sboot.remote import SshRemote
+
+    class Dead:
+        user = "root"
+
+        class transport:
+            @staticmethod
+            def open_session(timeout):
+                raise EOFError()
+
+            @staticmethod
+            def is_active():
+                return False
+
+    with pytest.raises(RemoteError) as info:
+        SshRemote("c-0", Dead(), sudo=False).exec("true", what="installing files")
+    assert info.value.message == "c-0: installing files: the connection closed before the command finished"
+    assert "old or the new version" in info.value.hint and "rerun" in info.value.hint
