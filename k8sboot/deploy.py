@@ -370,7 +370,7 @@ class _Connections:
             remotes, self._open = self._open, []
         for remote in remotes:
             try:
-                remote.close()
+                (getattr(remote, "abort", None) or remote.close)()   # SshRemote: without waiting
             except Exception:  # noqa: BLE001 - closing what an interrupt cut short
                 pass
 

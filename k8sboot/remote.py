@@ -656,6 +656,14 @@ class SshRemote:
         if script:
             self._checked(script, "removing the previous versions", timeout=60)
 
+    def abort(self) -> None:
+        """Cut the connection now, from another thread (an interrupt): `close()` would first queue
+        behind an upload in flight for paramiko's send lock. The host's command loses its input."""
+        transport = getattr(self.conn, "transport", None)
+        if transport is not None:
+            transport.close()     # closes the socket and every channel; sends nothing
+        self.close()
+
     def close(self) -> None:
         if self._lock_channel is not None:
             try:

@@ -249,6 +249,10 @@ def test_interrupt_closes_every_connection_and_ends_at_once_with_interrupted(lab
             self.cut.set()
             super().close()
 
+        def abort(self):              # SshRemote's: cut the socket without queueing behind an upload
+            self.aborted = True
+            self.close()
+
     def connect(host):
         remotes.append(Stuck(hosts[host.name]))
         return remotes[-1]
@@ -264,7 +268,7 @@ def test_interrupt_closes_every_connection_and_ends_at_once_with_interrupted(lab
         D.deploy(make_inventory(pki=pki), D.DeployOptions(wait=2), connect=connect)
     assert time.monotonic() - t0 < 5
     assert info.value.code == ExitCode.INTERRUPTED and "rerun" in info.value.hint
-    assert len(remotes) == 3 and all(r.closed for r in remotes)
+    assert len(remotes) == 3 and all(r.closed and getattr(r, "aborted", False) for r in remotes)
     assert not any(h.uploads for h in hosts.values())
 
 
