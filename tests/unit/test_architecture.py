@@ -84,3 +84,10 @@ def test_help_loads_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stderr.strip() == "[]"
+
+
+def test_test_files_have_unique_basenames():
+    """tests/ has no __init__.py, so pytest imports test files by basename: two alike break collection."""
+    tests = PKG.parent / "tests"
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
