@@ -285,10 +285,7 @@ def _create_temp(dir_fd: int, directory: Path, name: str, data: bytes, mode: int
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if mode & 0o077 and stat.S_IMODE(os.fstat(fd).st_mode) != mode:
             os.fchmod(fd, mode)   # a public file (cert) narrowed by the umask; keys never get here
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        _write_all(fd, data)
     except BaseException as exc:
         os.close(fd)
         _unlink_quietly(dir_fd, temp)
@@ -296,6 +293,14 @@ def _create_temp(dir_fd: int, directory: Path, name: str, data: bytes, mode: int
             raise PkiError(f"writing {directory / name}: {exc.strerror}") from exc
         raise
     return temp, fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte (os.write may write fewer) and make it durable before any rename."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
 
 
 def _unlink_quietly(dir_fd: int, name: str) -> None:
@@ -353,10 +358,7 @@ def _write_journal(dir_fd: int, directory: Path, renames: Sequence[tuple[str, st
     except OSError as exc:
         raise PkiError(f"writing {directory / JOURNAL}: {exc.strerror}") from exc
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        _write_all(fd, data)
     except OSError as exc:
         os.close(fd)
         _unlink_quietly(dir_fd, JOURNAL)
