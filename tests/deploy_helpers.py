@@ -330,16 +330,20 @@ class LabEnv:
         return files
 
 
-def expected_files(env: LabEnv, host) -> dict[str, tuple[str, str, str, str]]:
-    """What deploy must have put on `host`: local PKI bytes + the rendered unit, with layout modes."""
+def expected_files(env: LabEnv, host, inventory: Path | None = None,
+                   binary: Path | None = None) -> dict[str, tuple[str, str, str, str]]:
+    """What deploying `inventory` (default: the env's) must leave on `host`: path -> (sha256, mode,
+    owner, group) of the local PKI bytes and the rendered unit with layout modes, and `binary`."""
     from k8sboot.inventory import load_inventory
     from k8sboot.render import render_unit
 
-    inv = load_inventory(env.inventory)
+    inv = load_inventory(inventory or env.inventory)
     unit = render_unit(inv, inv.controller(host.name)).text.encode()
     out = {}
     for spec in layout.CONTROLLER_FILES:
         data = (env.pki / spec.local_name).read_bytes()
         out[spec.path] = (hashlib.sha256(data).hexdigest(), f"{spec.mode:o}", spec.owner, spec.group)
     out[layout.UNIT_PATH] = (hashlib.sha256(unit).hexdigest(), f"{layout.UNIT_MODE:o}", "root", "root")
+    if binary is not None:
+        out[layout.BINARY_PATH] = (hashlib.sha256(binary.read_bytes()).hexdigest(), "755", "root", "root")
     return out

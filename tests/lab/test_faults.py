@@ -35,7 +35,7 @@ from k8sboot.errors import ExitCode
 from k8sboot.lab import plan as labplan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
-from deploy_helpers import WATCHED, LabEnv  # noqa: E402
+from deploy_helpers import WATCHED, LabEnv, expected_files  # noqa: E402
 from linkfaults import Link, impair, leftovers  # noqa: E402   (tests/lab, next to this file)
 
 pytestmark = pytest.mark.lab
@@ -107,19 +107,7 @@ def padded_binary(env, size: int, tag: str) -> Path:
 
 def expected(env, host, inventory: Path, binary: Path | None = None) -> dict[str, tuple[str, str, str, str]]:
     """path -> (sha256, mode, owner, group) that deploying `inventory` must leave on `host`."""
-    from k8sboot.inventory import load_inventory
-    from k8sboot.render import render_unit
-
-    inv = load_inventory(inventory)
-    unit = render_unit(inv, inv.controller(host.name)).text.encode()
-    out = {}
-    for spec in layout.CONTROLLER_FILES:
-        data = (env.pki / spec.local_name).read_bytes()
-        out[spec.path] = (hashlib.sha256(data).hexdigest(), f"{spec.mode:o}", spec.owner, spec.group)
-    out[layout.UNIT_PATH] = (hashlib.sha256(unit).hexdigest(), f"{layout.UNIT_MODE:o}", "root", "root")
-    if binary is not None:
-        out[layout.BINARY_PATH] = (hashlib.sha256(binary.read_bytes()).hexdigest(), "755", "root", "root")
-    return out
+    return expected_files(env, host, inventory, binary)
 
 
 def state(env, host) -> dict[str, tuple[str, str, str, str]]:
