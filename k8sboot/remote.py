@@ -15,6 +15,7 @@ unit on the host, in the same command (`plan.wait_script`). With `sudo: true` ea
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import logging
 import re
@@ -402,9 +403,12 @@ def _translate_connect(exc: BaseException, label: str, ssh: SshSettings, user: s
         return ConnectError(f"{label}: SSH authentication failed for user {user} ({how})",
                             hint=f"the public key must be in ~{user}/.ssh/authorized_keys on the host; "
                                  "set ssh.identity_file or load the key into ssh-agent")
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectError(f"{label}: connection refused",
+                            hint=f"is sshd running and listening on port {port}?")
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return ConnectError(f"{label}: no route to host", hint="is the host up, and is this its address?")
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        import errno
-
         codes = {getattr(e, "errno", None) for e in exc.errors.values()}
         if codes == {errno.EHOSTUNREACH}:
             return ConnectError(f"{label}: no route to host",
@@ -431,6 +435,20 @@ def _translate_connect(exc: BaseException, label: str, ssh: SshSettings, user: s
     if isinstance(exc, OSError):
         return ConnectError(f"{label}: {exc.strerror or exc}")
     return ConnectError(f"{label}: {type(exc).__name__}: {exc}")
+
+
+def dial(address: str, port: int, timeout: float) -> socket.socket:
+    """The TCP connection under an SSH session, with TCP_NODELAY. paramiko leaves Nagle on, and
+    then each small SSH message that follows another one waits for the peer's delayed ACK: ~40 ms
+    per command and per handshake step on Linux (measured in the lab: a trivial command took 47 ms
+    with Nagle, 4 ms without; the handshake 73-109 ms, 28-32 ms without)."""
+    sock = socket.create_connection((address, port), timeout=timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _open_connection(ssh: SshSettings, address: str, port: int, user: str, *, name: str,
@@ -460,6 +478,8 @@ def _open_connection(ssh: SshSettings, address: str, port: int, user: str, *, na
     conn.client.set_missing_host_key_policy(_policy(Path(ssh.known_hosts).expanduser(), accept_new))
     label = _describe(name, address, port, via)
     try:
+        if not conn.gateway:
+            conn.connect_kwargs = {**conn.connect_kwargs, "sock": dial(address, conn.port, ssh.connect_timeout)}
         conn.open()
     except Exception as exc:  # noqa: BLE001 - translated below, chained
         try:

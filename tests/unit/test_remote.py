@@ -284,3 +284,41 @@ def test_a_command_whose_connection_dies_says_so_with_a_rerun_hint():
         SshRemote("c-0", Dead(), sudo=False).exec("true", what="installing files")
     assert info.value.message == "c-0: installing files: the connection closed before the command finished"
     assert "old or the new version" in info.value.hint and "rerun" in info.value.hint
+
+
+def test_ssh_connections_turn_nagle_off_so_a_small_message_never_waits_for_a_delayed_ack():
+    """paramiko leaves Nagle on: every command then waited ~40 ms for the peer's delayed ACK."""
+    import socket
+
+    from k8sboot.remote import dial
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    try:
+        sock = dial("127.0.0.1", listener.getsockname()[1], 2)
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            sock.close()
+    finally:
+        listener.close()
+
+
+def test_a_closed_ssh_port_is_connection_refused_naming_the_host_and_what_to_check(tmp_path):
+    import ipaddress
+    import socket
+
+    from k8sboot import remote
+    from k8sboot.errors import ConnectError, ExitCode
+    from k8sboot.model import Host, SshSettings
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()                      # nothing listens there now
+    ssh = SshSettings(port=port, known_hosts=tmp_path / "known_hosts", connect_timeout=3)
+    with pytest.raises(ConnectError) as info:
+        remote.connect(Host("c-0", "127.0.0.1", ipaddress.ip_address("127.0.0.1")), ssh)
+    assert info.value.message == f"c-0 (127.0.0.1:{port}): connection refused"
+    assert f"port {port}" in info.value.hint and info.value.code == ExitCode.CONNECT
