@@ -1,8 +1,10 @@
 """deploy-apiserver: push the PKI files and the unit to every controller, in parallel.
 
-Everything is validated and rendered before the first connection (local PKI files present,
-templates render, --hosts known, --binary readable). Then per host, in a thread bounded by
-`--parallel`: connect → take the deploy lock and read facts (one command) → plan → install only
+Nothing on a host changes before everything local is validated and rendered (local PKI files
+present, templates render, --hosts known, --binary readable): the hosts are dialled and their facts
+read while that runs (it needs no network, and a connection spends most of its time waiting on the
+host), and a local error closes every connection before any change. Per host, in a thread bounded
+by `--parallel`: connect → take the deploy lock and read facts (one command) → plan → install only
 what differs (one command) → daemon-reload / enable / restart only when needed (same command) →
 wait, bounded, until the unit is up (active, running, serving on the secure port), or report why
 not with the journal's last lines and, with --rollback-on-failure, put the previous files back.
@@ -15,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -154,39 +156,82 @@ def read_binary(path: Path) -> bytes:
     return data
 
 
-@dataclass(frozen=True)
-class Prepared:
-    hosts: tuple[Host, ...]
-    desired: dict[str, tuple[DesiredFile, ...]]    # by host name
-    port: int
-
-
-def prepare(inventory: Inventory, options: DeployOptions) -> Prepared:
-    """Everything that can fail without a network: hosts, PKI, templates, binary, SSH key file."""
-    from k8sboot import render
-
-    hosts = select_hosts(inventory, options.hosts)
+def check_identity_file(inventory: Inventory) -> None:
     ident = inventory.ssh.identity_file
     if ident is not None and not Path(ident).expanduser().is_file():
         raise K8sbootError(f"{inventory.where('ssh.identity_file')}: ssh.identity_file {ident} does not exist",
                            hint="point it at your private key, or remove it to use ssh-agent",
                            code=ExitCode.CONNECT)
-    templates = render.templates_dir_for(inventory, options.templates)
+
+
+def secure_port(inventory: Inventory, host: Host) -> int:
+    """The port the unit serves on (`secure-port` after extra_flags), from the flags alone."""
+    from k8sboot import flags as flagmod
+
+    flags = dict(flagmod.build_apiserver_flags(inventory, host))
+    return int(flags.get("secure-port", inventory.apiserver.secure_port))
+
+
+def prepare_files(inventory: Inventory, options: DeployOptions, hosts: Sequence[Host],
+                  templates: Path) -> dict[str, tuple[DesiredFile, ...]]:
+    """Every file each host gets, by host name: templates rendered, PKI and --binary read."""
+    from k8sboot import render
+
     units = {h.name: render.render_unit(inventory, h, templates) for h in hosts}
     pki = read_local_pki(inventory)
     binary = read_binary(options.binary) if options.binary else None
-    desired = {name: planmod.build_desired_files(pki, unit.text, binary) for name, unit in units.items()}
-    port = int(dict(units[hosts[0].name].flags).get("secure-port", inventory.apiserver.secure_port))
-    return Prepared(hosts, desired, port)
+    return {name: planmod.build_desired_files(pki, unit.text, binary) for name, unit in units.items()}
 
 
-def fact_request(desired: Sequence[DesiredFile], port: int, sections=()) -> "object":
+def fact_request(paths: Sequence[str], port: int, sections=()) -> "object":
+    """What to read on a host: sha256 + stat of `paths` (`planmod.desired_paths`), the rest stat only."""
     from k8sboot.remote import FactRequest
 
-    hashed = tuple(f.path for f in desired)
+    hashed = tuple(paths)
     stat_only = tuple(p for p in (layout.BINARY_PATH, f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.CA)}",
                                   planmod.RESTART_PENDING) if p not in hashed)
     return FactRequest(hashed=hashed, stat_only=stat_only, port=port, sections=tuple(sections))
+
+
+class LocalWork:
+    """The local preparation's result, handed to the host threads that started before it ended."""
+
+    def __init__(self):
+        self._done = threading.Event()
+        self._value = None
+
+    def set(self, value) -> None:
+        self._value = value
+        self._done.set()
+
+    def fail(self) -> None:
+        self._done.set()
+
+    def get(self):
+        """The value, once set; None when the preparation failed (the main thread reports why)."""
+        self._done.wait()
+        return self._value
+
+
+def start_daemon(fn, *args, name: str, limit: threading.Semaphore | None = None) -> Future:
+    """`fn(*args)` in a daemon thread (at most `limit`'s count at once): a host still dialling
+    never keeps the process alive after a local error was reported."""
+    fut: Future = Future()
+
+    def run() -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            if limit is None:
+                fut.set_result(fn(*args))
+            else:
+                with limit:
+                    fut.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return fut
 
 
 # --- one host ------------------------------------------------------------------------------------
@@ -204,8 +249,11 @@ def _state(svc: ServiceFact) -> str:
     return f"{svc.active_state}/{svc.sub_state}"
 
 
-def deploy_host(host: Host, desired: tuple[DesiredFile, ...], connect: Connector, options: DeployOptions,
-                port: int, progress: Progress = lambda h, m: None, clock=time.monotonic) -> HostResult:
+def deploy_host(host: Host, request, files: Callable[[str], tuple[DesiredFile, ...] | None], connect: Connector,
+                options: DeployOptions, port: int, progress: Progress = lambda h, m: None,
+                clock=time.monotonic) -> HostResult:
+    """One host, start to end. `request` (`fact_request`) needs no local files; `files(name)` gives
+    the host's desired files, waiting for the local preparation if need be (None: it failed)."""
     t0 = clock()
     name = host.name
     result = HostResult(host=name, outcome=ERROR, ok=False)
@@ -222,9 +270,14 @@ def deploy_host(host: Host, desired: tuple[DesiredFile, ...], connect: Connector
         remote = connect(host)
         lap("connect")
         progress(name, "reading facts" if options.dry_run else "taking the lock, reading facts")
-        facts = remote.read_facts(fact_request(desired, port),
-                                  lock_wait=None if options.dry_run else options.lock_wait)
+        facts = remote.read_facts(request, lock_wait=None if options.dry_run else options.lock_wait)
         lap("facts")
+        desired = files(name)
+        if desired is None:
+            result.message = "not deployed: the local preparation failed"
+            return result
+        if clock() - mark[0] > 0.001:
+            lap("local")          # waited for the rendering / PKI reading still running
         plan = planmod.build_host_plan(desired, facts, no_restart=options.no_restart, host=name)
         result.files_changed = plan.files_changed
         result.unit_changed = plan.unit_changed
@@ -316,17 +369,45 @@ def _summary(plan: HostPlan, *, would: bool) -> str:
 
 def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector | None = None,
            progress: Progress = lambda h, m: None) -> DeployReport:
-    prepared = prepare(inventory, options)
+    from k8sboot import render
+
+    # the quick local checks before dialling anything; the slower local work runs while dialling
+    hosts = select_hosts(inventory, options.hosts)
+    check_identity_file(inventory)
+    templates = render.templates_dir_for(inventory, options.templates)
+    if options.binary is not None and not Path(options.binary).is_file():
+        read_binary(options.binary)     # raises, naming the cause
+    port = secure_port(inventory, hosts[0])
+    request = fact_request(planmod.desired_paths(binary=options.binary is not None), port)
     if connect is None:
         connect = ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys)
-    workers = options.parallel if options.parallel > 0 else len(prepared.hosts)
+    workers = options.parallel if options.parallel > 0 else len(hosts)
+    limit = threading.Semaphore(max(1, workers))
     report = DeployReport(dry_run=options.dry_run)
     opened = _Connections(connect)
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="deploy")
+    local = LocalWork()
+    quiet = threading.Event()     # after a local error or an interrupt: hosts still winding down say nothing
+
+    def report_progress(host: str, message: str) -> None:
+        if not quiet.is_set():
+            progress(host, message)
+
+    def files(name: str):
+        desired = local.get()
+        return None if desired is None else desired[name]
+
     futures = []
     try:
-        futures = [pool.submit(deploy_host, h, prepared.desired[h.name], opened.connect, options, prepared.port,
-                               progress) for h in prepared.hosts]
+        futures = [start_daemon(deploy_host, h, request, files, opened.connect, options, port, report_progress,
+                                name=f"deploy-{h.name}", limit=limit) for h in hosts]
+        try:
+            local.set(prepare_files(inventory, options, hosts, templates))   # while the hosts connect
+        except BaseException:
+            quiet.set()
+            local.fail()
+            opened.abort()        # a lock taken is released, nothing was changed
+            wait_for_futures(futures, timeout=1)   # let the hosts let go; one still dialling is left behind
+            raise
         while wait_for_futures(futures, timeout=0.25).not_done:   # wake up often: a signal's handler runs here
             pass
         report.results = [f.result() for f in futures]
@@ -334,15 +415,16 @@ def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector |
         # Ctrl-C / SIGTERM land here, in the main thread: stop every host where it stands. Closing
         # a connection ends its command's input: an install still receiving its files fails and
         # the host removes what it staged; one already renaming them finishes on the host.
+        quiet.set()
+        local.fail()
         opened.abort()
         for f in futures:
             f.cancel()
+        wait_for_futures(futures, timeout=10)   # the hosts' own cleanup, bounded
         stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
         stopped.hint = ("each host holds the old or the new version of every file, never a partial one; "
                         "rerun deploy-apiserver to converge")
         raise stopped from None
-    finally:
-        pool.shutdown(wait=True)
     return report
 
 

@@ -98,6 +98,16 @@ def build_desired_files(pki_files: Mapping[str, bytes], unit_text: str,
     return tuple(out)
 
 
+def desired_paths(*, binary: bool) -> tuple[str, ...]:
+    """The target paths of `build_desired_files`, in its order, known before any file is read
+    (the facts of a host are read while the files are still being rendered)."""
+    paths = [spec.path for spec in layout.CONTROLLER_FILES if spec.local_name not in layout.NEVER_UPLOADED]
+    paths.append(layout.UNIT_PATH)
+    if binary:
+        paths.append(layout.BINARY_PATH)
+    return tuple(paths)
+
+
 # --- observed facts ------------------------------------------------------------------------------
 
 
@@ -435,11 +445,14 @@ def service_state_script(port: int) -> str:
 def wait_script(port: int, bound: float) -> str:
     """Poll on the host (no round trip per poll) until the unit is up twice in a row with the same
     PID, or visibly failing, or `bound` seconds pass (whole seconds from `date +%s`, so up to one
-    more); then print its state after STATE_MARK.
-    Every 20 ms a fork-cheap look at /proc/net/tcp* for the listening port; `systemctl show` on
-    each look that finds it listening (the second, 50 ms later, must see the same running PID) and
-    every fifth look otherwise (a crash or the bound ends the wait within ~0.1 s).
-    The verdict is `classify_service`'s, in Python: this loop only decides when to stop looking."""
+    more); then print its state after STATE_MARK, from the last look (no extra `systemctl show`).
+    Every 20 ms a fork-cheap look at /proc/net/tcp* for the listening port; `systemctl show` (every
+    property `parse_service` reads) on each look that finds it listening (the next look, 20 ms
+    later, must see the same running PID) and every fifth look otherwise (a crash or the bound ends
+    the wait within ~0.1 s). Every way out of the loop follows a `systemctl show`, so the state
+    printed is fresh. The verdict is `classify_service`'s, in Python: this loop only decides when
+    to stop looking."""
+    props = ",".join(SERVICE_PROPERTIES)
     return f"""\
 set +e
 w0=$(date +%s%N); end=$(( $(date +%s) + {max(1, int(bound + 0.999)) + 1} )); prev=-; n=0; nl='
@@ -447,7 +460,7 @@ w0=$(date +%s%N); end=$(( $(date +%s) + {max(1, int(bound + 0.999)) + 1} )); pre
 while :; do
   if {_listening_test(port)}; then up=1; else up=0; prev=-; fi
   if [ $up = 1 ] || [ $(( n % 5 )) = 0 ]; then
-    st="$nl$(systemctl show -p ActiveState,SubState,NRestarts,MainPID {UNIT} 2>/dev/null)$nl"
+    st="$nl$(systemctl show -p {props} {UNIT} 2>/dev/null)$nl"
     case "$st" in *ActiveState=failed*|*SubState=auto-restart*|*ActiveState=inactive*) break;; esac
     case "$st" in *"${{nl}}NRestarts=0$nl"*) ;; *) break;; esac
     pid=-; case "$st" in *"${{nl}}MainPID="*) pid=${{st#*"${{nl}}MainPID="}}; pid=${{pid%%"$nl"*}};; esac
@@ -455,11 +468,13 @@ while :; do
     [ "$(date +%s)" -ge "$end" ] && break
   fi
   n=$(( n + 1 ))
-  if [ "$prev" = - ]; then sleep 0.02; else sleep 0.05; fi
+  sleep 0.02
 done
 echo {STATE_MARK}
 echo "WaitMs=$(( ($(date +%s%N) - w0) / 1000000 ))"
-{service_state_script(port)}"""
+printf '%s\n' "$st"
+if [ $up = 1 ]; then echo Listening=yes; else echo Listening=no; fi
+"""
 
 UP = "up"
 STARTING = "starting"

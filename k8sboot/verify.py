@@ -305,7 +305,7 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> Ver
         remote = None
         try:
             remote = connect(host)
-            facts = remote.read_facts(deploymod.fact_request(desired[host.name], port, SECTIONS))
+            facts = remote.read_facts(deploymod.fact_request([f.path for f in desired[host.name]], port, SECTIONS))
             result.checks, result.grep_output = check_host(host.name, desired[host.name], units[host.name].flags,
                                                            facts, pki[layout.cert_file(layout.CA)])
         except K8sbootError as exc:

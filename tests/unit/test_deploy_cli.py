@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from k8sboot import deploy as D
 from k8sboot import layout
+from k8sboot import plan as planmod
 from k8sboot.cli import app
 from k8sboot.errors import ExitCode, K8sbootError, PkiError
 
@@ -117,12 +118,31 @@ def test_unknown_host_in_hosts_option_is_a_usage_error(lab):
     assert err.value.code == ExitCode.USAGE
 
 
-def test_incomplete_local_pki_fails_before_any_connection(lab):
+def test_incomplete_local_pki_fails_before_any_change_and_lets_every_host_go(lab):
+    """The hosts are dialled while the local files are read; a local error ends every connection
+    (and its lock) before anything is installed."""
     tmp, pki, hosts = lab
     (pki / "service-account-key.pem").unlink()
+    opened = []
+
+    def connect(host):
+        remote = fake_connector(hosts)(host)
+        opened.append(remote)
+        return remote
+
     with pytest.raises(PkiError, match="service-account-key.pem"):
-        run(make_inventory(pki=pki), hosts)
-    assert all(h.commands == [] for h in hosts.values())
+        D.deploy(make_inventory(pki=pki), D.DeployOptions(wait=2), connect=connect)
+    assert all(h.commands == [] and h.uploads == [] and not h.locked for h in hosts.values())
+    assert all(r.closed for r in opened)
+
+
+def test_facts_are_read_for_exactly_the_files_that_are_then_planned():
+    """`desired_paths` is what a host is asked about before the files exist locally."""
+    from deploy_helpers import fake_pki_files
+
+    for binary in (None, b"\x7fELF"):
+        files = planmod.build_desired_files(fake_pki_files(), "[Unit]\n", binary)
+        assert planmod.desired_paths(binary=binary is not None) == tuple(f.path for f in files)
 
 
 def test_one_failing_host_never_stops_the_others(lab):
