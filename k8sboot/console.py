@@ -46,7 +46,12 @@ def json_out(obj: Any) -> None:
 
 
 def info(message: str) -> None:
-    """A progress or outcome message for people (stderr)."""
+    """A progress or outcome message for people (stderr). Plain text when stderr is not a
+    terminal: no styling to do, and rich's first print costs ~20 ms of start-up on the way."""
+    if _stderr_console is None and not sys.stderr.isatty():
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        return
     _err().print(message, markup=False)
 
 
