@@ -181,6 +181,7 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
     standin = hosts.standin_sources()
 
     root, built = rootfs.ensure_rootfs(mirror, report=lambda text, n: report("rootfs", text))
+    standin.update(hosts.standin_bytecode(standin, root))
     with lab_lock():
         mounts.ensure_state_tmpfs()
         plan.HOSTS_DIR.mkdir(mode=0o700, exist_ok=True)
@@ -320,7 +321,7 @@ def reset(name: str, boot_timeout: float = 90.0, report: Report | None = None,
         hosts.remove_host_files(spec, rec.cgroups)
         net.ensure_netns([spec])                  # kept across the reset; recreated if it was lost
         client_public = hosts.ensure_client_key()
-        rec.host_key = hosts.prepare_root(spec, root, client_public, hosts.standin_sources())
+        rec.host_key = hosts.prepare_root(spec, root, client_public, hosts.standin_sources(root))
         rec.rootfs = str(root)
         write_known_hosts(state)
         rec.pid, rec.starttime, rec.cgroups = hosts.launch(spec)

@@ -242,3 +242,25 @@ def test_a_lease_protects_the_lab_from_other_processes_only():
         other.kill()
         other.wait()
     lease.check_free(theirs, "take the lab down")              # a dead holder's lease is ignored
+
+
+def test_standin_byte_code_is_hash_checked_against_the_very_source_it_ships_with(tmp_path):
+    """Compiled once per `lab up` for a root with this Python: no host compiles ~90 KB of source
+    on the stand-in's first start. Hash-checked, so a host never runs byte code of other source."""
+    import importlib.util
+    import sys
+
+    from k8sboot.lab import hosts
+
+    root = tmp_path / "root"
+    (root / "usr" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}").mkdir(parents=True)
+    sources = hosts.standin_sources()
+    code = hosts.standin_bytecode(sources, root)
+    tag = sys.implementation.cache_tag
+    assert set(code) == {f"__pycache__/{name[:-3]}.{tag}.pyc" for name in sources}
+    for name, data in sources.items():
+        pyc = code[f"__pycache__/{name[:-3]}.{tag}.pyc"]
+        assert pyc[:4] == importlib.util.MAGIC_NUMBER
+        assert int.from_bytes(pyc[4:8], "little") == 0b11          # hash-based and checked
+        assert pyc[8:16] == importlib.util.source_hash(data)
+    assert hosts.standin_bytecode(sources, tmp_path / "a-root-with-another-python") == {}
