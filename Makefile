@@ -26,7 +26,10 @@ apt:
 	echo "make: apt-get install$$missing" >&2; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 
+# Byte code for our own modules, as pip writes it for a normal install: an editable install under
+# PYTHONDONTWRITEBYTECODE=1 (set on some machines) would compile them again on every command (~60 ms).
 venv: $(VENV)/.installed
+	@$(PY) -m compileall -q k8sboot >/dev/null
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
