@@ -184,6 +184,7 @@ class HostPlan:
     unit_diff: str = ""
     problems: tuple[str, ...] = ()  # facts that make the deploy unable to succeed (e.g. no binary)
     mark_pending: bool = False      # content changed under --no-restart: leave RESTART_PENDING
+    clear_pending: bool = False     # the restart consumes a RESTART_PENDING the facts saw
 
     @property
     def uploads(self) -> tuple[FileChange, ...]:
@@ -311,6 +312,7 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
         unit_diff=diff,
         problems=tuple(problems),
         mark_pending=bool(content_changed or stale_load) and not restart and not pending,
+        clear_pending=pending and restart,
     )
 
 
@@ -343,8 +345,11 @@ def build_install_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
         lines.append(f"trap 'rm -f {temps}' EXIT")
         lines.append("trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM")
         lines.append(f"rm -f {temps}")
-        lines.append("tar -x -f - -C / --no-same-permissions --no-overwrite-dir")
-        lines.extend(_owner_and_mode_commands([(c.file, c.file.temp_path) for c in uploads]))
+        # mode and owner come in the archive (`remote.build_tar`): no chown/chmod per install
+        lines.append("tar -x -f - -C / --same-permissions --same-owner --no-overwrite-dir")
+        lines.extend(_owner_and_mode_commands([(c.file, c.file.temp_path) for c in uploads
+                                               if (c.file.owner, c.file.group) != ("root", "root")],
+                                              modes=False))
         lines.append(f"echo {STAGED_MARK}")
         for c in uploads:
             f = c.file
@@ -357,16 +362,18 @@ def build_install_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _owner_and_mode_commands(files) -> list[str]:
+def _owner_and_mode_commands(files, *, modes: bool = True) -> list[str]:
     """One `chown` per owner and one `chmod` per mode for all of `files` ((DesiredFile, path)
-    pairs), not two commands per file: each is a fork on the host (~18 fewer per first deploy)."""
+    pairs), not two commands per file: each is a fork on the host (~18 fewer per first deploy).
+    A file owned by someone other than root gets its owner by name here, as tar would fall back
+    to the archive's numeric id for a name the host lacks."""
     owners: dict[str, list[str]] = {}
-    modes: dict[str, list[str]] = {}
+    by_mode: dict[str, list[str]] = {}
     for f, path in files:
         owners.setdefault(f"{f.owner}:{f.group}", []).append(_q(path))
-        modes.setdefault(f"{f.mode:04o}", []).append(_q(path))
+        by_mode.setdefault(f"{f.mode:04o}", []).append(_q(path))
     return ([f"chown {who} " + " ".join(paths) for who, paths in owners.items()]
-            + [f"chmod {mode} " + " ".join(paths) for mode, paths in modes.items()])
+            + ([f"chmod {mode} " + " ".join(paths) for mode, paths in by_mode.items()] if modes else []))
 
 
 def service_commands(plan: HostPlan) -> list[str]:
@@ -379,7 +386,8 @@ def service_commands(plan: HostPlan) -> list[str]:
     if plan.mark_pending:
         out.append(f": > {_q(RESTART_PENDING)}")
     if plan.restart:
-        out.append(f"rm -f {_q(RESTART_PENDING)}")
+        if plan.clear_pending:
+            out.append(f"rm -f {_q(RESTART_PENDING)}")
         # a failing start is reported by the state that follows, with the journal; not here
         # (a new unit: an old systemd may need the reload we skipped before it finds the file)
         out.append(f"systemctl restart {UNIT} || {{ systemctl daemon-reload && systemctl restart {UNIT}; }} "
@@ -442,23 +450,44 @@ def service_state_script(port: int) -> str:
             f"if {_listening_test(port)}; then echo Listening=yes; else echo Listening=no; fi\n")
 
 
+def _listening_scan(port: int) -> str:
+    """A shell function `listening`: true when something listens on TCP `port`, with no fork.
+    The kernel lists the listening sockets first in /proc/net/tcp{,6} (their hash table is walked
+    before the established one), so the scan stops at the first socket in another state: a few
+    lines even on a busy controller."""
+    return f"""\
+listening() {{
+  for f in /proc/net/tcp /proc/net/tcp6; do
+    [ -r $f ] || continue
+    while read -r _ l _ s _; do
+      case $s in 0A) case $l in *:{port:04X}) return 0;; esac;; st) ;; *) break;; esac
+    done < $f
+  done
+  return 1
+}}
+"""
+
+
 def wait_script(port: int, bound: float) -> str:
     """Poll on the host (no round trip per poll) until the unit is up twice in a row with the same
     PID, or visibly failing, or `bound` seconds pass (whole seconds from `date +%s`, so up to one
     more); then print its state after STATE_MARK, from the last look (no extra `systemctl show`).
-    Every 20 ms a fork-cheap look at /proc/net/tcp* for the listening port; `systemctl show` (every
-    property `parse_service` reads) on each look that finds it listening (the next look, 20 ms
-    later, must see the same running PID) and every fifth look otherwise (a crash or the bound ends
-    the wait within ~0.1 s). Every way out of the loop follows a `systemctl show`, so the state
-    printed is fresh. The verdict is `classify_service`'s, in Python: this loop only decides when
-    to stop looking."""
+    Every 20 ms a fork-free look at the listening sockets (`_listening_scan`); `systemctl show`
+    (every property `parse_service` reads) on each look that finds the port listening (the next
+    look, 20 ms later, must see the same running PID) and on every fifth look otherwise (a crash
+    or the bound ends the wait within ~0.1 s), where grep over the whole of /proc/net/tcp{,6}
+    also checks the port (what the scan might miss, should a kernel list sockets otherwise).
+    Every way out of the loop follows a `systemctl show`, so the state printed is fresh. The
+    verdict is `classify_service`'s, in Python: this loop only decides when to stop looking."""
     props = ",".join(SERVICE_PROPERTIES)
-    return f"""\
+    return _listening_scan(port) + f"""\
 set +e
-w0=$(date +%s%N); end=$(( $(date +%s) + {max(1, int(bound + 0.999)) + 1} )); prev=-; n=0; nl='
+w0=$(date +%s%N); end=$(( $(date +%s) + {max(1, int(bound + 0.999)) + 1} )); prev=-; n=1; nl='
 '
 while :; do
-  if {_listening_test(port)}; then up=1; else up=0; prev=-; fi
+  up=0
+  if listening; then up=1; elif [ $(( n % 5 )) = 0 ] && {_listening_test(port)}; then up=1; fi
+  [ $up = 1 ] || prev=-
   if [ $up = 1 ] || [ $(( n % 5 )) = 0 ]; then
     st="$nl$(systemctl show -p {props} {UNIT} 2>/dev/null)$nl"
     case "$st" in *ActiveState=failed*|*SubState=auto-restart*|*ActiveState=inactive*) break;; esac

@@ -239,7 +239,9 @@ def explain_install_failure(host: str, stdout: str, stderr: str) -> tuple[str, s
 
 
 def build_tar(uploads: Sequence[planmod.FileChange]) -> bytes:
-    """The staged files as one tar: temp names in the target dirs, 0600 root (chmod follows)."""
+    """The staged files as one tar: temp names in the target dirs, each with its final mode and
+    owner, which tar sets (as root) once the file is written. Under the install's umask 077 every
+    file is created 0600, so a key is never readable by others, not even while it is written."""
     buf = io.BytesIO()
     now = int(time.time())
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
@@ -247,9 +249,9 @@ def build_tar(uploads: Sequence[planmod.FileChange]) -> bytes:
             f = change.file
             info = tarfile.TarInfo(f.temp_path.lstrip("/"))
             info.size = len(f.content)
-            info.mode = 0o600
+            info.mode = f.mode
             info.uid = info.gid = 0
-            info.uname = info.gname = "root"
+            info.uname, info.gname = f.owner, f.group
             info.mtime = now
             tar.addfile(info, io.BytesIO(f.content))
     return buf.getvalue()

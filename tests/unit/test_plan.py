@@ -127,22 +127,29 @@ def test_unit_diff_shows_the_change():
 
 
 def test_install_script_stages_in_the_target_dir_with_umask_077_then_renames():
+    """tar writes each staged file under umask 077 (so 0600 while written) and then gives it the
+    mode and owner the archive carries (`remote.build_tar`); no chown/chmod; renames after."""
     facts = facts_matching(**{KEY: None, layout.UNIT_PATH: fact(layout.UNIT_PATH, b"old", 0o644)})
     plan = P.build_host_plan(DESIRED, facts)
     script = P.build_install_script(plan)
     lines = script.splitlines()
     assert lines[:2] == ["set -eu", "umask 077"]
-    tar_at = lines.index("tar -x -f - -C / --no-same-permissions --no-overwrite-dir")
-    # one chmod per mode (the key among the 0600 files), after tar and before any rename
-    chmod_key = next(i for i, line in enumerate(lines) if line.startswith("chmod 0600 ")
-                     and "/var/lib/kubernetes/.kubernetes-key.pem.k8sboot-new" in line.split())
-    assert chmod_key > tar_at
+    tar_at = lines.index("tar -x -f - -C / --same-permissions --same-owner --no-overwrite-dir")
     mv_key = lines.index("mv -f /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-new /var/lib/kubernetes/kubernetes-key.pem")
-    assert chmod_key < min(i for i, line in enumerate(lines) if line.startswith("mv -f "))
-    assert not any(line.startswith("chmod 0644 ") and "kubernetes-key" in line for line in lines)
+    assert tar_at < min(i for i, line in enumerate(lines) if line.startswith("mv -f "))
+    assert not any(line.startswith(("chmod", "chown")) for line in lines)
     assert lines.index("systemctl daemon-reload") > mv_key
     assert lines[-1].startswith("systemctl restart kube-apiserver.service")
     assert "ca-key" not in script
+    assert f"rm -f {P.RESTART_PENDING}" not in lines      # no restart-pending mark was seen
+
+
+def test_a_restart_consumes_the_pending_mark_it_saw():
+    facts = facts_matching(**{P.RESTART_PENDING: fact(P.RESTART_PENDING, b"", 0o600)})
+    plan = P.build_host_plan(DESIRED, facts)
+    assert plan.restart and plan.clear_pending
+    lines = P.build_install_script(plan).splitlines()
+    assert lines.index(f"rm -f {P.RESTART_PENDING}") < lines.index(next(x for x in lines if x.startswith("systemctl restart")))
 
 
 def test_install_script_keeps_previous_versions_for_rollback():

@@ -61,14 +61,30 @@ def test_split_sections_ignores_text_before_the_first_marker():
     assert split_sections("junk\n@@k8sboot:a\n1\n2\n@@k8sboot:end\n") == {"a": "1\n2", "end": ""}
 
 
-def test_tar_holds_temp_names_0600_root():
+def test_tar_holds_temp_names_with_each_files_final_mode_and_owner():
     desired = P.build_desired_files({f.local_name: b"x" for f in layout.CONTROLLER_FILES}, "unit\n")
     plan = P.build_host_plan(desired, P.HostFacts(files={}, service=P.ServiceFact()))
     with tarfile.open(fileobj=io.BytesIO(build_tar(plan.uploads))) as tar:
         members = tar.getmembers()
     assert [m.name for m in members] == [c.file.temp_path.lstrip("/") for c in plan.uploads]
-    assert all(m.mode == 0o600 and m.uid == 0 and m.isfile() for m in members)
+    assert [m.mode for m in members] == [c.file.mode for c in plan.uploads]
+    assert all(m.uid == 0 and (m.uname, m.gname) == ("root", "root") and m.isfile() for m in members)
     assert all("/." in "/" + m.name and m.name.endswith(".k8sboot-new") for m in members)
+    keys = [m for m in members if m.name.endswith("-key.pem.k8sboot-new")]
+    assert keys and all(m.mode == 0o600 for m in keys)
+
+
+def _scratch_install(root, plan):
+    """The install script's file part rooted in `root` (paths rewritten, no chown/systemctl, and
+    tar keeps the archive's owner only when we are root)."""
+    import os
+
+    script = P.build_install_script(plan)
+    script = script.replace(" /var/lib", f" {root}/var/lib").replace(" /etc/", f" {root}/etc/")
+    script = script.replace("-C /", f"-C {root}")
+    if os.geteuid() != 0:
+        script = script.replace(" --same-owner", " --no-same-owner")
+    return "\n".join(line for line in script.splitlines() if not line.startswith(("chown", "systemctl")))
 
 
 @pytest.mark.skipif(not shutil.which("tar"), reason="tar missing")
@@ -78,13 +94,8 @@ def test_install_script_really_installs_into_a_scratch_root(tmp_path):
     desired = P.build_desired_files({f.local_name: f"data {f.local_name}\n".encode()
                                      for f in layout.CONTROLLER_FILES}, "unit\n")
     plan = P.build_host_plan(desired, P.HostFacts(files={}, service=P.ServiceFact()))
-    script = P.build_install_script(plan)
-    script = script.replace(" /var/lib", f" {root}/var/lib").replace(" /etc/", f" {root}/etc/")
-    script = script.replace("-C /", f"-C {root}")
-    script = "\n".join(line for line in script.splitlines()
-                       if not line.startswith(("chown", "systemctl")))     # not root in the unit tests
     (root / "etc/systemd/system").mkdir(parents=True)
-    subprocess.run(["sh", "-c", script], input=build_tar(plan.uploads), check=True)
+    subprocess.run(["sh", "-c", _scratch_install(root, plan)], input=build_tar(plan.uploads), check=True)
     for f in desired:
         path = root / f.path.lstrip("/")
         assert path.read_bytes() == f.content
@@ -176,14 +187,6 @@ def test_wait_script_gives_up_after_the_bound_when_never_serving(tmp_path):
     svc, seconds = _run_wait(tmp_path, "ActiveState=active\nSubState=running\nNRestarts=0\nMainPID=42\n"
                              "LoadState=loaded", 1, bound=1)
     assert P.classify_service(svc)[0] == P.STARTING and 0.9 < seconds < 3.5
-
-
-def _scratch_install(root, plan):
-    """The install script's file part rooted in `root` (paths rewritten, no chown/systemctl)."""
-    script = P.build_install_script(plan)
-    script = script.replace(" /var/lib", f" {root}/var/lib").replace(" /etc/", f" {root}/etc/")
-    script = script.replace("-C /", f"-C {root}")
-    return "\n".join(line for line in script.splitlines() if not line.startswith(("chown", "systemctl")))
 
 
 @pytest.mark.skipif(not shutil.which("tar"), reason="tar missing")
@@ -322,3 +325,24 @@ def test_a_closed_ssh_port_is_connection_refused_naming_the_host_and_what_to_che
         remote.connect(Host("c-0", "127.0.0.1", ipaddress.ip_address("127.0.0.1")), ssh)
     assert info.value.message == f"c-0 (127.0.0.1:{port}): connection refused"
     assert f"port {port}" in info.value.hint and info.value.code == ExitCode.CONNECT
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/net/tcp"), reason="needs /proc/net/tcp")
+def test_the_fork_free_listening_scan_sees_a_listener_among_established_connections():
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    accepted = [listener.accept()[0] for _ in clients]
+    try:
+        script = P._listening_scan(port) + "listening\n"
+        assert subprocess.run(["sh", "-c", script]).returncode == 0
+        other = P._listening_scan(clients[0].getsockname()[1]) + "listening\n"   # established only
+        assert subprocess.run(["sh", "-c", other]).returncode == 1
+    finally:
+        for s in (*clients, *accepted, listener):
+            s.close()
+    assert subprocess.run(["sh", "-c", P._listening_scan(port) + "listening\n"]).returncode == 1
