@@ -384,7 +384,7 @@ def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector |
     workers = options.parallel if options.parallel > 0 else len(hosts)
     limit = threading.Semaphore(max(1, workers))
     report = DeployReport(dry_run=options.dry_run)
-    opened = _Connections(connect)
+    opened = OpenConnections(connect)
     local = LocalWork()
     quiet = threading.Event()     # after a local error or an interrupt: hosts still winding down say nothing
 
@@ -428,7 +428,7 @@ def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector |
     return report
 
 
-class _Connections:
+class OpenConnections:
     """The connector, keeping every open remote so that an interrupt can close them all."""
 
     def __init__(self, connect: Connector):

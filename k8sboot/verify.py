@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -283,31 +284,47 @@ class VerifyOptions:
 
 
 def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> VerifyReport:
+    """Every host in parallel. As in deploy, the hosts are dialled and their facts read while the
+    units are rendered and the local PKI read (a local error closes every connection)."""
     from k8sboot import deploy as deploymod
     from k8sboot import render
     from k8sboot.store import read_optional
 
     hosts = deploymod.select_hosts(inventory, options.hosts)
+    deploymod.check_identity_file(inventory)
     templates = render.templates_dir_for(inventory, options.templates)
-    pki = deploymod.read_local_pki(inventory)
-    units = {h.name: render.render_unit(inventory, h, templates) for h in hosts}
-    desired = {h.name: planmod.build_desired_files(pki, units[h.name].text) for h in hosts}
-    port = int(dict(units[hosts[0].name].flags).get("secure-port", inventory.apiserver.secure_port))
+    port = deploymod.secure_port(inventory, hosts[0])
+    request = deploymod.fact_request(planmod.desired_paths(binary=False), port, SECTIONS)
     pki_dir = Path(inventory.pki.dir)
     admin_cert, admin_key = pki_dir / layout.cert_file(layout.ADMIN), pki_dir / layout.key_file(layout.ADMIN)
-    have_admin = read_optional(admin_cert) is not None and read_optional(admin_key) is not None
     if connect is None:
         connect = deploymod.ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys)
+    opened = deploymod.OpenConnections(connect)
+    local = deploymod.LocalWork()
+
+    def prepare() -> dict:
+        pki = deploymod.read_local_pki(inventory)
+        units = {h.name: render.render_unit(inventory, h, templates) for h in hosts}
+        return {"pki": pki, "units": units,
+                "desired": {h.name: planmod.build_desired_files(pki, units[h.name].text) for h in hosts},
+                "have_admin": read_optional(admin_cert) is not None and read_optional(admin_key) is not None}
 
     def one(host: Host) -> HostVerification:
         t0 = time.monotonic()
         result = HostVerification(host.name)
         remote = None
         try:
-            remote = connect(host)
-            facts = remote.read_facts(deploymod.fact_request([f.path for f in desired[host.name]], port, SECTIONS))
-            result.checks, result.grep_output = check_host(host.name, desired[host.name], units[host.name].flags,
-                                                           facts, pki[layout.cert_file(layout.CA)])
+            remote = opened.connect(host)
+            facts = remote.read_facts(request)
+            remote.close()
+            remote = None
+            ready = local.get()
+            if ready is None:
+                result.error = "not verified: the local preparation failed"
+                return result
+            desired = ready["desired"][host.name]
+            result.checks, result.grep_output = check_host(host.name, desired, ready["units"][host.name].flags,
+                                                           facts, ready["pki"][layout.cert_file(layout.CA)])
         except K8sbootError as exc:
             result.error, result.hint, result.code = exc.message, exc.hint, int(exc.code)
         finally:
@@ -320,13 +337,20 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> Ver
             anon = probe.probe_anonymous(host.address, port, ca, options.probe_timeout)
             bogus = probe.probe_bogus_token(host.address, port, ca, options.probe_timeout)
             admin = probe.probe_admin(host.address, port, ca, admin_cert, admin_key,
-                                      options.probe_timeout) if have_admin else None
+                                      options.probe_timeout) if local.get()["have_admin"] else None
             result.checks.extend(check_probe(host.name, inventory.apiserver.anonymous_auth, anon, bogus, admin))
         result.seconds = time.monotonic() - t0
         return result
 
-    with ThreadPoolExecutor(max_workers=max(1, len(hosts)), thread_name_prefix="verify") as pool:
-        return VerifyReport(list(pool.map(one, hosts)))
+    futures = [deploymod.start_daemon(one, h, name=f"verify-{h.name}") for h in hosts]
+    try:
+        local.set(prepare())
+    except BaseException:
+        local.fail()
+        opened.abort()
+        wait_for_futures(futures, timeout=1)
+        raise
+    return VerifyReport([f.result() for f in futures])
 
 
 # --- audit: the reading side (local PKI, and each host with --remote) ----------------------------

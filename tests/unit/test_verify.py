@@ -107,3 +107,34 @@ def test_probe_expectations_follow_anonymous_auth():
     wrong = check_probe("c0", True, ProbeAnswer(401), ProbeAnswer(403), ProbeAnswer(None, error="refused"))
     assert [c.status for c in wrong] == [DRIFT, DRIFT, DRIFT]
     assert check_probe("c0", True, ProbeAnswer(403), ProbeAnswer(401), None)[2].status == SKIP
+
+
+def test_verify_reads_facts_while_rendering_and_a_local_error_lets_every_host_go(tmp_path):
+    """verify dials the hosts while it renders the units and reads the PKI (as deploy does); an
+    incomplete local PKI is reported as such, with every connection closed and no host changed."""
+    import pytest
+
+    from deploy_helpers import FakeHost, fake_connector, write_fake_pki
+
+    from k8sboot.errors import PkiError
+    from k8sboot.verify import VerifyOptions, verify
+
+    pki = tmp_path / "pki"
+    write_fake_pki(pki)
+    inventory = make_inventory(pki=pki)
+    hosts = {h.name: FakeHost(h.name) for h in inventory.controllers}
+    report = verify(inventory, VerifyOptions(), connect=fake_connector(hosts))
+    assert [r.host for r in report.hosts] == [h.name for h in inventory.controllers]
+    assert all(not r.error and r.drifted for r in report.hosts)      # nothing was deployed
+
+    (pki / "kubernetes-key.pem").unlink()
+    opened = []
+
+    def connect(host):
+        remote = fake_connector(hosts)(host)
+        opened.append(remote)
+        return remote
+
+    with pytest.raises(PkiError, match="kubernetes-key.pem"):
+        verify(inventory, VerifyOptions(), connect=connect)
+    assert all(r.closed for r in opened) and all(h.commands == [] for h in hosts.values())
