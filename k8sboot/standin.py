@@ -54,7 +54,6 @@ import ssl
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -550,6 +549,16 @@ def route(info: RequestInfo, user: authn.UserInfo, result: authn.AuthResult, now
 _log_lock = threading.Lock()
 
 
+def new_audit_id() -> str:
+    """A random (version 4) UUID for the Audit-Id header, without importing `uuid` (~3 ms of
+    start-up on every lab host)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def log(message: str, level: str = "I", stream=None) -> None:
     now = datetime.now()
     line = f"{level}{now:%m%d %H:%M:%S.%f} {os.getpid():7d} standin.py] {message}\n"
@@ -864,7 +873,7 @@ class StandinHandler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         t0 = time.monotonic()
-        audit_id = str(uuid.uuid4())
+        audit_id = new_audit_id()
         body = self._read_body()
         src = f"{self.client_address[0]}:{self.client_address[1]}"
         if body is None:

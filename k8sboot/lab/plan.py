@@ -58,10 +58,12 @@ STANDIN_MODULES = ("__init__.py", "authn.py", "standin.py")
 STANDIN_LAUNCHER = """\
 #!/usr/bin/python3
 # kube-apiserver STAND-IN installed by `k8sboot lab up`: not Kubernetes. See k8sboot/standin.py.
-import sys
+import os, sys
 sys.path.insert(0, "/usr/local/lib/k8sboot-standin")
 from k8sboot.standin import main
-sys.exit(main(sys.argv[1:]))
+code = main(sys.argv[1:])
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(code)   # nothing left to tidy: skips ~20 ms of interpreter teardown per stop
 """
 
 

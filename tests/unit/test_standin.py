@@ -519,3 +519,14 @@ class socket_port:
 
     def __exit__(self, *exc):
         self.s.close()
+
+
+def test_audit_ids_are_random_version_4_uuids():
+    import uuid
+
+    from k8sboot.standin import new_audit_id
+
+    ids = {new_audit_id() for _ in range(200)}
+    assert len(ids) == 200
+    assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 and str(uuid.UUID(i)) == i
+               for i in ids)
