@@ -143,12 +143,16 @@ def test_wait_script_stops_once_up_twice_with_the_same_pid(tmp_path):
     listener.listen(1)
     try:
         port = listener.getsockname()[1]
-        svc, seconds = _run_wait(tmp_path, "ActiveState=active\nSubState=running\nNRestarts=0\nMainPID=42\n"
+        alive = __import__("os").getpid()       # a process that exists, as the unit's MainPID
+        svc, seconds = _run_wait(tmp_path, f"ActiveState=active\nSubState=running\nNRestarts=0\nMainPID={alive}\n"
                                  "LoadState=loaded", port)
+        gone, seconds_gone = _run_wait(tmp_path, "ActiveState=active\nSubState=running\nNRestarts=0\n"
+                                       "MainPID=2147483647\nLoadState=loaded", port)
     finally:
         listener.close()
     assert svc.listening and P.classify_service(svc)[0] == P.UP
     assert seconds < 0.9      # two polls, not the whole bound
+    assert seconds_gone > 0.9  # the reported MainPID is not alive: never called up, the bound ends it
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/net/tcp"), reason="needs /proc/net/tcp")
@@ -328,7 +332,7 @@ def test_a_closed_ssh_port_is_connection_refused_naming_the_host_and_what_to_che
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/net/tcp"), reason="needs /proc/net/tcp")
-def test_the_fork_free_listening_scan_sees_a_listener_among_established_connections():
+def test_the_cheap_listening_look_sees_a_listener_among_established_connections():
     import socket
 
     listener = socket.socket()
