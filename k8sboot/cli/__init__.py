@@ -109,10 +109,40 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         app()
+        code = 0
+    except SystemExit as exc:    # how the app ends, with its code
+        code = _exit_code(exc)
     except K8sbootError as exc:  # raised outside a command, or re-raised by --debug
         if _debug:
             raise                # --debug: the traceback (typer prints it, without locals)
         from k8sboot import console
 
         console.error(exc.message, exc.hint)
-        sys.exit(int(exc.code))
+        code = int(exc.code)
+    _leave(code)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    from k8sboot import console
+
+    console.info(str(exc.code))           # sys.exit("message"): said on stderr, as Python would
+    return 1
+
+
+def _leave(code: int) -> None:
+    """Flush and end the process without the interpreter's teardown, which costs ~130 ms once
+    Fabric, paramiko and cryptography are loaded (measured on a deploy). Nothing is lost: every
+    file k8sboot writes is closed (and fsynced) before its command returns, and host threads still
+    winding down after an error hold nothing to save."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):    # a closed pipe: nothing more can be said there
+            pass
+    os._exit(code)

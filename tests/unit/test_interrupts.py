@@ -14,11 +14,13 @@ good, and a rerun always converges to a complete, valid PKI with the same CA.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +33,7 @@ from typer.testing import CliRunner
 
 from k8sboot import console, store
 from k8sboot.cli import app
-from k8sboot.errors import PkiError
+from k8sboot.errors import ExitCode, PkiError
 
 ROOT = Path(__file__).resolve().parents[2]
 K8SBOOT = ROOT / ".venv" / "bin" / "k8sboot"
@@ -224,6 +226,7 @@ def test_sigterm_while_the_command_line_is_parsed_is_interrupted_too(monkeypatch
 
     previous = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(cli, "app", sigterm_during_parsing)
+    monkeypatch.setattr(cli, "_leave", sys.exit)       # main() ends the process with os._exit
     try:
         with pytest.raises(SystemExit) as exit_:
             cli.main()
@@ -381,3 +384,21 @@ def test_sigkill_at_every_rename_and_a_sample_of_the_write_phase_calls_converges
             with pytest.raises(PkiError, match="an interrupted `k8sboot gen-certs` left a write"):
                 store.check_no_interrupted_write(pki)
         rerun_converges(root, ca_pair_if_written(pki), then_idempotent=False)
+
+
+def test_the_process_ends_with_its_code_and_every_byte_of_its_output():
+    """main() leaves with os._exit (no interpreter teardown): stdout and stderr are flushed first,
+    the exit code is the command's, and a reader that goes away early gets no traceback."""
+    repo = Path(__file__).resolve().parents[2]
+    example = repo / "inventory" / "cluster.yaml"
+    ok = subprocess.run([sys.executable, "-m", "k8sboot", "inventory", "check", "-i", str(example), "--json"],
+                        capture_output=True, text=True, cwd=repo)
+    assert ok.returncode == 0 and json.loads(ok.stdout)        # the whole document, parsed
+    bad = subprocess.run([sys.executable, "-m", "k8sboot", "inventory", "check", "-i", str(repo / "nope.yaml")],
+                         capture_output=True, text=True, cwd=repo)
+    assert bad.returncode == ExitCode.INVENTORY and bad.stderr.startswith("k8sboot: error: ")
+    usage = subprocess.run([sys.executable, "-m", "k8sboot", "no-such-command"], capture_output=True, text=True)
+    assert usage.returncode == ExitCode.USAGE
+    head = subprocess.run(f"{sys.executable} -m k8sboot inventory check -i {example} --json | head -c 1",
+                          shell=True, capture_output=True, text=True, cwd=repo)
+    assert head.stdout == "{" and "Traceback" not in head.stderr
