@@ -481,13 +481,15 @@ def wait_script(port: int, bound: float) -> str:
     """Poll on the host (no round trip per poll) until the unit is up, or visibly failing, or
     `bound` seconds pass (whole seconds from `date +%s`, so up to one more); then print its state
     after STATE_MARK, from the last look (no extra `systemctl show`).
-    Every 20 ms a look at the IPv4 listening sockets with no process (`_listening_scan`);
-    `systemctl show` (every property `parse_service` reads) on a look that finds the port
-    listening, and on every fifth look otherwise (a crash or the bound ends the wait within
-    ~0.1 s), where grep over the whole of /proc/net/tcp{,6} also checks the port (what the look
-    does not see: IPv6, or a kernel that lists the sockets otherwise). Up = listening on two looks
-    in a row, 20 ms apart, with the running MainPID of the first look's `systemctl show` still
-    alive at the second (`/proc/PID`, no process). Every way out of the loop follows a
+    After 50 ms, every 20 ms a look at the IPv4 listening sockets with no process (`_listening_scan`, ~1-4 ms
+    of a core); `systemctl show` (every property `parse_service` reads, ~8 ms) on a look that
+    finds the port listening, and on every tenth look otherwise (a crash or the bound ends the
+    wait within ~0.2 s); grep over the whole of /proc/net/tcp{,6} (~11 ms when nothing listens)
+    on every 25th look, for what the look does not see (IPv6, or a kernel that lists the sockets
+    otherwise). (With both on every fifth look, the loop cost ~50 ms of CPU per start of the lab's
+    stand-in: the largest part of an install.) Up = listening on two looks in a row, 20 ms apart,
+    with the running MainPID of the first look's `systemctl show` still alive at the second
+    (`/proc/PID`, no process). Every way out of the loop follows a
     `systemctl show` (at most one look earlier), so the state printed is fresh. The verdict is
     `classify_service`'s, in Python: this loop only decides when to stop looking."""
     props = ",".join(SERVICE_PROPERTIES)
@@ -495,19 +497,20 @@ def wait_script(port: int, bound: float) -> str:
 set +e
 w0=$(date +%s%N); end=$(( $(date +%s) + {max(1, int(bound + 0.999)) + 1} )); prev=-; n=1; nl='
 '
+sleep 0.05          # no server listens within 50 ms of its start: two looks fewer
 while :; do
   up=0
-  if listening; then up=1; elif [ $(( n % 5 )) = 0 ] && {_listening_test(port)}; then up=1; fi
+  if listening; then up=1; elif [ $(( n % 25 )) = 0 ] && {_listening_test(port)}; then up=1; fi
   [ $up = 1 ] || prev=-
   # the second look in a row that finds it serving, with the running PID of the first still alive
   [ $up = 1 ] && [ "$prev" != - ] && [ -d "/proc/$prev" ] && break
-  if [ $up = 1 ] || [ $(( n % 5 )) = 0 ]; then
+  if [ $up = 1 ] || [ $(( n % 10 )) = 0 ]; then
     st="$nl$(systemctl show -p {props} {UNIT} 2>/dev/null)$nl"
     case "$st" in *ActiveState=failed*|*SubState=auto-restart*|*ActiveState=inactive*) break;; esac
     case "$st" in *"${{nl}}NRestarts=0$nl"*) ;; *) break;; esac
     pid=-; case "$st" in *"${{nl}}MainPID="*) pid=${{st#*"${{nl}}MainPID="}}; pid=${{pid%%"$nl"*}};; esac
     case "$st" in *SubState=running*) [ $up = 1 ] && prev=$pid;; *) prev=-;; esac
-    [ $(( n % 5 )) = 0 ] && [ "$(date +%s)" -ge "$end" ] && break
+    [ $(( n % 10 )) = 0 ] && [ "$(date +%s)" -ge "$end" ] && break
   fi
   n=$(( n + 1 ))
   sleep 0.02
