@@ -296,3 +296,37 @@ def test_run_timed_measures_and_reports_failures():
         lib.run_timed([sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"], what="x")
     with pytest.raises(lib.BenchError, match="not found"):
         lib.run_timed(["/nonexistent/tool"])
+
+
+def _load_labcpu():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("k8sboot_bench_labcpu", BENCH / "labcpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lab_cpu_is_summed_over_hosts_by_part_and_the_rest_is_other(tmp_path):
+    """bench/cpu's accounting: usage_usec of each host's cgroups (a part missing counts 0)."""
+    labcpu = _load_labcpu()
+
+    def cg(path, usec):
+        d = tmp_path / path
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cpu.stat").write_text(f"usage_usec {usec}\nuser_usec 1\nsystem_usec 2\n")
+
+    cg("k8sb-controller-0", 500_000)
+    cg("k8sb-controller-0/payload/system.slice/kube-apiserver.service", 120_000)
+    cg("k8sb-controller-0/payload/system.slice/ssh.service", 150_000)
+    cg("k8sb-controller-0/payload/user.slice", 10_000)
+    cg("k8sb-controller-0/payload/init.scope", 30_000)
+    cg("k8sb-controller-1", 200_000)
+    cg("k8sb-controller-1/payload/system.slice/ssh.service", 100_000)
+    cg("not-a-host", 999_000)
+    before = {name: 0 for name in (*labcpu.PARTS, labcpu.ALL)}
+    after = labcpu.snapshot(tmp_path)
+    assert after == {"stand-in": 120_000, "sshd + commands": 260_000, "PID 1": 30_000, labcpu.ALL: 700_000}
+    spent = labcpu.spent(before, after)
+    assert spent["other"] == pytest.approx(0.29) and spent[labcpu.ALL] == pytest.approx(0.7)
+    assert labcpu.usage_usec(tmp_path / "nowhere") == 0
