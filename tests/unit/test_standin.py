@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -530,3 +531,75 @@ def test_audit_ids_are_random_version_4_uuids():
     assert len(ids) == 200
     assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 and str(uuid.UUID(i)) == i
                for i in ids)
+
+
+# --- HTTP/1.1 as the real server (Go's net/http) answers it ---------------------------------------
+
+
+def _raw(server, data: bytes, *, cert: str | None = None) -> bytes:
+    """Send raw bytes over TLS and read until the server closes (or 3 s pass)."""
+    ctx = ssl.create_default_context(cafile=str(server.pki / "ca.pem"))
+    if cert:
+        ctx.load_cert_chain(server.pki / f"{cert}.pem", server.pki / f"{cert}-key.pem")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=3) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(data)
+        out = b""
+        try:
+            while chunk := tls.recv(65536):
+                out += chunk
+        except (socket.timeout, ssl.SSLError, ConnectionError):
+            pass
+    return out
+
+
+@pytest.mark.parametrize("request_bytes,status", [
+    (b"GARBAGE\r\n\r\n", b"400 Bad Request"),
+    (b"GET /version HTTP/2.0\r\nHost: x\r\n\r\n", b"505 HTTP Version Not Supported"),
+    (b"GET /version HTTP/1.1\r\nNo colon here\r\n\r\n", b"400 Bad Request"),
+    (b"GET /version HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", b"431 Request Header Fields Too Large"),
+])
+def test_a_request_it_cannot_read_gets_gos_plain_answer_and_a_close(server, request_bytes, status):
+    reply = _raw(server, request_bytes)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status) and b"Connection: close" in head
+    assert body == status
+
+
+def test_keep_alive_http_1_0_and_an_unknown_method(server):
+    two = _raw(server, b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert two.count(b"HTTP/1.1 200 OK") == 2 and two.rstrip().endswith(b"ok")      # both on one connection
+    old = _raw(server, b"GET /livez HTTP/1.0\r\n\r\n")
+    assert old.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in old
+    brew = _raw(server, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert brew.startswith(b"HTTP/1.1 405 Method Not Allowed")
+
+
+def test_expect_100_continue_and_a_chunked_body(server):
+    body = b'{"kind":"SelfSubjectReview","apiVersion":"authentication.k8s.io/v1"}'
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    reply = _raw(server, b"POST /apis/authentication.k8s.io/v1/selfsubjectreviews HTTP/1.1\r\nHost: x\r\n"
+                 b"Expect: 100-continue\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunked,
+                 cert="admin")
+    assert reply.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created")
+    assert b'"username":"admin"' in reply
+
+
+def test_header_names_are_case_insensitive_and_the_first_of_a_repeated_field_counts():
+    import io as _io
+
+    head = standin.read_request_head(_io.BufferedReader(_io.BytesIO(
+        b"GET /x HTTP/1.1\r\nauthorization: Bearer one\r\nAuthorization: Bearer two\r\nHost:  h \r\n\r\n")))
+    method, target, version, headers = head
+    assert (method, target, version) == ("GET", "/x", "HTTP/1.1")
+    assert headers.get("Authorization") == "Bearer one" and headers.get("HOST") == "h"
+    assert standin.read_request_head(_io.BufferedReader(_io.BytesIO(b""))) is None     # closed between requests
+
+
+def test_the_stand_in_imports_no_http_server():
+    """~13 ms of every lab host's start: http.server pulls in http.client and the email package."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import k8sboot.standin; "
+            "print(sorted(m for m in ('http.server', 'http.client', 'email.parser', 'mimetypes') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[2])],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
