@@ -201,9 +201,13 @@ class FakeRemote:
             self.host.locked = False
 
 
-def fake_connector(hosts: dict[str, FakeHost]):
+def fake_connector(hosts: dict[str, FakeHost], opened: list | None = None):
+    """A connector over the fake hosts; every remote it opens is appended to `opened`, if given."""
     def connect(host):
-        return FakeRemote(hosts[host.name])
+        remote = FakeRemote(hosts[host.name])
+        if opened is not None:
+            opened.append(remote)
+        return remote
     return connect
 
 

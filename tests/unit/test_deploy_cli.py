@@ -123,15 +123,9 @@ def test_incomplete_local_pki_fails_before_any_change_and_lets_every_host_go(lab
     (and its lock) before anything is installed."""
     tmp, pki, hosts = lab
     (pki / "service-account-key.pem").unlink()
-    opened = []
-
-    def connect(host):
-        remote = fake_connector(hosts)(host)
-        opened.append(remote)
-        return remote
-
+    opened: list = []
     with pytest.raises(PkiError, match="service-account-key.pem"):
-        D.deploy(make_inventory(pki=pki), D.DeployOptions(wait=2), connect=connect)
+        D.deploy(make_inventory(pki=pki), D.DeployOptions(wait=2), connect=fake_connector(hosts, opened))
     assert all(h.commands == [] and h.uploads == [] and not h.locked for h in hosts.values())
     assert all(r.closed for r in opened)
 

@@ -128,13 +128,7 @@ def test_verify_reads_facts_while_rendering_and_a_local_error_lets_every_host_go
     assert all(not r.error and r.drifted for r in report.hosts)      # nothing was deployed
 
     (pki / "kubernetes-key.pem").unlink()
-    opened = []
-
-    def connect(host):
-        remote = fake_connector(hosts)(host)
-        opened.append(remote)
-        return remote
-
+    opened: list = []
     with pytest.raises(PkiError, match="kubernetes-key.pem"):
-        verify(inventory, VerifyOptions(), connect=connect)
+        verify(inventory, VerifyOptions(), connect=fake_connector(hosts, opened))
     assert all(r.closed for r in opened) and all(h.commands == [] for h in hosts.values())
