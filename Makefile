@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 K8SBOOT := $(VENV)/bin/k8sboot
 # python3-{cryptography,jwt,openssl}: the lab stand-in's libraries, tested under the system python too
 # iptables: the lab fault tests delay/lose packets with an NFQUEUE where the kernel has no sch_netem
-APT_PACKAGES := systemd-container debootstrap openssh-client openssl curl iproute2 procps iptables \
+APT_PACKAGES := systemd-container debootstrap openssh-client openssl curl iproute2 procps iptables haproxy \
 	python3 python3-cryptography python3-jwt python3-openssl
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 

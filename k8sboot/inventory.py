@@ -201,13 +201,15 @@ class _Reader:
             _Field("ssh", _ssh, default=None),
             _Field("controllers", _hosts, required=True),
             _Field("workers", _hosts, default=()),
+            _Field("load_balancers", _hosts, default=()),
         ))
         cluster: ClusterSpec = top["cluster"]
         controllers: tuple[Host, ...] = top["controllers"]
         workers: tuple[Host, ...] = top["workers"]
+        load_balancers: tuple[Host, ...] = top["load_balancers"]
         if not controllers:
             self.fail(root, "controllers", "at least one controller is needed")
-        self._check_unique(root, controllers, workers)
+        self._check_unique(root, controllers, workers, load_balancers)
         pki = top["pki"] or _pki_defaults()
         apiserver = top["apiserver"] or ApiserverSpec(etcd_servers=())
         ssh = top["ssh"] or SshSettings()
@@ -218,10 +220,11 @@ class _Reader:
                 f"{pki.cert_validity_days} days outlives the CA ({pki.ca_validity_days} days)",
                 hint="a leaf cannot be valid longer than the CA that signs it")
         return Inventory(path=self.path, cluster=cluster, pki=pki, apiserver=apiserver, ssh=ssh,
-                         controllers=controllers, workers=workers, lines=dict(self.lines))
+                         controllers=controllers, workers=workers, load_balancers=load_balancers,
+                         lines=dict(self.lines))
 
-    def _check_unique(self, root, controllers, workers) -> None:
-        groups = [("controllers", controllers), ("workers", workers)]
+    def _check_unique(self, root, controllers, workers, load_balancers=()) -> None:
+        groups = [("controllers", controllers), ("workers", workers), ("load_balancers", load_balancers)]
         for attr in ("name", "address", "internal_ip"):
             first: dict[str, str] = {}
             for group, hosts in groups:
@@ -285,6 +288,25 @@ def _number_range(lo: float, hi: float):
         if not lo <= value <= hi:
             r.fail(node, kp, f"{value} is out of range ({lo}..{hi})")
         return float(value)
+    return convert
+
+
+def _seconds(lo: int, hi: int):
+    """Whole seconds: `15`, or a Go duration in seconds or minutes (`15s`, `1m`, `1m30s`)."""
+    def convert(r: _Reader, node: yaml.Node, kp: str) -> int:
+        value = r.scalar(node, kp)
+        if isinstance(value, bool):
+            r.fail(node, kp, f"expected seconds, not {value!r}", hint="e.g. 15 or 15s")
+        if isinstance(value, int):
+            seconds = value
+        else:
+            m = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", str(value).strip())
+            if not m or not any(m.groups()):
+                r.fail(node, kp, f"'{value}' is not a duration in whole seconds", hint="e.g. 15, 15s or 1m30s")
+            seconds = int(m[1] or 0) * 60 + int(m[2] or 0)
+        if not lo <= seconds <= hi:
+            r.fail(node, kp, f"{seconds}s is out of range ({lo}s to {hi}s)")
+        return seconds
     return convert
 
 
@@ -513,9 +535,11 @@ def _apiserver(r: _Reader, node: yaml.Node, kp: str) -> ApiserverSpec:
         _Field("extra_flags", _extra_flags, default=()),
         _Field("secure_port", _int_range(1, 65535), default=6443),
         _Field("templates", _path, default=None),
+        _Field("shutdown_delay_duration", _seconds(0, 3600), default=15),
     ))
     if not v["authorization_mode"]:
         r.fail(node, f"{kp}.authorization_mode", "must name at least one mode", hint="e.g. [Node, RBAC]")
+    v["shutdown_delay_seconds"] = v.pop("shutdown_delay_duration")
     return ApiserverSpec(**v)
 
 

@@ -58,6 +58,9 @@ class ApiserverSpec:
     extra_flags: tuple[tuple[str, str], ...] = ()   # (("audit-log-path", "/var/log/audit.log"),)
     secure_port: int = 6443
     templates: Path | None = None                   # a user's own template dir
+    # --shutdown-delay-duration, seconds: after SIGTERM /readyz fails while the server keeps
+    # serving, so a load balancer takes it out of rotation before the port closes
+    shutdown_delay_seconds: int = 15
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Inventory:
     ssh: SshSettings
     controllers: tuple[Host, ...]
     workers: tuple[Host, ...] = ()
+    load_balancers: tuple[Host, ...] = ()         # HAProxy hosts in front of every controller's secure port
     # 1-based line of each key path, for messages about a valid file ("controllers[1].name": 14)
     lines: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
