@@ -24,6 +24,9 @@ KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 CONTROLLER_MANAGER = "kube-controller-manager"
 SCHEDULER = "kube-scheduler"
 PROXY = "kube-proxy"
+# k8sboot's own health client (the deploy's /readyz gate and the load balancer's health check):
+# a workstation credential, never in CONTROLLER_FILES.
+HEALTH_CLIENT = "k8sboot-health"
 ENCRYPTION_CONFIG_FILE = "encryption-config.yaml"
 
 

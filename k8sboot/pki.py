@@ -206,6 +206,13 @@ def build_pki_spec(inventory: Inventory) -> PkiSpec:
              ["system:kube-controller-manager"]),
         leaf(layout.SCHEDULER, "system:kube-scheduler", ["system:kube-scheduler"]),
         leaf(layout.PROXY, "system:kube-proxy", ["system:node-proxier"]),
+        # k8sboot's own health client: the deploy's /readyz gate and the load balancer's HTTPS
+        # health check present it. No O, so its only group is system:authenticated (least
+        # privilege): the real kube-apiserver's bootstrap RBAC binds the ClusterRole
+        # system:public-info-viewer (GET /healthz, /livez, /readyz, /version) to
+        # system:authenticated, so it reads exactly the health endpoints and nothing else.
+        # A workstation credential (and the LB's): never uploaded to the controllers.
+        leaf(layout.HEALTH_CLIENT, "system:k8sboot-health"),
     ]
     reserved = {spec.name for spec in leaves} | {CA_NAME, SERVICE_ACCOUNT_NAME}
     for i, worker in enumerate(inventory.workers):

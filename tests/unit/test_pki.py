@@ -35,14 +35,15 @@ from certs_helpers import (
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from k8sboot import layout, pki, store
+from k8sboot import audit, authn, layout, pki, store, verify
 from k8sboot.errors import PkiError
 from k8sboot.model import KEY_ALGORITHMS
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 LEAVES = ["admin", "kubernetes", "kube-apiserver-kubelet-client", "kube-controller-manager",
-          "kube-scheduler", "kube-proxy", "worker-0"]
+          "kube-scheduler", "kube-proxy", "k8sboot-health", "worker-0"]
+HEALTH_CN = "system:k8sboot-health"
 APISERVER_SANS = {
     "DNS:controller-0", "DNS:controller-1", "DNS:controller-2",
     "IP:10.0.1.10", "IP:10.0.1.11", "IP:10.0.1.12", "IP:10.32.0.1", "IP:127.0.0.1",
@@ -220,6 +221,7 @@ def test_every_generated_cert_has_the_properties_of_its_row(generated_pki):
         "kube-scheduler": dict(cn="system:kube-scheduler", o=["system:kube-scheduler"],
                                eku=["clientAuth"]),
         "kube-proxy": dict(cn="system:kube-proxy", o=["system:node-proxier"], eku=["clientAuth"]),
+        "k8sboot-health": dict(cn=HEALTH_CN, o=[], eku=["clientAuth"]),
         "worker-0": dict(cn="system:node:worker-0", o=["system:nodes"],
                          sans={"DNS:worker-0", "IP:10.0.1.20"}, eku=["clientAuth", "serverAuth"]),
     }
@@ -253,6 +255,111 @@ def test_openssl_prints_the_tutorial_admin_subject(generated_pki):
     assert out.stdout == "subject=C = VN, O = system:masters, OU = k8s-scratch, CN = admin\n"
 
 
+# --- k8sboot's own health client (the deploy's /readyz gate, the load balancer's check) ------
+
+
+def test_health_client_spec_is_a_cn_only_client_cert_with_the_subject_defaults(cluster_inventory):
+    spec = pki.build_pki_spec(cluster_inventory).leaf(layout.HEALTH_CLIENT)
+    assert (spec.cert_file, spec.key_file) == ("k8sboot-health.pem", "k8sboot-health-key.pem")
+    assert spec.subject == (("C", "VN"), ("OU", "k8s-scratch"), ("CN", HEALTH_CN))
+    assert spec.eku == ("clientAuth",) and spec.sans == () and not spec.is_ca
+    assert (spec.key_algorithm, spec.validity_days) == ("rsa-2048", 365)
+
+
+def test_health_client_follows_the_inventory_key_algorithm_validity_and_subject(make_inventory):
+    inv = make_inventory(key_algorithm="ecdsa-p256", cert_validity_days=90,
+                         subject=(("C", "DE"), ("L", "Berlin"), ("OU", "ops")))
+    spec = pki.build_pki_spec(inv).leaf(layout.HEALTH_CLIENT)
+    assert (spec.key_algorithm, spec.validity_days) == ("ecdsa-p256", 90)
+    assert spec.subject == (("C", "DE"), ("L", "Berlin"), ("OU", "ops"), ("CN", HEALTH_CN))
+
+
+def test_openssl_verifies_the_health_cert_for_client_use_and_refuses_it_for_a_server(generated_pki):
+    ca, cert = str(generated_pki.path("ca.pem")), str(generated_pki.path("k8sboot-health.pem"))
+    client = openssl("verify", "-CAfile", ca, "-purpose", "sslclient", cert)
+    assert client.returncode == 0 and client.stdout == f"{cert}: OK\n", client.stdout + client.stderr
+    server = openssl("verify", "-CAfile", ca, "-purpose", "sslserver", cert)
+    assert server.returncode != 0 and "unsuitable certificate purpose" in server.stderr
+    eku = openssl("x509", "-in", cert, "-noout", "-ext", "extendedKeyUsage")
+    assert eku.stdout.splitlines()[1:] == ["    TLS Web Client Authentication"], eku.stdout
+
+
+def test_openssl_prints_the_health_subject_without_any_organization(generated_pki):
+    out = openssl("x509", "-in", str(generated_pki.path("k8sboot-health.pem")), "-noout", "-subject")
+    assert out.stdout == "subject=C = VN, OU = k8s-scratch, CN = system:k8sboot-health\n"
+
+
+def _identity_by_openssl(cert: Path) -> tuple[str, tuple[str, ...]]:
+    """The API server's x509 rule (CN -> username, each O -> a group, + system:authenticated)
+    applied to the subject as openssl reads it: independent of k8sboot's parsing."""
+    out = openssl("x509", "-in", str(cert), "-noout", "-subject", "-nameopt", "multiline")
+    assert out.returncode == 0, out.stderr
+    fields = [line.strip().split(" = ", 1) for line in out.stdout.splitlines()[1:]]
+    names = [v for k, v in fields if k.strip() == "commonName"]
+    orgs = tuple(v for k, v in fields if k.strip() == "organizationName")
+    assert len(names) == 1, out.stdout
+    return names[0], orgs + ("system:authenticated",)
+
+
+def test_authn_and_openssl_agree_the_health_cert_is_its_cn_in_no_group_but_authenticated(generated_pki):
+    cert_path = generated_pki.path("k8sboot-health.pem")
+    config = authn.load_authenticator_config(client_ca_file=generated_pki.path("ca.pem"),
+                                             anonymous_auth=False)
+    der = load_cert(cert_path).public_bytes(serialization.Encoding.DER)
+    result = authn.authenticate_cert(der, config, datetime.now(timezone.utc))
+    assert result.authenticated, result.reason
+    assert (result.user.username, result.user.groups) == (HEALTH_CN, ("system:authenticated",))
+    assert _identity_by_openssl(cert_path) == (HEALTH_CN, ("system:authenticated",))
+    # the same rule, checked on admin, proves the openssl side does read groups
+    assert _identity_by_openssl(generated_pki.path("admin.pem")) == (
+        "admin", ("system:masters", "system:authenticated"))
+
+
+def test_the_health_credential_is_a_workstation_file_never_uploaded_to_a_controller():
+    shipped = {f.local_name for f in layout.CONTROLLER_FILES}
+    assert not {"k8sboot-health.pem", "k8sboot-health-key.pem"} & shipped
+    with pytest.raises(KeyError):
+        layout.remote_path("k8sboot-health-key.pem")
+
+
+def test_an_existing_pki_gains_the_health_cert_on_the_next_run_and_nothing_else_changes(generated_pki):
+    for name in ("k8sboot-health.pem", "k8sboot-health-key.pem"):
+        generated_pki.path(name).unlink()
+    before = snapshot(generated_pki.dir)
+    result = generate(generated_pki.inventory)
+    assert [(r.file, r.action.verb) for r in result.rows if r.action.changes] == [
+        ("k8sboot-health.pem", "created")]
+    assert {f.name: f.mode for f in result.files} == {"k8sboot-health-key.pem": 0o600,
+                                                       "k8sboot-health.pem": 0o644}
+    after = snapshot(generated_pki.dir)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert store.file_mode(generated_pki.path("k8sboot-health-key.pem")) == 0o600
+    assert store.file_mode(generated_pki.path("k8sboot-health.pem")) == 0o644
+    verify_directly_issued_by(load_cert(generated_pki.path("k8sboot-health.pem")),
+                              load_cert(generated_pki.path("ca.pem")))
+
+
+def test_audit_does_not_count_the_health_cert_in_system_masters(generated_pki):
+    summaries = verify.read_cert_summaries(generated_pki.dir)
+    health = [c for c in summaries if c.common_name == HEALTH_CN]
+    assert len(health) == 1 and health[0].organizations == ()
+    masters = [f for f in audit.check_certs(summaries, datetime.now(timezone.utc)) if f.id == "5.1.7"]
+    assert [f.subject for f in masters] == [str(generated_pki.path("admin.pem"))]   # admin's WARN only
+    assert masters[0].status == audit.WARN
+
+
+@pytest.mark.parametrize("name, cn", [("admin", "admin"), ("k8sboot-health", HEALTH_CN)])
+def test_tls_handshake_with_a_workstation_client_cert_succeeds(generated_pki, name, cn):
+    d = generated_pki.dir
+    listener, seen = _tls_server(d)
+    try:
+        port = listener.getsockname()[1]
+        assert _dial(port, "127.0.0.1", d / "ca.pem", d / f"{name}.pem", d / f"{name}-key.pem") == b"ok"
+    finally:
+        listener.close()
+    assert seen.get(timeout=5) == cn
+
+
 def test_every_key_file_is_0600_every_cert_0644_and_the_dir_0700(tmp_path, cluster_inventory):
     generate(cluster_inventory)
     d = cluster_inventory.pki.dir
@@ -261,7 +368,7 @@ def test_every_key_file_is_0600_every_cert_0644_and_the_dir_0700(tmp_path, clust
     for name, mode in modes.items():
         secret = name.endswith("-key.pem") or name == "encryption-config.yaml"
         assert mode == (0o600 if secret else 0o644), name
-    assert len(modes) == 2 * 9 + 1
+    assert len(modes) == 2 * (len(LEAVES) + 2) + 1   # leaves, CA, SA pair, encryption config
     assert not [n for n in modes if n.startswith(".")], "no temp file left behind"
 
 
@@ -356,7 +463,7 @@ def test_a_complete_pki_plans_everything_unchanged_and_issues_nothing(generated_
     assert set(verbs(plan).values()) == {"unchanged"}
     result = pki.issue_pki(spec, facts, plan, now=datetime.now(timezone.utc))
     assert result.files == () and not result.changed
-    assert [r.action.verb for r in result.rows] == ["unchanged"] * 10
+    assert [r.action.verb for r in result.rows] == ["unchanged"] * (len(LEAVES) + 3)
 
 
 def test_a_missing_leaf_is_issued_by_the_existing_ca(generated_pki):
@@ -545,6 +652,10 @@ def test_check_certs_reports_issuer_key_match_and_residual(generated_pki):
     assert timedelta(days=364) < admin.residual <= timedelta(days=365)
     assert statuses["ca"].is_ca and statuses["ca"].issuer_ok
     assert statuses["service-account"].key_match and statuses["service-account"].not_after is None
+    health = statuses["k8sboot-health"]      # certs list / check-expiration show it like any leaf
+    assert health.file == "k8sboot-health.pem" and health.issuer_ok and health.key_match
+    assert health.subject == "C=VN, OU=k8s-scratch, CN=system:k8sboot-health"
+    assert timedelta(days=364) < health.residual <= timedelta(days=365)
 
 
 def test_check_certs_flags_a_foreign_leaf_and_a_wrong_key_without_raising(generated_pki, tmp_path,
