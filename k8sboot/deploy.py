@@ -22,11 +22,11 @@ from concurrent.futures import wait as wait_for_futures
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from k8sboot import layout
+from k8sboot import health, layout, rollout
 from k8sboot import plan as planmod
 from k8sboot.errors import ExitCode, Interrupted, K8sbootError, PkiError
 from k8sboot.model import Host, Inventory
-from k8sboot.plan import DesiredFile, HostPlan, ServiceFact
+from k8sboot.plan import Component, DesiredFile, HostPlan, ServiceFact
 
 Progress = Callable[[str, str], None]
 Connector = Callable[[Host], "object"]   # Host -> remote.Remote
@@ -44,6 +44,9 @@ class DeployOptions:
     lock_wait: float = 30.0
     wait: float = 60.0                    # bound on "until the unit is up"
     templates: Path | None = None
+    strategy: str | None = None           # rolling | parallel; None: rolling when a serving host restarts
+    max_unavailable: int = 1              # hosts a rolling wave takes down at once
+    ready_timeout: float = 120.0          # bound on "until /readyz answers 200" (a real API server: 5-60 s)
 
 
 # outcomes
@@ -53,6 +56,8 @@ FAILED = "failed"
 ROLLED_BACK = "rolled back"
 ERROR = "error"
 DRY_RUN = "dry run"
+STAGED = "staged"               # between the phases only: staged, waiting for its wave
+NOT_REACHED = "not reached"     # the roll stopped before this host: old files, old process
 
 
 @dataclass
@@ -72,6 +77,10 @@ class HostResult:
     unit_diff: str = ""
     restart_reasons: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)   # seconds per phase: connect, facts, ...
+    pid_before: int = 0            # MainPID before the deploy (0: not running)
+    pid_after: int = 0             # MainPID after the restart (0: not restarted)
+    wave: int | None = None        # the rolling wave that switched this host (None: at once)
+    ready_seconds: float | None = None   # how long /readyz took to answer 200 after the restart
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -84,6 +93,24 @@ class HostResult:
 class DeployReport:
     results: list[HostResult] = field(default_factory=list)
     dry_run: bool = False
+    strategy: str = rollout.PARALLEL
+    waves: list[list[str]] = field(default_factory=list)    # host names per rolling wave
+    warning: str | None = None       # said before acting: the change takes the whole API down
+    stopped_by: str | None = None    # the host whose failure stopped the roll
+
+    def by_outcome(self) -> dict[str, list[str]]:
+        """new / old / rolled back / failed: which hosts run which set after the deploy."""
+        out: dict[str, list[str]] = {"new": [], "old": [], "rolled back": [], "failed": []}
+        for r in self.results:
+            if r.outcome in (DEPLOYED, UNCHANGED):
+                out["new"].append(r.host)
+            elif r.outcome in (NOT_REACHED, DRY_RUN):
+                out["old"].append(r.host)
+            elif r.outcome == ROLLED_BACK:
+                out["rolled back"].append(r.host)
+            else:
+                out["failed"].append(r.host)
+        return out
 
     @property
     def ok(self) -> bool:
@@ -188,9 +215,20 @@ def fact_request(paths: Sequence[str], port: int, sections=()) -> "object":
     from k8sboot.remote import FactRequest
 
     hashed = tuple(paths)
-    stat_only = tuple(p for p in (layout.BINARY_PATH, f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.CA)}",
-                                  planmod.RESTART_PENDING) if p not in hashed)
+    comp = planmod.APISERVER
+    extra = (layout.BINARY_PATH, f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.CA)}",
+             comp.restart_pending_path, comp.journal_path, *_stray_names(hashed))
+    stat_only = tuple(dict.fromkeys(p for p in extra if p not in hashed))
     return FactRequest(hashed=hashed, stat_only=stat_only, port=port, sections=tuple(sections))
+
+
+def _stray_names(paths: Sequence[str]) -> tuple[str, ...]:
+    """`.NAME.k8sboot-new` / `.NAME.k8sboot-prev` beside each target (`DesiredFile.temp_path`...)."""
+    out = []
+    for path in paths:
+        d, _, name = path.rpartition("/")
+        out += [f"{d}/.{name}{planmod.TEMP_SUFFIX}", f"{d}/.{name}{planmod.PREV_SUFFIX}"]
+    return tuple(out)
 
 
 class LocalWork:
@@ -249,103 +287,209 @@ def _state(svc: ServiceFact) -> str:
     return f"{svc.active_state}/{svc.sub_state}"
 
 
-def deploy_host(host: Host, request, files: Callable[[str], tuple[DesiredFile, ...] | None], connect: Connector,
-                options: DeployOptions, port: int, progress: Progress = lambda h, m: None,
-                clock=time.monotonic) -> HostResult:
-    """One host, start to end. `request` (`fact_request`) needs no local files; `files(name)` gives
-    the host's desired files, waiting for the local preparation if need be (None: it failed)."""
-    t0 = clock()
+@dataclass
+class Job:
+    """One component's deploy, as the engine sees it: the hosts, what to read on them, the local
+    work that yields each host's desired files (run while the hosts are dialled), and the gate."""
+
+    component: Component
+    hosts: tuple[Host, ...]
+    request: object                          # remote.FactRequest
+    port: int                                # the port the host-side wait looks at
+    prepare: Callable[[], dict[str, tuple[DesiredFile, ...]]]
+    expected_flags: Callable[[str], object] | None = None   # host name -> rendered flags (argv gate)
+    readyz: health.ReadyzProbe | None = None                 # None: no HTTP gate (e.g. HAProxy)
+
+
+@dataclass
+class HostRun:
+    """One host between the phases of a deploy."""
+
+    host: Host
+    result: HostResult
+    remote: object = None
+    facts: planmod.HostFacts | None = None
+    plan: HostPlan | None = None
+    waiting: bool = False                    # staged; switches in a wave
+    t0: float = 0.0
+
+
+class _Laps:
+    def __init__(self, result: HostResult, clock):
+        self.result, self.clock, self.mark = result, clock, clock()
+
+    def __call__(self, phase: str) -> None:
+        now = self.clock()
+        self.result.timings[phase] = self.result.timings.get(phase, 0.0) + now - self.mark
+        self.mark = now
+
+
+def _fail_from(result: HostResult, exc: K8sbootError) -> None:
+    result.outcome, result.ok = ERROR, False
+    result.message, result.hint, result.code = exc.message, exc.hint, int(exc.code)
+
+
+def prepare_host(job: Job, host: Host, files: Callable[[str], tuple[DesiredFile, ...] | None], connect: Connector,
+                 options: DeployOptions, progress: Progress = lambda h, m: None, clock=time.monotonic) -> HostRun:
+    """Phase 1 for one host: connect, lock, facts (restoring a whole set first if an earlier switch
+    was cut short), plan; then either the whole install at once (nothing serving is taken down) or
+    only the staging, and the host waits for its wave with the connection (and lock) held."""
     name = host.name
-    result = HostResult(host=name, outcome=ERROR, ok=False)
-    remote = None
-    mark = [t0]
-
-    def lap(phase: str) -> None:
-        now = clock()
-        result.timings[phase] = now - mark[0]
-        mark[0] = now
-
+    run = HostRun(host, HostResult(host=name, outcome=ERROR, ok=False), t0=clock())
+    result = run.result
+    lap = _Laps(result, clock)
+    keep_open = False
     try:
         progress(name, "connecting")
-        remote = connect(host)
+        run.remote = connect(host)
         lap("connect")
         progress(name, "reading facts" if options.dry_run else "taking the lock, reading facts")
-        facts = remote.read_facts(request, lock_wait=None if options.dry_run else options.lock_wait)
+        facts = run.remote.read_facts(job.request, lock_wait=None if options.dry_run else options.lock_wait)
+        if facts.file(job.component.journal_path).exists and not options.dry_run:
+            progress(name, "restoring the previous set (an earlier switch was cut short)")
+            run.remote.recover(job.component)
+            facts = run.remote.read_facts(job.request)
+            result.restart_reasons += ("restored the previous set left half-switched by an interrupted deploy",)
+        run.facts = facts
         lap("facts")
         desired = files(name)
         if desired is None:
             result.message = "not deployed: the local preparation failed"
-            return result
-        if clock() - mark[0] > 0.001:
+            return run
+        if clock() - lap.mark > 0.001:
             lap("local")          # waited for the rendering / PKI reading still running
-        plan = planmod.build_host_plan(desired, facts, no_restart=options.no_restart, host=name)
+        plan = planmod.build_host_plan(desired, facts, no_restart=options.no_restart, host=name,
+                                       component=job.component)
+        run.plan = plan
         result.files_changed = plan.files_changed
         result.unit_changed = plan.unit_changed
         result.unit_diff = plan.unit_diff
-        result.restart_reasons = plan.restart_reasons
+        result.restart_reasons = plan.restart_reasons + result.restart_reasons
         result.state = _state(facts.service)
+        result.pid_before = facts.service.main_pid
+        candidate = rollout.Candidate(name, facts.service.is_active, plan.takes_down)
+        run.waiting = rollout.waits_for_wave(candidate, options.strategy) and not plan.problems
         if plan.problems:
             result.outcome, result.message = FAILED, "; ".join(plan.problems)
             result.code = ExitCode.DEPLOY
-            return result
+            return run
         if options.dry_run:
             result.outcome, result.ok = DRY_RUN, True
             result.restarted = plan.restart
             result.message = _summary(plan, would=True)
-            return result
+            return run
         if not plan.has_changes:
             result.outcome, result.ok = UNCHANGED, True
             result.message = "already up to date"
-            return result
-        progress(name, f"installing {len(plan.uploads)} file(s)" + (", restarting" if plan.restart else ""))
-        svc = remote.install(plan, keep_previous=options.rollback_on_failure, wait=options.wait, port=port)
-        lap("install")
-        if svc is not None and svc.wait_ms is not None:   # split the one command: host-side wait loop
-            result.timings["wait"] = min(svc.wait_ms / 1000, result.timings["install"])
-            result.timings["install"] -= result.timings["wait"]
-        result.restarted = plan.restart
-        if svc is None:
-            # not restarted (a mode/owner fix, or --no-restart): it runs as it did before we came,
-            # and `build_host_plan` restarts any unit that was not active
-            svc = facts.service
-            verdict, why = (planmod.UP, "running") if svc.is_active else planmod.classify_service(svc)
-        else:
-            verdict, why = _verdict_after_wait(svc, options.wait)
-        result.state = _state(svc)
-        if verdict == planmod.UP:
-            result.outcome, result.ok = DEPLOYED, True
-            result.message = _summary(plan, would=False)
-            if options.rollback_on_failure:
-                remote.cleanup(plan)
-            return result
-        result.outcome, result.code = FAILED, ExitCode.DEPLOY
-        result.message = f"kube-apiserver did not come up: {why}"
-        result.journal = tuple(remote.read_journal())
-        if options.rollback_on_failure:
-            progress(name, "rolling back")
-            svc2 = remote.rollback(plan, wait=options.wait, port=port)
-            if svc2 is not None:
-                _, why2 = _verdict_after_wait(svc2, options.wait)
-                result.state = _state(svc2)
-                result.message += f"; rolled back to the previous files: {why2}"
-            else:
-                result.state = "removed"
-                result.message += "; rolled back: the unit was new, so it was removed"
-            result.outcome = ROLLED_BACK
-        return result
+            return run
+        if run.waiting:
+            progress(name, f"staging {len(plan.uploads)} file(s)")
+            run.remote.stage(plan)
+            lap("stage")
+            result.outcome, result.ok = STAGED, True
+            progress(name, "staged; waiting for its wave")
+            keep_open = True
+            return run
+        switch_host(job, run, options, progress, clock, staged=False)
+        return run
     except K8sbootError as exc:
-        result.outcome, result.ok = ERROR, False
-        result.message, result.hint, result.code = exc.message, exc.hint, int(exc.code)
-        return result
+        _fail_from(result, exc)
+        return run
     finally:
-        result.seconds = clock() - t0
-        if remote is not None:
-            remote.close()
-        progress(name, f"done: {result.outcome}")
+        if not keep_open:
+            _finish(run, clock, progress)
+
+
+def _finish(run: HostRun, clock, progress: Progress) -> None:
+    run.result.seconds = clock() - run.t0
+    if run.remote is not None:
+        run.remote.close()
+        run.remote = None
+    progress(run.host.name, f"done: {run.result.outcome}")
+
+
+def switch_host(job: Job, run: HostRun, options: DeployOptions, progress: Progress = lambda h, m: None,
+                clock=time.monotonic, *, staged: bool) -> None:
+    """Install (or only switch, when `staged`), then gate; on a failed gate, the journal and, with
+    --rollback-on-failure, the previous set back (gated again)."""
+    name, plan, remote, result = run.host.name, run.plan, run.remote, run.result
+    lap = _Laps(result, clock)
+    progress(name, (f"switching {len(plan.uploads)} staged file(s)" if staged
+                    else f"installing {len(plan.uploads)} file(s)")
+             + (", reloading" if plan.reload else ", restarting" if plan.restart else ""))
+    svc = remote.install(plan, keep_previous=options.rollback_on_failure, wait=options.wait, port=job.port,
+                         staged=staged)
+    lap("install")
+    if svc is not None and svc.wait_ms is not None:   # split the one command: host-side wait loop
+        result.timings["wait"] = min(svc.wait_ms / 1000, result.timings["install"])
+        result.timings["install"] -= result.timings["wait"]
+    result.restarted = plan.restart
+    if svc is None:
+        # not restarted (a mode/owner fix, or --no-restart): it runs as it did before we came,
+        # and `build_host_plan` restarts any unit that was not active
+        svc = run.facts.service
+        verdict, why = (planmod.UP, "running") if svc.is_active else planmod.classify_service(svc)
+    else:
+        verdict, why = _verdict_after_wait(svc, options.wait)
+        result.pid_after = svc.main_pid
+    result.state = _state(svc)
+    if verdict == planmod.UP and plan.restart:
+        why = _gate(job, run, svc, options, progress, clock)
+        lap("ready")
+        verdict = planmod.UP if why is None else planmod.FAILED
+    if verdict == planmod.UP:
+        result.outcome, result.ok = DEPLOYED, True
+        result.message = _summary(plan, would=False)
+        if options.rollback_on_failure:
+            remote.cleanup(plan)
+        return
+    result.outcome, result.ok, result.code = FAILED, False, ExitCode.DEPLOY
+    result.message = f"{job.component.name} did not come up: {why}"
+    result.journal = tuple(remote.read_journal(unit=job.component.unit))
+    if options.rollback_on_failure:
+        progress(name, "rolling back")
+        svc2 = remote.rollback(plan, wait=options.wait, port=job.port)
+        if svc2 is None:
+            result.state = "removed"
+            result.message += "; rolled back: the unit was new, so it was removed"
+        else:
+            verdict2, why2 = _verdict_after_wait(svc2, options.wait)
+            result.state = _state(svc2)
+            result.pid_after = svc2.main_pid
+            if verdict2 == planmod.UP and job.readyz is not None:
+                ready = health.wait_ready(run.host, job.readyz, options.ready_timeout)
+                why2 = f"ready again ({ready.seconds:.1f}s)" if ready.ready else f"not ready: {ready.detail}"
+            result.message += f"; rolled back to the previous files: {why2}"
+        result.outcome = ROLLED_BACK
+        lap("rollback")
+
+
+def _gate(job: Job, run: HostRun, svc: ServiceFact, options: DeployOptions, progress: Progress, clock) -> str | None:
+    """Why the restarted host fails its gate, or None: a new process, the rendered argv, /readyz."""
+    if not run.plan.reload:
+        why = health.check_new_process(run.facts.service, svc)
+        if why:
+            return why
+        if job.expected_flags is not None:
+            why = health.check_argv(svc.argv, job.expected_flags(run.host.name), job.component.binary_path)
+            if why:
+                return why
+    if job.readyz is None:
+        return None
+    progress(run.host.name, "waiting for /readyz")
+    ready = health.wait_ready(run.host, job.readyz, options.ready_timeout)
+    run.result.ready_seconds = ready.seconds
+    if not ready.ready:
+        return (f"GET /readyz on {run.host.internal_ip}:{job.port} did not answer 200 within "
+                f"{options.ready_timeout:g}s: {ready.detail}")
+    return None
 
 
 def _summary(plan: HostPlan, *, would: bool) -> str:
     parts = []
+    if plan.strays:
+        parts.append(("would remove " if would else "removed ") + f"{len(plan.strays)} leftover staged/previous "
+                     "file(s) of an interrupted deploy")
     if plan.uploads:
         parts.append(("would upload " if would else "uploaded ") + ", ".join(c.file.name for c in plan.uploads))
     if plan.fixups:
@@ -357,7 +501,9 @@ def _summary(plan: HostPlan, *, would: bool) -> str:
         parts.append(("would " if would else "") + "daemon-reload")
     if plan.enable:
         parts.append(("would " if would else "") + "enable")
-    if plan.restart:
+    if plan.reload:
+        parts.append(("would reload" if would else "reloaded") + f" ({'; '.join(plan.restart_reasons)})")
+    elif plan.restart:
         parts.append(("would restart" if would else "restarted") + f" ({'; '.join(plan.restart_reasons)})")
     if not parts:
         return "already up to date"
@@ -367,8 +513,38 @@ def _summary(plan: HostPlan, *, would: bool) -> str:
 # --- all hosts -----------------------------------------------------------------------------------
 
 
+def apiserver_job(inventory: Inventory, options: DeployOptions, hosts: Sequence[Host], templates: Path,
+                  readyz: health.ReadyzProbe | None) -> Job:
+    from k8sboot import render
+
+    port = secure_port(inventory, hosts[0])
+    request = fact_request(planmod.desired_paths(binary=options.binary is not None), port)
+    rendered: dict[str, object] = {}
+
+    def prepare() -> dict[str, tuple[DesiredFile, ...]]:
+        units = {h.name: render.render_unit(inventory, h, templates) for h in hosts}
+        rendered.update(units)
+        pki = read_local_pki(inventory)
+        binary = read_binary(options.binary) if options.binary else None
+        return {name: planmod.build_desired_files(pki, unit.text, binary) for name, unit in units.items()}
+
+    return Job(planmod.APISERVER, tuple(hosts), request, port, prepare,
+               expected_flags=lambda name: rendered[name].flags, readyz=readyz)
+
+
+def health_checker(inventory: Inventory, port: int) -> health.ReadyzProbe:
+    """The gate's /readyz probe (replaced in unit tests, which have no API server to ask)."""
+    from k8sboot import remote
+
+    dialer = getattr(remote, "tcp_dialer", None)
+    dial = dialer(inventory.ssh, _aliases(inventory)) if dialer is not None else None
+    return health.https_readyz(inventory, port, dial=dial)
+
+
 def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector | None = None,
-           progress: Progress = lambda h, m: None) -> DeployReport:
+           progress: Progress = lambda h, m: None, readyz: health.ReadyzProbe | None = None,
+           warn: Callable[[str], None] = lambda message: None) -> DeployReport:
+    """deploy-apiserver: the rendered unit and the PKI files on every selected controller."""
     from k8sboot import render
 
     # the quick local checks before dialling anything; the slower local work runs while dialling
@@ -377,10 +553,24 @@ def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector |
     templates = render.templates_dir_for(inventory, options.templates)
     if options.binary is not None and not Path(options.binary).is_file():
         read_binary(options.binary)     # raises, naming the cause
-    port = secure_port(inventory, hosts[0])
-    request = fact_request(planmod.desired_paths(binary=options.binary is not None), port)
-    if connect is None:
-        connect = ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys)
+    if readyz is None and not options.dry_run:
+        readyz = health_checker(inventory, secure_port(inventory, hosts[0]))
+    job = apiserver_job(inventory, options, hosts, templates, readyz)
+    if options.strategy == rollout.PARALLEL and not options.dry_run:
+        warning = rollout.outage_warning(len(inventory.controllers), len(hosts), options.strategy,
+                                         options.max_unavailable)
+        if warning:
+            warn(warning)       # before anything is dialled: a parallel switch happens as hosts are ready
+    return run_job(job, options, n_controllers=len(inventory.controllers),
+                   connect=connect or ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys),
+                   progress=progress, warn=warn)
+
+
+def run_job(job: Job, options: DeployOptions, *, n_controllers: int, connect: Connector,
+            progress: Progress = lambda h, m: None, warn: Callable[[str], None] = lambda m: None) -> DeployReport:
+    """The engine: phase 1 on every host at once (facts, plan, staging, or the whole install where
+    nothing serving is taken down), then the waves; the first host that fails stops the roll."""
+    hosts = job.hosts
     workers = options.parallel if options.parallel > 0 else len(hosts)
     limit = threading.Semaphore(max(1, workers))
     report = DeployReport(dry_run=options.dry_run)
@@ -396,25 +586,60 @@ def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector |
         desired = local.get()
         return None if desired is None else desired[name]
 
-    futures = []
+    futures: list[Future] = []
+    runs: list[HostRun] = []
     try:
-        futures = [start_daemon(deploy_host, h, request, files, opened.connect, options, port, report_progress,
+        futures = [start_daemon(prepare_host, job, h, files, opened.connect, options, report_progress,
                                 name=f"deploy-{h.name}", limit=limit) for h in hosts]
         try:
-            local.set(prepare_files(inventory, options, hosts, templates))   # while the hosts connect
+            local.set(job.prepare())   # while the hosts connect
         except BaseException:
             quiet.set()
             local.fail()
             opened.abort()        # a lock taken is released, nothing was changed
             wait_for_futures(futures, timeout=1)   # let the hosts let go; one still dialling is left behind
             raise
-        while wait_for_futures(futures, timeout=0.25).not_done:   # wake up often: a signal's handler runs here
-            pass
-        report.results = [f.result() for f in futures]
+        _wait(futures)
+        runs = [f.result() for f in futures]
+        waiting = [r for r in runs if r.waiting and r.result.outcome in (STAGED, DRY_RUN)]
+        candidates = [rollout.Candidate(r.host.name, r.facts.service.is_active, True) for r in waiting]
+        waves = rollout.build_waves(candidates, options.max_unavailable)
+        report.waves = [list(w) for w in waves]
+        report.strategy = (options.strategy or (rollout.ROLLING if waves else rollout.PARALLEL))
+        if options.dry_run or not waves:
+            return report
+        warning = _outage(runs, waves, n_controllers, report.strategy)
+        if warning:
+            warn(warning)
+        report.warning = warning
+        by_name = {r.host.name: r for r in runs}
+        failed = [r.host.name for r in runs if not r.result.ok]
+        for i, wave in enumerate(waves):
+            if failed:
+                report.stopped_by = failed[0]
+                break
+            group = [by_name[n] for n in wave]
+            for r in group:
+                r.result.wave = i + 1
+            wave_futures = [start_daemon(_switch_and_finish, job, r, options, report_progress,
+                                         name=f"switch-{r.host.name}", limit=limit) for r in group]
+            futures = wave_futures
+            _wait(wave_futures)
+            for f in wave_futures:
+                f.result()
+            failed = [r.host.name for r in group if not r.result.ok]
+        else:
+            if failed:
+                report.stopped_by = failed[0]
+        for r in waiting:
+            if r.result.outcome == STAGED:       # never reached: remove what was staged
+                _not_reached(r, report.stopped_by, report_progress)
+        return report
     except (KeyboardInterrupt, Interrupted) as exc:
         # Ctrl-C / SIGTERM land here, in the main thread: stop every host where it stands. Closing
         # a connection ends its command's input: an install still receiving its files fails and
-        # the host removes what it staged; one already renaming them finishes on the host.
+        # the host removes what it staged; one already renaming them finishes on the host (and a
+        # switch cut between two renames is restored whole by the next deploy, from its journal).
         quiet.set()
         local.fail()
         opened.abort()
@@ -425,10 +650,58 @@ def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector |
         stopped.hint = ("each host holds the old or the new version of every file, never a partial one; "
                         "rerun deploy-apiserver to converge")
         raise stopped from None
-    return report
+    finally:
+        report.results = [r.result for r in runs] if runs else report.results
+        for r in runs:
+            if r.remote is not None:
+                _finish(r, time.monotonic, lambda h, m: None)
+
+
+def _wait(futures: Sequence[Future]) -> None:
+    while wait_for_futures(futures, timeout=0.25).not_done:   # wake up often: a signal's handler runs here
+        pass
+
+
+def _switch_and_finish(job: Job, run: HostRun, options: DeployOptions, progress: Progress) -> None:
+    try:
+        switch_host(job, run, options, progress, staged=True)
+    except K8sbootError as exc:
+        _fail_from(run.result, exc)
+    finally:
+        _finish(run, time.monotonic, progress)
+
+
+def _not_reached(run: HostRun, stopped_by: str | None, progress: Progress) -> None:
+    result = run.result
+    try:
+        run.remote.unstage(run.plan)
+    except K8sbootError:
+        pass      # the staged copies are strays the next deploy removes
+    result.outcome, result.ok, result.code = NOT_REACHED, False, ExitCode.DEPLOY
+    result.restarted = False
+    result.message = (f"not reached: the roll stopped at {stopped_by}; old files and old process kept "
+                      "(rerun after the fix to resume)")
+    _finish(run, time.monotonic, progress)
+
+
+def _outage(runs: Sequence[HostRun], waves, n_controllers: int, strategy: str) -> str | None:
+    """Say so before acting when some wave leaves no controller serving."""
+    serving = {r.host.name for r in runs if r.facts is not None and r.facts.service.is_active}
+    unselected = n_controllers - len(runs)     # not in --hosts: assumed serving
+    for wave in waves:
+        left = unselected + len(serving - set(wave))
+        if left <= 0 and serving & set(wave):
+            if n_controllers == 1:
+                return ("there is one controller: the API is unavailable while kube-apiserver restarts on it "
+                        "(add controllers behind a load balancer to keep it up)")
+            why = ("--strategy parallel" if strategy == rollout.PARALLEL
+                   else f"--max-unavailable covers every serving controller ({', '.join(wave)})")
+            return f"{why}: every serving controller restarts at once, so the API is unavailable until one is ready"
+    return None
 
 
 class OpenConnections:
+
     """The connector, keeping every open remote so that an interrupt can close them all."""
 
     def __init__(self, connect: Connector):
@@ -457,10 +730,14 @@ class OpenConnections:
                 pass
 
 
+def _aliases(inventory: Inventory) -> dict[str, str]:
+    return {h.name: h.address for h in (*inventory.controllers, *inventory.workers, *inventory.load_balancers)}
+
+
 def ssh_connector(inventory: Inventory, *, accept_new_host_keys: bool = False) -> Connector:
     from k8sboot import remote
 
-    aliases = {h.name: h.address for h in (*inventory.controllers, *inventory.workers)}
+    aliases = _aliases(inventory)
 
     def connect(host: Host):
         return remote.connect(host, inventory.ssh, accept_new_host_keys=accept_new_host_keys, aliases=aliases)

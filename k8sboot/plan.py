@@ -22,8 +22,8 @@ TEMP_SUFFIX = ".k8sboot-new"
 PREV_SUFFIX = ".k8sboot-prev"
 STAGED_MARK = "@@k8sboot:staged"      # printed by the install script once every file is staged
 
-# Left by a `--no-restart` deploy that changed content, so the next deploy restarts and verify
-# reports it; removed by the restart. (A candidate for k8sboot.layout.)
+# Left by a `--no-restart` deploy that changed content (and by every install between its renames
+# and its restart), so the next deploy restarts and verify reports it; removed by the restart.
 RESTART_PENDING = f"{layout.REMOTE_PKI_DIR}/.k8sboot-restart-pending"
 
 KIND_PKI = "pki"
@@ -77,6 +77,39 @@ class DesiredDir:
 
 
 PKI_DIR = DesiredDir(layout.REMOTE_PKI_DIR, layout.REMOTE_PKI_DIR_MODE)
+
+
+@dataclass(frozen=True)
+class Component:
+    """What one deploy engine needs to know about a program it installs on hosts (kube-apiserver,
+    the load balancer's HAProxy, later etcd): its unit, where its files live, the directory that
+    holds k8sboot's own bookkeeping (the switch journal, the restart-pending mark), the binary that
+    must be there, and how a change is applied: `restart` (a new process reads everything) or
+    `reload` (HAProxy: `systemctl reload`, the master re-reads its config, connections survive)."""
+
+    name: str                             # kube-apiserver
+    unit: str                             # kube-apiserver.service
+    state_dir: DesiredDir                 # made if missing; holds the journal and the pending mark
+    binary_path: str                      # must exist and be executable unless the deploy ships it
+    binary_hint: str = "pass --binary PATH to upload one"
+    unit_path: str | None = None          # the unit file k8sboot renders (None: the package ships it)
+    apply: str = "restart"                # restart | reload
+    # A command validating the installed config before the service is told about it (`{path}`: the
+    # config's path); when it fails, the previous set is put back and nothing is reloaded.
+    check_command: str | None = None
+    check_kind: str = ""                  # the kind of DesiredFile `check_command` validates
+
+    @property
+    def journal_path(self) -> str:
+        return f"{self.state_dir.path}/.k8sboot-switch"
+
+    @property
+    def restart_pending_path(self) -> str:
+        return f"{self.state_dir.path}/.k8sboot-restart-pending"
+
+
+APISERVER = Component(name="kube-apiserver", unit=layout.UNIT_NAME, state_dir=PKI_DIR,
+                      binary_path=layout.BINARY_PATH, unit_path=layout.UNIT_PATH)
 
 
 def build_desired_files(pki_files: Mapping[str, bytes], unit_text: str,
@@ -135,6 +168,7 @@ class ServiceFact:
     need_daemon_reload: bool = False
     listening: bool = False        # something listens on the secure port
     wait_ms: int | None = None     # how long the host-side wait loop ran (`wait_script`)
+    argv: tuple[str, ...] | None = None   # the running MainPID's command line (after a wait)
 
     @property
     def is_active(self) -> bool:
@@ -179,12 +213,15 @@ class HostPlan:
     dirs: tuple[DirChange, ...] = ()
     daemon_reload: bool = False
     enable: bool = False
-    restart: bool = False
+    restart: bool = False           # restart (or, for a reload component that runs, reload) the unit
     restart_reasons: tuple[str, ...] = ()
     unit_diff: str = ""
     problems: tuple[str, ...] = ()  # facts that make the deploy unable to succeed (e.g. no binary)
-    mark_pending: bool = False      # content changed under --no-restart: leave RESTART_PENDING
-    clear_pending: bool = False     # the restart consumes a RESTART_PENDING the facts saw
+    mark_pending: bool = False      # content changed under --no-restart: leave the restart-pending mark
+    clear_pending: bool = False     # the restart consumes a restart-pending mark the facts saw
+    strays: tuple[str, ...] = ()    # `.k8sboot-new`/`.k8sboot-prev` files a killed run left behind
+    component: Component = APISERVER
+    reload: bool = False            # apply by `systemctl reload` (the unit runs, the component reloads)
 
     @property
     def uploads(self) -> tuple[FileChange, ...]:
@@ -206,7 +243,12 @@ class HostPlan:
     @property
     def has_changes(self) -> bool:
         return bool(self.changes or self.dirs or self.daemon_reload or self.enable or self.restart
-                    or self.mark_pending)
+                    or self.mark_pending or self.strays)
+
+    @property
+    def takes_down(self) -> bool:
+        """Whether applying the plan stops the running process for a while (a restart, not a reload)."""
+        return self.restart and not self.reload
 
 
 def _mode(m: int | None) -> str:
@@ -231,24 +273,30 @@ def compare_file(want: DesiredFile, fact: FileFact) -> tuple[tuple[str, ...], bo
     return tuple(reasons), upload
 
 
-def unit_diff(current: str | None, desired: str, host: str = "") -> str:
-    """Unified diff of the unit on the host against the rendered one ('' when equal)."""
+def unit_diff(current: str | None, desired: str, host: str = "", path: str = layout.UNIT_PATH) -> str:
+    """Unified diff of the unit (or config) on the host against the rendered one ('' when equal)."""
     before = (current or "").splitlines(keepends=True)
     after = desired.splitlines(keepends=True)
-    label = f"{host}:{layout.UNIT_PATH}" if host else layout.UNIT_PATH
+    label = f"{host}:{path}" if host else path
     diff = difflib.unified_diff(before, after, fromfile=f"{label} (on host)" if current is not None
                                 else "/dev/null", tofile=f"{label} (rendered)")
     return "".join(diff)
 
 
+def stray_paths(desired: Sequence[DesiredFile]) -> tuple[str, ...]:
+    """The staging and previous-version names of `desired` (what a killed run may leave behind)."""
+    return tuple(p for f in desired for p in (f.temp_path, f.prev_path))
+
+
 def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_restart: bool = False,
-                    host: str = "") -> HostPlan:
+                    host: str = "", component: Component = APISERVER) -> HostPlan:
     """Only what differs: files to upload or fix, and whether to reload, enable, restart.
 
     Restart when the unit, a referenced file or the binary changed content (not for a mode or
     owner fix: the process already read the bytes), or when the unit is not active. With
     `no_restart`, a running unit is left running; a stopped one is still started (nothing runs
-    that could be interrupted).
+    that could be interrupted). A `reload` component that runs is reloaded instead of restarted.
+    Staged or previous copies a killed run left (`strays`) are removed.
     """
     changes: list[FileChange] = []
     for want in desired:
@@ -257,28 +305,29 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
         if reasons:
             changes.append(FileChange(want, reasons, upload, existed=fact.exists))
 
+    state_dir = component.state_dir
     dirs: list[DirChange] = []
-    dfact = facts.file(PKI_DIR.path)
+    dfact = facts.file(state_dir.path)
     if not dfact.exists:
-        dirs.append(DirChange(PKI_DIR, ("missing",)))
+        dirs.append(DirChange(state_dir, ("missing",)))
     else:
         reasons = []
         if dfact.kind != "directory":
             reasons.append(f"not a directory ({dfact.kind})")
-        if dfact.mode != PKI_DIR.mode:
-            reasons.append(f"mode {_mode(dfact.mode)} -> {_mode(PKI_DIR.mode)}")
-        if (dfact.owner, dfact.group) != (PKI_DIR.owner, PKI_DIR.group):
-            reasons.append(f"owner {dfact.owner}:{dfact.group} -> {PKI_DIR.owner}:{PKI_DIR.group}")
+        if dfact.mode != state_dir.mode:
+            reasons.append(f"mode {_mode(dfact.mode)} -> {_mode(state_dir.mode)}")
+        if (dfact.owner, dfact.group) != (state_dir.owner, state_dir.group):
+            reasons.append(f"owner {dfact.owner}:{dfact.group} -> {state_dir.owner}:{state_dir.group}")
         if reasons:
-            dirs.append(DirChange(PKI_DIR, tuple(reasons)))
+            dirs.append(DirChange(state_dir, tuple(reasons)))
 
     problems: list[str] = []
     if not any(w.kind == KIND_BINARY for w in desired):
-        binary = facts.file(layout.BINARY_PATH)
+        binary = facts.file(component.binary_path)
         if not binary.exists:
-            problems.append(f"{layout.BINARY_PATH} is missing on the host (pass --binary PATH to upload one)")
+            problems.append(f"{component.binary_path} is missing on the host ({component.binary_hint})")
         elif binary.mode is not None and not binary.mode & 0o111:
-            problems.append(f"{layout.BINARY_PATH} is not executable (mode {_mode(binary.mode)})")
+            problems.append(f"{component.binary_path} is not executable (mode {_mode(binary.mode)})")
 
     svc = facts.service
     content_changed = [c for c in changes if c.upload]
@@ -287,21 +336,25 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
     # A unit systemd has never loaded needs no daemon-reload: since v246 systemd looks on disk again
     # when the unit dirs changed (the restart command falls back to a reload for older ones). That
     # saves a reload per host on a first deploy (~0.1 s CPU each in PID 1).
-    unit_is_new = not facts.file(layout.UNIT_PATH).exists and svc.load_state in ("not-found", "")
+    unit_is_new = (component.unit_path is not None and not facts.file(component.unit_path).exists
+                   and svc.load_state in ("not-found", ""))
     daemon_reload = (unit_changed and not unit_is_new) or stale_load
     restart_reasons: list[str] = []
     if content_changed and not no_restart:
         restart_reasons.append("changed: " + ", ".join(c.file.name for c in content_changed))
     if stale_load and not no_restart:
         restart_reasons.append("systemd had not loaded the unit file on disk")
-    pending = facts.file(RESTART_PENDING).exists
+    pending = facts.file(component.restart_pending_path).exists
     if pending and not no_restart:
-        restart_reasons.append("a restart was left pending by a --no-restart deploy")
+        restart_reasons.append("a restart was left pending by an earlier deploy")
+    reload = (component.apply == "reload" and svc.is_active and bool(restart_reasons)
+              and not unit_changed and not stale_load)
     if not svc.is_active:
         restart_reasons.append(f"unit was {svc.active_state}")
     restart = bool(restart_reasons)
-    desired_unit = next((w for w in desired if w.kind == KIND_UNIT), None)
-    diff = unit_diff(facts.unit_text, desired_unit.content.decode(), host) if desired_unit else ""
+    shown = next((w for w in desired if w.kind == KIND_UNIT), None)
+    diff = unit_diff(facts.unit_text, shown.content.decode(), host, shown.path) if shown else ""
+    strays = tuple(p for p in stray_paths(desired) if facts.file(p).exists)
     return HostPlan(
         changes=tuple(changes),
         dirs=tuple(dirs),
@@ -313,28 +366,37 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
         problems=tuple(problems),
         mark_pending=bool(content_changed or stale_load) and not restart and not pending,
         clear_pending=pending and restart,
+        strays=strays,
+        component=component,
+        reload=reload,
     )
 
 
 # --- commands ------------------------------------------------------------------------------------
+#
+# An install is two steps, which a parallel deploy sends as one command and a rolling deploy as
+# two (staging on every host at once, the switch in waves):
+#   stage   the new files land beside their targets as `.NAME.k8sboot-new`, with mode and owner
+#   switch  the journal of the set is written, the current files are hard-linked to
+#           `.NAME.k8sboot-prev`, the staged ones renamed over them, the journal removed; then the
+#           unit is reloaded/restarted and, when asked, waited for.
+# A switch cut short (a dead connection, a killed sshd, a reboot) leaves the journal behind: the
+# next deploy (`build_recover_script`) puts the whole previous set back from the `.k8sboot-prev`
+# links before it plans anything, so a host never runs on a mix of two sets.
 
 
 def _q(s: str) -> str:
     return shlex.quote(s)
 
 
-def build_install_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
-    """One POSIX shell script that installs the plan; the staged files arrive as a tar on stdin.
-
-    Staged files land as `.NAME.k8sboot-new` in their target directory (umask 077, so never
-    readable by others), get owner and mode, and are renamed over the target with `mv -f`: a
-    reader sees the old file or the new one, never a partial one. With `keep_previous`, the
-    current file is first hard-linked to `.NAME.k8sboot-prev` for `--rollback-on-failure`.
-    A script that stops early (a full disk, a read-only directory, a dropped connection: tar
-    reads a truncated archive) removes its staged files on the way out; STAGED_MARK on stdout
-    says that every file was staged and the renames began.
-    """
+def build_stage_script(plan: HostPlan) -> str:
+    """Stage the plan's uploads (a tar on stdin): POSIX shell, umask 077 so a key is never
+    readable by others, not even while it is written. A script that stops early (a full disk, a
+    read-only directory, a dropped connection: tar reads a truncated archive) removes its staged
+    files on the way out; STAGED_MARK on stdout says that every file was staged."""
     lines = ["set -eu", "umask 077"]
+    if plan.strays:
+        lines.append("rm -f " + " ".join(_q(p) for p in plan.strays))
     for d in plan.dirs:
         # a missing directory is made by root with its mode (mkdir -m ignores the umask): one
         # process; an existing one gets only what differs
@@ -350,21 +412,88 @@ def build_install_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
         lines.append(f"trap 'rm -f {temps}' EXIT")
         lines.append("trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM")
         # (a staged file left by a killed run is replaced: tar unlinks what is in its way)
-        # mode and owner come in the archive (`remote.build_tar`): no chown/chmod per install
-        lines.append("tar -x -f - -C / --same-permissions --same-owner --no-overwrite-dir")
+        # mode and owner come in the archive (`remote.build_tar`): no chown/chmod per install;
+        # -m: the host's clock dates the files (verify compares them with the process start)
+        lines.append("tar -x -m -f - -C / --same-permissions --same-owner --no-overwrite-dir")
         lines.extend(_owner_and_mode_commands([(c.file, c.file.temp_path) for c in uploads
                                                if (c.file.owner, c.file.group) != ("root", "root")],
                                               modes=False))
-        lines.append(f"echo {STAGED_MARK}")
+        lines.append("trap - EXIT")
+    lines.append(f"echo {STAGED_MARK}")
+    return "\n".join(lines) + "\n"
+
+
+def build_unstage_script(plan: HostPlan) -> str:
+    """Remove what `build_stage_script` staged (a rolling deploy that stopped before this host)."""
+    temps = [c.file.temp_path for c in plan.uploads]
+    return ("rm -f " + " ".join(_q(p) for p in temps) + "\n") if temps else ""
+
+
+def _journal_lines(plan: HostPlan) -> str:
+    return "".join(f"{c.file.path}|{c.file.prev_path}|{1 if c.existed else 0}\n" for c in plan.uploads)
+
+
+def _restore_function(component: Component) -> str:
+    """`restore_set`: put back every file the journal names from its `.k8sboot-prev` link (or
+    remove it when it did not exist before), then drop the journal and any staged copies."""
+    j = _q(component.journal_path)
+    return f"""\
+restore_set() {{
+  [ -f {j} ] || return 0
+  while IFS='|' read -r path prev existed; do
+    [ -n "$path" ] || continue
+    if [ "$existed" = 1 ]; then [ -e "$prev" ] && mv -f "$prev" "$path"; else rm -f "$path" "$prev"; fi
+    rm -f "${{path%/*}}/.${{path##*/}}{TEMP_SUFFIX}"
+  done < {j}
+  rm -f {j}
+}}
+"""
+
+
+def build_recover_script(component: Component = APISERVER) -> str:
+    """After a switch that was cut short: the whole previous set back, nothing restarted (the
+    plan that follows decides that from the files as they are then)."""
+    return "set -u\n" + _restore_function(component) + "restore_set\necho @@k8sboot:recovered\n"
+
+
+def build_switch_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
+    """Switch the host to the staged set (see above), then fix modes/owners and apply the change
+    (daemon-reload, enable, reload or restart). With `keep_previous` the `.k8sboot-prev` links stay
+    for `build_rollback_script`; without, they go as soon as the set is switched."""
+    comp = plan.component
+    lines = ["set -eu", "umask 077",
+             "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM"]
+    uploads = plan.uploads
+    if uploads:
+        j = _q(comp.journal_path)
+        lines.append(_restore_function(comp).rstrip("\n"))
+        lines.append(f"printf '%s' {_q(_journal_lines(plan))} > {j}.tmp && mv -f {j}.tmp {j}")
+        if plan.restart and not plan.reload:
+            # from here until the restart is done, a cut leaves the mark: the next deploy restarts
+            lines.append(f": > {_q(comp.restart_pending_path)}")
         for c in uploads:
             f = c.file
-            if keep_previous:
-                lines.append(f"if [ -e {_q(f.path)} ]; then ln -f {_q(f.path)} {_q(f.prev_path)}; "
-                             f"else rm -f {_q(f.prev_path)}; fi")
-            lines.append(f"mv -f {_q(f.temp_path)} {_q(f.path)}")
+            if c.existed:
+                lines.append(f"ln -f {_q(f.path)} {_q(f.prev_path)}")
+        lines.extend(f"mv -f {_q(c.file.temp_path)} {_q(c.file.path)}" for c in uploads)
+        checked = next((c.file for c in uploads if comp.check_command and c.file.kind == comp.check_kind), None)
+        if checked is not None:
+            check = comp.check_command.format(path=_q(checked.path))
+            lines.append(f"if ! out=$({check} 2>&1); then restore_set; echo '@@k8sboot:check-failed'; "
+                         "printf '%s\\n' \"$out\" | tail -n 5; exit 3; fi")
+        lines.append(f"rm -f {j}")
+        if not keep_previous:
+            prevs = [c.file.prev_path for c in uploads if c.existed]
+            if prevs:
+                lines.append("rm -f " + " ".join(_q(p) for p in prevs))
     lines.extend(_owner_and_mode_commands([(c.file, c.file.path) for c in plan.fixups]))
     lines.extend(service_commands(plan))
     return "\n".join(lines) + "\n"
+
+
+def build_install_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
+    """Stage and switch in one command (a parallel deploy: one round trip per host)."""
+    return build_stage_script(plan) + build_switch_script(plan, keep_previous=keep_previous)
 
 
 def _owner_and_mode_commands(files, *, modes: bool = True) -> list[str]:
@@ -382,26 +511,31 @@ def _owner_and_mode_commands(files, *, modes: bool = True) -> list[str]:
 
 
 def service_commands(plan: HostPlan) -> list[str]:
+    comp = plan.component
+    unit = comp.unit
+    pending = _q(comp.restart_pending_path)
     out = []
     if plan.enable:
         # --no-reload: `enable` would reload systemd itself; one reload (below, or none) is enough
-        out.append(f"systemctl enable -q --no-reload {UNIT}")
+        out.append(f"systemctl enable -q --no-reload {unit}")
     if plan.daemon_reload:
         out.append("systemctl daemon-reload")
     if plan.mark_pending:
-        out.append(f": > {_q(RESTART_PENDING)}")
-    if plan.restart:
-        if plan.clear_pending:
-            out.append(f"rm -f {_q(RESTART_PENDING)}")
+        out.append(f": > {pending}")
+    if plan.reload:
+        out.append(f"systemctl reload {unit} || echo '@@k8sboot:restart-failed' $?")
+    elif plan.restart:
         # a failing start is reported by the state that follows, with the journal; not here
-        # (a new unit: an old systemd may need the reload we skipped before it finds the file)
-        out.append(f"systemctl restart {UNIT} || {{ systemctl daemon-reload && systemctl restart {UNIT}; }} "
-                   "|| echo '@@k8sboot:restart-failed' $?")
+        # (a new unit: an old systemd may need the reload we skipped before it finds the file).
+        # The pending mark goes once systemd has run the new process, not before.
+        out.append(f"if systemctl restart {unit} || {{ systemctl daemon-reload && systemctl restart {unit}; }}; "
+                   f"then rm -f {pending}; else echo '@@k8sboot:restart-failed' $?; fi")
     return out
 
 
 def build_rollback_script(plan: HostPlan) -> str:
-    """Put back what `build_install_script(keep_previous=True)` replaced, then restart or stop."""
+    """Put back what `build_switch_script(keep_previous=True)` replaced, then restart or stop."""
+    comp = plan.component
     lines = ["set -u"]
     unit_existed = True
     for c in plan.uploads:
@@ -413,14 +547,19 @@ def build_rollback_script(plan: HostPlan) -> str:
             if f.kind == KIND_UNIT:
                 unit_existed = False
     if not unit_existed:
-        lines.append(f"systemctl disable -q --now {UNIT} 2>/dev/null")
+        lines.append(f"systemctl disable -q --now {comp.unit} 2>/dev/null")
         lines.append("systemctl daemon-reload")
-        lines.append(f"systemctl reset-failed {UNIT} 2>/dev/null")
+        lines.append(f"systemctl reset-failed {comp.unit} 2>/dev/null")
+        lines.append(f"rm -f {_q(comp.restart_pending_path)}")
         lines.append("true")
         return "\n".join(lines) + "\n"
     if plan.unit_changed:
         lines.append("systemctl daemon-reload")
-    lines.append(f"systemctl restart {UNIT} || echo '@@k8sboot:restart-failed' $?")
+    if plan.reload:
+        lines.append(f"systemctl reload {comp.unit} || echo '@@k8sboot:restart-failed' $?")
+    else:
+        lines.append(f"if systemctl restart {comp.unit}; then rm -f {_q(comp.restart_pending_path)}; "
+                     "else echo '@@k8sboot:restart-failed' $?; fi")
     return "\n".join(lines) + "\n"
 
 
@@ -448,13 +587,13 @@ def _listening_test(port: int) -> str:
             "/proc/net/tcp /proc/net/tcp6 2>/dev/null")
 
 
-def service_state_script(port: int) -> str:
+def service_state_script(port: int, unit: str = UNIT) -> str:
     """Prints the unit's state as `Key=value` lines (parsed by `remote.parse_service`). Listening
     is looked at only for an active unit (`classify_service` reads it for no other), with the
     cheap look first and grep only when it finds nothing."""
     props = ",".join(SERVICE_PROPERTIES)
     return (_listening_scan(port)
-            + f"st=$(systemctl show -p {props} {UNIT} 2>/dev/null); printf '%s\\n' \"$st\"\n"
+            + f"st=$(systemctl show -p {props} {unit} 2>/dev/null); printf '%s\\n' \"$st\"\n"
             + f'case "$st" in *ActiveState=active*) if listening || {_listening_test(port)}; '
               "then echo Listening=yes; else echo Listening=no; fi;; *) echo Listening=no;; esac\n")
 
@@ -477,7 +616,7 @@ listening() {{
 """
 
 
-def wait_script(port: int, bound: float) -> str:
+def wait_script(port: int, bound: float, unit: str = UNIT) -> str:
     """Poll on the host (no round trip per poll) until the unit is up, or visibly failing, or
     `bound` seconds pass (whole seconds from `date +%s`, so up to one more); then print its state
     after STATE_MARK, from the last look (no extra `systemctl show`).
@@ -495,7 +634,7 @@ def wait_script(port: int, bound: float) -> str:
     props = ",".join(SERVICE_PROPERTIES)
     return _listening_scan(port) + f"""\
 set +e
-w0=$(date +%s%N); end=$(( $(date +%s) + {max(1, int(bound + 0.999)) + 1} )); prev=-; n=1; nl='
+w0=$(date +%s%N); end=$(( $(date +%s) + {max(1, int(bound + 0.999)) + 1} )); prev=-; pid=-; n=1; nl='
 '
 sleep 0.05          # no server listens within 50 ms of its start: two looks fewer
 while :; do
@@ -505,7 +644,7 @@ while :; do
   # the second look in a row that finds it serving, with the running PID of the first still alive
   [ $up = 1 ] && [ "$prev" != - ] && [ -d "/proc/$prev" ] && break
   if [ $up = 1 ] || [ $(( n % 10 )) = 0 ]; then
-    st="$nl$(systemctl show -p {props} {UNIT} 2>/dev/null)$nl"
+    st="$nl$(systemctl show -p {props} {unit} 2>/dev/null)$nl"
     case "$st" in *ActiveState=failed*|*SubState=auto-restart*|*ActiveState=inactive*) break;; esac
     case "$st" in *"${{nl}}NRestarts=0$nl"*) ;; *) break;; esac
     pid=-; case "$st" in *"${{nl}}MainPID="*) pid=${{st#*"${{nl}}MainPID="}}; pid=${{pid%%"$nl"*}};; esac
@@ -519,6 +658,8 @@ echo {STATE_MARK}
 echo "WaitMs=$(( ($(date +%s%N) - w0) / 1000000 ))"
 printf '%s\n' "$st"
 if [ $up = 1 ]; then echo Listening=yes; else echo Listening=no; fi
+[ "$pid" != - ] && [ "$pid" != 0 ] && [ -r "/proc/$pid/cmdline" ] && echo "Cmdline=$(base64 -w0 "/proc/$pid/cmdline")"
+true
 """
 
 UP = "up"

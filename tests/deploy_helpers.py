@@ -101,6 +101,7 @@ class FakeHost:
             self.journal = [f"kube-apiserver: open {m}: no such file or directory" for m in missing] or ["failed"]
         else:
             self.active, self.sub, self.pid = "active", "running", next(_pids)
+            self.argv = tuple(argv)
             self.started += 1
 
     def service(self) -> ServiceFact:
@@ -110,7 +111,8 @@ class FakeHost:
                            n_restarts=0, active_enter_usec=self.started,
                            need_daemon_reload=self.files.get(layout.UNIT_PATH, (None,))[0] != self.loaded_unit
                            and self.loaded_unit is not None,
-                           listening=self.active == "active")
+                           listening=self.active == "active",
+                           argv=getattr(self, "argv", None) if self.active == "active" else None)
 
 
 class FakeRemote:
@@ -143,15 +145,37 @@ class FakeRemote:
         return HostFacts(files=files, service=h.service(), unit_text=unit[0].decode() if unit else None,
                          sections={name: "" for name, _ in request.sections})
 
-    def install(self, plan, *, keep_previous=False, wait=None, port=6443):
+    def stage(self, plan):
+        self._stage(plan)
+        self.host.commands.append("stage")
+
+    def _stage(self, plan):
         h = self.host
+        for p in plan.strays:
+            h.files.pop(p, None)
         for d in plan.dirs:
             h.dirs[d.dir.path] = (d.dir.mode, d.dir.owner, d.dir.group)
         for c in plan.uploads:
             f = c.file
+            h.files[f.temp_path] = (f.content, f.mode, f.owner, f.group)
+
+    def unstage(self, plan):
+        for c in plan.uploads:
+            self.host.files.pop(c.file.temp_path, None)
+        self.host.commands.append("unstage")
+
+    def recover(self, component=planmod.APISERVER):
+        self.host.commands.append("recover")
+
+    def install(self, plan, *, keep_previous=False, wait=None, port=6443, staged=False):
+        h = self.host
+        if not staged:
+            self._stage(plan)
+        for c in plan.uploads:
+            f = c.file
             if keep_previous and f.path in h.files:
                 h.files[f.prev_path] = h.files[f.path]
-            h.files[f.path] = (f.content, f.mode, f.owner, f.group)
+            h.files[f.path] = h.files.pop(f.temp_path)
             h.uploads.append(f.name)
         for c in plan.fixups:
             data = h.files[c.file.path][0]
@@ -174,7 +198,7 @@ class FakeRemote:
     def read_service(self, port=6443):
         return self.host.service()
 
-    def read_journal(self, lines=15):
+    def read_journal(self, lines=15, unit=layout.UNIT_NAME):
         return list(getattr(self.host, "journal", []))[-lines:]
 
     def rollback(self, plan, *, wait=None, port=6443):
@@ -209,6 +233,17 @@ def fake_connector(hosts: dict[str, FakeHost], opened: list | None = None):
             opened.append(remote)
         return remote
     return connect
+
+
+def fake_readyz(hosts: dict[str, FakeHost]):
+    """The gate's /readyz over the fake hosts: 200 when the unit is active, else no answer."""
+    from k8sboot.probe import ProbeAnswer
+
+    def readyz(host):
+        if hosts[host.name].active == "active":
+            return ProbeAnswer(200, "ok")
+        return ProbeAnswer(None, error="ConnectionRefusedError: [Errno 111] Connection refused")
+    return readyz
 
 
 def planned_unit(inventory, name="controller-0") -> str:

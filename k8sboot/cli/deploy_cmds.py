@@ -31,11 +31,16 @@ Examples:
   k8sboot deploy-apiserver -i inventory/lab.yaml --hosts controller-0,controller-1
   k8sboot deploy-apiserver -i inventory/cluster.yaml --binary ./kube-apiserver --rollback-on-failure
   k8sboot deploy-apiserver -i inventory/lab.yaml --json | jq '.hosts[].state'
+  k8sboot deploy-apiserver -i inventory/lab.yaml --max-unavailable 2 --ready-timeout 300
 \b
 Per host, in parallel: connect (strict host keys) -> take the deploy lock and read sha256, mode and
-owner of every target and the unit's state -> upload only what differs (staged in the target dir,
-then renamed) -> daemon-reload if the unit changed -> enable -> restart if anything changed ->
-wait until it is up, or show the journal. A second run with nothing changed touches nothing.
+owner of every target and the unit's state -> upload only what differs (staged in the target dir).
+Then the switch (rename into place, daemon-reload if the unit changed, enable, restart if anything
+changed): at once where nothing serves yet (a first deploy), else --strategy rolling (the default
+when a serving kube-apiserver must restart): --max-unavailable hosts per wave, each host gated on a
+new process with the rendered flags answering GET /readyz 200 over HTTPS (the k8sboot-health
+client cert) before the next wave. The first host that fails stops the roll: hosts not reached keep
+their old files and process. A second run with nothing changed touches nothing.
 \b
 Exit codes: 0 every host ended active and as intended; 9 some host did not; 7 every failure was an
 unknown/changed host key; 6 every failure was a connection failure; 17 a host was locked.
@@ -129,20 +134,33 @@ def deploy_apiserver(
     wait: float = typer.Option(60.0, "--wait", metavar="SECONDS",
                                help="How long to wait for kube-apiserver to come up."),
     templates: Path | None = typer.Option(None, "--templates", metavar="DIR", help="Your own template dir."),
+    strategy: str | None = typer.Option(None, "--strategy", metavar="rolling|parallel",
+                                        help="How serving controllers restart (default: rolling when one "
+                                             "serves, parallel on a first deploy)."),
+    max_unavailable: int = typer.Option(1, "--max-unavailable", min=1, metavar="N",
+                                        help="Controllers a rolling wave restarts at once."),
+    ready_timeout: float = typer.Option(120.0, "--ready-timeout", metavar="SECONDS",
+                                        help="How long a restarted controller may take to answer /readyz 200."),
     json_: bool = json_option,
 ) -> None:
-    """Push the PKI files and the kube-apiserver unit to every controller, in parallel, idempotently."""
+    """Push the PKI files and the kube-apiserver unit to every controller, idempotently, without an outage."""
     from k8sboot import console
     from k8sboot.deploy import DeployOptions, deploy
     from k8sboot.inventory import load_inventory
 
+    from k8sboot.errors import ExitCode, K8sbootError
+    from k8sboot.rollout import STRATEGIES
+
+    if strategy is not None and strategy not in STRATEGIES:
+        raise K8sbootError(f"--strategy {strategy}: not one of {', '.join(STRATEGIES)}", code=ExitCode.USAGE)
     inv = load_inventory(inventory)
     options = DeployOptions(hosts=_split_hosts(hosts), parallel=parallel, dry_run=dry_run, no_restart=no_restart,
                             rollback_on_failure=rollback_on_failure, binary=binary,
                             accept_new_host_keys=accept_new_host_keys, lock_wait=lock_wait, wait=wait,
-                            templates=templates)
+                            templates=templates, strategy=strategy, max_unavailable=max_unavailable,
+                            ready_timeout=ready_timeout)
     with _ProgressView(console, enabled=True) as view:
-        report = deploy(inv, options, progress=view.update)
+        report = deploy(inv, options, progress=view.update, warn=lambda m: console.warn(m))
     _print_deploy_report(console, report, json_)
     code = report.exit_code()
     if code:
@@ -197,6 +215,8 @@ class _ProgressView:
 def _print_deploy_report(console, report, json_: bool) -> None:
     if json_:
         console.json_out({"ok": report.ok, "dry_run": report.dry_run, "exit_code": int(report.exit_code()),
+                          "strategy": report.strategy, "waves": report.waves, "warning": report.warning,
+                          "stopped_by": report.stopped_by, "sets": report.by_outcome(),
                           "hosts": [r.to_json() for r in report.results]})
         return
     if report.dry_run:
@@ -207,13 +227,17 @@ def _print_deploy_report(console, report, json_: bool) -> None:
     for r in report.results:
         files = ", ".join(r.files_changed) if len(r.files_changed) <= 3 else \
             f"{len(r.files_changed)} files (--json lists them)"
-        rows.append((r.host, files or "-", "yes" if r.unit_changed else "no",
-                     ("would" if report.dry_run else "yes") if r.restarted else "no",
-                     r.state or "-", f"{r.seconds:.2f}s", r.outcome))
+        restarted = ("would" if report.dry_run else "yes") if r.restarted else "no"
+        if r.restarted and r.ready_seconds is not None:
+            restarted += f" (ready {r.ready_seconds:.1f}s)"
+        rows.append((r.host, files or "-", "yes" if r.unit_changed else "no", restarted,
+                     "-" if r.wave is None else str(r.wave), r.state or "-", f"{r.seconds:.2f}s", r.outcome))
     title = "deploy-apiserver --dry-run (nothing was changed)" if report.dry_run else "deploy-apiserver"
-    console.table(("host", "files changed", "unit changed", "restarted", "state", "time", "outcome"), rows,
+    if report.waves:
+        title += f" ({'would roll' if report.dry_run else report.strategy}: {len(report.waves)} wave(s))"
+    console.table(("host", "files changed", "unit changed", "restarted", "wave", "state", "time", "outcome"), rows,
                   title=title, styles={"failed": "bold red", "error": "bold red", "rolled back": "yellow",
-                                       "deployed": "green", "up to date": "green"})
+                                       "deployed": "green", "up to date": "green", "not reached": "yellow"})
     for r in report.results:
         if not r.ok:
             console.error(r.message if r.message.startswith(r.host) else f"{r.host}: {r.message}", r.hint)
@@ -223,6 +247,10 @@ def _print_deploy_report(console, report, json_: bool) -> None:
             console.info(f"{r.host}: {r.message}")
     if not report.dry_run and report.nothing_changed:
         console.info("already up to date: nothing uploaded, nothing restarted")
+    elif not report.dry_run and not report.ok and len(report.results) > 1:
+        sets = report.by_outcome()
+        console.info("after this deploy: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in sets.items() if v)
+                     + (f" (the roll stopped at {report.stopped_by})" if report.stopped_by else ""))
 
 
 def verify_cmd(

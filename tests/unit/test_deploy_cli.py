@@ -20,7 +20,7 @@ from k8sboot.cli import app
 from k8sboot.errors import ExitCode, K8sbootError, PkiError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
-from deploy_helpers import FakeHost, fake_connector, make_inventory, write_fake_pki  # noqa: E402
+from deploy_helpers import FakeHost, fake_connector, fake_readyz, make_inventory, write_fake_pki  # noqa: E402
 
 NAMES = ("controller-0", "controller-1", "controller-2")
 
@@ -34,7 +34,7 @@ def lab(tmp_path):
 
 
 def run(inv, fakes, **opts):
-    return D.deploy(inv, D.DeployOptions(wait=2, **opts), connect=fake_connector(fakes))
+    return D.deploy(inv, D.DeployOptions(wait=2, **opts), connect=fake_connector(fakes), readyz=fake_readyz(fakes))
 
 
 def by_host(report):
@@ -76,8 +76,11 @@ def test_inventory_change_updates_only_the_unit_and_restarts_every_host(lab):
     report = run(make_inventory(pki=pki, anonymous=True), hosts)
     for h in hosts.values():
         assert h.uploads == [layout.UNIT_NAME]
-        assert h.commands == ["daemon-reload", "restart"]
+        assert h.commands == ["stage", "daemon-reload", "restart"]   # staged at once, switched in its wave
     assert all(r.files_changed == (layout.UNIT_NAME,) and r.restarted for r in report.results)
+    # every host served: one at a time, in inventory order
+    assert report.strategy == "rolling" and report.waves == [[n] for n in NAMES]
+    assert [by_host(report)[n].wave for n in NAMES] == [1, 2, 3]
 
 
 def test_reissued_cert_uploads_only_that_file_and_restarts_without_daemon_reload(lab):
@@ -90,7 +93,7 @@ def test_reissued_cert_uploads_only_that_file_and_restarts_without_daemon_reload
         h.commands.clear()
     run(inv, hosts)
     for h in hosts.values():
-        assert h.uploads == ["kubernetes.pem"] and h.commands == ["restart"]
+        assert h.uploads == ["kubernetes.pem"] and h.commands == ["stage", "restart"]
 
 
 def test_dry_run_changes_nothing_and_reports_the_diff(lab):
@@ -125,7 +128,8 @@ def test_incomplete_local_pki_fails_before_any_change_and_lets_every_host_go(lab
     (pki / "service-account-key.pem").unlink()
     opened: list = []
     with pytest.raises(PkiError, match="service-account-key.pem"):
-        D.deploy(make_inventory(pki=pki), D.DeployOptions(wait=2), connect=fake_connector(hosts, opened))
+        D.deploy(make_inventory(pki=pki), D.DeployOptions(wait=2), connect=fake_connector(hosts, opened),
+                 readyz=fake_readyz(hosts))
     assert all(h.commands == [] and h.uploads == [] and not h.locked for h in hosts.values())
     assert all(r.closed for r in opened)
 
@@ -231,7 +235,7 @@ def test_parallel_bound_is_respected(lab):
             active.remove(host.name)
         return base(host)
 
-    D.deploy(make_inventory(pki=pki), D.DeployOptions(parallel=1, wait=2), connect=connect)
+    D.deploy(make_inventory(pki=pki), D.DeployOptions(parallel=1, wait=2), connect=connect, readyz=fake_readyz(hosts))
     assert max(peak) == 1
 
 
@@ -279,7 +283,7 @@ def test_interrupt_closes_every_connection_and_ends_at_once_with_interrupted(lab
     threading.Thread(target=interrupt, daemon=True).start()
     t0 = time.monotonic()
     with pytest.raises(Interrupted) as info:
-        D.deploy(make_inventory(pki=pki), D.DeployOptions(wait=2), connect=connect)
+        D.deploy(make_inventory(pki=pki), D.DeployOptions(wait=2), connect=connect, readyz=fake_readyz(hosts))
     assert time.monotonic() - t0 < 5
     assert info.value.code == ExitCode.INTERRUPTED and "rerun" in info.value.hint
     assert len(remotes) == 3 and all(r.closed and getattr(r, "aborted", False) for r in remotes)
@@ -296,6 +300,7 @@ def cli(lab, monkeypatch):
     from deploy_helpers import INVENTORY_YAML
     inv_path.write_text(INVENTORY_YAML.format(pki=pki, anonymous="false", extra=""))
     monkeypatch.setattr(D, "ssh_connector", lambda inventory, **kw: fake_connector(hosts))
+    monkeypatch.setattr(D, "health_checker", lambda inventory, port: fake_readyz(hosts))
     runner = CliRunner()
 
     def invoke(*args):

@@ -134,30 +134,39 @@ def test_install_script_stages_in_the_target_dir_with_umask_077_then_renames():
     script = P.build_install_script(plan)
     lines = script.splitlines()
     assert lines[:2] == ["set -eu", "umask 077"]
-    tar_at = lines.index("tar -x -f - -C / --same-permissions --same-owner --no-overwrite-dir")
+    tar_at = lines.index("tar -x -m -f - -C / --same-permissions --same-owner --no-overwrite-dir")
     mv_key = lines.index("mv -f /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-new /var/lib/kubernetes/kubernetes-key.pem")
     assert tar_at < min(i for i, line in enumerate(lines) if line.startswith("mv -f "))
     assert not any(line.startswith(("chmod", "chown")) for line in lines)
     assert lines.index("systemctl daemon-reload") > mv_key
-    assert lines[-1].startswith("systemctl restart kube-apiserver.service")
+    assert lines[-1].startswith("if systemctl restart kube-apiserver.service")
     assert "ca-key" not in script
-    assert f"rm -f {P.RESTART_PENDING}" not in lines      # no restart-pending mark was seen
+    # the journal of the set is written before the first rename and removed after the last
+    journal = f"{P.PKI_DIR.path}/.k8sboot-switch"
+    written = next(i for i, line in enumerate(lines) if line.endswith(f"> {journal}.tmp && mv -f {journal}.tmp {journal}"))
+    assert written < mv_key < lines.index(f"rm -f {journal}") < lines.index("systemctl daemon-reload")
+    # the pending mark covers the window between the renames and the restart
+    assert lines.index(f": > {P.RESTART_PENDING}") < mv_key
 
 
 def test_a_restart_consumes_the_pending_mark_it_saw():
     facts = facts_matching(**{P.RESTART_PENDING: fact(P.RESTART_PENDING, b"", 0o600)})
     plan = P.build_host_plan(DESIRED, facts)
     assert plan.restart and plan.clear_pending
-    lines = P.build_install_script(plan).splitlines()
-    assert lines.index(f"rm -f {P.RESTART_PENDING}") < lines.index(next(x for x in lines if x.startswith("systemctl restart")))
+    restart = P.build_install_script(plan).splitlines()[-1]
+    # removed once systemd has restarted the unit, never before (a cut in between keeps it)
+    assert restart.startswith("if systemctl restart") and f"then rm -f {P.RESTART_PENDING};" in restart
 
 
 def test_install_script_keeps_previous_versions_for_rollback():
     facts = facts_matching(**{KEY: fact(KEY)})
     plan = P.build_host_plan(DESIRED, facts)
     script = P.build_install_script(plan, keep_previous=True)
-    assert ("if [ -e /var/lib/kubernetes/kubernetes-key.pem ]; then ln -f /var/lib/kubernetes/kubernetes-key.pem "
-            "/var/lib/kubernetes/.kubernetes-key.pem.k8sboot-prev;") in script
+    assert ("ln -f /var/lib/kubernetes/kubernetes-key.pem "
+            "/var/lib/kubernetes/.kubernetes-key.pem.k8sboot-prev\n") in script
+    # without keep_previous the links go as soon as the set is switched (old keys do not linger)
+    plain = P.build_install_script(plan)
+    assert "rm -f /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-prev\n" in plain
     rollback = P.build_rollback_script(plan)
     assert "mv -f /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-prev /var/lib/kubernetes/kubernetes-key.pem" in rollback
     assert "restart" in rollback
@@ -202,5 +211,5 @@ def test_no_restart_leaves_a_pending_mark_that_the_next_deploy_honours():
     again = P.build_host_plan(DESIRED, later)
     assert again.restart and "pending" in again.restart_reasons[0]
     script = P.build_install_script(again)
-    assert f"rm -f {P.RESTART_PENDING}" in script and script.index("rm -f") < script.index("systemctl restart")
+    assert f"then rm -f {P.RESTART_PENDING};" in script
     assert P.build_host_plan(DESIRED, later, no_restart=True).has_changes is False
