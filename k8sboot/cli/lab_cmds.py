@@ -25,6 +25,9 @@ Examples:
   sudo k8sboot lab up                      # 3 controllers at 10.240.0.10-12
   sudo k8sboot lab up --controllers 1      # shrink: stops controller-1 and controller-2
   sudo k8sboot lab up -c 3 -w 1            # plus worker-0 at 10.240.0.13
+  sudo k8sboot lab up --lb                 # plus lb-0 at 10.240.0.5 (HAProxy); api_endpoint = lb-0
+  sudo k8sboot lab up --lb --apiserver-ready-delay 2   # the stand-in is ready 2 s after each start
+  sudo k8sboot lab up                      # again without --lb: stops lb-0, removes the delay
   sudo k8sboot lab up --mirror URL        # another Debian mirror (default: your apt sources)
   ssh -i /var/lib/k8sboot/lab/id_ed25519 -o UserKnownHostsFile=/run/k8sboot-lab/known_hosts root@10.240.0.10
 """
@@ -100,6 +103,13 @@ class _Progress:
 def up_cmd(
     controllers: int = typer.Option(3, "--controllers", "-c", min=1, max=200, help="Number of controller hosts."),
     workers: int = typer.Option(0, "--workers", "-w", min=0, max=199, help="Number of worker hosts (after the controllers)."),
+    lb: bool = typer.Option(False, "--lb", help="Add the load balancer lb-0 (10.240.0.5, Debian's HAProxy with its "
+                            "default config until `k8sboot deploy-lb`) and make it the inventory's api_endpoint. "
+                            "Without it, a running lb-0 is stopped."),
+    ready_delay: float = typer.Option(0.0, "--apiserver-ready-delay", min=0, max=3600, metavar="SECONDS",
+                                      help="Lab only: the kube-apiserver stand-in on every controller fails /readyz "
+                                      "for this long after each start (a systemd drop-in; on running hosts it "
+                                      "applies at the next restart). 0 removes it."),
     mirror: str = typer.Option(None, "--mirror", metavar="URL",
                                help="Debian mirror for the lab's root (default: this machine's apt sources)."),
     inventory: Path = typer.Option(Path("inventory/lab.yaml"), "--inventory", "-i", metavar="PATH",
@@ -118,17 +128,19 @@ def up_cmd(
     from k8sboot import console, lab
     from k8sboot.lab.lease import LEASE_ENV
 
-    with _Progress(controllers + workers) as progress:
+    with _Progress(controllers + workers + int(lb)) as progress:
         result = lab.up(controllers=controllers, workers=workers, mirror=mirror, inventory=inventory,
                         boot_timeout=timeout, report=progress, lease=os.environ.get(LEASE_ENV) or None,
-                        lease_holder=os.getppid(), force=force)
+                        lease_holder=os.getppid(), force=force, load_balancers=int(lb),
+                        apiserver_ready_delay=ready_delay)
     if as_json:
         console.json_out({
             "hosts": [h.to_dict() for h in result.hosts], "started": list(result.started),
             "kept": list(result.kept), "stopped": list(result.stopped), "rootfs": str(result.rootfs),
             "rootfs_built": result.rootfs_built, "inventory": str(result.inventory),
             "inventory_written": result.inventory_written, "seconds": round(result.seconds, 3),
-            "boot_seconds": round(result.boot_seconds, 3)})
+            "boot_seconds": round(result.boot_seconds, 3),
+            "apiserver_ready_delay": result.apiserver_ready_delay, "reconfigured": list(result.reconfigured)})
         return
     console.table(["name", "role", "address", "state", "memory"], _host_rows(result.hosts),
                   title="k8sboot lab", styles=_STATE_STYLES)
@@ -138,8 +150,15 @@ def up_cmd(
     parts = [f"started {len(result.started)}", f"kept {len(result.kept)}"]
     if result.stopped:
         parts.append(f"stopped {len(result.stopped)} ({', '.join(result.stopped)})")
+    if result.reconfigured:
+        parts.append(f"ready delay set on {len(result.reconfigured)}")
     console.info(f"lab: {len(result.hosts)} hosts running ({', '.join(parts)}) in {result.seconds:.1f} s"
                  + (f", Debian root built: {result.rootfs}" if result.rootfs_built else ""))
+    if result.apiserver_ready_delay and (result.started or result.reconfigured):
+        console.info(f"lab: the controllers' kube-apiserver is ready {result.apiserver_ready_delay:g} s after each "
+                     "start (lab-only drop-in; running ones take it at their next restart)")
+    if "lb-0" in result.started:
+        console.info(f"lab: lb-0 runs HAProxy with Debian's default config until `k8sboot deploy-lb -i {result.inventory}`")
     console.info(f"lab: inventory {'written' if result.inventory_written else 'unchanged'}: {result.inventory}"
                  f" (try: k8sboot gen-certs -i {result.inventory})")
 

@@ -2,12 +2,15 @@
 
 Each host is a `systemd-nspawn --boot` container: real systemd as PID 1, journald, dbus and
 sshd, its own network namespace and address on the private bridge `k8sb-br0`
-(controller-0 = 10.240.0.10, ...; workers after the controllers), and its own overlay over one
-shared, cached, debootstrapped Debian bookworm root. The lab writes `inventory/lab.yaml` for the
-hosts (the lab's SSH key, an exact known_hosts, strict checking on).
+(controller-0 = 10.240.0.10, ...; workers after the controllers; with `--lb` the load balancer
+lb-0 = 10.240.0.5 running Debian's HAProxy), and its own overlay over one shared, cached,
+debootstrapped Debian bookworm root. The lab writes `inventory/lab.yaml` for the hosts (the lab's
+SSH key, an exact known_hosts, strict checking on; api_endpoint = lb-0 when there is one).
 
-    up(controllers, workers)   boot what is missing, stop what is no longer asked for, wait
-                               until every new host's systemd says `running`, write the inventory
+    up(controllers, workers, load_balancers, apiserver_ready_delay)
+                               boot what is missing, stop what is no longer asked for, wait
+                               until every new host's systemd says `running`, set the
+                               controllers' ready-delay drop-in, write the inventory
     down()                     remove everything the lab made, from the state file and from what
                                exists (also after a crash or a SIGKILLed `up`)
     status()                   the hosts and their state
@@ -64,10 +67,13 @@ class UpResult:
     inventory_written: bool
     seconds: float
     boot_seconds: float = 0.0
+    apiserver_ready_delay: float = 0.0
+    reconfigured: tuple[str, ...] = ()      # running controllers whose ready-delay drop-in changed
 
     @property
     def changed_nothing(self) -> bool:
-        return not self.started and not self.stopped and not self.rootfs_built and not self.inventory_written
+        return (not self.started and not self.stopped and not self.rootfs_built and not self.inventory_written
+                and not self.reconfigured)
 
 
 @dataclass(frozen=True)
@@ -156,9 +162,12 @@ def _octet(address: str) -> int:
 def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
        inventory: Path | None = None, boot_timeout: float = 90.0,
        report: Report | None = None, lease: str | None = None, lease_holder: int | None = None,
-       force: bool = False) -> UpResult:
-    """Bring the lab to `controllers` + `workers` running hosts (idempotent).
+       force: bool = False, load_balancers: int = 0, apiserver_ready_delay: float = 0.0) -> UpResult:
+    """Bring the lab to `controllers` + `workers` + `load_balancers` running hosts (idempotent).
 
+    `apiserver_ready_delay`: seconds the controllers' kube-apiserver stand-in fails /readyz after
+    each start (a lab-only drop-in, plan.READY_DELAY_DROPIN; 0 removes it). New hosts get it in
+    their root before they boot; running ones over SSH, with a daemon-reload and no restart.
     `lease`: record `lease_holder` (default: this process) as depending on the lab (lease.py);
     `force`: go ahead even when another holder depends on the lab.
     """
@@ -172,7 +181,8 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
     report = report or _quiet
     t0 = time.monotonic()
     try:
-        specs = plan.build_host_specs(controllers, workers)
+        specs = plan.build_host_specs(controllers, workers, load_balancers)
+        plan.check_ready_delay(apiserver_ready_delay)
     except ValueError as exc:
         raise LabError(f"planning the lab: {exc}") from None
     need_build = rootfs.find_rootfs() is None
@@ -196,13 +206,16 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
                    if _record_alive(r) and mounts.is_mountpoint(r.spec.root)}
         recorded_dead = {n: r.spec for n, r in state.hosts.items() if n not in running}
         lab_plan = plan.build_lab_plan(specs, running, recorded_dead)
+        # running controllers whose drop-in must change (new hosts get it before they boot)
+        resync = [h for h in lab_plan.keep if h.role == "controller"] \
+            if state.apiserver_ready_delay != apiserver_ready_delay else []
 
         # what runs without a record (a SIGKILLed `up` between spawn and record): stop it too
         known_machines = {r.spec.machine for n, r in state.hosts.items() if n in running}
         strays = {pid: m for pid, m in hosts.find_lab_nspawns().items() if m not in known_machines}
         held = load_leases()
-        if not lab_plan.changes_nothing or strays:
-            leases.check_free(held, f"bring the lab to {controllers} controllers and {workers} workers", force)
+        if not lab_plan.changes_nothing or strays or resync:
+            leases.check_free(held, f"bring the lab to {_shape(controllers, workers, load_balancers)}", force)
         if lease:
             write_leases(leases.take_lease(held, lease, lease_holder or os.getpid()))
         to_stop = [state.hosts[h.name] for h in lab_plan.stop]
@@ -230,7 +243,7 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
 
         client_public = hosts.ensure_client_key()
         for spec in lab_plan.start:
-            host_key = hosts.prepare_root(spec, root, client_public, standin)
+            host_key = hosts.prepare_root(spec, root, client_public, standin, apiserver_ready_delay)
             state.hosts[spec.name] = HostRecord(spec=spec, host_key=host_key, rootfs=str(root))
         write_known_hosts(state)
         write_state(state)
@@ -266,11 +279,50 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
                 hint="the hosts stay up for inspection (`k8sboot lab status`, "
                      f"console logs in {plan.HOSTS_DIR}/<name>/console.log); `k8sboot lab down` removes them")
 
+        reconfigured = _sync_ready_delay(resync, apiserver_ready_delay, report)
+        if state.apiserver_ready_delay != apiserver_ready_delay:
+            state.apiserver_ready_delay = apiserver_ready_delay
+            write_state(state)
+
         written = _write_inventory(inventory, plan.render_lab_inventory(specs))
     return UpResult(hosts=statuses, started=tuple(s.name for s in lab_plan.start),
                     kept=tuple(s.name for s in lab_plan.keep), stopped=tuple(s.name for s in lab_plan.stop),
                     rootfs=root, rootfs_built=built, inventory=inventory, inventory_written=written,
-                    seconds=time.monotonic() - t0, boot_seconds=boot_seconds)
+                    seconds=time.monotonic() - t0, boot_seconds=boot_seconds,
+                    apiserver_ready_delay=apiserver_ready_delay, reconfigured=reconfigured)
+
+
+def _shape(controllers: int, workers: int, load_balancers: int) -> str:
+    return f"{controllers} controllers and {workers} workers" + (
+        f" behind {load_balancers} load balancer(s)" if load_balancers else "")
+
+
+def _sync_ready_delay(controllers: list, seconds: float, report: Report) -> tuple[str, ...]:
+    """The drop-in on running controllers, in parallel; the names of those that changed. A
+    failure raises after all were tried (the state keeps the old value, so the next `up` tries
+    again: the host side compares before it writes)."""
+    from k8sboot.lab import hosts, plan
+
+    if not controllers:
+        return ()
+
+    def one(spec):
+        try:
+            return spec, hosts.sync_ready_delay(spec, seconds), None
+        except LabError as exc:
+            return spec, False, exc
+
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(controllers)))) as ex:
+        results = list(ex.map(one, controllers))
+    errors = [exc for _, _, exc in results if exc is not None]
+    if errors:
+        raise errors[0] if len(errors) == 1 else LabError("; ".join(str(e) for e in errors), hint=errors[0].hint)
+    changed = tuple(spec.name for spec, did, _ in results if did)
+    value = plan.format_seconds(seconds)
+    for name in changed:
+        report(name, f"kube-apiserver ready delay {value} s (applies at its next restart)"
+               if value != "0" else "kube-apiserver ready delay removed (applies at its next restart)")
+    return changed
 
 
 def _write_inventory(path: Path, text: str) -> bool:
@@ -321,7 +373,8 @@ def reset(name: str, boot_timeout: float = 90.0, report: Report | None = None,
         hosts.remove_host_files(spec, rec.cgroups)
         net.ensure_netns([spec])                  # kept across the reset; recreated if it was lost
         client_public = hosts.ensure_client_key()
-        rec.host_key = hosts.prepare_root(spec, root, client_public, hosts.standin_sources(root))
+        rec.host_key = hosts.prepare_root(spec, root, client_public, hosts.standin_sources(root),
+                                          state.apiserver_ready_delay)
         rec.rootfs = str(root)
         write_known_hosts(state)
         rec.pid, rec.starttime, rec.cgroups = hosts.launch(spec)

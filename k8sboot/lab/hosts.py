@@ -3,7 +3,8 @@
 Per host, in order: its overlay root is mounted (lower = the cached Debian root, upper on the
 lab's tmpfs); its identity is written into the root before the boot (hostname, /etc/hosts, a new
 ed25519 host key generated here, so known_hosts is exact; the lab key in root's
-authorized_keys; the kube-apiserver stand-in); then `systemd-nspawn --boot` is spawned in a new
+authorized_keys; the kube-apiserver stand-in on controllers and workers; what its role needs:
+haproxy enabled on lb-0, the ready-delay drop-in on controllers); then `systemd-nspawn --boot` is spawned in a new
 session, already moved into its own cgroups, with its console in `console.log`. A host is ready
 when port 22 answers with an SSH banner and `systemctl is-system-running --wait` says `running`.
 
@@ -204,8 +205,18 @@ def _put(root: Path, path: str, data: bytes, mode: int) -> None:
     _write_new(dest, data, mode)
 
 
-def prepare_root(host: HostSpec, rootfs: Path, client_public: str, standin: dict[str, bytes]) -> str:
-    """Mount the host's overlay and write its identity into it; returns its host public key."""
+def _link(root: Path, path: str, target: str) -> None:
+    dest = Path(str(root) + path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_symlink() or dest.exists():
+        dest.unlink()
+    os.symlink(target, dest)
+
+
+def prepare_root(host: HostSpec, rootfs: Path, client_public: str, standin: dict[str, bytes],
+                 ready_delay: float = 0.0) -> str:
+    """Mount the host's overlay and write its identity and its role's files into it; returns its
+    host public key. `ready_delay`: the controllers' ready-delay drop-in (plan.build_role_files)."""
     host.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not mounts.is_mountpoint(host.root):
         mounts.mount_overlay(rootfs, host.upper, host.work, host.root, plan.PREFIX + host.name)
@@ -218,9 +229,14 @@ def prepare_root(host: HostSpec, rootfs: Path, client_public: str, standin: dict
     private, public = generate_ed25519(f"root@{host.name}")
     _put(r, "/etc/ssh/ssh_host_ed25519_key", private, 0o600)
     _put(r, "/etc/ssh/ssh_host_ed25519_key.pub", (public + "\n").encode(), 0o644)
-    for name, data in standin.items():
-        _put(r, f"{plan.STANDIN_LIB}/k8sboot/{name}", data, 0o644)
-    _put(r, "/usr/local/bin/kube-apiserver", plan.STANDIN_LAUNCHER.encode(), 0o755)
+    if host.role != "lb":                       # a load balancer runs no kube-apiserver
+        for name, data in standin.items():
+            _put(r, f"{plan.STANDIN_LIB}/k8sboot/{name}", data, 0o644)
+        _put(r, "/usr/local/bin/kube-apiserver", plan.STANDIN_LAUNCHER.encode(), 0o755)
+    for path, mode, content in plan.build_role_files(host, ready_delay):
+        _put(r, path, content.encode(), mode)
+    for path, target in plan.ROLE_LINKS.get(host.role, ()):
+        _link(r, path, target)
     return " ".join(public.split()[:2])
 
 
@@ -303,6 +319,18 @@ def wait_ready(host: HostSpec, record: HostRecord, timeout: float,
         return Readiness("unreachable", f"ssh: {r.stderr.strip()}", time.monotonic() - t0)
     failed = run_ssh(host.address, "systemctl --failed --no-legend --plain", timeout=10).stdout.strip()
     return Readiness(state, f"failed units: {failed}" if failed else "", time.monotonic() - t0)
+
+
+def sync_ready_delay(host: HostSpec, seconds: float, timeout: float = 20.0) -> bool:
+    """Make a running controller's ready-delay drop-in say `seconds` (none for 0), over SSH,
+    followed by `daemon-reload`; True when it changed. No restart (plan.render_ready_delay_sync)."""
+    r = run_ssh(host.address, plan.render_ready_delay_sync(seconds), timeout=timeout)
+    out = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not out or out[-1] not in ("changed", "unchanged"):
+        why = (r.stderr or r.stdout).strip() or f"exit {r.returncode}"
+        raise LabError(f"{host.name}: setting the API server's ready delay ({plan.READY_DELAY_DROPIN}): {why}",
+                       hint="`k8sboot lab status`; `k8sboot lab reset " + host.name + "` gives it a fresh root")
+    return out[-1] == "changed"
 
 
 def query_state(address: str, timeout: float = 5.0) -> str:

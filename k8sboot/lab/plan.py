@@ -5,8 +5,9 @@ clock, so `tests/unit/test_lab_plan.py` covers it without root. The effects live
 `hosts` and `rootfs`, which take every name and path from here.
 
 Network rule: the lab uses 10.240.0.0/24 only. The workstation side of the bridge is
-10.240.0.1; controller-i is 10.240.0.(10+i), workers follow the controllers. Hosts get no
-default route and no IPv6; a blackhole route for 10.240.0.0/16 keeps a leftover client from
+10.240.0.1; controller-i is 10.240.0.(10+i), workers follow the controllers; the load balancer
+lb-0 (`lab up --lb`) is 10.240.0.5, below the controllers, so adding it never moves a host.
+Hosts get no default route and no IPv6; a blackhole route for 10.240.0.0/16 keeps a leftover client from
 sending lab traffic anywhere else once the bridge is gone.
 """
 
@@ -31,6 +32,9 @@ GATEWAY = ipaddress.IPv4Address("10.240.0.1")     # the workstation's address on
 GUARD_ROUTE = ipaddress.IPv4Network("10.240.0.0/16")
 FIRST_HOST = 10                                   # controller-0 = 10.240.0.10
 MAX_HOSTS = 200                                   # .10 .. .209
+FIRST_LB = 5                                      # lb-0 = 10.240.0.5
+MAX_LBS = FIRST_HOST - FIRST_LB                   # .5 .. .9
+ROLES = ("controller", "worker", "lb")
 INOTIFY_INSTANCES = 4096                          # each booted host holds ~7 inotify instances
 
 STATE_DIR = Path("/run/k8sboot-lab")              # a tmpfs: state file, known_hosts, host dirs
@@ -72,7 +76,7 @@ class HostSpec:
     """One lab host: everything that names it, derived from its role and index."""
 
     name: str            # controller-0
-    role: str            # controller | worker
+    role: str            # controller | worker | lb
     address: str         # 10.240.0.10
     mac: str             # 02:00:0a:f0:00:0a, fixed per address (a reset keeps the ARP entry valid)
     netns: str           # k8sb-controller-0
@@ -111,27 +115,37 @@ def mac_for(address: str) -> str:
 
 
 def host_spec(role: str, index: int, position: int) -> HostSpec:
-    """The `index`-th host of `role`, at lab `position` (0-based over controllers then workers)."""
-    if role not in ("controller", "worker"):
+    """The `index`-th host of `role`, at lab `position` (0-based over controllers then workers);
+    a load balancer's address comes from its index alone (lb-i = 10.240.0.(5+i))."""
+    if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
-    if not 0 <= position < MAX_HOSTS:
-        raise ValueError(f"the lab holds at most {MAX_HOSTS} hosts")
+    if role == "lb":
+        if not 0 <= index < MAX_LBS:
+            raise ValueError(f"the lab holds at most {MAX_LBS} load balancers")
+        octet = FIRST_LB + index
+    else:
+        if not 0 <= position < MAX_HOSTS:
+            raise ValueError(f"the lab holds at most {MAX_HOSTS} hosts")
+        octet = FIRST_HOST + position
     name = f"{role}-{index}"
-    octet = FIRST_HOST + position
     address = str(NETWORK.network_address + octet)
     return HostSpec(name=name, role=role, address=address, mac=mac_for(address),
                     netns=PREFIX + name, veth=f"{VETH_PREFIX}{octet}", machine=PREFIX + name)
 
 
-def build_host_specs(controllers: int, workers: int) -> tuple[HostSpec, ...]:
-    """controller-0.. at .10.., then worker-0.. right after the controllers."""
+def build_host_specs(controllers: int, workers: int, load_balancers: int = 0) -> tuple[HostSpec, ...]:
+    """In address order: lb-0.. at .5.., controller-0.. at .10.., then worker-0.. right after
+    the controllers."""
     if controllers < 1:
         raise ValueError("the lab needs at least one controller")
     if workers < 0:
         raise ValueError("the number of workers cannot be negative")
     if controllers + workers > MAX_HOSTS:
         raise ValueError(f"the lab holds at most {MAX_HOSTS} hosts ({controllers + workers} asked)")
-    specs = [host_spec("controller", i, i) for i in range(controllers)]
+    if not 0 <= load_balancers <= MAX_LBS:
+        raise ValueError(f"the lab holds 0 to {MAX_LBS} load balancers ({load_balancers} asked)")
+    specs = [host_spec("lb", k, k) for k in range(load_balancers)]
+    specs += [host_spec("controller", i, i) for i in range(controllers)]
     specs += [host_spec("worker", j, controllers + j) for j in range(workers)]
     return tuple(specs)
 
@@ -177,6 +191,10 @@ PACKAGES = (
     # the stand-in; debootstrap does not resolve virtual packages, so name cffi's backend
     "python3", "python3-cryptography", "python3-cffi-backend", "python3-jwt", "python3-openssl",
     "sudo", "ca-certificates", "curl",
+    # the load balancer (`lab up --lb`): Debian's HAProxy, the one a real cluster's LB host runs.
+    # In every root (one cache for all roles) but disabled there: only lb-0 enables it
+    # (ROLE_LINKS), so no controller or worker ever runs it.
+    "haproxy",
 )
 SSHD_CONFIG = """\
 # k8sboot lab: key-only root login, fast logins, many parallel sessions (Fabric)
@@ -209,6 +227,8 @@ ROOTFS_MASK = (
     "systemd-networkd-wait-online.service", "systemd-hwdb-update.service", "e2scrub_reap.service",
 )
 ROOTFS_ENABLE = ("ssh.service",)
+# Installed but not started at boot: haproxy's package enables itself; only lb-0 turns it on.
+ROOTFS_DISABLE = ("haproxy.service",)
 RECIPE_VERSION = 1   # bump when the build steps in rootfs.py change meaning
 
 
@@ -221,13 +241,15 @@ class RootfsRecipe:
     remove_globs: tuple[str, ...] = ROOTFS_REMOVE_GLOBS
     mask: tuple[str, ...] = ROOTFS_MASK
     enable: tuple[str, ...] = ROOTFS_ENABLE
+    disable: tuple[str, ...] = ROOTFS_DISABLE
     version: int = RECIPE_VERSION
 
     def to_json(self) -> str:
         return json.dumps({
             "suite": self.suite, "variant": self.variant, "packages": sorted(self.packages),
             "files": [[p, m, c] for p, m, c in self.files], "remove_globs": list(self.remove_globs),
-            "mask": sorted(self.mask), "enable": sorted(self.enable), "version": self.version,
+            "mask": sorted(self.mask), "enable": sorted(self.enable), "disable": sorted(self.disable),
+            "version": self.version,
         }, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -289,6 +311,78 @@ def check_mirror_url(uri: str) -> str | None:
     return None
 
 
+# --- what each host gets in its own root, by role ---------------------------------------------
+
+# lb-0 runs Debian's HAProxy with the package's own /etc/haproxy/haproxy.cfg until `k8sboot
+# deploy-lb` pushes the real one and reloads it: enabled in lb-0's root before it boots, exactly
+# the link `systemctl enable haproxy` makes.
+HAPROXY_UNIT = "haproxy.service"
+HAPROXY_WANTS_LINK = ("/etc/systemd/system/multi-user.target.wants/haproxy.service",
+                      "/lib/systemd/system/haproxy.service")
+ROLE_LINKS: dict[str, tuple[tuple[str, str], ...]] = {"lb": (HAPROXY_WANTS_LINK,)}
+
+# `lab up --apiserver-ready-delay SECONDS`: a lab-only drop-in on every controller that makes the
+# kube-apiserver stand-in answer /readyz with a failure for that long after it starts, as a real
+# API server does while it fills its caches. Never part of a rendered unit: `k8sboot
+# deploy-apiserver` and `verify` know nothing of it (it changes no ExecStart), and it only takes
+# effect at the next restart of kube-apiserver.
+READY_DELAY_ENV = "K8SBOOT_STANDIN_READY_DELAY"
+READY_DELAY_DROPIN = "/etc/systemd/system/kube-apiserver.service.d/k8sboot-lab-ready-delay.conf"
+MAX_READY_DELAY = 3600.0
+
+
+def format_seconds(seconds: float) -> str:
+    """`2` for 2.0, `0.25` for 0.25: at most millisecond precision, no exponent."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") or "0"
+
+
+def check_ready_delay(seconds: float) -> float:
+    """The ready delay as given, or ValueError when it is not 0..MAX_READY_DELAY seconds."""
+    if not 0.0 <= seconds <= MAX_READY_DELAY:          # also refuses NaN
+        raise ValueError(f"the API server's ready delay must be 0 to {MAX_READY_DELAY:g} seconds, "
+                         f"not {seconds!r}")
+    return seconds
+
+
+def render_ready_delay_dropin(seconds: float) -> str | None:
+    """The drop-in's text, or None for 0 (no drop-in at all: the stand-in's own default)."""
+    value = format_seconds(check_ready_delay(seconds))
+    if value == "0":
+        return None
+    return ("# k8sboot lab only (`k8sboot lab up --apiserver-ready-delay`): the kube-apiserver\n"
+            "# stand-in fails /readyz for this many seconds after it starts. Applies at its next start.\n"
+            f"[Service]\nEnvironment={READY_DELAY_ENV}={value}\n")
+
+
+def build_role_files(host: HostSpec, ready_delay: float = 0.0) -> tuple[tuple[str, int, str], ...]:
+    """(path, mode, content) written into the host's root before it boots, for its role."""
+    if host.role == "controller":
+        dropin = render_ready_delay_dropin(ready_delay)
+        if dropin is not None:
+            return ((READY_DELAY_DROPIN, 0o644, dropin),)
+    return ()
+
+
+def render_ready_delay_sync(seconds: float, path: str = READY_DELAY_DROPIN) -> str:
+    """A shell script for a running controller: make the drop-in say `seconds` (or remove it
+    for 0), then `systemctl daemon-reload` so that systemd has loaded what is on disk
+    (NeedDaemonReload=no: a later deploy sees no stale unit and restarts nothing for it). It
+    does nothing when the host already has it, and prints `changed` or `unchanged`. No restart:
+    the running kube-apiserver keeps its environment until its next restart."""
+    import shlex
+
+    dropin = render_ready_delay_dropin(seconds)
+    path = shlex.quote(path)
+    if dropin is None:
+        return (f"f={path}; if [ ! -e \"$f\" ]; then echo unchanged; exit 0; fi; "
+                "rm -f \"$f\" && { rmdir \"${f%/*}\" 2>/dev/null || true; } && "
+                "systemctl daemon-reload && echo changed")
+    text = shlex.quote(dropin)
+    return (f"f={path}; if printf %s {text} | cmp -s - \"$f\"; then echo unchanged; exit 0; fi; "
+            f"mkdir -p \"${{f%/*}}\" && printf %s {text} > \"$f.tmp\" && chmod 644 \"$f.tmp\" && "
+            "mv -f \"$f.tmp\" \"$f\" && systemctl daemon-reload && echo changed")
+
+
 # --- systemd-nspawn ----------------------------------------------------------------------------
 
 
@@ -341,11 +435,21 @@ def render_known_hosts(entries: dict[str, str]) -> str:
 
 def render_lab_inventory(hosts: tuple[HostSpec, ...], identity_file: Path = CLIENT_KEY,
                          known_hosts: Path = KNOWN_HOSTS) -> str:
-    """A full inventory (DESIGN.md schema) for the lab's hosts."""
+    """A full inventory (DESIGN.md schema) for the lab's hosts.
+
+    Clients dial the load balancer when the lab has one (`lab up --lb`), else controller-0. The
+    service-account issuer stays controller-0's URL either way: it is the `iss` of every token
+    minted and, by default, the API audience; if it followed the endpoint, adding or removing the
+    lab's LB would invalidate every ServiceAccount token and change every controller's flags.
+    """
     controllers = [h for h in hosts if h.role == "controller"]
     workers = [h for h in hosts if h.role == "worker"]
+    lbs = [h for h in hosts if h.role == "lb"]
     first = controllers[0].address
-    endpoint = f"https://{first}:6443"
+    issuer = f"https://{first}:6443"
+    endpoint = f"https://{lbs[0].address}:6443" if lbs else issuer
+    dial = ("  # clients dial the lab's HAProxy on lb-0 (`k8sboot deploy-lb` configures it)\n" if lbs
+            else "  # clients dial controller-0 (`k8sboot lab up --lb` puts a load balancer in front)\n")
 
     def host_lines(group: list[HostSpec]) -> str:
         if not group:
@@ -358,10 +462,13 @@ def render_lab_inventory(hosts: tuple[HostSpec, ...], identity_file: Path = CLIE
         "# `k8sboot lab up` rewrites it. The key and known_hosts below are the lab's own.\n"
         "cluster:\n"
         f"  name: {LAB_CLUSTER_NAME}\n"
+        f"{dial}"
         f"  api_endpoint: {endpoint}\n"
         "  service_cidr: 10.32.0.0/24\n"
         "  cluster_domain: cluster.local\n"
-        f"  service_account_issuer: {endpoint}\n"
+        "  # controller-0's URL with or without the lab's load balancer: the issuer is in every\n"
+        "  # ServiceAccount token (and is the API audience), so `lab up --lb` keeps tokens valid\n"
+        f"  service_account_issuer: {issuer}\n"
         "pki:\n"
         "  dir: pki\n"
         f"  subject: {{C: VN, OU: {LAB_CLUSTER_NAME}}}\n"
@@ -374,6 +481,10 @@ def render_lab_inventory(hosts: tuple[HostSpec, ...], identity_file: Path = CLIE
         "  authorization_mode: [Node, RBAC]\n"
         f"  etcd_servers: [https://{first}:2379]\n"
         "  extra_flags: {}\n"
+        "  # seconds a stopping API server keeps serving with /readyz failing, so that a load\n"
+        "  # balancer takes it out first; the lab's HAProxy checks /readyz fast (down after\n"
+        "  # fall x inter, well under 3 s), so 3 s is enough here (a real LB needs more)\n"
+        "  shutdown_delay_duration: 3\n"
         "ssh:\n"
         "  user: root\n"
         "  port: 22\n"
@@ -382,4 +493,5 @@ def render_lab_inventory(hosts: tuple[HostSpec, ...], identity_file: Path = CLIE
         "  sudo: false\n"
         f"controllers:{host_lines(controllers)}"
         f"workers:{host_lines(workers)}"
+        f"load_balancers:{host_lines(lbs)}"
     )

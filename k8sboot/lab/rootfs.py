@@ -4,10 +4,11 @@
 (`/var/lib/k8sboot/rootfs/bookworm-<hash>`), building it first when it is missing: debootstrap
 (minbase + the recipe's packages, with a package cache under /var/cache/k8sboot), then the
 recipe's customisation (sshd drop-in, empty machine-id and resolv.conf, no baked host keys,
-masked units). A root is complete only when its ready mark (the recipe JSON) exists; it is built
+masked units, haproxy installed but disabled). A root is complete only when its ready mark (the recipe JSON) exists; it is built
 under `<dir>.tmp` and renamed into place, so a killed build leaves nothing that looks usable.
 Roots of older recipes are removed once no host uses them. Nothing per-host goes in here: host
-keys, hostname and the kube-apiserver stand-in are written into each host's overlay at boot.
+keys, hostname, the kube-apiserver stand-in and what a role turns on (haproxy on lb-0) are written
+into each host's overlay at boot.
 
 The mirror comes from this machine's apt sources, or from `--mirror`; none is written here.
 """
@@ -151,7 +152,7 @@ def customise_root(root: Path, recipe: RootfsRecipe) -> None:
     (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
     os.chmod(root / "root/.ssh", 0o700)
     # systemctl works offline on a tree: it only writes symlinks
-    for verb, units in (("mask", recipe.mask), ("enable", recipe.enable)):
+    for verb, units in (("mask", recipe.mask), ("disable", recipe.disable), ("enable", recipe.enable)):
         if units:
             r = subprocess.run(["systemctl", f"--root={root}", verb, *units],
                                capture_output=True, text=True)

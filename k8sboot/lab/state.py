@@ -34,12 +34,14 @@ class LabState:
     hosts: dict[str, HostRecord] = field(default_factory=dict)
     mounted_nspawn_tmpfs: bool = False
     mounted_run_netns: bool = False       # /run/netns was not a mount before our first netns
+    apiserver_ready_delay: float = 0.0    # seconds in every controller's ready-delay drop-in (0: none)
 
     def to_json(self) -> str:
         return json.dumps({
             "version": 1,
             "mounted_nspawn_tmpfs": self.mounted_nspawn_tmpfs,
             "mounted_run_netns": self.mounted_run_netns,
+            "apiserver_ready_delay": self.apiserver_ready_delay,
             "hosts": {n: {**asdict(r), "spec": asdict(r.spec)} for n, r in self.hosts.items()},
         }, indent=2, sort_keys=True)
 
@@ -53,7 +55,8 @@ class LabState:
                                      cgroups=list(r.get("cgroups", [])), host_key=r.get("host_key"),
                                      rootfs=r.get("rootfs"))
         return cls(hosts=hosts, mounted_nspawn_tmpfs=bool(raw.get("mounted_nspawn_tmpfs")),
-                   mounted_run_netns=bool(raw.get("mounted_run_netns")))
+                   mounted_run_netns=bool(raw.get("mounted_run_netns")),
+                   apiserver_ready_delay=float(raw.get("apiserver_ready_delay") or 0.0))
 
 
 def load_state(path: Path = plan.STATE_FILE) -> LabState:

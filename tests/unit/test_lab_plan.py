@@ -1,5 +1,6 @@
 """The lab's pure parts: names and addresses, the plan for `up`, the recipe hash, the mirror from
-apt sources, nspawn's command line, the inventory it writes, the prerequisite findings."""
+apt sources, nspawn's command line, the inventory it writes, what each role gets in its root (the
+load balancer's HAProxy, the controllers' ready-delay drop-in), the prerequisite findings."""
 
 from __future__ import annotations
 
@@ -44,10 +45,35 @@ def test_mac_is_fixed_per_address_and_locally_administered():
     assert first_octet & 0b10 and not first_octet & 0b1          # local, unicast
 
 
-@pytest.mark.parametrize("controllers, workers", [(0, 0), (-1, 0), (1, -1), (150, 51)])
-def test_impossible_counts_are_refused(controllers, workers):
+@pytest.mark.parametrize("controllers, workers, lbs", [(0, 0, 0), (-1, 0, 0), (1, -1, 0), (150, 51, 0),
+                                                      (1, 0, -1), (1, 0, plan.MAX_LBS + 1)])
+def test_impossible_counts_are_refused(controllers, workers, lbs):
     with pytest.raises(ValueError):
-        build_host_specs(controllers, workers)
+        build_host_specs(controllers, workers, lbs)
+
+
+def test_the_load_balancer_is_lb_0_at_5_below_the_controllers_which_do_not_move():
+    specs = build_host_specs(3, 1, 1)
+    assert [(h.name, h.role, h.address) for h in specs] == [
+        ("lb-0", "lb", "10.240.0.5"), ("controller-0", "controller", "10.240.0.10"),
+        ("controller-1", "controller", "10.240.0.11"), ("controller-2", "controller", "10.240.0.12"),
+        ("worker-0", "worker", "10.240.0.13")]
+    lb = specs[0]
+    assert (lb.veth, lb.netns, lb.machine, lb.mac) == ("k8sbv5", "k8sb-lb-0", "k8sb-lb-0", "02:00:0a:f0:00:05")
+    assert specs[1:] == build_host_specs(3, 1)                      # same hosts, same addresses
+    addrs = [h.address for h in build_host_specs(plan.MAX_HOSTS, 0, plan.MAX_LBS)]
+    assert len(set(addrs)) == len(addrs) and str(plan.GATEWAY) not in addrs
+    assert plan.parse_nspawn_machine(plan.build_nspawn_argv(lb)) == "k8sb-lb-0"
+
+
+def test_up_with_lb_only_starts_lb_0_and_up_without_it_only_stops_lb_0():
+    without = build_host_specs(3, 0)
+    with_lb = build_host_specs(3, 0, 1)
+    p = build_lab_plan(with_lb, {h.name: h for h in without})
+    assert [h.name for h in p.start] == ["lb-0"] and not p.stop and len(p.keep) == 3
+    p = build_lab_plan(without, {h.name: h for h in with_lb})
+    assert [h.name for h in p.stop] == ["lb-0"] and not p.start and len(p.keep) == 3
+    assert build_lab_plan(with_lb, {h.name: h for h in with_lb}).changes_nothing
 
 
 def test_same_count_again_keeps_everything():
@@ -100,6 +126,18 @@ def test_recipe_has_what_the_stand_in_and_the_tests_need():
     assert files["/etc/machine-id"] == ""                 # 0 bytes: a lone newline breaks nspawn
     assert files["/etc/resolv.conf"] == ""
     assert "PasswordAuthentication no" in files["/etc/ssh/sshd_config.d/k8sboot-lab.conf"]
+
+
+def test_haproxy_is_in_every_root_but_disabled_there_and_enabled_only_in_lb_0s():
+    r = RootfsRecipe()
+    assert "haproxy" in r.packages
+    assert "haproxy.service" in r.disable and "haproxy.service" not in r.enable + r.mask
+    assert replace(r, disable=()).hash != r.hash                  # part of what the cache is keyed by
+    assert '"disable":["haproxy.service"]' in r.to_json()
+    link = ("/etc/systemd/system/multi-user.target.wants/haproxy.service", "/lib/systemd/system/haproxy.service")
+    lb, c0, w0 = (h for h in build_host_specs(1, 1, 1))
+    assert plan.ROLE_LINKS.get(lb.role) == (link,)
+    assert plan.ROLE_LINKS.get(c0.role, ()) == () and plan.ROLE_LINKS.get(w0.role, ()) == ()
 
 
 def test_debootstrap_argv_uses_the_given_mirror_and_the_package_cache():
@@ -190,13 +228,126 @@ def test_inventory_is_a_valid_full_inventory_for_the_lab(tmp_path):
     assert [(h.name, str(h.internal_ip)) for h in inv.workers] == [("worker-0", "10.240.0.13")]
 
 
+def test_inventory_with_the_load_balancer_dials_it_and_keeps_the_issuer_on_controller_0(tmp_path):
+    text = plan.render_lab_inventory(build_host_specs(3, 0, 1), Path("/k"), Path("/kh"))
+    inv = parse_inventory(text, tmp_path / "lab.yaml")
+    assert inv.cluster.api_endpoint == "https://10.240.0.5:6443"
+    assert inv.cluster.service_account_issuer == "https://10.240.0.10:6443"       # tokens stay valid
+    assert inv.cluster.api_audiences == ("https://10.240.0.10:6443",)
+    assert [(h.name, h.address, str(h.internal_ip)) for h in inv.load_balancers] == [
+        ("lb-0", "10.240.0.5", "10.240.0.5")]
+    assert [h.name for h in inv.controllers] == ["controller-0", "controller-1", "controller-2"]
+    assert inv.apiserver.shutdown_delay_seconds == 3
+    assert inv.apiserver.etcd_servers == ("https://10.240.0.10:2379",)
+    assert "load_balancers:\n  - {name: lb-0, address: 10.240.0.5, internal_ip: 10.240.0.5}\n" in text
+    assert "  api_endpoint: https://10.240.0.5:6443\n" in text
+
+
+def test_inventory_without_the_load_balancer_dials_controller_0_with_the_same_issuer_and_delay(tmp_path):
+    with_lb = plan.render_lab_inventory(build_host_specs(3, 0, 1), Path("/k"), Path("/kh"))
+    text = plan.render_lab_inventory(build_host_specs(3, 0), Path("/k"), Path("/kh"))
+    inv = parse_inventory(text, tmp_path / "lab.yaml")
+    assert inv.cluster.api_endpoint == inv.cluster.service_account_issuer == "https://10.240.0.10:6443"
+    assert inv.load_balancers == () and inv.apiserver.shutdown_delay_seconds == 3
+    # the line tests and users edit by hand, as written; only the endpoint (and its comment) and
+    # the load_balancers list differ with the LB
+    assert "\n  service_account_issuer: https://10.240.0.10:6443\n" in text
+    def body(t: str) -> list[str]:
+        return [ln for ln in t.splitlines() if not ln.lstrip().startswith("#")]
+
+    assert [ln for ln in body(text) if ln not in body(with_lb)] == [
+        "  api_endpoint: https://10.240.0.10:6443", "load_balancers: []"]
+
+
+def test_ready_delay_drop_in_is_a_service_environment_line_only_on_controllers():
+    lb, c0, w0 = build_host_specs(1, 1, 1)
+    files = plan.build_role_files(c0, 2)
+    assert [(p, m) for p, m, _ in files] == [
+        ("/etc/systemd/system/kube-apiserver.service.d/k8sboot-lab-ready-delay.conf", 0o644)]
+    body = [ln for ln in files[0][2].splitlines() if not ln.startswith("#")]
+    assert body == ["[Service]", "Environment=K8SBOOT_STANDIN_READY_DELAY=2"]
+    assert "ExecStart" not in files[0][2]                 # verify's ExecStart check never sees it
+    assert plan.build_role_files(c0, 0) == () and plan.build_role_files(c0) == ()
+    assert plan.build_role_files(w0, 2) == () and plan.build_role_files(lb, 2) == ()
+    assert plan.render_ready_delay_dropin(0.25).endswith("Environment=K8SBOOT_STANDIN_READY_DELAY=0.25\n")
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0"), (2, "2"), (2.0, "2"), (0.25, "0.25"), (1.5, "1.5"),
+                                           (0.0001, "0"), (3600, "3600")])
+def test_seconds_are_written_plainly(seconds, text):
+    assert plan.format_seconds(seconds) == text
+
+
+@pytest.mark.parametrize("seconds", [-1, -0.001, 3600.5, float("nan"), float("inf")])
+def test_impossible_ready_delays_are_refused(seconds):
+    with pytest.raises(ValueError, match="ready delay"):
+        plan.render_ready_delay_dropin(seconds)
+
+
+def _run_sync(tmp_path, seconds):
+    """The sync script, run by a real sh on a temp path, with `systemctl` a recorder."""
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/systemctl.log\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    path = tmp_path / "etc" / "kube-apiserver.service.d" / "k8sboot-lab-ready-delay.conf"
+    r = subprocess.run(["sh", "-c", plan.render_ready_delay_sync(seconds, str(path))], capture_output=True,
+                       text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    log = tmp_path / "systemctl.log"
+    calls = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return r.stdout.strip(), path, calls
+
+
+def test_ready_delay_sync_writes_once_reloads_once_and_removes_for_zero(tmp_path):
+    out, path, calls = _run_sync(tmp_path, 2)
+    assert (out, calls) == ("changed", ["daemon-reload"])
+    assert path.read_text() == plan.render_ready_delay_dropin(2) and oct(path.stat().st_mode)[-3:] == "644"
+    assert _run_sync(tmp_path, 2)[::2] == ("unchanged", [])            # idempotent: no reload either
+    out, _, calls = _run_sync(tmp_path, 0.5)
+    assert (out, calls) == ("changed", ["daemon-reload"]) and "DELAY=0.5\n" in path.read_text()
+    assert not list(path.parent.glob("*.tmp"))
+    out, _, calls = _run_sync(tmp_path, 0)
+    assert (out, calls) == ("changed", ["daemon-reload"])
+    assert not path.exists() and not path.parent.exists()                # the empty .d dir goes too
+    assert _run_sync(tmp_path, 0)[::2] == ("unchanged", [])
+
+
+def test_ready_delay_removal_keeps_other_drop_ins(tmp_path):
+    _run_sync(tmp_path, 2)
+    other = tmp_path / "etc" / "kube-apiserver.service.d" / "other.conf"
+    other.write_text("[Service]\n")
+    assert _run_sync(tmp_path, 0)[0] == "changed"
+    assert other.exists()
+
+
+def test_up_result_counts_a_changed_ready_delay_as_a_change():
+    from k8sboot.lab import UpResult
+
+    base = dict(hosts=(), started=(), kept=("controller-0",), stopped=(), rootfs=Path("/r"), rootfs_built=False,
+                inventory=Path("i"), inventory_written=False, seconds=0.1)
+    assert UpResult(**base).changed_nothing
+    assert not UpResult(**base, apiserver_ready_delay=2, reconfigured=("controller-0",)).changed_nothing
+
+
 def test_state_round_trips():
-    specs = build_host_specs(2, 0)
+    specs = build_host_specs(2, 0, 1)
     s = LabState(hosts={h.name: HostRecord(spec=h, pid=100 + i, starttime=5, cgroups=["/sys/fs/cgroup/x"],
                                            host_key="ssh-ed25519 AAA", rootfs="/r")
-                        for i, h in enumerate(specs)}, mounted_nspawn_tmpfs=True)
+                        for i, h in enumerate(specs)}, mounted_nspawn_tmpfs=True, apiserver_ready_delay=2.5)
     back = LabState.from_json(s.to_json())
     assert back == s
+
+
+def test_state_written_before_the_ready_delay_existed_reads_as_no_delay():
+    import json
+
+    raw = json.loads(LabState(hosts={}).to_json())
+    del raw["apiserver_ready_delay"]
+    assert LabState.from_json(json.dumps(raw)).apiserver_ready_delay == 0.0
 
 
 @pytest.mark.parametrize("kw, problems, fix", [
