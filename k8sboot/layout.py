@@ -97,3 +97,22 @@ def remote_path(local_name: str) -> str:
 
 # Files that must never leave the workstation.
 NEVER_UPLOADED = frozenset({key_file(CA)})
+
+
+# --- on each load balancer (`load_balancers:` hosts, HAProxy in TCP mode) ---------------------
+#
+# HAProxy reads its config and every cert as root before it drops to user haproxy, so the
+# directory and the health key are root's alone. `crt` takes the certificate and its key in one
+# file, hence the combined PEM. Never ca-key.pem, never a controller's key.
+
+LB_UNIT_NAME = "haproxy.service"                 # Debian's unit; `systemctl reload` = graceful
+LB_BINARY_PATH = "/usr/sbin/haproxy"
+LB_CONFIG_PATH = "/etc/haproxy/haproxy.cfg"
+LB_CONFIG_MODE = 0o644
+LB_PKI_DIR = "/etc/haproxy/k8sboot"
+LB_PKI_DIR_MODE = 0o700
+LB_CA_PATH = f"{LB_PKI_DIR}/{cert_file(CA)}"     # verifies the controllers' serving certs
+LB_CA_MODE = CERT_MODE
+LB_HEALTH_PEM_PATH = f"{LB_PKI_DIR}/{cert_file(HEALTH_CLIENT)}"   # cert + key: the check's client cert
+LB_HEALTH_PEM_MODE = KEY_MODE
+LB_STATS_SOCKET = "/run/haproxy/admin.sock"      # `show servers state`: is every backend up
