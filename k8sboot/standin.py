@@ -27,6 +27,22 @@ real binary where k8sboot and its users can observe Stage 1 (authentication) and
   `/readyz`, `/healthz`, minimal discovery; for system:masters, lists are empty (there is no
   etcd), a named object is NotFound, and writes answer a Success Status without storing anything.
 * Every request is logged to stderr (the journal) with its identity and decision.
+* Health and graceful restarts, as the real server (k8s.io/apiserver's healthz handler and
+  lifecycle signals). `/livez`, `/healthz`, `/readyz` answer `ok`; `?verbose` lists the real 1.32
+  check names (`[+]ping ok` ... `readyz check passed`; no etcd checks: there is no etcd); a failing
+  endpoint always lists them, `[-]<check> failed: reason withheld`, then `readyz check failed`, HTTP
+  500 (the reasons go to the journal at --v=2). On SIGTERM or SIGINT: /readyz fails at once
+  (`[-]shutdown failed`) while /livez stays ok and every request is still served for
+  `--shutdown-delay-duration` (Go duration, default 0s); then, with `--shutdown-send-retry-after`,
+  new requests other than health probes get 429, `Retry-After: 5`, `Connection: close` and `The
+  apiserver is shutting down, please try again later.` while requests in flight drain, then the
+  port closes; without it the port closes at once and requests in flight drain. The drain is
+  bounded by `--request-timeout` (default 1m0s); then exit 0. A second signal exits 1 at once.
+  Start-up: `K8SBOOT_STANDIN_READY_DELAY=<seconds>` (a lab-only systemd drop-in sets it) keeps
+  /readyz failing that long after the port opens, naming unfinished post-start hooks
+  (`[-]poststarthook/rbac/bootstrap-roles failed: reason withheld`), as a real server does while
+  it fills its caches; /livez stays ok meanwhile (the real one also lists those hooks in /livez
+  unless --livez-grace-period covers them).
 
 TLS and client certificates. Go's server (the real one) asks for a client certificate without
 verifying it in the handshake and leaves the decision to the x509 authenticator, so a certificate
@@ -47,6 +63,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -79,16 +96,17 @@ IDLE_TIMEOUT = 60.0
 
 # --- flags -------------------------------------------------------------------------------------
 
-BOOL, STRING, INT, ARRAY, SLICE = "bool", "string", "int", "stringArray", "stringSlice"
+BOOL, STRING, INT, ARRAY, SLICE, DURATION = "bool", "string", "int", "stringArray", "stringSlice", "duration"
 
-# kube-apiserver 1.32 flags (name -> pflag type). Bools never take the next argument.
+# kube-apiserver 1.32 flags (name -> pflag type). Bools never take the next argument. The durations
+# the stand-in acts on are parsed as Go durations (seconds); other duration flags are kept as given.
 FLAG_TYPES: dict[str, str] = {
     # generic
     "advertise-address": STRING, "cors-allowed-origins": SLICE, "default-not-ready-toleration-seconds": INT,
     "default-unreachable-toleration-seconds": INT, "enable-priority-and-fairness": BOOL,
     "external-hostname": STRING, "feature-gates": STRING, "goaway-chance": STRING, "livez-grace-period": STRING,
     "max-mutating-requests-inflight": INT, "max-requests-inflight": INT, "min-request-timeout": INT,
-    "request-timeout": STRING, "shutdown-delay-duration": STRING, "shutdown-send-retry-after": BOOL,
+    "request-timeout": DURATION, "shutdown-delay-duration": DURATION, "shutdown-send-retry-after": BOOL,
     "shutdown-watch-termination-grace-period": STRING, "strict-transport-security-directives": SLICE,
     "aggregator-reject-forwarding-redirect": BOOL, "emulated-version": SLICE,
     "cloud-provider": STRING, "cloud-config": STRING,
@@ -219,6 +237,20 @@ class Flags:
     def verbosity(self) -> int:
         return self.get("v", 0)
 
+    @property
+    def shutdown_delay(self) -> float:
+        """--shutdown-delay-duration in seconds (the real binary's default: 0s)."""
+        return self.get("shutdown-delay-duration", 0.0)
+
+    @property
+    def shutdown_send_retry_after(self) -> bool:
+        return self.get("shutdown-send-retry-after", False)
+
+    @property
+    def request_timeout(self) -> float:
+        """--request-timeout in seconds (default 1m0s): also what bounds the drain at shutdown."""
+        return self.get("request-timeout", 60.0)
+
 
 def _parse_bool(name: str, raw: str) -> bool:
     if raw in _TRUE:
@@ -234,6 +266,54 @@ def _parse_int(name: str, raw: str) -> int:
     except ValueError:
         raise FlagError(f'invalid argument "{raw}" for "--{name}" flag: strconv.ParseInt: parsing "{raw}": '
                         "invalid syntax") from None
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                   "h": 3600.0}
+_DURATION_PART = re.compile(r"([0-9]*)(\.[0-9]*)?([^0-9.]*)")
+_MAX_DURATION = (2**63 - 1) / 1e9          # Go's time.Duration is int64 nanoseconds
+
+
+def _go_quote(s: str) -> str:
+    """Go's time.quote: non-ASCII and control bytes as \\xNN, `"` and `\\` escaped."""
+    out = []
+    for ch in s:
+        if ord(ch) >= 0x80 or ch < " ":
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogatepass"))
+        else:
+            out.append("\\" + ch if ch in '"\\' else ch)
+    return '"' + "".join(out) + '"'
+
+
+def parse_go_duration(text: str) -> float:
+    """Go's time.ParseDuration, in seconds: `15s`, `1m30s`, `1.5h`, `300ms`, `-2s`, `0`. ValueError
+    with Go's message (`time: invalid duration "x"`, `time: missing unit in duration "15"`, `time:
+    unknown unit "d" in duration "1d"`) for anything else."""
+    invalid = ValueError(f"time: invalid duration {_go_quote(text)}")
+    s, sign = text, 1.0
+    if s[:1] in ("-", "+"):
+        sign, s = (-1.0 if s[0] == "-" else 1.0), s[1:]
+    if s == "0":
+        return 0.0
+    if not s:
+        raise invalid
+    total = 0.0
+    while s:
+        if s[0] not in ".0123456789":
+            raise invalid
+        m = _DURATION_PART.match(s)
+        whole, frac, unit = m[1], m[2] or "", m[3]
+        if not whole and len(frac) < 2:
+            raise invalid                                   # "." or ".s": no digits at all
+        if not unit:
+            raise ValueError(f"time: missing unit in duration {_go_quote(text)}")
+        if unit not in _DURATION_UNITS:
+            raise ValueError(f"time: unknown unit {_go_quote(unit)} in duration {_go_quote(text)}")
+        total += float((whole or "0") + (frac if len(frac) > 1 else "")) * _DURATION_UNITS[unit]
+        s = s[m.end():]
+    if total > _MAX_DURATION:
+        raise invalid
+    return sign * total
 
 
 def parse_flags(argv: list[str]) -> Flags:
@@ -286,6 +366,11 @@ def parse_flags(argv: list[str]) -> Flags:
         order.append((name, raw))
         if kind == INT:
             values[name] = _parse_int(name, raw)
+        elif kind == DURATION:
+            try:
+                values[name] = parse_go_duration(raw)
+            except ValueError as exc:
+                raise FlagError(f'invalid argument "{raw}" for "--{name}" flag: {exc}') from None
         elif kind == ARRAY:
             values.setdefault(name, []).append(raw)
         elif kind == SLICE:
@@ -301,6 +386,10 @@ def parse_flags(argv: list[str]) -> Flags:
 def validate_flags(flags: Flags) -> list[str]:
     """The real binary's validation errors for what the stand-in implements, in its order."""
     errors = []
+    if flags.request_timeout < 0:                   # ServerRunOptions.Validate, first as in the real one
+        errors.append("--request-timeout can not be negative value")
+    if flags.shutdown_delay < 0:
+        errors.append("--shutdown-delay-duration can not be negative value")
     if not flags.get("etcd-servers"):
         errors.append("--etcd-servers must be specified")
     port = flags.secure_port
@@ -521,7 +610,7 @@ def route(info: RequestInfo, user: authn.UserInfo, result: authn.AuthResult, now
     path = info.path
     if not info.is_resource:
         if path in ("/healthz", "/livez", "/readyz"):
-            return 200, "ok"
+            return 200, "ok"                     # a server with no lifecycle: always healthy
         if path in ("/version", "/version/"):
             return 200, VERSION_INFO
         if path == "/":
@@ -542,6 +631,214 @@ def route(info: RequestInfo, user: authn.UserInfo, result: authn.AuthResult, now
         return 404, not_found_status(info)
     return 200, success_status(f"k8sboot stand-in: {info.verb} {info.resource} accepted, nothing stored "
                                "(this is not Kubernetes: there is no etcd)")
+
+
+# --- health checks and the server's life: start-up readiness, graceful termination -------------
+# The real 1.32 server's checks, in its order (`kubectl get --raw '/readyz?verbose'`), without
+# `etcd` and `etcd-readiness`: the stand-in has no etcd, so it claims no etcd check. /livez and
+# /healthz list the same checks minus the readiness-only ones (informer-sync, shutdown).
+
+_HOOKS_AND_AUTOREGISTER = (
+    *(f"poststarthook/{h}" for h in (
+        "start-apiserver-admission-initializer", "generic-apiserver-start-informers",
+        "priority-and-fairness-config-consumer", "priority-and-fairness-filter",
+        "storage-object-count-tracker-hook", "start-apiextensions-informers", "start-apiextensions-controllers",
+        "crd-informer-synced", "start-system-namespaces-controller",
+        "start-cluster-authentication-info-controller", "start-kube-apiserver-identity-lease-controller",
+        "start-kube-apiserver-identity-lease-garbage-collector", "start-legacy-token-tracking-controller",
+        "start-service-ip-repair-controllers", "rbac/bootstrap-roles", "scheduling/bootstrap-system-priority-classes",
+        "priority-and-fairness-config-producer", "bootstrap-controller", "start-kubernetes-service-cidr-controller",
+        "aggregator-reload-proxy-client-cert", "start-kube-aggregator-informers",
+        "apiservice-status-local-available-controller", "apiservice-status-remote-available-controller",
+        "apiservice-registration-controller", "apiservice-discovery-controller", "kube-apiserver-autoregistration")),
+    "autoregister-completion",
+    "poststarthook/apiservice-openapi-controller", "poststarthook/apiservice-openapiv3-controller",
+)
+HEALTH_CHECKS = {
+    "livez": ("ping", "log", *_HOOKS_AND_AUTOREGISTER),
+    "healthz": ("ping", "log", *_HOOKS_AND_AUTOREGISTER),
+    "readyz": ("ping", "log", "informer-sync", *_HOOKS_AND_AUTOREGISTER, "shutdown"),
+}
+# What a real server is still doing in its first seconds after a restart (the hooks that wait for
+# caches and the bootstrap policy): /readyz names them until K8SBOOT_STANDIN_READY_DELAY has passed.
+STARTING_HOOKS = ("poststarthook/start-apiextensions-controllers", "poststarthook/crd-informer-synced",
+                  "poststarthook/rbac/bootstrap-roles")
+READY_DELAY_ENV = "K8SBOOT_STANDIN_READY_DELAY"
+SHUTTING_DOWN = "process is shutting down"                 # the shutdown check's error (log only)
+RETRY_AFTER_MESSAGE = "The apiserver is shutting down, please try again later."
+# requests the real server keeps serving once it no longer accepts new ones (WithRetryAfter)
+RETRY_AFTER_EXEMPT_PREFIXES = ("/readyz", "/livez", "/healthz", "/metrics")
+
+
+def health_endpoint(path: str) -> tuple[str, str | None] | None:
+    """("readyz", None) for /readyz, ("readyz", "shutdown") for /readyz/shutdown; None otherwise."""
+    name, _, check = path.strip("/").partition("/")
+    if name not in HEALTH_CHECKS or path.endswith("/") and not check:
+        return None
+    return name, (check or None)
+
+
+def health_answer(endpoint: str, failing: dict, query: str = "", check: str | None = None) -> tuple[int, str]:
+    """The real healthz handler's answer (k8s.io/apiserver/pkg/server/healthz) for `endpoint`
+    given the failing checks ({name: reason}): `ok`; with `?verbose` one `[+]name ok` line per
+    check and `<endpoint> check passed`; on failure always the lines, `[-]name failed: reason
+    withheld` (the reason goes to the log only: the endpoint is public), `<endpoint> check
+    failed` and HTTP 500. `?exclude=name` skips a check. `/<endpoint>/<check>` answers for one."""
+    checks = HEALTH_CHECKS[endpoint]
+    if check is not None:
+        if check not in checks:
+            return 404, "404 page not found\n"
+        if check in failing:
+            return 500, f"internal server error: {failing[check]}\n"
+        return 200, "ok"
+    params = parse_qs(query, keep_blank_values=True)
+    excluded = set(params.get("exclude", []))
+    lines = []
+    failed = False
+    for name in checks:
+        if name in excluded:
+            excluded.discard(name)
+            lines.append(f"[+]{name} excluded: ok")
+        elif name in failing:
+            failed = True
+            lines.append(f"[-]{name} failed: reason withheld")
+        else:
+            lines.append(f"[+]{name} ok")
+    if excluded:
+        lines.append("warn: some health checks cannot be excluded: no matches for "
+                     + ",".join(f'"{n}"' for n in sorted(excluded)))
+    if failed:
+        return 500, "\n".join(lines) + f"\n{endpoint} check failed\n"
+    if "verbose" not in params:
+        return 200, "ok"
+    return 200, "\n".join(lines) + f"\n{endpoint} check passed\n"
+
+
+def exempt_from_retry_after(path: str, user_agent: str) -> bool:
+    """Health probes (and the server's own loopback client) are served to the end."""
+    return path.startswith(RETRY_AFTER_EXEMPT_PREFIXES) or user_agent.startswith("kube-apiserver/")
+
+
+def parse_ready_delay(raw: str | None) -> float:
+    """K8SBOOT_STANDIN_READY_DELAY: seconds (a float, 0 when unset); ValueError otherwise."""
+    if raw is None or raw.strip() == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value < float("inf"):
+        raise ValueError(f"{READY_DELAY_ENV}={_q(raw)}: want a number of seconds, 0 or more "
+                         "(the k8sboot lab's ready delay)")
+    return value
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+class Lifecycle:
+    """Where the server is in its life, as the real binary's lifecycle signals say it
+    (k8s.io/apiserver genericapiserver.go): listening; ready once the ready delay has passed;
+    ShutdownInitiated (SIGTERM: /readyz fails, everything is still served);
+    AfterShutdownDelayDuration = NotAcceptingNewRequest (new requests other than health probes
+    get 429 + Retry-After with --shutdown-send-retry-after, else the port closes); then
+    InFlightRequestsDrained (bounded by --request-timeout) and the process exits."""
+
+    def __init__(self, shutdown_delay: float = 0.0, send_retry_after: bool = False,
+                 request_timeout: float = 60.0, ready_delay: float = 0.0, clock=time.monotonic):
+        self.shutdown_delay = shutdown_delay
+        self.send_retry_after = send_retry_after
+        self.request_timeout = request_timeout
+        self.ready_delay = ready_delay
+        self.clock = clock
+        self.ready_at: float | None = None
+        self.shutdown_initiated = threading.Event()
+        self.not_accepting = threading.Event()
+        self.second_signal = threading.Event()
+        self._in_flight = 0
+        self._lock = threading.Condition()
+
+    def listening(self) -> None:
+        """The port is open: the ready delay starts now."""
+        self.ready_at = self.clock() + self.ready_delay
+
+    def failing(self, endpoint: str) -> dict:
+        """{check: reason} of the checks `endpoint` fails now (/livez and /healthz: none)."""
+        if endpoint != "readyz":
+            return {}
+        out = {}
+        if self.ready_at is None or self.clock() < self.ready_at:
+            out.update((hook, "not finished") for hook in STARTING_HOOKS)
+        if self.shutdown_initiated.is_set():
+            out["shutdown"] = SHUTTING_DOWN
+        return out
+
+    def admit(self, path: str, user_agent: str) -> int | None:
+        """None: serve the request (counted in flight until `done`, unless a health probe);
+        429 or 503: refuse it, the server no longer accepts new requests."""
+        exempt = exempt_from_retry_after(path, user_agent)
+        with self._lock:
+            if self.not_accepting.is_set() and not exempt:
+                return 429 if self.send_retry_after else 503
+            if not exempt:
+                self._in_flight += 1
+        return None
+
+    def done(self, path: str, user_agent: str) -> None:
+        if not exempt_from_retry_after(path, user_agent):
+            with self._lock:
+                self._in_flight -= 1
+                self._lock.notify_all()
+
+    @property
+    def in_flight(self) -> int:
+        """Admitted requests not answered yet (health probes are not counted)."""
+        with self._lock:
+            return self._in_flight
+
+    def stop_accepting(self) -> None:
+        with self._lock:
+            self.not_accepting.set()
+
+    def wait_drained(self, timeout: float) -> bool:
+        """True once no admitted request is in flight; False when `timeout` passed first."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._in_flight == 0, timeout)
+
+
+def _graceful_termination(server: "StandinServer") -> None:
+    """After ShutdownInitiated: the delay, then stop accepting, drain, stop listening."""
+    lc = server.lifecycle
+    if lc.second_signal.wait(lc.shutdown_delay):
+        return
+    log('"[graceful-termination] shutdown event" name="AfterShutdownDelayDuration"')
+    lc.stop_accepting()
+    log('"[graceful-termination] shutdown event" name="NotAcceptingNewRequest"')
+    if not lc.send_retry_after:
+        server.stop_listening()                 # new connections are refused from now on
+    if lc.wait_drained(lc.request_timeout):
+        log('"[graceful-termination] shutdown event" name="InFlightRequestsDrained"')
+    else:
+        log(f'"[graceful-termination] requests still in flight after --request-timeout, leaving them" '
+            f'timeout="{_seconds(lc.request_timeout)}"', level="W")
+    if lc.send_retry_after:
+        server.stop_listening()                 # with 429s until the drain was done
+    log('"[graceful-termination] apiserver is exiting"')
+
+
+def begin_graceful_shutdown(server: "StandinServer") -> threading.Thread:
+    """ShutdownInitiated now (/readyz fails from this call on), the rest in a thread that ends when
+    the server has stopped listening and drained; `serve_forever` has returned by then."""
+    lc = server.lifecycle
+    lc.shutdown_initiated.set()
+    log(f'"[graceful-termination] shutdown event" name="ShutdownInitiated" '
+        f'shutdownDelayDuration="{_seconds(lc.shutdown_delay)}" '
+        f'shutdownSendRetryAfter={str(lc.send_retry_after).lower()}')
+    thread = threading.Thread(target=_graceful_termination, args=(server,), name="graceful-termination",
+                              daemon=True)
+    thread.start()
+    return thread
 
 
 # --- logging (klog-like lines on stderr: the unit's journal) --------------------------------------
@@ -779,7 +1076,8 @@ MAX_LINE = 65536              # bytes in a request line or a header line
 MAX_HEADER_LINES = 100
 REASONS = {100: "Continue", 200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 413: "Request Entity Too Large",
-           431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
+           429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -908,13 +1206,30 @@ class StandinServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], tls: TLSBackend, config: authn.AuthenticatorConfig,
-                 clock=None, verbosity: int = 0):
+                 clock=None, verbosity: int = 0, lifecycle: Lifecycle | None = None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.tls = tls
         self.config = config
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.verbosity = verbosity
+        self.lifecycle = lifecycle or Lifecycle()
+        self._stop_lock = threading.Lock()
+        self._listening = True
         super().__init__(address, StandinHandler)
+        self.lifecycle.listening()
+
+    def stop_listening(self) -> None:
+        """Leave serve_forever (it must be running) and close the port; connections already
+        accepted go on. Idempotent."""
+        with self._stop_lock:
+            if not self._listening:
+                return
+            self._listening = False
+            self.shutdown()
+            self.socket.close()
+        host, port = self.server_address[:2]
+        log(f'"Stopped listening" address="{host}:{port}"')
+        log('"[graceful-termination] shutdown event" name="HTTPServerStoppedListening"')
 
     def get_request(self):
         sock, addr = self.socket.accept()
@@ -977,7 +1292,10 @@ class StandinHandler(HTTPHandler):
             return None
         return self.rfile.read(length) if length else b""
 
-    def _reply(self, code: int, body: object, audit_id: str) -> None:
+    def _reply(self, code: int, body: object, audit_id: str, headers: tuple = ()) -> None:
+        lifecycle = self.server.lifecycle
+        if lifecycle.not_accepting.is_set() and not lifecycle.send_retry_after:
+            self.close_connection = True          # the port is closed: no further requests here
         if isinstance(body, (dict, list)):
             data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
             ctype = "application/json"
@@ -989,6 +1307,8 @@ class StandinHandler(HTTPHandler):
         self.send_header("Cache-Control", "no-cache, private")
         self.send_header("Content-Type", ctype)
         self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
@@ -996,6 +1316,35 @@ class StandinHandler(HTTPHandler):
         self.wfile.flush()
 
     def _serve(self) -> None:
+        lifecycle = self.server.lifecycle
+        path, agent = urlsplit(self.path).path, self.headers.get("User-Agent", "")
+        refused = lifecycle.admit(path, agent)
+        if refused is not None:
+            self._refuse(refused)
+            return
+        try:
+            self._serve_admitted()
+        finally:
+            lifecycle.done(path, agent)
+
+    def _refuse(self, code: int) -> None:
+        """After the shutdown delay: 429 + Retry-After: 5 (--shutdown-send-retry-after, the real
+        WithRetryAfter filter, before authentication) or 503 + Retry-After: 1 (WithWaitGroup, on
+        a connection opened before the port closed); the connection is closed after it."""
+        audit_id = new_audit_id()
+        self.close_connection = True
+        if code == 429:
+            body, headers = RETRY_AFTER_MESSAGE + "\n", (("Retry-After", "5"),)
+        else:
+            body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "apiserver is shutting down", "reason": "ServiceUnavailable", "code": 503}
+            headers = (("Retry-After", "1"),)
+        log(f'"HTTP" verb={_q(self.command)} URI={_q(self.path)} decision="shutting down" resp={code} '
+            f'userAgent={_q(self.headers.get("User-Agent", ""))} audit-ID={_q(audit_id)} '
+            f'srcIP="{self.client_address[0]}:{self.client_address[1]}"')
+        self._reply(code, body, audit_id, headers)
+
+    def _serve_admitted(self) -> None:
         t0 = time.monotonic()
         audit_id = new_audit_id()
         body = self._read_body()
@@ -1020,7 +1369,7 @@ class StandinHandler(HTTPHandler):
             who = f" user={_q(user.username)} groups={json.dumps(list(user.groups))} authn={_q(result.authenticator)}"
             extra = ""
             if authorize(user, info):
-                code, reply = route(info, user, result, now)
+                code, reply = self._health(info) or route(info, user, result, now)
                 decision = "allowed"
             else:
                 code, reply, decision = 403, forbidden_status(user, info), "forbidden"
@@ -1029,6 +1378,20 @@ class StandinHandler(HTTPHandler):
             f'resp={code} latency="{latency:.1f}ms" userAgent={_q(self.headers.get("User-Agent", ""))} '
             f'audit-ID={_q(audit_id)} srcIP={_q(src)}')
         self._reply(code, reply, audit_id)
+
+    def _health(self, info: RequestInfo) -> tuple[int, str] | None:
+        """/livez, /readyz, /healthz (and /<endpoint>/<check>) from the server's lifecycle."""
+        target = None if info.is_resource or info.verb not in ("get", "head") else health_endpoint(info.path)
+        if target is None:
+            return None
+        endpoint, check = target
+        failing = self.server.lifecycle.failing(endpoint)
+        code, text = health_answer(endpoint, failing, urlsplit(self.path).query, check)
+        if code == 500 and check is None and self.server.verbosity >= 2:
+            # the real server's V(2) line, which carries the reasons the public body withholds
+            log(f"{','.join(n for n in HEALTH_CHECKS[endpoint] if n in failing)} check failed: {endpoint} "
+                + " ".join(f"[-]{n} failed: {failing[n]}" for n in HEALTH_CHECKS[endpoint] if n in failing))
+        return code, text
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
 
@@ -1054,16 +1417,24 @@ Flags used by the stand-in (every kube-apiserver 1.32 flag is accepted):
       --service-account-issuer stringArray, --service-account-key-file stringArray,
       --service-account-signing-key-file string, --api-audiences strings
       --etcd-servers strings (required, never dialled)
+      --shutdown-delay-duration duration (default 0s), --shutdown-send-retry-after,
+      --request-timeout duration (default 1m0s: also bounds the drain at shutdown)
       --version version[=true]
+
+Environment (k8sboot lab only): K8SBOOT_STANDIN_READY_DELAY=<seconds> keeps /readyz failing that
+long after the port opens.
 """
 
 
 def build_server(flags: Flags, config: authn.AuthenticatorConfig, port: int | None = None,
-                 tls_backend: str | None = None, clock=None) -> StandinServer:
+                 tls_backend: str | None = None, clock=None, ready_delay: float = 0.0) -> StandinServer:
+    """The server, listening (its ready delay starts now); serve_forever serves it."""
     tls = make_tls(flags.get("tls-cert-file"), flags.get("tls-private-key-file"), flags.get("client-ca-file"),
                    tls_backend)
     address = (flags.bind_address, flags.secure_port if port is None else port)
-    return StandinServer(address, tls, config, clock=clock, verbosity=flags.verbosity)
+    lifecycle = Lifecycle(shutdown_delay=flags.shutdown_delay, send_retry_after=flags.shutdown_send_retry_after,
+                          request_timeout=flags.request_timeout, ready_delay=ready_delay)
+    return StandinServer(address, tls, config, clock=clock, verbosity=flags.verbosity, lifecycle=lifecycle)
 
 
 def load_config(flags: Flags) -> authn.AuthenticatorConfig:
@@ -1103,6 +1474,10 @@ def main(argv: list[str] | None = None) -> int:
     errors = validate_flags(flags)
     if errors:
         return _fail(render_errors(errors))
+    try:
+        ready_delay = parse_ready_delay(os.environ.get(READY_DELAY_ENV))
+    except ValueError as exc:
+        return _fail(str(exc))
     problem = check_files(flags) or check_signing_key(flags.get("service-account-signing-key-file"))
     if problem:
         return _fail(problem)
@@ -1111,7 +1486,7 @@ def main(argv: list[str] | None = None) -> int:
     except authn.AuthnConfigError as exc:
         return _fail(str(exc))
     try:
-        server = build_server(flags, config)
+        server = build_server(flags, config, ready_delay=ready_delay)
     except (ssl.SSLError, ValueError) as exc:
         return _fail(f"unable to load server certificate: {exc}")
     except OSError as exc:
@@ -1122,21 +1497,40 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:   # noqa: BLE001 - pyOpenSSL's errors when loading the key pair
         return _fail(f"unable to load server certificate: {_openssl_reason(exc)}")
 
-    def stop(signum, frame):
-        log(f'"Received signal, shutting down" signal={_q(signal.Signals(signum).name)}')
-        raise SystemExit(0)
+    lifecycle = server.lifecycle
+    terminating: list[threading.Thread] = []
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    def on_signal(signum, frame):
+        name = signal.Signals(signum).name
+        if lifecycle.shutdown_initiated.is_set():
+            # as the real binary (SetupSignalContext): a second signal exits 1 at once, no drain
+            log(f'"Received a second signal, exiting at once" signal={_q(name)}', level="W")
+            lifecycle.second_signal.set()
+            os._exit(1)
+        log(f'"Received signal, shutting down" signal={_q(name)}')
+        terminating.append(begin_graceful_shutdown(server))
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     host, port = server.server_address[:2]
     log(f'"Serving securely (k8sboot stand-in, not Kubernetes)" address="{flags.bind_address}:{port}" '
         f'tls={_q(server.tls.name)} clientCA={_q(flags.get("client-ca-file") or "")} '
         f'anonymousAuth={str(flags.anonymous_auth).lower()} issuers={json.dumps(flags.service_account_issuers)} '
-        f'audiences={json.dumps(list(config.audiences))} saKeys={len(config.service_account_keys)}')
+        f'audiences={json.dumps(list(config.audiences))} saKeys={len(config.service_account_keys)} '
+        f'shutdownDelayDuration="{_seconds(flags.shutdown_delay)}" '
+        f'shutdownSendRetryAfter={str(flags.shutdown_send_retry_after).lower()}')
+    if ready_delay:
+        log(f'"Ready delay (k8sboot lab): /readyz fails until it has passed" '
+            f'{READY_DELAY_ENV}={_q(os.environ[READY_DELAY_ENV])} delay="{_seconds(ready_delay)}" '
+            f'failing={json.dumps(list(STARTING_HOOKS))}')
+        done = threading.Timer(max(0.0, lifecycle.ready_at - lifecycle.clock()), log,
+                               args=('"Ready delay (k8sboot lab) has passed: post-start hooks finished"',))
+        done.daemon = True
+        done.start()
     try:
-        server.serve_forever(poll_interval=0.5)
-    except SystemExit:
-        pass
+        server.serve_forever(poll_interval=0.5)      # returns when the graceful termination stops listening
+        for thread in terminating:
+            thread.join()                            # the drain; a second signal still ends it at once
     finally:
         server.server_close()
     return 0

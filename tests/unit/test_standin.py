@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -300,12 +301,13 @@ def _backends():
 
 
 class Running:
-    def __init__(self, pki: Path, backend: str, **over):
+    def __init__(self, pki: Path, backend: str, ready_delay: float = 0.0, **over):
         flags = standin.parse_flags(base_argv(pki, **over))
         assert standin.validate_flags(flags) == []
         self.pki = pki
         self.server = standin.build_server(flags, standin.load_config(flags), port=0,
-                                           tls_backend="ssl" if backend == "python-ssl" else "pyopenssl")
+                                           tls_backend="ssl" if backend == "python-ssl" else "pyopenssl",
+                                           ready_delay=ready_delay)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
@@ -603,3 +605,297 @@ def test_the_stand_in_imports_no_http_server():
     out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[2])],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- graceful restarts: shutdown delay, Retry-After, ready delay (as the real server) -------------
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("0", 0.0), ("0s", 0.0), ("15s", 15.0), ("1m30s", 90.0), ("1.5h", 5400.0), ("300ms", 0.3),
+    ("+2s", 2.0), ("-2s", -2.0), (".5s", 0.5), ("1h2m3s", 3723.0),
+])
+def test_durations_parse_as_gos_time_parse_duration(text, seconds):
+    assert standin.parse_go_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shutdown-delay-duration=15"],
+     'invalid argument "15" for "--shutdown-delay-duration" flag: time: missing unit in duration "15"'),
+    (["--shutdown-delay-duration=1d"],
+     'invalid argument "1d" for "--shutdown-delay-duration" flag: time: unknown unit "d" in duration "1d"'),
+    (["--request-timeout=soon"], 'invalid argument "soon" for "--request-timeout" flag: time: invalid duration "soon"'),
+    (["--shutdown-send-retry-after=yes"], 'invalid argument "yes" for "--shutdown-send-retry-after" flag: '
+                                          'strconv.ParseBool: parsing "yes": invalid syntax'),
+    (["--shutdown-delay"], "unknown flag: --shutdown-delay"),
+])
+def test_bad_shutdown_flags_get_pflags_messages(argv, message):
+    with pytest.raises(standin.FlagError) as exc:
+        standin.parse_flags(argv)
+    assert str(exc.value) == message
+
+
+def test_shutdown_flags_default_like_the_real_binary_and_parse_as_rendered():
+    default = standin.parse_flags([])
+    assert (default.shutdown_delay, default.shutdown_send_retry_after, default.request_timeout) == (0.0, False, 60.0)
+    f = standin.parse_flags(["--shutdown-delay-duration=15s", "--shutdown-send-retry-after=true"])
+    assert (f.shutdown_delay, f.shutdown_send_retry_after) == (15.0, True)
+    assert standin.parse_flags(["--shutdown-send-retry-after"]).shutdown_send_retry_after is True
+
+
+def test_a_negative_shutdown_delay_is_refused_with_the_real_message():
+    errors = standin.validate_flags(standin.parse_flags(["--shutdown-delay-duration=-1s"]))
+    assert errors[0] == "--shutdown-delay-duration can not be negative value"
+
+
+def test_health_bodies_are_the_real_servers():
+    ok = standin.health_answer("readyz", {})
+    assert ok == (200, "ok")
+    code, body = standin.health_answer("readyz", {"shutdown": "process is shutting down"})
+    lines = body.split("\n")
+    assert code == 500
+    assert lines[:3] == ["[+]ping ok", "[+]log ok", "[+]informer-sync ok"]
+    assert lines[-3:] == ["[-]shutdown failed: reason withheld", "readyz check failed", ""]
+    assert "process is shutting down" not in body           # the reason is withheld: /readyz is public
+    code, verbose = standin.health_answer("livez", {}, "verbose")
+    assert code == 200 and verbose.endswith("[+]poststarthook/apiservice-openapiv3-controller ok\nlivez check passed\n")
+    assert "[+]shutdown ok" not in verbose and "[+]informer-sync ok" not in verbose
+    assert standin.health_answer("readyz", {"shutdown": "x"}, "exclude=shutdown") == (200, "ok")
+    code, body = standin.health_answer("readyz", {}, "verbose&exclude=nope")
+    assert 'warn: some health checks cannot be excluded: no matches for "nope"\nreadyz check passed\n' in body
+    assert standin.health_answer("readyz", {"shutdown": "process is shutting down"}, check="shutdown") == \
+        (500, "internal server error: process is shutting down\n")
+    assert standin.health_answer("readyz", {}, check="ping") == (200, "ok")
+    assert standin.health_answer("readyz", {}, check="etcd")[0] == 404     # no etcd: no etcd check
+
+
+@pytest.mark.parametrize("raw, seconds", [(None, 0.0), ("", 0.0), ("0", 0.0), ("2", 2.0), ("0.25", 0.25)])
+def test_ready_delay_from_the_environment(raw, seconds):
+    assert standin.parse_ready_delay(raw) == seconds
+
+
+@pytest.mark.parametrize("raw", ["soon", "-1", "nan", "inf"])
+def test_a_bad_ready_delay_is_refused_at_start(pki, capsys, monkeypatch, raw):
+    monkeypatch.setenv(standin.READY_DELAY_ENV, raw)
+    assert standin.main(base_argv(pki)) == 1
+    assert f'Error: K8SBOOT_STANDIN_READY_DELAY="{raw}": want a number of seconds' in capsys.readouterr().err
+
+
+def https(port: int, pki: Path, path: str, method: str = "GET", cert: str | None = None,
+          body: bytes | None = None) -> tuple[int, dict, str]:
+    """One request on a new connection: (status, headers with lower-case names, body text)."""
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    if cert:
+        ctx.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}-key.pem")
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode()
+    finally:
+        conn.close()
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def eventually(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+REVIEW = b'{"kind":"SelfSubjectReview","apiVersion":"authentication.k8s.io/v1"}'
+
+
+class SlowRequest:
+    """A POST whose body is still on its way: in flight on the server until `finish`."""
+
+    def __init__(self, server: "Running"):
+        ctx = ssl.create_default_context(cafile=str(server.pki / "ca.pem"))
+        ctx.load_cert_chain(server.pki / "admin.pem", server.pki / "admin-key.pem")
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        self.tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        self.tls.sendall(b"POST /apis/authentication.k8s.io/v1/selfsubjectreviews HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(REVIEW), REVIEW[:9]))
+        assert eventually(lambda: server.server.lifecycle.in_flight == 1)
+
+    def finish(self) -> tuple[int, dict, str]:
+        self.tls.sendall(REVIEW[9:])
+        r = http.client.HTTPResponse(self.tls)
+        r.begin()
+        try:
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode()
+        finally:
+            self.tls.close()
+
+
+@pytest.fixture
+def stopping(request, pki):
+    """A server with the shutdown flags of request.param; its graceful termination is started
+    by the test (`begin`), as SIGTERM does in main."""
+    running = Running(pki, _backends()[-1], **request.param)
+    running.begin = lambda: standin.begin_graceful_shutdown(running.server)
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("stopping", [{"shutdown-delay-duration": "1s"}], indirect=True)
+def test_on_shutdown_readyz_fails_at_once_while_livez_and_requests_are_served_then_the_port_closes(stopping, pki):
+    port = stopping.port
+    assert https(port, pki, "/readyz")[0] == 200
+    terminator = stopping.begin()
+    code, headers, body = https(port, pki, "/readyz")
+    assert code == 500 and headers["content-type"] == "text/plain; charset=utf-8"
+    assert body.endswith("[-]shutdown failed: reason withheld\nreadyz check failed\n")
+    assert https(port, pki, "/livez")[:3:2] == (200, "ok")
+    assert https(port, pki, "/healthz")[:3:2] == (200, "ok")
+    code, _, body = https(port, pki, "/api/v1/namespaces/default/pods", cert="admin")
+    assert code == 200 and json.loads(body)["kind"] == "PodList"   # still serving during the delay
+    terminator.join(30)
+    assert not terminator.is_alive()
+    assert refused(port)
+
+
+@pytest.mark.parametrize("stopping", [{"shutdown-delay-duration": "0.2s", "shutdown-send-retry-after": "true"}],
+                         indirect=True)
+def test_with_send_retry_after_new_requests_get_429_until_the_requests_in_flight_have_drained(stopping, pki):
+    port, lifecycle = stopping.port, stopping.server.lifecycle
+    slow = SlowRequest(stopping)
+    terminator = stopping.begin()
+    assert lifecycle.not_accepting.wait(20)                 # the shutdown delay has passed
+    for cert in ("admin", None):                            # answered before authentication
+        code, headers, body = https(port, pki, "/api/v1/namespaces/default/pods", cert=cert)
+        assert code == 429
+        assert headers["retry-after"] == "5" and headers["connection"] == "close"
+        assert body == "The apiserver is shutting down, please try again later.\n"
+    assert https(port, pki, "/readyz")[0] == 500            # probes are still answered
+    assert https(port, pki, "/livez")[:3:2] == (200, "ok")
+    code, _, body = slow.finish()                           # the request in flight completes
+    assert code == 201 and json.loads(body)["status"]["userInfo"]["username"] == "admin"
+    terminator.join(30)
+    assert not terminator.is_alive() and refused(port)
+
+
+@pytest.mark.parametrize("stopping", [{"shutdown-delay-duration": "0.2s"}], indirect=True)
+def test_without_retry_after_the_port_closes_after_the_delay_and_requests_in_flight_still_finish(stopping):
+    slow = SlowRequest(stopping)
+    terminator = stopping.begin()
+    assert eventually(lambda: refused(stopping.port))
+    code, headers, body = slow.finish()
+    assert code == 201 and headers["connection"] == "close"
+    assert json.loads(body)["status"]["userInfo"]["username"] == "admin"
+    terminator.join(30)
+    assert not terminator.is_alive()
+
+
+def test_readyz_names_unfinished_post_start_hooks_until_the_ready_delay_has_passed(pki):
+    running = Running(pki, _backends()[-1], ready_delay=0.5)
+    try:
+        code, _, body = https(running.port, pki, "/readyz")
+        assert code == 500 and body.endswith("readyz check failed\n")
+        assert "[-]poststarthook/start-apiextensions-controllers failed: reason withheld\n" in body
+        assert "[+]shutdown ok\n" in body
+        assert https(running.port, pki, "/livez")[:3:2] == (200, "ok")
+        assert eventually(lambda: https(running.port, pki, "/readyz")[0] == 200)
+        assert https(running.port, pki, "/readyz")[2] == "ok"
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("who", ["jane", "token", "anonymous"])
+def test_health_is_readable_by_any_authenticated_user_and_by_anonymous_when_allowed(pki, who):
+    """system:public-info-viewer: a failing /readyz is a 500 with its body, never a 403."""
+    running = Running(pki, _backends()[-1], ready_delay=3600)
+    try:
+        kw = {"cert": "jane"} if who == "jane" else {"bearer": token(pki)} if who == "token" else {}
+        code, body = running.request("GET", "/readyz", **kw)
+        assert code == 500 and "[-]poststarthook/rbac/bootstrap-roles failed: reason withheld" in body
+        assert running.request("GET", "/livez", **kw) == (200, "ok")
+        assert running.request("GET", "/healthz", **kw) == (200, "ok")
+    finally:
+        running.stop()
+
+
+def test_with_anonymous_off_health_needs_a_credential(pki):
+    running = Running(pki, _backends()[-1], **{"anonymous-auth": "false"})
+    try:
+        assert running.request("GET", "/readyz")[0] == 401
+        assert running.request("GET", "/readyz", cert="jane") == (200, "ok")
+        assert running.request("GET", "/readyz/shutdown", cert="jane")[0] == 403    # the checks one by one: not public
+        assert running.request("GET", "/readyz/shutdown", cert="admin") == (200, "ok")
+    finally:
+        running.stop()
+
+
+# --- the real SIGTERM path: the stand-in as a process ---------------------------------------------
+
+
+class Process:
+    """`python -m k8sboot.standin` on a free port, stderr (its journal) read in the background."""
+
+    def __init__(self, pki: Path, *extra: str, env: dict | None = None):
+        self.pki = pki
+        with socket_port() as port:
+            self.port = port
+        argv = base_argv(pki, **{"secure-port": str(port)}) + list(extra)
+        self.proc = subprocess.Popen([sys.executable, "-m", "k8sboot.standin", *argv], stderr=subprocess.PIPE,
+                                     text=True, env={**os.environ, **(env or {})})
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True).start()
+        assert eventually(lambda: self.proc.poll() is not None or not refused(self.port)), "never listened"
+        assert self.proc.poll() is None, "".join(self.lines)
+
+    def get(self, path: str) -> tuple[int, str]:
+        code, _, body = https(self.port, self.pki, path)
+        return code, body
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_sigterm_fails_readyz_keeps_serving_for_the_delay_then_exits_0(pki):
+    p = Process(pki, "--shutdown-delay-duration=1s", "--shutdown-send-retry-after=true")
+    try:
+        assert p.get("/readyz") == (200, "ok")
+        p.proc.send_signal(signal.SIGTERM)
+        assert eventually(lambda: p.get("/readyz")[0] == 500)       # before the port closes
+        assert p.get("/readyz")[1].endswith("[-]shutdown failed: reason withheld\nreadyz check failed\n")
+        assert p.get("/livez") == (200, "ok")
+        assert p.proc.wait(30) == 0
+        assert refused(p.port)
+        log = p.log()
+        for event in ("ShutdownInitiated", "AfterShutdownDelayDuration", "NotAcceptingNewRequest",
+                      "InFlightRequestsDrained", "HTTPServerStoppedListening"):
+            assert f'name="{event}"' in log
+        assert 'shutdownDelayDuration="1s" shutdownSendRetryAfter=true' in log
+    finally:
+        p.kill()
+
+
+def test_ready_delay_comes_from_the_environment_and_a_second_signal_exits_1_at_once(pki):
+    p = Process(pki, "--shutdown-delay-duration=10m", env={standin.READY_DELAY_ENV: "600"})
+    try:
+        code, body = p.get("/readyz")
+        assert code == 500 and "[-]poststarthook/crd-informer-synced failed: reason withheld" in body
+        assert p.get("/livez") == (200, "ok")
+        assert 'K8SBOOT_STANDIN_READY_DELAY="600" delay="600s"' in p.log()
+        p.proc.send_signal(signal.SIGTERM)
+        assert eventually(lambda: "[-]shutdown failed" in p.get("/readyz")[1])
+        p.proc.send_signal(signal.SIGINT)
+        assert p.proc.wait(20) == 1                              # not after the 10 minutes
+        assert "Received a second signal, exiting at once" in p.log()
+    finally:
+        p.kill()
