@@ -1,6 +1,9 @@
 """The lab's hosts are real: systemd as PID 1, sshd with exact host keys, their own address and
 filesystem; `up` is idempotent; `reset` gives a fresh root; `down` leaves nothing, also after a
-SIGKILLed `up` or with every host process killed."""
+SIGKILLed `up` or with every host process killed. With `--lb`, lb-0 runs Debian's HAProxy (and
+no controller does); `--apiserver-ready-delay` puts a drop-in on the controllers only.
+
+The session's lab is 3 controllers + lb-0 (conftest.py): tests that change its shape restore it."""
 
 from __future__ import annotations
 
@@ -47,17 +50,22 @@ def test_hosts_cannot_see_each_others_files(lab_hosts):
     first.run(f"rm -f {marker}")
 
 
-def test_host_keys_are_checked_strictly(lab_hosts, lab_tools, tmp_path):
+def known_hosts_keys(path) -> dict[str, str]:
+    return {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in Path(path).read_text().splitlines()}
+
+
+def test_host_keys_are_checked_strictly(lab_hosts, lab_lb, lab_tools, tmp_path):
     import paramiko
 
     h = lab_hosts[0]
     wrong = tmp_path / "known_hosts"
-    other_key = Path(h.known_hosts).read_text().splitlines()[1].split(" ", 1)[1]   # controller-1's key
+    other_key = known_hosts_keys(h.known_hosts)[lab_hosts[1].address]           # controller-1's key
     wrong.write_text(f"{h.address} {other_key}\n")
     with pytest.raises(paramiko.SSHException):
         lab_tools.LabHost(h.name, h.address, h.key_path, str(wrong)).run("true")
     lines = Path(h.known_hosts).read_text().splitlines()
-    assert [ln.split()[0] for ln in lines] == [x.address for x in lab_hosts]
+    assert [ln.split()[0] for ln in lines] == [lab_lb.host.address] + [x.address for x in lab_hosts]
+    assert len(set(known_hosts_keys(h.known_hosts).values())) == len(lines)     # one key per host
 
 
 def test_standin_is_installed_in_every_host(lab_hosts):
@@ -69,12 +77,14 @@ def test_standin_is_installed_in_every_host(lab_hosts):
         assert "v0.0.0-k8sboot-standin" in version and "not Kubernetes" in version
 
 
-def test_up_again_with_the_same_count_changes_nothing(lab_hosts, lab_tools, lab_inventory):
-    before = lab_inventory.stat().st_mtime_ns
+def test_up_again_with_the_same_count_changes_nothing(lab_hosts, lab_lb, lab_tools, lab_inventory):
+    before = lab_inventory.stat().st_mtime_ns, lab_lb.inventory.stat().st_mtime_ns
     again = lab_tools.lab_up(lab_inventory)
     assert again["started"] == [] and again["stopped"] == [] and again["inventory_written"] is False
-    assert [h["state"] for h in again["hosts"]] == ["running"] * lab_tools.N_CONTROLLERS
-    assert lab_inventory.stat().st_mtime_ns == before
+    assert again["reconfigured"] == []
+    assert [(h["name"], h["state"]) for h in again["hosts"]] == [
+        (h.name, "running") for h in [lab_lb.host, *lab_hosts]]
+    assert (lab_inventory.stat().st_mtime_ns, lab_lb.inventory.stat().st_mtime_ns) == before
 
 
 def test_inventory_is_written_for_the_lab(lab_hosts, lab_inventory):
@@ -86,25 +96,29 @@ def test_inventory_is_written_for_the_lab(lab_hosts, lab_inventory):
     assert [h.address for h in inv.controllers] == [h.address for h in lab_hosts]
     assert str(inv.ssh.identity_file) == lab_hosts[0].key_path
     assert str(inv.ssh.known_hosts) == lab_hosts[0].known_hosts
+    # the session's lab runs lb-0, but this one is the inventory without it: clients dial controller-0
+    assert inv.cluster.api_endpoint == f"https://{lab_hosts[0].address}:6443" and inv.load_balancers == ()
 
 
-def test_status_lists_the_hosts_as_running(lab_hosts, lab_tools):
+def test_status_lists_the_hosts_as_running(lab_hosts, lab_lb, lab_tools):
     hosts = json.loads(lab_tools.k8sboot("lab", "status", "--json").stdout)
-    assert [(h["name"], h["address"], h["state"]) for h in hosts] == [
-        (h.name, h.address, "running") for h in lab_hosts]
+    assert [(h["name"], h["role"], h["address"], h["state"]) for h in hosts] == [
+        (h.name, h.role, h.address, "running") for h in [lab_lb.host, *lab_hosts]]
     assert all(0 < h["memory_bytes"] < 200 * 1024 * 1024 for h in hosts)
 
 
-def test_a_worker_is_added_after_the_controllers_and_removed_again(lab_hosts, lab_tools, lab_inventory):
+def test_a_worker_is_added_after_the_controllers_and_removed_again(lab_hosts, lab_lb, lab_tools, lab_inventory):
     from k8sboot.inventory import load_inventory
 
-    r = lab_tools.k8sboot("lab", "up", "-c", "3", "-w", "1", "-i", str(lab_inventory), "--json")
-    result = json.loads(r.stdout)
-    assert result["started"] == ["worker-0"] and result["kept"] == [h.name for h in lab_hosts]
+    result = lab_tools.lab_up(lab_inventory, workers=1)
+    assert result["started"] == ["worker-0"] and result["kept"] == [h.name for h in [lab_lb.host, *lab_hosts]]
     worker = next(h for h in lab_tools.hosts_from(result) if h.name == "worker-0")
     assert worker.address == "10.240.0.13"
     assert worker.run("hostname; systemctl is-system-running", warn=True).stdout.split() == ["worker-0", "running"]
     assert [h.name for h in load_inventory(lab_inventory).workers] == ["worker-0"]
+    assert [h.name for h in load_inventory(lab_lb.inventory).workers] == ["worker-0"]
+    assert worker.run("systemctl is-enabled haproxy; systemctl is-active haproxy", warn=True).stdout.split() == [
+        "disabled", "inactive"]
     back = lab_tools.lab_up(lab_inventory)
     assert back["stopped"] == ["worker-0"] and back["started"] == []
     assert load_inventory(lab_inventory).workers == ()
@@ -119,6 +133,142 @@ def test_reset_gives_a_fresh_root_and_a_new_host_key(lab_hosts):
     assert h.run("systemctl is-system-running", warn=True).stdout.strip() == "running"
     new_key = [ln for ln in Path(h.known_hosts).read_text().splitlines() if ln.startswith(h.address + " ")]
     assert len(new_key) == 1 and new_key != old_key
+
+
+# --- the load balancer (`lab up --lb`) ----------------------------------------------------------
+
+
+def test_lb_0_runs_debians_haproxy_with_its_default_config_and_answers_ssh(lab_lb):
+    lb = lab_lb.host
+    assert (lb.name, lb.address, lb.role) == ("lb-0", "10.240.0.5", "lb")
+    r = lb.run("cat /proc/1/comm; hostname; ip -4 -o addr show dev eth0 | awk '{print $4}'; "
+               "systemctl is-system-running; systemctl is-enabled haproxy; systemctl is-active haproxy", warn=True)
+    assert r.stdout.split() == ["systemd", "lb-0", "10.240.0.5/24", "running", "enabled", "active"], r.stdout + r.stderr
+    assert lb.run("haproxy -v").stdout.startswith("HAProxy version 2.6.")
+    # the package's own haproxy.cfg, untouched (`k8sboot deploy-lb` will replace it)
+    conffile = lb.run("dpkg-query -W -f='${Conffiles}' haproxy").stdout
+    shipped = next(ln.split()[1] for ln in conffile.splitlines() if ln.split()[:1] == ["/etc/haproxy/haproxy.cfg"])
+    assert lb.run("md5sum /etc/haproxy/haproxy.cfg").stdout.split()[0] == shipped
+    # what deploy-lb does after pushing a config: check it, then reload (same master process)
+    pid = lb.run("systemctl show -p MainPID --value haproxy").stdout.strip()
+    lb.run("haproxy -c -f /etc/haproxy/haproxy.cfg && systemctl reload haproxy")
+    assert lb.run("systemctl is-active haproxy; systemctl show -p MainPID --value haproxy").stdout.split() == [
+        "active", pid]
+    # a load balancer, not a controller: no kube-apiserver stand-in
+    assert lb.run("test -e /usr/local/bin/kube-apiserver", warn=True).failed
+
+
+def test_haproxy_never_runs_on_the_controllers(lab_hosts, lab_lb):
+    for h in lab_hosts:
+        r = h.run("systemctl is-enabled haproxy; systemctl is-active haproxy; pgrep -x haproxy", warn=True)
+        assert r.stdout.split() == ["disabled", "inactive"], f"{h.name}: {r.stdout}"
+
+
+def test_lb_inventory_dials_lb_0_and_keeps_the_issuer_on_controller_0(lab_lb, lab_hosts, lab_inventory):
+    from k8sboot.inventory import load_inventory
+
+    inv = load_inventory(lab_lb.inventory)
+    assert inv.cluster.api_endpoint == "https://10.240.0.5:6443"
+    assert inv.cluster.service_account_issuer == load_inventory(lab_inventory).cluster.service_account_issuer \
+        == f"https://{lab_hosts[0].address}:6443"
+    assert [(h.name, h.address, str(h.internal_ip)) for h in inv.load_balancers] == [
+        ("lb-0", "10.240.0.5", "10.240.0.5")]
+    assert [h.name for h in inv.controllers] == [h.name for h in lab_hosts]
+    assert inv.apiserver.shutdown_delay_seconds == 3
+    assert str(inv.ssh.known_hosts) == lab_lb.host.known_hosts
+
+
+def test_up_without_lb_stops_only_lb_0_and_with_lb_brings_it_back(lab_hosts, lab_lb, lab_tools, lab_inventory):
+    from k8sboot.lab import net
+
+    def pids() -> dict[str, int]:
+        return {h["name"]: h["pid"] for h in json.loads(lab_tools.k8sboot("lab", "status", "--json").stdout)}
+
+    before = pids()
+    r = lab_tools.lab_up(lab_inventory, lb=False)
+    assert r["stopped"] == ["lb-0"] and r["started"] == [] and r["kept"] == [h.name for h in lab_hosts]
+    # the inventory the session keeps for the lab without its LB is exactly what `lab up` writes
+    assert r["inventory_written"] is False
+    assert lab_lb.host.address not in known_hosts_keys(lab_lb.host.known_hosts)
+    assert "k8sb-lb-0" not in net.list_lab_netns() and not net.link_exists("k8sbv5")
+    assert list(pids()) == [h.name for h in lab_hosts]
+    back = lab_tools.lab_up(lab_inventory)
+    assert back["started"] == ["lb-0"] and back["stopped"] == []
+    assert lab_lb.host.run("systemctl is-active haproxy", warn=True).stdout.strip() == "active"
+    # the controllers were kept all along (the same nspawn processes)
+    after = pids()
+    assert {h.name: after[h.name] for h in lab_hosts} == {h.name: before[h.name] for h in lab_hosts}
+
+
+def test_reset_of_lb_0_gives_a_fresh_root_with_haproxy_running_again(lab_lb):
+    lb = lab_lb.host
+    lb.run("systemctl disable --now haproxy >/dev/null 2>&1; echo dirty > /root/dirty")
+    lb.reset()
+    assert lb.run("test -e /root/dirty", warn=True).failed
+    assert lb.run("systemctl is-enabled haproxy; systemctl is-active haproxy").stdout.split() == ["enabled", "active"]
+
+
+# --- the API server's ready delay (`lab up --apiserver-ready-delay`) ----------------------------
+
+DROPIN = "/etc/systemd/system/kube-apiserver.service.d/k8sboot-lab-ready-delay.conf"
+TEST_UNIT = "[Service]\nExecStart=/bin/sleep infinity\n"        # stands for kube-apiserver here
+
+
+def dropin_and_reload_state(h) -> tuple[str, str]:
+    """(the drop-in's text, "" when absent; NeedDaemonReload of kube-apiserver.service)."""
+    out = h.run(f"cat {DROPIN} 2>/dev/null; "
+                "echo @NeedDaemonReload=$(systemctl show -p NeedDaemonReload --value kube-apiserver)").stdout
+    text, _, need = out.rpartition("@NeedDaemonReload=")
+    return text, need.strip()
+
+
+def test_ready_delay_drop_in_on_running_controllers_new_ones_and_reset_ones_and_gone_with_zero(
+        lab_hosts, lab_lb, lab_tools, lab_inventory):
+    from k8sboot.lab import plan
+
+    want = plan.render_ready_delay_dropin(2)
+    c0 = lab_hosts[0]
+    try:
+        # a unit already running on controller-0 keeps its environment: no restart
+        c0.run(f"printf '{TEST_UNIT}' > /etc/systemd/system/kube-apiserver.service && systemctl daemon-reload && "
+               "systemctl start kube-apiserver")
+        pid = c0.run("systemctl show -p MainPID --value kube-apiserver").stdout.strip()
+
+        r = lab_tools.lab_up(lab_inventory, ready_delay=2)
+        assert r["reconfigured"] == [h.name for h in lab_hosts] and r["started"] == [] and r["stopped"] == []
+        assert r["apiserver_ready_delay"] == 2
+        for h in lab_hosts:
+            assert dropin_and_reload_state(h) == (want, "no"), h.name
+        assert lab_lb.host.run(f"test -e {DROPIN}", warn=True).failed
+        assert c0.run("systemctl show -p MainPID --value kube-apiserver").stdout.strip() == pid
+        assert "K8SBOOT_STANDIN_READY_DELAY" not in c0.run(f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout
+        # ... until its next restart
+        c0.run("systemctl restart kube-apiserver")
+        pid = c0.run("systemctl show -p MainPID --value kube-apiserver").stdout.strip()
+        assert "K8SBOOT_STANDIN_READY_DELAY=2" in c0.run(f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout.split()
+
+        again = lab_tools.lab_up(lab_inventory, ready_delay=2)                # idempotent
+        assert again["reconfigured"] == [] and again["started"] == [] and again["inventory_written"] is False
+
+        # a new controller has it before it boots; a reset one gets it again
+        more = lab_tools.lab_up(lab_inventory, controllers=4, ready_delay=2)
+        assert more["started"] == ["controller-3"] and more["reconfigured"] == []
+        c3 = next(h for h in lab_tools.hosts_from(more) if h.name == "controller-3")
+        assert dropin_and_reload_state(c3) == (want, "no")
+        lab_hosts[1].reset()
+        assert dropin_and_reload_state(lab_hosts[1]) == (want, "no")
+        fewer = lab_tools.lab_up(lab_inventory, ready_delay=2)
+        assert fewer["stopped"] == ["controller-3"] and fewer["reconfigured"] == []
+
+        gone = lab_tools.lab_up(lab_inventory, ready_delay=0)
+        assert gone["reconfigured"] == [h.name for h in lab_hosts]
+        for h in lab_hosts:
+            assert dropin_and_reload_state(h) == ("", "no"), h.name
+            assert h.run(f"test -e {DROPIN}", warn=True).failed
+        assert c0.run("systemctl show -p MainPID --value kube-apiserver").stdout.strip() == pid   # not restarted
+    finally:
+        lab_tools.lab_up(lab_inventory)                                       # 3 controllers, no delay
+        c0.reset()
 
 
 # --- down, and recovery from crashes (these restore the 3-host lab before they end) -------------
@@ -144,12 +294,13 @@ def leftovers() -> list[str]:
     return found
 
 
-def test_down_leaves_no_mount_netns_bridge_cgroup_or_process(lab_hosts, lab_tools, lab_inventory):
+def test_down_leaves_no_mount_netns_bridge_cgroup_or_process(lab_hosts, lab_lb, lab_tools, lab_inventory):
     from k8sboot.lab import net
 
     pids = [h["pid"] for h in json.loads(lab_tools.k8sboot("lab", "status", "--json").stdout)]
+    assert len(pids) == lab_tools.N_CONTROLLERS + 1
     r = lab_tools.k8sboot("lab", "down", "--json")
-    assert sorted(json.loads(r.stdout)["stopped"]) == [h.name for h in lab_hosts]
+    assert sorted(json.loads(r.stdout)["stopped"]) == sorted(h.name for h in [lab_lb.host, *lab_hosts])
     assert leftovers() == []
     for pid in pids:        # gone, or a zombie waiting for this machine's init to reap it
         stat = Path(f"/proc/{pid}/stat")
@@ -158,15 +309,15 @@ def test_down_leaves_no_mount_netns_bridge_cgroup_or_process(lab_hosts, lab_tool
         assert net.read_inotify_limit() == lab_tools.inotify_before
     assert json.loads(lab_tools.k8sboot("lab", "status", "--json").stdout) == []
     # and back up for the other tests
-    assert lab_tools.lab_up(lab_inventory)["started"] == [h.name for h in lab_hosts]
+    assert lab_tools.lab_up(lab_inventory)["started"] == [h.name for h in [lab_lb.host, *lab_hosts]]
 
 
-def test_up_after_a_sigkilled_up_works(lab_hosts, lab_tools, lab_inventory):
+def test_up_after_a_sigkilled_up_works(lab_hosts, lab_lb, lab_tools, lab_inventory):
     from k8sboot.lab import hosts as lab_procs
 
     lab_tools.k8sboot("lab", "down")
-    proc = subprocess.Popen([lab_tools.K8SBOOT, "lab", "up", "-c", str(lab_tools.N_CONTROLLERS),
-                             "-i", str(lab_inventory)],
+    proc = subprocess.Popen([lab_tools.K8SBOOT, "lab", "up", "-c", str(lab_tools.N_CONTROLLERS), "--lb",
+                             "-i", str(lab_lb.inventory)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=lab_tools.clean_env())
     deadline = time.monotonic() + 120
     while not lab_procs.find_lab_nspawns() and time.monotonic() < deadline and proc.poll() is None:
@@ -174,12 +325,12 @@ def test_up_after_a_sigkilled_up_works(lab_hosts, lab_tools, lab_inventory):
     os.kill(proc.pid, signal.SIGKILL)          # mid-boot: hosts launched, nothing waited for
     proc.wait()
     result = lab_tools.lab_up(lab_inventory)
-    assert [h["state"] for h in result["hosts"]] == ["running"] * lab_tools.N_CONTROLLERS
+    assert [h["state"] for h in result["hosts"]] == ["running"] * (lab_tools.N_CONTROLLERS + 1)
     for h in lab_tools.hosts_from(result):
         assert h.run("hostname").stdout.strip() == h.name
 
 
-def test_down_cleans_up_after_every_host_process_was_killed(lab_hosts, lab_tools, lab_inventory):
+def test_down_cleans_up_after_every_host_process_was_killed(lab_hosts, lab_lb, lab_tools, lab_inventory):
     """A harness that SIGKILLs everything: nspawn and the hosts' init. Then down, then up."""
     from k8sboot.lab import cgroups, hosts as lab_procs
 
@@ -193,5 +344,6 @@ def test_down_cleans_up_after_every_host_process_was_killed(lab_hosts, lab_tools
     lab_tools.k8sboot("lab", "down")
     assert leftovers() == []
     result = lab_tools.lab_up(lab_inventory)
-    assert result["started"] == [h.name for h in lab_hosts]
+    assert result["started"] == [h.name for h in [lab_lb.host, *lab_hosts]]
     assert lab_hosts[0].run("systemctl is-system-running", warn=True).stdout.strip() == "running"
+    assert lab_lb.host.run("systemctl is-active haproxy", warn=True).stdout.strip() == "active"
