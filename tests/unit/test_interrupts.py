@@ -38,7 +38,7 @@ from k8sboot.errors import ExitCode, PkiError
 ROOT = Path(__file__).resolve().parents[2]
 K8SBOOT = ROOT / ".venv" / "bin" / "k8sboot"
 LEAVES = ["admin", "kubernetes", "kube-apiserver-kubelet-client", "kube-controller-manager",
-          "kube-scheduler", "kube-proxy", "worker-0"]
+          "kube-scheduler", "kube-proxy", "k8sboot-health", "worker-0"]
 ALL_FILES = sorted(["ca.pem", "ca-key.pem", "service-account.pem", "service-account-key.pem",
                     "encryption-config.yaml", *(f"{n}.pem" for n in LEAVES),
                     *(f"{n}-key.pem" for n in LEAVES)])

@@ -22,7 +22,8 @@ from k8sboot.cli import app
 from k8sboot.errors import ExitCode
 
 LEAF_FILES = ["admin.pem", "kubernetes.pem", "kube-apiserver-kubelet-client.pem",
-              "kube-controller-manager.pem", "kube-scheduler.pem", "kube-proxy.pem", "worker-0.pem"]
+              "kube-controller-manager.pem", "kube-scheduler.pem", "kube-proxy.pem", "k8sboot-health.pem",
+              "worker-0.pem"]
 ALL_ROWS = ["ca.pem", *LEAF_FILES, "service-account.pem", "encryption-config.yaml"]
 
 runner = CliRunner()
@@ -77,7 +78,7 @@ def test_gen_certs_creates_every_file_and_ends_with_a_table(inventory_file):
     for name in ALL_ROWS:
         assert name in result.stdout
     assert result.stdout.count("created") == len(ALL_ROWS)
-    assert "pki/: 10 created; CA valid until" in result.stderr
+    assert f"pki/: {len(ALL_ROWS)} created; CA valid until" in result.stderr
     assert "PRIVATE KEY" not in result.output
 
 
@@ -265,7 +266,7 @@ def test_check_expiration_passes_when_every_cert_has_more_days_than_asked(existi
 def test_check_expiration_exits_13_when_a_cert_is_below_fail_under(existing_pki):
     result = run("certs", "check-expiration", "--fail-under", "400")
     assert result.exit_code == ExitCode.EXPIRING
-    assert "7 certificate(s) have less than 400 days left" in result.stderr
+    assert f"{len(LEAF_FILES)} certificate(s) have less than 400 days left" in result.stderr
     assert "admin.pem (364d)" in result.stderr
 
 
