@@ -7,6 +7,7 @@ Command modules import heavy libraries inside their functions so `--help` starts
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -93,9 +94,9 @@ def root(
 
 
 def _register() -> None:
-    from k8sboot.cli import auth_cmds, deploy_cmds, inventory_cmds, lab_cmds, pki_cmds
+    from k8sboot.cli import auth_cmds, completion_cmds, deploy_cmds, inventory_cmds, lab_cmds, pki_cmds
 
-    for module in (pki_cmds, auth_cmds, deploy_cmds, lab_cmds, inventory_cmds):
+    for module in (pki_cmds, auth_cmds, deploy_cmds, lab_cmds, inventory_cmds, completion_cmds):
         module.register(app)
 
 
@@ -107,6 +108,9 @@ def main() -> None:
         raise Interrupted(signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    from k8sboot.cli import completion_cmds
+
+    completion_cmds.enable_if_asked(os.environ)     # a completion script calling back; else nothing
     try:
         app()
         code = 0
@@ -138,8 +142,6 @@ def _leave(code: int) -> None:
     Fabric, paramiko and cryptography are loaded (measured on a deploy). Nothing is lost: every
     file k8sboot writes is closed (and fsynced) before its command returns, and host threads still
     winding down after an error hold nothing to save."""
-    import os
-
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
