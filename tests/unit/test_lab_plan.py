@@ -415,3 +415,14 @@ def test_standin_byte_code_is_hash_checked_against_the_very_source_it_ships_with
         assert int.from_bytes(pyc[4:8], "little") == 0b11          # hash-based and checked
         assert pyc[8:16] == importlib.util.source_hash(data)
     assert hosts.standin_bytecode(sources, tmp_path / "a-root-with-another-python") == {}
+
+
+@pytest.mark.parametrize("args", [["--apiserver-ready-delay", "-1"], ["--apiserver-ready-delay", "3601"],
+                                  ["--apiserver-ready-delay", "soon"], ["--lb", "yes"]])
+def test_lab_up_refuses_a_bad_ready_delay_or_lb_value_before_touching_anything(args):
+    from typer.testing import CliRunner
+
+    from k8sboot.cli import app
+
+    res = CliRunner().invoke(app, ["lab", "up", *args])
+    assert res.exit_code == 2 and "Traceback" not in res.output
