@@ -68,6 +68,7 @@ class HostResult:
     files_changed: tuple[str, ...] = ()
     unit_changed: bool = False
     restarted: bool = False
+    reloaded: bool = False         # a reload component (HAProxy) re-read its config; nothing restarted
     state: str = ""
     seconds: float = 0.0
     message: str = ""
@@ -423,7 +424,7 @@ def switch_host(job: Job, run: HostRun, options: DeployOptions, progress: Progre
     if svc is not None and svc.wait_ms is not None:   # split the one command: host-side wait loop
         result.timings["wait"] = min(svc.wait_ms / 1000, result.timings["install"])
         result.timings["install"] -= result.timings["wait"]
-    result.restarted = plan.restart
+    result.restarted, result.reloaded = plan.restart and not plan.reload, plan.reload
     if svc is None:
         # not restarted (a mode/owner fix, or --no-restart): it runs as it did before we came,
         # and `build_host_plan` restarts any unit that was not active
@@ -698,6 +699,66 @@ def _outage(runs: Sequence[HostRun], waves, n_controllers: int, strategy: str) -
                    else f"--max-unavailable covers every serving controller ({', '.join(wave)})")
             return f"{why}: every serving controller restarts at once, so the API is unavailable until one is ready"
     return None
+
+
+# --- deploy-lb: the same engine, another component -------------------------------------------------
+
+def _haproxy() -> Component:
+    from k8sboot import lb
+
+    return Component(name="haproxy", unit=layout.LB_UNIT_NAME, binary_path=layout.LB_BINARY_PATH,
+                     state_dir=lb.LB_DIR, binary_hint="install it: apt-get install haproxy", apply="reload",
+                     check_command=lb.CHECK_COMMAND, check_kind=lb.KIND_CONFIG, diff_path=layout.LB_CONFIG_PATH)
+
+
+def lb_request(paths: Sequence[str], port: int, sections=()) -> "object":
+    from k8sboot.remote import FactRequest
+
+    comp = _haproxy()
+    extra = (comp.binary_path, comp.restart_pending_path, comp.journal_path, *_stray_names(paths))
+    return FactRequest(hashed=tuple(paths), stat_only=tuple(dict.fromkeys(p for p in extra if p not in paths)),
+                       port=port, sections=tuple(sections), unit=comp.unit, text_path=layout.LB_CONFIG_PATH,
+                       state_dir=comp.state_dir.path)
+
+
+def lb_job(inventory: Inventory, options: DeployOptions, templates: Path | None = None) -> Job:
+    """HAProxy on every `load_balancers:` host: its config (a change is checked with `haproxy -c`
+    on the host, then applied by `systemctl reload`: established connections survive), the
+    cluster CA and the health client cert+key its /readyz checks present."""
+    from k8sboot import lb
+    from k8sboot.store import check_no_interrupted_write, read_optional
+
+    all_lbs = lb.require_load_balancers(inventory)
+    if options.hosts:
+        known = {h.name: h for h in all_lbs}
+        unknown = [n for n in options.hosts if n not in known]
+        if unknown:
+            raise K8sbootError(f"--hosts: {', '.join(unknown)} not among the load_balancers of {inventory.path}",
+                               hint="load balancers: " + ", ".join(known), code=ExitCode.USAGE)
+        hosts = tuple(known[n] for n in dict.fromkeys(options.hosts))
+    else:
+        hosts = all_lbs
+    port = lb.frontend_port(inventory)
+
+    def prepare() -> dict[str, tuple[DesiredFile, ...]]:
+        text = lb.render_haproxy_config(inventory, templates)
+        pki_dir = Path(inventory.pki.dir)
+        check_no_interrupted_write(pki_dir)
+        pki = {name: data for name in (lb.CA_FILE, lb.HEALTH_CERT_FILE, lb.HEALTH_KEY_FILE)
+               if (data := read_optional(pki_dir / name)) is not None}
+        files = lb.lb_files(inventory, pki, text)
+        return {h.name: files for h in hosts}
+
+    return Job(_haproxy(), hosts, lb_request(lb.lb_desired_paths(), port), port, prepare)
+
+
+def deploy_lb(inventory: Inventory, options: DeployOptions, *, connect: Connector | None = None,
+              progress: Progress = lambda h, m: None) -> DeployReport:
+    check_identity_file(inventory)
+    job = lb_job(inventory, options, options.templates)
+    return run_job(job, options, n_controllers=len(job.hosts),
+                   connect=connect or ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys),
+                   progress=progress)
 
 
 class OpenConnections:

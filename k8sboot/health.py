@@ -25,7 +25,7 @@ from k8sboot.model import Host, Inventory
 from k8sboot.plan import ServiceFact
 
 READYZ_PATH = "/readyz"
-HEALTH = "k8sboot-health"       # the PKI table's name for the health client cert
+HEALTH = layout.HEALTH_CLIENT   # the PKI table's name for the health client cert
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ RESTART_PENDING = f"{layout.REMOTE_PKI_DIR}/.k8sboot-restart-pending"
 KIND_PKI = "pki"
 KIND_UNIT = "unit"
 KIND_BINARY = "binary"
+KIND_CONFIG = "config"
 
 
 # --- desired state -------------------------------------------------------------------------------
@@ -98,6 +99,7 @@ class Component:
     # config's path); when it fails, the previous set is put back and nothing is reloaded.
     check_command: str | None = None
     check_kind: str = ""                  # the kind of DesiredFile `check_command` validates
+    diff_path: str | None = None          # the file shown as a diff (default: the unit)
 
     @property
     def journal_path(self) -> str:
@@ -352,7 +354,8 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
     if not svc.is_active:
         restart_reasons.append(f"unit was {svc.active_state}")
     restart = bool(restart_reasons)
-    shown = next((w for w in desired if w.kind == KIND_UNIT), None)
+    shown_path = component.diff_path or component.unit_path
+    shown = next((w for w in desired if w.path == shown_path), None)
     diff = unit_diff(facts.unit_text, shown.content.decode(), host, shown.path) if shown else ""
     strays = tuple(p for p in stray_paths(desired) if facts.file(p).exists)
     return HostPlan(

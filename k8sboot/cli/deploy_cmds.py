@@ -212,7 +212,7 @@ class _ProgressView:
                 self.console.info(f"{host}: {message}")
 
 
-def _print_deploy_report(console, report, json_: bool) -> None:
+def _print_deploy_report(console, report, json_: bool, command: str = "deploy-apiserver") -> None:
     if json_:
         console.json_out({"ok": report.ok, "dry_run": report.dry_run, "exit_code": int(report.exit_code()),
                           "strategy": report.strategy, "waves": report.waves, "warning": report.warning,
@@ -228,11 +228,13 @@ def _print_deploy_report(console, report, json_: bool) -> None:
         files = ", ".join(r.files_changed) if len(r.files_changed) <= 3 else \
             f"{len(r.files_changed)} files (--json lists them)"
         restarted = ("would" if report.dry_run else "yes") if r.restarted else "no"
+        if r.reloaded:
+            restarted = "reloaded"
         if r.restarted and r.ready_seconds is not None:
             restarted += f" (ready {r.ready_seconds:.1f}s)"
         rows.append((r.host, files or "-", "yes" if r.unit_changed else "no", restarted,
                      "-" if r.wave is None else str(r.wave), r.state or "-", f"{r.seconds:.2f}s", r.outcome))
-    title = "deploy-apiserver --dry-run (nothing was changed)" if report.dry_run else "deploy-apiserver"
+    title = f"{command} --dry-run (nothing was changed)" if report.dry_run else command
     if report.waves:
         title += f" ({'would roll' if report.dry_run else report.strategy}: {len(report.waves)} wave(s))"
     console.table(("host", "files changed", "unit changed", "restarted", "wave", "state", "time", "outcome"), rows,
@@ -277,7 +279,7 @@ def verify_cmd(
         console.json_out(report.to_json())
     else:
         for h in report.hosts:
-            if h.error:
+            if h.error or h.kind != "controller":
                 continue
             console.data(f"{h.host}$ grep -oE \"\\-\\-(client-ca-file|service-account-key-file|anonymous-auth)"
                          f"[^ ]*\" /etc/systemd/system/kube-apiserver.service")
@@ -286,7 +288,7 @@ def verify_cmd(
         for h in report.hosts:
             shown = [c for c in h.checks if all_checks or c.status not in (OK, SKIP) or c.check in (
                 "tutorial grep", "unit ExecStart: auth flags", "systemctl show ExecStart: auth flags",
-                "CA fingerprint", "is-enabled", "is-active") or c.check.startswith("probe")
+                "CA fingerprint", "is-enabled", "is-active", "haproxy is-active") or c.check.startswith(("probe", "backend"))
                 or (c.check.startswith("process") and "auth" in c.check)]
             for c in shown:
                 rows.append((h.host, c.check, c.status, c.detail))
@@ -303,7 +305,9 @@ def verify_cmd(
         if drifted:
             console.info(f"drift on {', '.join(drifted)}: run `k8sboot deploy-apiserver -i {inventory}` to repair")
         elif not any(h.error for h in report.hosts):
-            console.info(f"no drift on {len(report.hosts)} controller(s)")
+            n_lb = sum(1 for h in report.hosts if h.kind != "controller")
+            console.info(f"no drift on {len(report.hosts) - n_lb} controller(s)"
+                         + (f" and {n_lb} load balancer(s)" if n_lb else ""))
     code = report.exit_code()
     if code:
         raise typer.Exit(int(code))
@@ -344,8 +348,52 @@ def audit_cmd(
         raise typer.Exit(int(code))
 
 
+DEPLOY_LB_EPILOG = """\
+\b
+Examples:
+  k8sboot deploy-lb -i inventory/lab.yaml               # the lab's lb-0 (k8sboot lab up --lb)
+  k8sboot deploy-lb -i inventory/cluster.yaml --dry-run # the config diff per LB host
+\b
+Per `load_balancers:` host, in parallel, with the same engine as deploy-apiserver: HAProxy's config
+(TCP mode in front of every controller's secure port, an HTTPS /readyz health check per controller
+with the k8sboot-health client cert), the cluster CA and that cert+key, uploaded only when they
+differ. The new config is checked on the host with `haproxy -c` before HAProxy hears of it (a
+refused config puts the previous files back), then applied with `systemctl reload`: established
+client connections are not cut. A second run changes nothing.
+"""
+
+
+def deploy_lb_cmd(
+    inventory: Path = inventory_option,
+    hosts: str | None = typer.Option(None, "--hosts", metavar="A,B", help="Only these load balancers."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Read facts, print the config diff; change nothing."),
+    accept_new_host_keys: bool = typer.Option(False, "--accept-new-host-keys",
+                                              help="Trust unknown host keys on first use (a changed key is "
+                                                   "still refused)."),
+    lock_wait: float = typer.Option(30.0, "--lock-wait", metavar="SECONDS",
+                                    help="How long to wait for another deploy's lock on a host."),
+    templates: Path | None = typer.Option(None, "--templates", metavar="DIR", help="Your own template dir."),
+    json_: bool = json_option,
+) -> None:
+    """Push the HAProxy config for the API load balancer to the inventory's load_balancers hosts."""
+    from k8sboot import console
+    from k8sboot.deploy import DeployOptions, deploy_lb
+    from k8sboot.inventory import load_inventory
+
+    inv = load_inventory(inventory)
+    options = DeployOptions(hosts=_split_hosts(hosts), dry_run=dry_run, accept_new_host_keys=accept_new_host_keys,
+                            lock_wait=lock_wait, templates=templates, wait=30.0)
+    with _ProgressView(console, enabled=True) as view:
+        report = deploy_lb(inv, options, progress=view.update)
+    _print_deploy_report(console, report, json_, command="deploy-lb")
+    code = report.exit_code()
+    if code:
+        raise typer.Exit(int(code))
+
+
 def register(app: typer.Typer) -> None:
     app.command("render-apiserver", epilog=RENDER_EPILOG)(render_apiserver)
     app.command("deploy-apiserver", epilog=DEPLOY_EPILOG)(deploy_apiserver)
+    app.command("deploy-lb", epilog=DEPLOY_LB_EPILOG)(deploy_lb_cmd)
     app.command("verify", epilog=VERIFY_EPILOG)(verify_cmd)
     app.command("audit", epilog=AUDIT_EPILOG)(audit_cmd)
