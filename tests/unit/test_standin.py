@@ -696,10 +696,13 @@ def https(port: int, pki: Path, path: str, method: str = "GET", cert: str | None
 
 
 def refused(port: int) -> bool:
+    """True when nothing listens on the port (a connect is refused)."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     except ConnectionRefusedError:
         return True
+    except (ConnectionResetError, socket.timeout):
+        return False            # caught while the port was closing: not known to be closed yet
     return False
 
 
