@@ -7,7 +7,14 @@ list is built from. The unit template only formats these pairs.
 `apiserver.extra_flags` may add flags and may change a non-authentication flag (e.g. `v: 4`), but
 may never change or drop an authentication flag: that is an `InventoryError` naming the key,
 because a silently different `--anonymous-auth` or `--client-ca-file` is exactly what k8sboot
-exists to prevent.
+exists to prevent. The two durations the unit's `TimeoutStopSec` is made of
+(`--shutdown-delay-duration`, `--request-timeout`) may be changed too, but must be durations both
+kube-apiserver and systemd read (`15s`, `1m30s`, `500ms`).
+
+Graceful stop: `--shutdown-delay-duration` (the inventory's `apiserver.shutdown_delay_duration`)
+keeps a stopping API server serving with /readyz failing so load balancers take it out first, and
+`--shutdown-send-retry-after=true` makes new requests after that delay a 429 with Retry-After
+(clients retry elsewhere) while requests in flight drain, instead of a refused connection.
 
 Also here: the tutorial's grep (`grep -oE "\\-\\-(client-ca-file|...)[^ ]*"`) as a pure function, and
 parsers for the three places flags are read back on a host (the unit's ExecStart, `systemctl show
@@ -24,6 +31,11 @@ from k8sboot.errors import InventoryError
 from k8sboot.model import Host, Inventory
 
 Flags = tuple[tuple[str, str], ...]
+
+# Durations rendered into the unit twice: as the flag and inside TimeoutStopSec (systemd sums the
+# parts), so an extra_flags value must be a Go duration that systemd also parses: no `ns`, no sign.
+STOP_DURATION_FLAGS = ("shutdown-delay-duration", "request-timeout")
+_STOP_DURATION = re.compile(r"0|(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:h|m|s|ms|us|\u00b5s|\u03bcs))+")
 
 ADMISSION_PLUGINS = ("NamespaceLifecycle", "NodeRestriction", "LimitRanger", "ServiceAccount",
                      "DefaultStorageClass", "ResourceQuota")
@@ -97,6 +109,8 @@ def build_apiserver_flags(inventory: Inventory, host: Host) -> Flags:
         ("service-account-issuer", cluster.service_account_issuer),
         ("service-cluster-ip-range", str(cluster.service_cidr)),
         ("service-node-port-range", SERVICE_NODE_PORT_RANGE),
+        ("shutdown-delay-duration", f"{api.shutdown_delay_seconds}s"),
+        ("shutdown-send-retry-after", "true"),
         ("tls-cert-file", pki(layout.cert_file(layout.APISERVER))),
         ("tls-private-key-file", pki(layout.key_file(layout.APISERVER))),
         ("v", "2"),
@@ -123,6 +137,13 @@ def _merge_extra_flags(inventory: Inventory, flags: list[tuple[str, str]]) -> li
                 + (f" (k8sboot renders --{name}={current})" if current is not None else ""),
                 hint=_AUTH_HINTS.get(name, "authentication flags come from the inventory's cluster/"
                                             "apiserver settings and the PKI layout; remove this key"))
+        if name in STOP_DURATION_FLAGS and value != "" and not _STOP_DURATION.fullmatch(value):
+            raise InventoryError(
+                f"{where}: {key_path}: '{value}' is not a duration for --{name} (the unit's "
+                "TimeoutStopSec is made of it)",
+                hint="a Go duration such as 15s, 1m30s or 500ms"
+                     + (", or set apiserver.shutdown_delay_duration instead" if name == "shutdown-delay-duration"
+                        else ""))
         if name in index:
             if value == "":
                 raise InventoryError(

@@ -15,13 +15,15 @@ from k8sboot.flags import (AUTH_FLAGS, TUTORIAL_GREP_COMMAND, auth_subset, build
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
 from deploy_helpers import make_inventory, planned_unit  # noqa: E402
 
+# DESIGN.md's list ("On each controller"), with the two graceful-stop flags of its "Day 2" section
 DESIGN_ORDER = [
     "advertise-address", "allow-privileged", "anonymous-auth", "authorization-mode", "bind-address",
     "client-ca-file", "enable-admission-plugins", "encryption-provider-config", "etcd-cafile",
     "etcd-certfile", "etcd-keyfile", "etcd-servers", "kubelet-certificate-authority",
     "kubelet-client-certificate", "kubelet-client-key", "runtime-config", "secure-port",
     "service-account-key-file", "service-account-signing-key-file", "service-account-issuer",
-    "service-cluster-ip-range", "service-node-port-range", "tls-cert-file", "tls-private-key-file", "v",
+    "service-cluster-ip-range", "service-node-port-range", "shutdown-delay-duration",
+    "shutdown-send-retry-after", "tls-cert-file", "tls-private-key-file", "v",
 ]
 
 
@@ -155,3 +157,30 @@ def test_systemctl_show_and_proc_cmdline_parsers():
 def test_auth_subset_names_every_auth_flag():
     subset = auth_subset(flags_of(make_inventory()))
     assert set(subset) == set(AUTH_FLAGS) - {"api-audiences"}
+
+
+@pytest.mark.parametrize("setting, rendered", [("", "15s"), ("  shutdown_delay_duration: 3\n", "3s"),
+                                               ("  shutdown_delay_duration: 1m30s\n", "90s"),
+                                               ("  shutdown_delay_duration: 0s\n", "0s")])
+def test_the_shutdown_delay_comes_from_the_inventory_and_retry_after_is_always_on(setting, rendered):
+    f = dict(flags_of(make_inventory(apiserver_extra=setting)))
+    assert f["shutdown-delay-duration"] == rendered
+    assert f["shutdown-send-retry-after"] == "true"
+
+
+def test_extra_flags_may_change_the_stop_durations_in_place():
+    f = flags_of(make_inventory(extra_flags={"shutdown-delay-duration": "1m30s", "request-timeout": "500ms",
+                                             "shutdown-send-retry-after": False}))
+    assert dict(f)["shutdown-delay-duration"] == "1m30s" and dict(f)["shutdown-send-retry-after"] == "false"
+    assert f[-1] == ("request-timeout", "500ms")
+
+
+@pytest.mark.parametrize("flag, value", [("shutdown-delay-duration", "15"), ("shutdown-delay-duration", "1d"),
+                                         ("shutdown-delay-duration", "-1s"), ("request-timeout", "5ns"),
+                                         ("request-timeout", "soon")])
+def test_a_stop_duration_kube_apiserver_or_systemd_cannot_read_is_an_inventory_error(flag, value):
+    with pytest.raises(InventoryError) as err:
+        flags_of(make_inventory(extra_flags={flag: value}))
+    assert "inv.yaml:" in str(err.value)
+    assert f"apiserver.extra_flags.{flag}: '{value}' is not a duration" in str(err.value)
+    assert err.value.code == ExitCode.INVENTORY

@@ -28,6 +28,9 @@ CASES = {
     "kube-apiserver.controller-2.extra-flags.service": dict(
         extra_flags={"audit-log-path": "/var/log/audit.log", "v": 4,
                      "service-account-extend-token-expiration": False}),
+    # TimeoutStopSec follows the inventory's shutdown delay and an extra_flags --request-timeout
+    "kube-apiserver.controller-0.long-drain.service": dict(
+        apiserver_extra="  shutdown_delay_duration: 1m30s\n", extra_flags={"request-timeout": "2m"}),
 }
 
 
@@ -73,6 +76,21 @@ def test_every_rendered_unit_passes_systemd_analyze_verify(tmp_path, case):
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert proc.stderr.strip() == "", proc.stderr     # not even a warning (unknown key, ...)
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("case, delay, drain", [("kube-apiserver.controller-0.service", 15, 60),
+                                                ("kube-apiserver.controller-0.long-drain.service", 90, 120)])
+def test_systemd_waits_longer_than_the_shutdown_delay_and_the_request_drain_before_it_kills(case, delay, drain):
+    """What systemd makes of TimeoutStopSec (its own parser): delay + --request-timeout + 15 s."""
+    inv = make_inventory(**CASES[case])
+    unit = render_unit(inv, inv.controller(_host_of(case)))
+    text, flags = unit.text, dict(unit.flags)
+    assert flags["shutdown-delay-duration"] == f"{delay}s" and flags["shutdown-send-retry-after"] == "true"
+    (span,) = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("TimeoutStopSec=")]
+    out = subprocess.run(["systemd-analyze", "timespan", span], capture_output=True, text=True, check=True).stdout
+    (usec,) = [int(line.split(":")[1]) for line in out.splitlines() if line.strip().startswith("\u03bcs:")]
+    assert usec == (delay + drain + 15) * 1_000_000
 
 
 def test_systemd_analyze_catches_a_broken_unit(tmp_path):
