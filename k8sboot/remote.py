@@ -541,8 +541,7 @@ class SshRemote:
                 for start in range(0, len(view), 1 << 20):
                     chan.sendall(view[start:start + (1 << 20)])
             chan.shutdown_write()
-            out = _read_all(chan, stderr=False)
-            err = _read_all(chan, stderr=True)
+            out, err = _read_streams(chan, timeout)
             rc = chan.recv_exit_status()
             chan.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -607,16 +606,11 @@ class SshRemote:
             chan = self.conn.transport.open_session(timeout=30)
             chan.settimeout(wait + 60)
             chan.exec_command(command)
-            buf = b""
             end = f"{_MARK}end\n".encode()
-            while end not in buf:
-                chunk = chan.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
+            buf, errb = _read_streams(chan, wait + 60, until=end)     # the command stays, holding the lock
             if end not in buf:
                 rc = chan.recv_exit_status()
-                err = _read_all(chan, stderr=True).decode("utf-8", "replace")
+                err = errb.decode("utf-8", "replace")
                 chan.close()
                 if rc == LOCKED_EXIT:
                     raise LockedError(
@@ -702,12 +696,35 @@ class SshRemote:
             pass
 
 
-def _read_all(chan, *, stderr: bool) -> bytes:
-    chunks = []
-    recv = chan.recv_stderr if stderr else chan.recv
+def _read_streams(chan, timeout: float, *, until: bytes | None = None) -> tuple[bytes, bytes]:
+    """A command's stdout and stderr, read together until its EOF (or until stdout holds `until`).
+
+    The two streams share the channel's window: reading stdout to its end before stderr stalls
+    the command, and us with it, once the unread stderr has filled the window (2 MiB). So this
+    waits on paramiko's pollable `fileno()` (set by data on either stream, by EOF and by close)
+    and takes what each stream has buffered. `timeout` bounds each wait with nothing arriving,
+    as `settimeout` bounded each `recv`: then `socket.timeout`. A channel closed without EOF (the
+    link died) ends the read as EOF does; `recv_exit_status()` then gives -1."""
+    import select
+
+    out, err = bytearray(), bytearray()
+    poller = select.poll()
+    poller.register(chan.fileno(), select.POLLIN)
     while True:
-        data = recv(65536)
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
+        ended = chan.eof_received or chan.closed     # read first: every byte is buffered before EOF
+        got = False
+        if chan.recv_stderr_ready():
+            err += chan.recv_stderr(65536)
+            got = True
+        if chan.recv_ready():
+            start = max(0, len(out) - len(until) + 1) if until else 0
+            out += chan.recv(65536)
+            got = True
+            if until and out.find(until, start) >= 0:
+                return bytes(out), bytes(err)
+        if got:
+            continue
+        if ended:
+            return bytes(out), bytes(err)
+        if not poller.poll(max(1, int(timeout * 1000))):
+            raise socket.timeout()

@@ -1,8 +1,9 @@
 """SSH on real lab hosts: strict host keys (unknown, changed, trust on first use), a non-root user
-with sudo, a jump host."""
+with sudo, a jump host, and a command whose stderr outgrows the channel window."""
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,52 @@ def test_unreachable_host_times_out_with_a_connect_error(env, tmp_path):
     res = env.k8sboot("deploy-apiserver", "-i", inv, "--hosts", "controller-2", "--dry-run")
     assert res.exit_code == ExitCode.CONNECT, res.output
     assert "controller-2 (10.240.0.251:22)" in res.output and "Traceback" not in res.output
+
+
+# --- one SshRemote, straight through k8sboot.remote.connect --------------------------------------
+
+
+def _remote(env, host, **ssh):
+    from k8sboot import remote
+    from k8sboot.model import Host, SshSettings
+
+    settings = SshSettings(user="root", identity_file=env.identity_file, known_hosts=env.known_hosts,
+                           connect_timeout=5, **ssh)
+    return remote.connect(Host(host.name, host.address, ipaddress.ip_address(host.address)), settings)
+
+
+MIB = 1 << 20
+# stdout, then 8 MiB on stderr (4x paramiko's 2 MiB channel window), then stdout again
+LOUD = (f"head -c {MIB} /dev/zero | tr '\\0' o; head -c {8 * MIB} /dev/zero | tr '\\0' e >&2; "
+        f"head -c {MIB // 2} /dev/zero | tr '\\0' O")
+
+
+def test_a_command_writing_mib_to_stderr_between_its_stdout_is_read_whole_on_both(env):
+    """Reading stdout to its end first stalled here: stderr filled the window, the command blocked
+    writing it and stdout never ended (the bound, `timeout`, then said "timed out")."""
+    r = _remote(env, env.hosts[0])
+    try:
+        result = r.exec(LOUD + "; exit 3", timeout=30, what="writing a lot to stderr")
+    finally:
+        r.close()
+    assert result.rc == 3
+    assert result.stdout == b"o" * MIB + b"O" * (MIB // 2)
+    assert result.stderr == b"e" * (8 * MIB)
+
+
+def test_the_deploy_lock_read_goes_past_mib_of_stderr_and_its_error_path_reads_them_whole(env):
+    from k8sboot.errors import RemoteError
+
+    r = _remote(env, env.hosts[0])
+    try:     # the lock held, facts read up to the end mark, with stderr in between
+        text = r._lock_and_read(LOUD + "; echo; echo @@k8sboot:end\n", wait=5)
+        assert text == "o" * MIB + "O" * (MIB // 2) + "\n@@k8sboot:end\n"
+    finally:
+        r.close()
+    r = _remote(env, env.hosts[0])
+    try:     # no end mark: the error path waits for the exit and reads all of stderr
+        with pytest.raises(RemoteError) as info:
+            r._lock_and_read(LOUD + "; echo last words >&2; exit 4\n", wait=5)
+    finally:
+        r.close()
+    assert "failed (exit 4)" in info.value.message and info.value.message.endswith("last words")
