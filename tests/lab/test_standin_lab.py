@@ -6,10 +6,12 @@ Everything dials 10.240.0.10:6443 only (the lab's controller-0), never anything 
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -25,7 +27,7 @@ REQUIRED = ("Error: [service-account-issuer is a required flag, --service-accoun
 PKI_FILES = ("ca.pem", "kubernetes.pem", "kubernetes-key.pem", "service-account.pem", "service-account-key.pem")
 
 
-def unit(address: str, anonymous: bool = True, issuer: str | None = ISSUER) -> str:
+def unit(address: str, anonymous: bool = True, issuer: str | None = ISSUER, extra: tuple[str, ...] = ()) -> str:
     flags = [
         f"--advertise-address={address}", "--allow-privileged=true",
         f"--anonymous-auth={'true' if anonymous else 'false'}", "--authorization-mode=Node,RBAC",
@@ -36,7 +38,7 @@ def unit(address: str, anonymous: bool = True, issuer: str | None = ISSUER) -> s
         *([f"--service-account-issuer={issuer}"] if issuer else []),
         "--service-cluster-ip-range=10.32.0.0/24",
         "--tls-cert-file=/var/lib/kubernetes/kubernetes.pem",
-        "--tls-private-key-file=/var/lib/kubernetes/kubernetes-key.pem", "--v=2",
+        "--tls-private-key-file=/var/lib/kubernetes/kubernetes-key.pem", "--v=2", *extra,
     ]
     body = " \\\n  ".join(["/usr/local/bin/kube-apiserver", *flags])
     return ("[Unit]\nDescription=Kubernetes API Server (k8sboot stand-in, hand-written test unit)\n\n"
@@ -58,8 +60,10 @@ def workdir(lab_hosts, lab_inventory, lab_tools, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def controller(lab_hosts, workdir):
-    """controller-0 with the PKI files; reset to a fresh root when the module is done."""
+    """controller-0 with the PKI files, on a fresh root (so it runs the stand-in of this source
+    tree: the lab installs it at `lab up` and `lab reset`); reset again when the module is done."""
     h = lab_hosts[0]
+    h.reset()
     with h.connection() as c:
         c.run("install -d -m 700 /var/lib/kubernetes", hide=True)
         for name in PKI_FILES:
@@ -203,3 +207,60 @@ def test_missing_issuer_flag_fails_the_unit_with_the_real_message(serving):
     assert state in ("activating", "failed")        # Restart=on-failure: auto-restart between attempts
     show = serving.run("systemctl show -p ExecMainStatus kube-apiserver").stdout.strip()
     assert show == "ExecMainStatus=1"
+
+
+def https_get(workdir: Path, address: str, path: str) -> tuple[object, str]:
+    """(HTTP status, body) with the admin cert, or "refused" when nothing listens on 6443, or
+    "error" for a connection cut while the port closes."""
+    ctx = ssl.create_default_context(cafile=str(workdir / "pki" / "ca.pem"))
+    ctx.load_cert_chain(workdir / "pki" / "admin.pem", workdir / "pki" / "admin-key.pem")
+    conn = http.client.HTTPSConnection(address, 6443, context=ctx, timeout=5)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    except ConnectionRefusedError:
+        return "refused", ""
+    except (ConnectionResetError, ssl.SSLError, http.client.HTTPException, OSError) as exc:
+        return "error", str(exc)
+    finally:
+        conn.close()
+
+
+def test_systemctl_stop_fails_readyz_before_the_port_closes_and_the_unit_stops_cleanly(controller, workdir):
+    """The shutdown delay as a load balancer sees it from the workstation: after the stop,
+    /readyz answers 500 `[-]shutdown failed` (and /livez still 200) for a while, and only then
+    is the port closed; the stand-in exits 0, so the unit ends inactive, not failed."""
+    h = controller
+    start(h, unit(h.address, extra=("--shutdown-delay-duration=3s", "--shutdown-send-retry-after=true")))
+    wait_serving(h.address)
+    deadline = time.monotonic() + 60              # a lab ready-delay drop-in may hold /readyz a while
+    while https_get(workdir, h.address, "/readyz")[0] != 200:
+        assert time.monotonic() < deadline, "/readyz never passed after the start"
+        time.sleep(0.1)
+    h.run("systemctl stop --no-block kube-apiserver")      # systemd sends SIGTERM, as on a restart
+    samples: list[tuple[object, str, object]] = []         # (readyz status, readyz body, livez status)
+    deadline = time.monotonic() + 60
+    while not samples or samples[-1][0] != "refused":
+        assert time.monotonic() < deadline, f"port 6443 still open a minute after the stop: {samples[-3:]}"
+        ready, body = https_get(workdir, h.address, "/readyz")
+        live = https_get(workdir, h.address, "/livez")[0]
+        samples.append((ready, body, live))
+    statuses = [s[0] for s in samples]
+    first_failing = statuses.index(500) if 500 in statuses else None
+    assert first_failing is not None, f"the port closed without /readyz ever failing first: {statuses}"
+    draining = samples[first_failing:-1]
+    assert all(s[0] != 200 for s in draining), f"/readyz passed again after failing: {statuses}"
+    assert any(s[2] == 200 for s in draining if s[0] == 500), "no /livez 200 while /readyz was failing"
+    failing_body = samples[first_failing][1]
+    assert failing_body.endswith("[-]shutdown failed: reason withheld\nreadyz check failed\n"), failing_body
+    deadline = time.monotonic() + 30
+    while True:
+        state = h.run("systemctl show -p ActiveState -p Result -p ExecMainStatus kube-apiserver").stdout.split()
+        if "ActiveState=inactive" in state or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert "ActiveState=inactive" in state and "Result=success" in state and "ExecMainStatus=0" in state, state
+    log = h.run("journalctl -u kube-apiserver --no-pager -o cat").stdout
+    assert 'name="ShutdownInitiated" shutdownDelayDuration="3s" shutdownSendRetryAfter=true' in log
+    assert '"[graceful-termination] apiserver is exiting"' in log
