@@ -559,8 +559,8 @@ def _proxy_jump(r: _Reader, node: yaml.Node, kp: str) -> str:
 
 def _ssh(r: _Reader, node: yaml.Node, kp: str) -> SshSettings:
     v = r.mapping(node, kp, (
-        _Field("user", _user, default="root"),
-        _Field("port", _int_range(1, 65535), default=22),
+        _Field("user", _user, default=None),                 # None: ~/.ssh/config's User, else root
+        _Field("port", _int_range(1, 65535), default=None),  # None: ~/.ssh/config's Port, else 22
         _Field("identity_file", _path, default=None),
         _Field("known_hosts", _path, default=Path("~/.ssh/known_hosts").expanduser()),
         _Field("sudo", _bool, default=False),

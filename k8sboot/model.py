@@ -65,14 +65,26 @@ class ApiserverSpec:
 
 @dataclass(frozen=True)
 class SshSettings:
-    user: str = "root"
-    port: int = 22
+    # None: not in the inventory, so ~/.ssh/config (or config_file) decides for each host, as
+    # with ssh(1); then root and 22. The remote layer resolves them (`remote.ssh_endpoint`).
+    user: str | None = None
+    port: int | None = None
     identity_file: Path | None = None
     known_hosts: Path = Path("~/.ssh/known_hosts")
     sudo: bool = False
     connect_timeout: float = 10.0
     proxy_jump: str | None = None                   # "user@host:port" or a host name
     config_file: Path | None = None                 # ~/.ssh/config by default when it exists
+
+    @property
+    def user_or_default(self) -> str:
+        """The user when neither the inventory nor an ssh config names one: root."""
+        return self.user or "root"
+
+    @property
+    def port_or_default(self) -> int:
+        """The port when neither the inventory nor an ssh config names one: 22."""
+        return self.port or 22
 
 
 @dataclass(frozen=True)

@@ -318,14 +318,15 @@ def _policy(known_hosts: Path, accept_new: bool):
 
 @dataclass(frozen=True)
 class Jump:
-    user: str
+    user: str | None        # None: not in the spec (`ssh_endpoint` then decides)
     address: str
-    port: int
+    port: int | None
 
 
-def parse_jump(spec: str, default_user: str, default_port: int = 22,
+def parse_jump(spec: str, default_user: str | None, default_port: int | None = 22,
                aliases: Mapping[str, str] | None = None) -> Jump:
-    """`user@host:port`, `host:port`, `host` (an inventory host name resolves to its address)."""
+    """`user@host:port`, `host:port`, `host` (an inventory host name resolves to its address);
+    what the spec leaves out is `default_user`/`default_port`."""
     user, at, rest = spec.rpartition("@")
     user = user if at else default_user
     port = default_port
@@ -361,6 +362,25 @@ def _fabric_config(ssh: SshSettings):
                 cfg = Config(overrides=overrides)
             _configs[key] = cfg
         return cfg
+
+
+def ssh_endpoint(ssh: SshSettings, address: str, user: str | None = None,
+                 port: int | None = None) -> tuple[str, int]:
+    """The user and port to dial `address` with, picked as ssh(1) picks them: `user`/`port` when
+    given (a jump spec's `user@host:port`), else the inventory's ssh.user/ssh.port when set, else
+    User/Port of the host's block in ~/.ssh/config (or ssh.config_file), else root and 22."""
+    if (user or ssh.user) and (port or ssh.port):
+        return user or ssh.user, port or ssh.port      # no need to look
+    found = _fabric_config(ssh).base_ssh_config.lookup(address)
+    raw = port or ssh.port or found.get("port")
+    try:
+        resolved = int(raw) if raw else ssh.port_or_default
+        if not 0 < resolved < 65536:
+            raise ValueError(raw)
+    except ValueError:
+        where = ssh.config_file or "~/.ssh/config"
+        raise ConnectError(f"{address}: the ssh config ({where}) gives Port {raw!r}, not a port number") from None
+    return user or ssh.user or found.get("user") or ssh.user_or_default, resolved
 
 
 def _connect_kwargs(ssh: SshSettings) -> dict:
@@ -453,15 +473,19 @@ def dial(address: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
-def _open_connection(ssh: SshSettings, address: str, port: int, user: str, *, name: str,
+def _open_connection(ssh: SshSettings, address: str, port: int | None, user: str | None, *, name: str,
                      accept_new: bool, jumps: Sequence[Jump] = ()):
-    """A Fabric Connection, opened, with our host-key policy on it and on every jump hop."""
+    """A Fabric Connection, opened, with our host-key policy on it and on every jump hop. A user
+    or port that is None comes from `ssh_endpoint` (the ssh config, then root and 22)."""
     from fabric import Connection
 
+    user, port = ssh_endpoint(ssh, address, user, port)
     gateway = False
     via = None
     if jumps:
-        via = jumps[-1]
+        hop = jumps[-1]
+        via_user, via_port = ssh_endpoint(ssh, hop.address, hop.user, hop.port)
+        via = Jump(via_user, hop.address, via_port)
         gateway = _open_connection(ssh, via.address, via.port, via.user, name=via.address,
                                    accept_new=accept_new, jumps=jumps[:-1])
     conn = Connection(address, user=user, port=port, config=_fabric_config(ssh), gateway=gateway,
@@ -471,7 +495,7 @@ def _open_connection(ssh: SshSettings, address: str, port: int, user: str, *, na
         # ProxyJump from ~/.ssh/config: build the hops ourselves so they get the strict policy too
         configured = conn.ssh_config.get("proxyjump")
         if configured and configured.lower() != "none":
-            hops = [parse_jump(h.strip(), user) for h in configured.split(",")]
+            hops = [parse_jump(h.strip(), None, None) for h in configured.split(",")]
             return _open_connection(ssh, address, port, user, name=name, accept_new=accept_new, jumps=hops)
         if conn.ssh_config.get("proxycommand"):
             conn.gateway = conn.ssh_config["proxycommand"]
@@ -498,14 +522,22 @@ def _open_connection(ssh: SshSettings, address: str, port: int, user: str, *, na
 def connect(host: Host, ssh: SshSettings, *, accept_new_host_keys: bool = False,
             aliases: Mapping[str, str] | None = None) -> SshRemote:
     """Connect to one controller with the inventory's SSH settings (and jump host, if any)."""
+    user, port = ssh_endpoint(ssh, host.address)
     jumps: list[Jump] = []
     if ssh.proxy_jump:
-        jump = parse_jump(ssh.proxy_jump, ssh.user, ssh.port, aliases)
-        if (jump.address, jump.port) != (host.address, ssh.port):   # the jump host itself: direct
+        jump = _inventory_jump(ssh, aliases)
+        if (jump.address, jump.port) != (host.address, port):   # the jump host itself: direct
             jumps.append(jump)
-    conn = _open_connection(ssh, host.address, ssh.port, ssh.user, name=host.name,
+    conn = _open_connection(ssh, host.address, port, user, name=host.name,
                             accept_new=accept_new_host_keys, jumps=jumps)
-    return SshRemote(host.name, conn, sudo=ssh.sudo and ssh.user != "root")
+    return SshRemote(host.name, conn, sudo=ssh.sudo and user != "root")
+
+
+def _inventory_jump(ssh: SshSettings, aliases: Mapping[str, str] | None) -> Jump:
+    """ssh.proxy_jump with its user and port resolved (`ssh_endpoint`)."""
+    jump = parse_jump(ssh.proxy_jump, None, None, aliases)
+    user, port = ssh_endpoint(ssh, jump.address, jump.user, jump.port)
+    return Jump(user, jump.address, port)
 
 
 # --- the connected host --------------------------------------------------------------------------

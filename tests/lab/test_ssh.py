@@ -1,5 +1,6 @@
 """SSH on real lab hosts: strict host keys (unknown, changed, trust on first use), a non-root user
-with sudo, a jump host, and a command whose stderr outgrows the channel window."""
+with sudo, a jump host, User/Port from an ssh config file, and a command whose stderr outgrows
+the channel window."""
 
 from __future__ import annotations
 
@@ -193,3 +194,45 @@ def test_the_deploy_lock_read_goes_past_mib_of_stderr_and_its_error_path_reads_t
     finally:
         r.close()
     assert "failed (exit 4)" in info.value.message and info.value.message.endswith("last words")
+
+
+# --- User and Port from an ssh config file when the inventory names neither ----------------------
+
+
+def _silent_inventory(env, path: Path, config: Path, known_hosts: Path, *, sudo: bool) -> Path:
+    """The env's inventory without ssh.user/ssh.port, with ssh.config_file."""
+    inv = env.write_inventory(path, known_hosts=known_hosts, sudo=sudo)
+    text = inv.read_text().replace("  user: root\n", "").replace("  port: 22\n", "")
+    text = text.replace("ssh:\n", f"ssh:\n  config_file: {config}\n", 1)
+    assert "\n  user:" not in text and "\n  port:" not in text
+    inv.write_text(text)
+    return inv
+
+
+def test_user_and_port_come_from_the_ssh_config_file_when_the_inventory_is_silent(env, tmp_path):
+    host = env.host("controller-2")
+    _make_sudo_user(env, host, "deployer")
+    env.ssh(host, "printf 'Port 22\\nPort 2222\\n' > /etc/ssh/sshd_config.d/k8sboot-test.conf && "
+                  "systemctl restart ssh.service")
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host {host.address}\n  User deployer\n  Port 2222\n")
+    # known_hosts knows the host only as [address]:2222: a connection to port 22 would be refused
+    known = tmp_path / "known_hosts"
+    keys = [line.split(None, 1)[1] for line in env.known_hosts.read_text().splitlines()
+            if line.split() and line.split()[0] == host.address]
+    known.write_text("".join(f"[{host.address}]:2222 {k}\n" for k in keys))
+    args = ("deploy-apiserver", "--hosts", "controller-2", "--dry-run")
+
+    # without sudo, the fact command's root check names who the connection logged in as
+    res = env.k8sboot(*args, "-i", _silent_inventory(env, tmp_path / "a.yaml", config, known, sudo=False))
+    assert res.exit_code != 0 and "connected as deployer" in res.output, res.output
+    assert "Traceback" not in res.output
+    # deployer with sudo: through
+    res = env.k8sboot(*args, "-i", _silent_inventory(env, tmp_path / "b.yaml", config, known, sudo=True))
+    assert res.exit_code == 0, res.output
+    # the inventory's own ssh.user wins over the config's User (the config's Port still applies)
+    explicit = tmp_path / "c.yaml"
+    text = _silent_inventory(env, explicit, config, known, sudo=False).read_text()
+    explicit.write_text(text.replace("ssh:\n", "ssh:\n  user: root\n", 1))
+    res = env.k8sboot(*args, "-i", explicit)
+    assert res.exit_code == 0, res.output

@@ -60,7 +60,25 @@ def test_minimal_inventory_gets_the_documented_defaults(tmp_path):
     assert inv.pki.dir == Path("pki") and inv.pki.ca_validity_days == 3650
     assert inv.pki.cert_validity_days == 365
     assert inv.apiserver.secure_port == 6443 and inv.apiserver.anonymous_auth is False
-    assert inv.ssh.user == "root" and inv.ssh.port == 22 and inv.ssh.sudo is False
+    assert inv.ssh.user is None and inv.ssh.port is None and inv.ssh.sudo is False   # ~/.ssh/config decides
+    assert inv.ssh.user_or_default == "root" and inv.ssh.port_or_default == 22
+
+
+@pytest.mark.parametrize("lines, user, port", [
+    ("", None, None),
+    ("  user: ops\n", "ops", None),
+    ("  port: 2222\n", None, 2222),
+    ("  user: ops\n  port: 2222\n", "ops", 2222),
+    ("  user: ~\n  port: ~\n", None, None),          # null, as if absent
+    ("  user: root\n  port: 22\n", "root", 22),     # said out loud: kept, so it overrides ~/.ssh/config
+])
+def test_ssh_user_and_port_are_none_unless_the_inventory_sets_them(tmp_path, lines, user, port):
+    f = tmp_path / "inv.yaml"
+    f.write_text("cluster:\n  name: mini\n  api_endpoint: https://api.example.test:6443\n"
+                 "  service_cidr: 10.96.0.0/12\ncontrollers:\n  - {name: c0, address: 192.0.2.10}\n"
+                 "ssh:\n  sudo: false\n" + lines)
+    inv = load_inventory(f)
+    assert (inv.ssh.user, inv.ssh.port) == (user, port)
 
 
 def test_host_given_by_name_needs_an_internal_ip(tmp_path):

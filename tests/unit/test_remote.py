@@ -360,3 +360,65 @@ def test_the_cheap_listening_look_sees_a_listener_among_established_connections(
         for s in (*clients, *accepted, listener):
             s.close()
     assert look(port) == truth(port)
+
+
+def _ssh_config(tmp_path, text: str):
+    from k8sboot.model import SshSettings
+
+    config = tmp_path / "ssh_config"
+    config.write_text(text)
+    return SshSettings(config_file=config, known_hosts=tmp_path / "known_hosts", connect_timeout=3)
+
+
+def test_ssh_config_user_and_port_apply_when_the_inventory_is_silent(tmp_path):
+    from dataclasses import replace
+
+    from k8sboot.remote import ssh_endpoint
+
+    ssh = _ssh_config(tmp_path, "Host ctl-*\n  User ops\n  Port 2222\nHost bastion\n  User jumper\n")
+    assert ssh_endpoint(ssh, "ctl-0") == ("ops", 2222)
+    assert ssh_endpoint(ssh, "bastion") == ("jumper", 22)
+    assert ssh_endpoint(ssh, "10.0.0.9") == ("root", 22)                    # no block: root and 22
+    assert ssh_endpoint(replace(ssh, user="admin"), "ctl-0") == ("admin", 2222)   # the inventory's wins
+    assert ssh_endpoint(replace(ssh, port=2200), "ctl-0") == ("ops", 2200)
+    assert ssh_endpoint(ssh, "ctl-0", "me", 2022) == ("me", 2022)         # a jump spec's user@host:port wins
+
+
+def test_a_jump_host_without_user_or_port_takes_them_from_its_own_ssh_config_block(tmp_path):
+    from dataclasses import replace
+
+    from k8sboot.remote import Jump, _inventory_jump
+
+    ssh = _ssh_config(tmp_path, "Host 10.240.0.10\n  User jumper\n  Port 2022\n")
+    aliases = {"controller-0": "10.240.0.10"}
+    assert _inventory_jump(replace(ssh, proxy_jump="controller-0"), aliases) == Jump("jumper", "10.240.0.10", 2022)
+    assert _inventory_jump(replace(ssh, proxy_jump="ops@controller-0:22"), aliases) == Jump("ops", "10.240.0.10", 22)
+    assert _inventory_jump(replace(ssh, proxy_jump="bastion", user="deployer"), {}) == Jump("deployer", "bastion", 22)
+
+
+def test_a_bad_port_in_the_ssh_config_is_a_connect_error_naming_the_file(tmp_path):
+    from k8sboot.errors import ConnectError
+    from k8sboot.remote import ssh_endpoint
+
+    ssh = _ssh_config(tmp_path, "Host ctl-0\n  Port twenty\n")
+    with pytest.raises(ConnectError, match=r"ctl-0: the ssh config \(.*ssh_config\) gives Port 'twenty'"):
+        ssh_endpoint(ssh, "ctl-0")
+
+
+def test_connect_dials_the_port_the_ssh_config_names_when_the_inventory_has_none(tmp_path):
+    """End to end without a server: the refusal names the ssh config's port, not 22."""
+    import ipaddress
+    import socket
+
+    from k8sboot import remote
+    from k8sboot.errors import ConnectError
+    from k8sboot.model import Host
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()                      # nothing listens there now
+    ssh = _ssh_config(tmp_path, f"Host 127.0.0.1\n  Port {port}\n")
+    with pytest.raises(ConnectError) as info:
+        remote.connect(Host("c-0", "127.0.0.1", ipaddress.ip_address("127.0.0.1")), ssh)
+    assert info.value.message == f"c-0 (127.0.0.1:{port}): connection refused"
