@@ -540,6 +540,128 @@ def _inventory_jump(ssh: SshSettings, aliases: Mapping[str, str] | None) -> Jump
     return Jump(user, jump.address, port)
 
 
+# --- TCP through the jump host (verify --probe, the health gate) ---------------------------------
+
+
+def tcp_dialer(ssh: SshSettings, aliases: Mapping[str, str] | None = None, *,
+               accept_new_host_keys: bool = False) -> JumpDialer | None:
+    """A `dial(address, port, timeout) -> socket` for HTTPS from the workstation to the hosts,
+    through `ssh.proxy_jump` (resolved as `connect` resolves it); None without a jump host, when
+    dialling directly is right. The caller closes it (`close()`, or `with`)."""
+    if not ssh.proxy_jump:
+        return None
+    return JumpDialer(ssh, _inventory_jump(ssh, aliases), accept_new_host_keys=accept_new_host_keys)
+
+
+class JumpDialer:
+    """TCP connections opened by the jump host, as `ssh -W` does: one SSH connection to it
+    (opened at the first dial with the strict host-key policy of every connection, then shared by
+    every thread), and per dial a `direct-tcpip` channel spliced to one end of a socket pair, so
+    TLS and http.client get the other end: a real socket. Either side's end closes both."""
+
+    def __init__(self, ssh: SshSettings, jump: Jump, *, accept_new_host_keys: bool = False):
+        self.ssh = ssh
+        self.jump = jump
+        self._accept_new = accept_new_host_keys
+        self._lock = threading.Lock()
+        self._conn = None
+        self._closed = False
+
+    def __call__(self, address: str, port: int, timeout: float) -> socket.socket:
+        """A socket connected to address:port through the jump host; OSError when that fails
+        (as `socket.create_connection` raises it), with the jump host in the message."""
+        import paramiko
+
+        via = f"via {self.jump.address}:{self.jump.port}"
+        transport = self._transport(via)
+        try:
+            chan = transport.open_channel("direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=timeout)
+        except paramiko.ChannelException as exc:      # the jump host's own connect failed
+            err = ConnectionRefusedError if "refused" in (exc.text or "").lower() else ConnectionError
+            raise err(f"{via}: {exc.text or 'the jump host could not connect'}") from exc
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            self._drop(transport)
+            if "timeout" in str(exc).lower():
+                raise TimeoutError(f"{via}: no channel to {address}:{port} within {timeout:g}s") from exc
+            raise ConnectionError(f"{via}: {exc or type(exc).__name__}") from exc
+        ours, theirs = socket.socketpair()
+        ours.settimeout(timeout)
+        threading.Thread(target=_splice, args=(chan, theirs), name=f"jump-{address}:{port}", daemon=True).start()
+        return ours
+
+    def _transport(self, via: str):
+        with self._lock:
+            if self._closed:
+                raise ConnectionError(f"{via}: the dialer is closed")
+            if self._conn is None or not self._conn.transport.is_active():
+                try:
+                    self._conn = _open_connection(self.ssh, self.jump.address, self.jump.port, self.jump.user,
+                                                  name=self.jump.address, accept_new=self._accept_new)
+                except ConnectError as exc:
+                    raise ConnectionError(exc.message) from exc
+            return self._conn.transport
+
+    def _drop(self, transport) -> None:
+        """Forget a connection that failed, so the next dial opens a new one."""
+        with self._lock:
+            conn = self._conn if self._conn is not None and self._conn.transport is transport else None
+            if conn is not None:
+                self._conn = None
+        if conn is not None:
+            _close_connection(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            _close_connection(conn)
+
+    def __enter__(self) -> JumpDialer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _close_connection(conn) -> None:
+    try:
+        gateway = conn.gateway
+        conn.close()
+        if gateway and not isinstance(gateway, str):
+            gateway.close()
+    except Exception:  # noqa: BLE001 - closing a dead connection
+        pass
+
+
+def _splice(chan, sock: socket.socket) -> None:
+    """Copy bytes both ways between a channel and a socket until either side ends, then close
+    both (the channel's pollable fileno() wakes on data, EOF and close)."""
+    import select
+
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(chan.fileno(), select.POLLIN)
+    try:
+        while True:
+            for fd, _ in poller.poll():
+                if fd == sock.fileno():
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    chan.sendall(data)
+                else:
+                    data = chan.recv(65536)
+                    if not data:
+                        return
+                    sock.sendall(data)
+    except Exception:  # noqa: BLE001 - a side went away: the other learns it from the close
+        return
+    finally:
+        chan.close()
+        sock.close()
+
+
 # --- the connected host --------------------------------------------------------------------------
 
 

@@ -301,6 +301,7 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> Ver
         connect = deploymod.ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys)
     opened = deploymod.OpenConnections(connect)
     local = deploymod.LocalWork()
+    dial = _probe_dialer(inventory, options) if options.probe else None   # None: dial directly
 
     def prepare() -> dict:
         pki = deploymod.read_local_pki(inventory)
@@ -334,23 +335,36 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> Ver
             from k8sboot import probe
 
             ca = pki_dir / layout.cert_file(layout.CA)
-            anon = probe.probe_anonymous(host.address, port, ca, options.probe_timeout)
-            bogus = probe.probe_bogus_token(host.address, port, ca, options.probe_timeout)
-            admin = probe.probe_admin(host.address, port, ca, admin_cert, admin_key,
-                                      options.probe_timeout) if local.get()["have_admin"] else None
+            anon = probe.probe_anonymous(host.address, port, ca, options.probe_timeout, dial=dial)
+            bogus = probe.probe_bogus_token(host.address, port, ca, options.probe_timeout, dial=dial)
+            admin = probe.probe_admin(host.address, port, ca, admin_cert, admin_key, options.probe_timeout,
+                                      dial=dial) if local.get()["have_admin"] else None
             result.checks.extend(check_probe(host.name, inventory.apiserver.anonymous_auth, anon, bogus, admin))
         result.seconds = time.monotonic() - t0
         return result
 
     futures = [deploymod.start_daemon(one, h, name=f"verify-{h.name}") for h in hosts]
     try:
-        local.set(prepare())
-    except BaseException:
-        local.fail()
-        opened.abort()
-        wait_for_futures(futures, timeout=1)
-        raise
-    return VerifyReport([f.result() for f in futures])
+        try:
+            local.set(prepare())
+        except BaseException:
+            local.fail()
+            opened.abort()
+            wait_for_futures(futures, timeout=1)
+            raise
+        return VerifyReport([f.result() for f in futures])
+    finally:
+        if dial is not None:
+            dial.close()
+
+
+def _probe_dialer(inventory: Inventory, options: VerifyOptions):
+    """The probes' way to the hosts: through ssh.proxy_jump when set (the hosts may be reachable
+    only from there, as SSH is), else None: straight from the workstation."""
+    from k8sboot import remote
+
+    aliases = {h.name: h.address for h in (*inventory.controllers, *inventory.workers)}
+    return remote.tcp_dialer(inventory.ssh, aliases, accept_new_host_keys=options.accept_new_host_keys)
 
 
 # --- audit: the reading side (local PKI, and each host with --remote) ----------------------------

@@ -1,9 +1,10 @@
 """SSH on real lab hosts: strict host keys (unknown, changed, trust on first use), a non-root user
-with sudo, a jump host, User/Port from an ssh config file, and a command whose stderr outgrows
-the channel window."""
+with sudo, a jump host (also for verify --probe), User/Port from an ssh config file, and a
+command whose stderr outgrows the channel window."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
 import sys
@@ -236,3 +237,41 @@ def test_user_and_port_come_from_the_ssh_config_file_when_the_inventory_is_silen
     explicit.write_text(text.replace("ssh:\n", "ssh:\n  user: root\n", 1))
     res = env.k8sboot(*args, "-i", explicit)
     assert res.exit_code == 0, res.output
+
+
+# --- verify --probe through the jump host --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _no_direct_https(address: str, port: int = 6443):
+    """The workstation's own packets to address:port refused (the jump host's are not: they
+    never pass this machine's OUTPUT chain), as on a network where only the bastion reaches it."""
+    rule = ["OUTPUT", "-o", "k8sb-br0", "-d", address, "-p", "tcp", "--dport", str(port),
+            "-j", "REJECT", "--reject-with", "tcp-reset"]
+    subprocess.run(["iptables-legacy", "-w", "-I", *rule], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables-legacy", "-w", "-D", *rule], capture_output=True)
+
+
+def test_verify_probe_dials_through_the_jump_host(env, tmp_path):
+    import json
+
+    jump, target = env.host("controller-0"), env.host("controller-1")
+    env.dirty.update({jump.name, target.name})
+    inv = env.write_inventory(tmp_path / "inv.yaml", proxy_jump="controller-0")
+    res = env.k8sboot("deploy-apiserver", "-i", inv, "--hosts", "controller-1", "--wait", "30")
+    assert res.exit_code == 0, res.output
+    with _no_direct_https(target.address):
+        direct = env.k8sboot("verify", "-i", env.inventory, "--host", "controller-1", "--probe", "--json")
+        res = env.k8sboot("verify", "-i", inv, "--host", "controller-1", "--probe", "--json")
+    # without the jump host the probes cannot get there: the rule works
+    probes = {c["check"]: c for c in json.loads(direct.stdout)["hosts"][0]["checks"] if c["check"].startswith("probe")}
+    assert probes["probe: no credential"]["actual"] == "None", probes
+    # through it, every probe gets its answer
+    assert res.exit_code == 0, res.output
+    probes = {c["check"]: c for c in json.loads(res.stdout)["hosts"][0]["checks"] if c["check"].startswith("probe")}
+    assert probes["probe: no credential"]["actual"] == "401"
+    assert probes["probe: bogus bearer token"]["actual"] == "401"
+    assert probes["probe: admin cert (SelfSubjectReview)"]["actual"] == "admin"
