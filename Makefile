@@ -100,6 +100,11 @@ bench-lab: venv
 	$(PY) bench/lab_up --quick
 bench-deploy: venv
 	$(PY) bench/deploy --full
+# issue 10: failed requests through the lab LB and controllers ready during a flag change,
+# k8sboot rolling vs parallel vs Ansible serial: 1 vs the KTHW loop (3 and 10 controllers)
+.PHONY: bench-availability
+bench-availability: deps bench-deps
+	$(PY) bench/availability --full
 
 clean:
 	rm -rf $(VENV) pki *.kubeconfig .pytest_cache
