@@ -300,6 +300,7 @@ class Job:
     prepare: Callable[[], dict[str, tuple[DesiredFile, ...]]]
     expected_flags: Callable[[str], object] | None = None   # host name -> rendered flags (argv gate)
     readyz: health.ReadyzProbe | None = None                 # None: no HTTP gate (e.g. HAProxy)
+    stop_timeout: float = 0.0                # how long stopping the old process may take (its drain)
 
 
 @dataclass
@@ -419,7 +420,7 @@ def switch_host(job: Job, run: HostRun, options: DeployOptions, progress: Progre
                     else f"installing {len(plan.uploads)} file(s)")
              + (", reloading" if plan.reload else ", restarting" if plan.restart else ""))
     svc = remote.install(plan, keep_previous=options.rollback_on_failure, wait=options.wait, port=job.port,
-                         staged=staged)
+                         staged=staged, stop_timeout=job.stop_timeout)
     lap("install")
     if svc is not None and svc.wait_ms is not None:   # split the one command: host-side wait loop
         result.timings["wait"] = min(svc.wait_ms / 1000, result.timings["install"])
@@ -449,7 +450,7 @@ def switch_host(job: Job, run: HostRun, options: DeployOptions, progress: Progre
     result.journal = tuple(remote.read_journal(unit=job.component.unit))
     if options.rollback_on_failure:
         progress(name, "rolling back")
-        svc2 = remote.rollback(plan, wait=options.wait, port=job.port)
+        svc2 = remote.rollback(plan, wait=options.wait, port=job.port, stop_timeout=job.stop_timeout)
         if svc2 is None:
             result.state = "removed"
             result.message += "; rolled back: the unit was new, so it was removed"
@@ -529,8 +530,11 @@ def apiserver_job(inventory: Inventory, options: DeployOptions, hosts: Sequence[
         binary = read_binary(options.binary) if options.binary else None
         return {name: planmod.build_desired_files(pki, unit.text, binary) for name, unit in units.items()}
 
+    # a restart waits for the old process to drain: the shutdown delay, then up to the request
+    # timeout (1m) for requests in flight (the unit's TimeoutStopSec is the same sum + 15 s)
+    stop = inventory.apiserver.shutdown_delay_seconds + 60 + 15
     return Job(planmod.APISERVER, tuple(hosts), request, port, prepare,
-               expected_flags=lambda name: rendered[name].flags, readyz=readyz)
+               expected_flags=lambda name: rendered[name].flags, readyz=readyz, stop_timeout=stop)
 
 
 def health_checker(inventory: Inventory, port: int) -> health.ReadyzProbe:

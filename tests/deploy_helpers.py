@@ -167,7 +167,7 @@ class FakeRemote:
     def recover(self, component=planmod.APISERVER):
         self.host.commands.append("recover")
 
-    def install(self, plan, *, keep_previous=False, wait=None, port=6443, staged=False):
+    def install(self, plan, *, keep_previous=False, wait=None, port=6443, staged=False, stop_timeout=0.0):
         h = self.host
         if not staged:
             self._stage(plan)
@@ -201,7 +201,7 @@ class FakeRemote:
     def read_journal(self, lines=15, unit=layout.UNIT_NAME):
         return list(getattr(self.host, "journal", []))[-lines:]
 
-    def rollback(self, plan, *, wait=None, port=6443):
+    def rollback(self, plan, *, wait=None, port=6443, stop_timeout=0.0):
         h = self.host
         h.commands.append("rollback")
         for c in plan.uploads:
@@ -271,6 +271,7 @@ apiserver:
   authorization_mode: [Node, RBAC]
   etcd_servers: [https://{first}:2379]
   extra_flags: {extra_flags}
+  shutdown_delay_duration: 1       # the deploy tests restart often; tests/lab/test_rolling.py drains longer
 ssh:
   user: {user}
   port: 22
