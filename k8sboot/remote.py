@@ -68,6 +68,9 @@ class FactRequest:
     stat_only: tuple[str, ...] = ()
     port: int = layout.SECURE_PORT
     sections: tuple[tuple[str, str], ...] = ()     # (name, shell command) -> facts.sections[name]
+    unit: str = layout.UNIT_NAME                   # whose state is read
+    text_path: str = layout.UNIT_PATH              # the file read whole (`facts.unit_text`), for diffs
+    state_dir: str = layout.REMOTE_PKI_DIR         # stat'ed as a directory
 
 
 class Remote(Protocol):
@@ -76,12 +79,16 @@ class Remote(Protocol):
     name: str
 
     def read_facts(self, request: FactRequest, *, lock_wait: float | None = None) -> HostFacts: ...
+    def stage(self, plan: HostPlan) -> None: ...
+    def unstage(self, plan: HostPlan) -> None: ...
+    def recover(self, component: planmod.Component = planmod.APISERVER) -> None: ...
     def install(self, plan: HostPlan, *, keep_previous: bool = False, wait: float | None = None,
-                port: int = layout.SECURE_PORT) -> ServiceFact | None: ...
-    def read_service(self, port: int = layout.SECURE_PORT) -> ServiceFact: ...
-    def read_journal(self, lines: int = 15) -> list[str]: ...
+                port: int = layout.SECURE_PORT, staged: bool = False, stop_timeout: float = 0.0
+                ) -> ServiceFact | None: ...
+    def read_service(self, port: int = layout.SECURE_PORT, unit: str = layout.UNIT_NAME) -> ServiceFact: ...
+    def read_journal(self, lines: int = 15, unit: str = layout.UNIT_NAME) -> list[str]: ...
     def rollback(self, plan: HostPlan, *, wait: float | None = None,
-                 port: int = layout.SECURE_PORT) -> ServiceFact | None: ...
+                 port: int = layout.SECURE_PORT, stop_timeout: float = 0.0) -> ServiceFact | None: ...
     def cleanup(self, plan: HostPlan) -> None: ...
     def close(self) -> None: ...
 
@@ -103,9 +110,9 @@ def facts_script(request: FactRequest) -> str:
         f"echo {_MARK}stat",
         f"stat -c '%n|%F|%a|%U|%G' -- {everything} 2>/dev/null || true",
         f"echo {_MARK}service",
-        planmod.service_state_script(request.port).rstrip("\n"),
+        planmod.service_state_script(request.port, request.unit).rstrip("\n"),
         f"echo {_MARK}unit",
-        f"base64 -w0 {_q(layout.UNIT_PATH)} 2>/dev/null; echo",
+        f"base64 -w0 {_q(request.text_path)} 2>/dev/null; echo",
     ]
     for name, command in request.sections:
         parts.append(f"echo {_MARK}{name}")
@@ -115,7 +122,7 @@ def facts_script(request: FactRequest) -> str:
 
 
 def _stat_paths(request: FactRequest) -> tuple[str, ...]:
-    seen = dict.fromkeys((*request.hashed, *request.stat_only, planmod.PKI_DIR.path, layout.UNIT_PATH))
+    seen = dict.fromkeys((*request.hashed, *request.stat_only, request.state_dir, request.text_path))
     return tuple(seen)
 
 
@@ -156,7 +163,19 @@ def parse_service(text: str) -> ServiceFact:
         need_daemon_reload=values.get("NeedDaemonReload") == "yes",
         listening=values.get("Listening") == "yes",
         wait_ms=num("WaitMs") if "WaitMs" in values else None,
+        argv=_argv(values.get("Cmdline")),
     )
+
+
+def _argv(b64: str | None) -> tuple[str, ...] | None:
+    """`/proc/PID/cmdline` (NUL-separated, base64) as an argv; None when absent or unreadable."""
+    if not b64:
+        return None
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except ValueError:
+        return None
+    return tuple(a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0")) if raw else None
 
 
 _KINDS = {"regular file": "file", "regular empty file": "file", "directory": "directory"}
@@ -182,7 +201,7 @@ def parse_facts(text: str, request: FactRequest) -> HostFacts:
     for path in _stat_paths(request):
         files.setdefault(path, FileFact(path, exists=False))
     unit_text = None
-    if files[layout.UNIT_PATH].exists:
+    if files[request.text_path].exists:
         unit_text = base64.b64decode(sections.get("unit", "").strip() or b"").decode("utf-8", "replace")
     extra = {name: sections.get(name, "") for name, _ in request.sections}
     return HostFacts(files=files, service=parse_service(sections.get("service", "")), unit_text=unit_text,
@@ -778,24 +797,54 @@ class SshRemote:
         self._lock_channel = chan
         return buf.decode("utf-8", "replace")
 
-    def install(self, plan: HostPlan, *, keep_previous: bool = False, wait: float | None = None,
-                port: int = layout.SECURE_PORT) -> ServiceFact | None:
-        """Install the plan in one command; with `wait` and a restart, also wait (on the host) until
-        the unit is up or failing, and return its state."""
+    def stage(self, plan: HostPlan) -> None:
+        """Stage the plan's new files beside their targets (`plan.build_stage_script`); nothing is
+        replaced. A rolling deploy stages on every host at once, then switches in waves."""
         payload = build_tar(plan.uploads) if plan.uploads else None
-        script = planmod.build_install_script(plan, keep_previous=keep_previous)
+        result = self.exec(planmod.build_stage_script(plan), what="staging files", stdin=payload,
+                           timeout=120 + len(payload or b"") / (5 << 20))
+        self._check_install(result, "staging files")
+
+    def unstage(self, plan: HostPlan) -> None:
+        script = planmod.build_unstage_script(plan)
+        if script:
+            self._checked(script, "removing the staged files", timeout=60)
+
+    def recover(self, component: planmod.Component = planmod.APISERVER) -> None:
+        """Put back the whole previous set after a switch that was cut short (its journal is there)."""
+        self._checked(planmod.build_recover_script(component), "restoring the previous set of files", timeout=60)
+
+    def install(self, plan: HostPlan, *, keep_previous: bool = False, wait: float | None = None,
+                port: int = layout.SECURE_PORT, staged: bool = False, stop_timeout: float = 0.0
+                ) -> ServiceFact | None:
+        """Install the plan in one command (stage and switch, or only the switch when `staged`);
+        with `wait` and a restart or reload, also wait (on the host) until the unit is up or
+        failing, and return its state. `stop_timeout`: how long systemd may take to stop the old
+        process (a draining kube-apiserver: its TimeoutStopSec), added to the command's bound."""
+        payload = build_tar(plan.uploads) if plan.uploads and not staged else None
+        script = (planmod.build_switch_script(plan, keep_previous=keep_previous) if staged
+                  else planmod.build_install_script(plan, keep_previous=keep_previous))
         waiting = wait is not None and plan.restart
         if waiting:
-            script += planmod.wait_script(port, wait)
+            script += planmod.wait_script(port, wait, plan.component.unit)
         size = len(payload or b"")
         result = self.exec(script, what="installing files", stdin=payload,
-                           timeout=120 + size / (5 << 20) + (wait or 0))
-        if result.rc != 0:
-            explained = explain_install_failure(self.name, result.out, result.err)
-            if explained:
-                raise RemoteError(explained[0], hint=explained[1])
-            self._raise_failed(result, "installing files")
+                           timeout=120 + size / (5 << 20) + (wait or 0) + stop_timeout)
+        self._check_install(result, "installing files")
         return self._state_after(result) if waiting else None
+
+    def _check_install(self, result: CommandResult, what: str) -> None:
+        if result.rc == 0:
+            return
+        if "@@k8sboot:check-failed" in result.out:
+            detail = result.out.partition("@@k8sboot:check-failed")[2].strip().splitlines()[-3:]
+            raise RemoteError(f"{self.name}: the new configuration was refused by its own check, so the previous "
+                              f"set was put back and nothing was reloaded: {' | '.join(detail)}",
+                              hint="fix the template or inventory (render it offline first), then rerun")
+        explained = explain_install_failure(self.name, result.out, result.err)
+        if explained:
+            raise RemoteError(explained[0], hint=explained[1])
+        self._raise_failed(result, what)
 
     def _state_after(self, result: CommandResult) -> ServiceFact:
         _, mark, tail = result.out.partition(planmod.STATE_MARK + "\n")
@@ -803,22 +852,22 @@ class SshRemote:
             raise RemoteError(f"{self.name}: waiting for the unit: no state in the output")
         return parse_service(tail)
 
-    def read_service(self, port: int = layout.SECURE_PORT) -> ServiceFact:
-        return parse_service(self._checked(planmod.service_state_script(port), "reading the unit state",
+    def read_service(self, port: int = layout.SECURE_PORT, unit: str = layout.UNIT_NAME) -> ServiceFact:
+        return parse_service(self._checked(planmod.service_state_script(port, unit), "reading the unit state",
                                            timeout=30).out)
 
-    def read_journal(self, lines: int = 15) -> list[str]:
-        result = self.exec(f"journalctl -u {layout.UNIT_NAME} -n {int(lines)} --no-pager -o short-iso "
+    def read_journal(self, lines: int = 15, unit: str = layout.UNIT_NAME) -> list[str]:
+        result = self.exec(f"journalctl -u {unit} -n {int(lines)} --no-pager -o short-iso "
                            f"--no-hostname 2>&1", what="reading the journal", timeout=30)
         return [ln for ln in result.out.splitlines() if ln.strip() and not ln.startswith("-- ")]
 
     def rollback(self, plan: HostPlan, *, wait: float | None = None,
-                 port: int = layout.SECURE_PORT) -> ServiceFact | None:
+                 port: int = layout.SECURE_PORT, stop_timeout: float = 0.0) -> ServiceFact | None:
         script = planmod.build_rollback_script(plan)
         waiting = wait is not None and planmod.rollback_restarts(plan)
         if waiting:
-            script += planmod.wait_script(port, wait)
-        result = self._checked(script, "rolling back", timeout=120 + (wait or 0))
+            script += planmod.wait_script(port, wait, plan.component.unit)
+        result = self._checked(script, "rolling back", timeout=120 + (wait or 0) + stop_timeout)
         return self._state_after(result) if waiting else None
 
     def cleanup(self, plan: HostPlan) -> None:

@@ -41,7 +41,112 @@ SECTIONS = (
     ("is-enabled", f"systemctl is-enabled {layout.UNIT_NAME}"),
     ("is-active", f"systemctl is-active {layout.UNIT_NAME}"),
     ("ca", f"base64 -w0 {layout.remote_path(layout.cert_file(layout.CA))}"),
+    # the running process's start (seconds since the epoch, from /proc: boot time + start ticks)
+    # and every deployed file's mtime: a file newer than the process has not been read by it
+    ("started", f"pid=$(systemctl show -p MainPID --value {layout.UNIT_NAME}); "
+                f"if [ \"${{pid:-0}}\" -gt 0 ] && [ -r /proc/$pid/stat ]; then "
+                "t=$(sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20); "
+                "b=$(sed -n 's/^btime //p' /proc/stat); echo \"start $(( b + t / $(getconf CLK_TCK) ))\"; fi; "
+                "stat -c '%Y %n' " + " ".join(f.path for f in layout.CONTROLLER_FILES) + f" {layout.UNIT_PATH} "
+                "2>/dev/null || true"),
 )
+
+
+# --- load balancers -------------------------------------------------------------------------------
+
+# HAProxy's own view of its backends, from its stats socket (`show stat`, CSV); socat where the
+# host has it, else python3's socket module (Debian and Ubuntu servers have one or the other).
+_STATS_PY = ('import socket,sys; c=socket.socket(socket.AF_UNIX); c.connect(sys.argv[1]); '
+             'c.sendall(b"show stat\\n"); sys.stdout.write(b"".join(iter(lambda: c.recv(65536), b"")).decode())')
+LB_STATS_COMMAND = (f"s={layout.LB_STATS_SOCKET}; if command -v socat >/dev/null 2>&1; then "
+                    "echo 'show stat' | socat stdio \"unix-connect:$s\"; "
+                    f"else python3 -c '{_STATS_PY}' \"$s\"; fi")
+
+
+def parse_lb_stats(csv_text: str, backend: str) -> dict[str, tuple[str, str]]:
+    """{server name: (status, last check)} for the servers of `backend` in `show stat` output."""
+    lines = [ln for ln in csv_text.splitlines() if ln.strip()]
+    header = next((ln for ln in lines if ln.startswith("# ")), None)
+    if header is None:
+        return {}
+    cols = header[2:].split(",")
+    out = {}
+    for line in lines:
+        if line.startswith("#"):
+            continue
+        row = dict(zip(cols, line.split(",")))
+        if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND"):
+            check = " ".join(x for x in (row.get("check_status", ""), row.get("check_code", ""),
+                                         row.get("check_desc", "")) if x)
+            out[row["svname"]] = (row.get("status", ""), check)
+    return out
+
+
+def check_lb_host(host: str, desired: Sequence[DesiredFile], facts: HostFacts, controllers: Sequence[str],
+                  backend: str) -> list[Check]:
+    """The config and files as rendered, HAProxy active, every controller UP in its view."""
+    checks = []
+    for want in desired:
+        reasons, _ = planmod.compare_file(want, facts.file(want.path))
+        detail = ", ".join(reasons) or f"{want.mode:04o} {want.owner}:{want.group}, sha256 matches"
+        if reasons and want.path == layout.LB_CONFIG_PATH and "content" in reasons:
+            detail += ": edited by hand or rendered from another inventory (deploy-lb puts it back)"
+        checks.append(Check(host, "file " + want.path, DRIFT if reasons else OK, detail))
+    svc = facts.service
+    checks.append(Check(host, "haproxy is-active", OK if svc.is_active else DRIFT,
+                        f"{svc.active_state}/{svc.sub_state}"))
+    servers = parse_lb_stats(facts.sections.get("stats", ""), backend)
+    for name in controllers:
+        status, last = servers.get(name, ("absent", "not in the running config"))
+        checks.append(Check(host, f"backend {name}", OK if status.startswith("UP") else DRIFT,
+                            f"{status}" + (f" (last check: {last})" if last else "")))
+    return checks
+
+
+def verify_lb_host(inventory: Inventory, host: Host, connect, templates: Path | None) -> "HostVerification":
+    from k8sboot import deploy as deploymod
+    from k8sboot import lb
+
+    t0 = time.monotonic()
+    result = HostVerification(host.name, kind="load balancer")
+    remote = None
+    try:
+        job = deploymod.lb_job(inventory, deploymod.DeployOptions(hosts=(host.name,)), templates)
+        request = deploymod.lb_request(lb.lb_desired_paths(), job.port, (("stats", LB_STATS_COMMAND),))
+        remote = connect(host)
+        facts = remote.read_facts(request)
+        desired = job.prepare()[host.name]
+        result.checks = check_lb_host(host.name, desired, facts, [c.name for c in inventory.controllers],
+                                      lb.BACKEND)
+    except K8sbootError as exc:
+        result.error, result.hint, result.code = exc.message, exc.hint, int(exc.code)
+    finally:
+        if remote is not None:
+            remote.close()
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def check_restart_pending(host: str, started: str) -> Check | None:
+    """A deployed file modified after the running process started: the process has not read it
+    (a `--no-restart` deploy, an edit by hand, a deploy cut before its restart)."""
+    lines = started.split()
+    if "start" not in lines:
+        return None
+    try:
+        start = int(lines[lines.index("start") + 1])
+    except (ValueError, IndexError):
+        return None
+    newer = []
+    for line in started.splitlines():
+        when, _, path = line.partition(" ")
+        if when.isdigit() and path and int(when) > start:
+            newer.append(path.rsplit("/", 1)[-1])
+    if not newer:
+        return Check(host, "process newer than its files", OK, "the running process started after every file changed")
+    return Check(host, "restart pending", DRIFT,
+                 f"the running process is older than {', '.join(newer)}: it has not read them; "
+                 "deploy-apiserver restarts it")
 
 
 @dataclass(frozen=True)
@@ -63,6 +168,7 @@ class HostVerification:
     hint: str | None = None
     code: int = 0
     seconds: float = 0.0
+    kind: str = "controller"           # controller | load balancer
 
     @property
     def drifted(self) -> bool:
@@ -85,7 +191,7 @@ class VerifyReport:
     def to_json(self) -> dict:
         return {"ok": self.exit_code() == ExitCode.OK, "exit_code": int(self.exit_code()),
                 "hosts": [{"host": h.host, "error": h.error or None, "grep": h.grep_output.splitlines(),
-                           "drifted": h.drifted, "seconds": round(h.seconds, 3),
+                           "drifted": h.drifted, "seconds": round(h.seconds, 3), "kind": h.kind,
                            "checks": [asdict(c) for c in h.checks]} for h in self.hosts]}
 
 
@@ -218,6 +324,9 @@ def check_host(host: str, desired: Sequence[DesiredFile], expected_flags: flagmo
                         f"{CA_KEY_REMOTE} is present: the CA key must never leave the workstation; remove it"
                         if ca_key.exists else "absent"))
 
+    pending_check = check_restart_pending(host, facts.sections.get("started", ""))
+    if pending_check is not None and not facts.file(planmod.RESTART_PENDING).exists:
+        checks.append(pending_check)
     if facts.file(planmod.RESTART_PENDING).exists:
         checks.append(Check(host, "restart pending", DRIFT,
                             "a --no-restart deploy changed files the running kube-apiserver has not read; "
@@ -290,10 +399,13 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> Ver
     from k8sboot import render
     from k8sboot.store import read_optional
 
-    hosts = deploymod.select_hosts(inventory, options.hosts)
+    lb_names = {h.name for h in inventory.load_balancers}
+    lbs = tuple(h for h in inventory.load_balancers if not options.hosts or h.name in options.hosts)
+    names = tuple(n for n in options.hosts if n not in lb_names)
+    hosts = deploymod.select_hosts(inventory, names) if names or not options.hosts else ()
     deploymod.check_identity_file(inventory)
     templates = render.templates_dir_for(inventory, options.templates)
-    port = deploymod.secure_port(inventory, hosts[0])
+    port = deploymod.secure_port(inventory, (hosts or inventory.controllers)[0])
     request = deploymod.fact_request(planmod.desired_paths(binary=False), port, SECTIONS)
     pki_dir = Path(inventory.pki.dir)
     admin_cert, admin_key = pki_dir / layout.cert_file(layout.ADMIN), pki_dir / layout.key_file(layout.ADMIN)
@@ -344,6 +456,8 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> Ver
         return result
 
     futures = [deploymod.start_daemon(one, h, name=f"verify-{h.name}") for h in hosts]
+    futures += [deploymod.start_daemon(verify_lb_host, inventory, h, opened.connect, options.templates,
+                                       name=f"verify-{h.name}") for h in lbs]
     try:
         try:
             local.set(prepare())
