@@ -95,6 +95,7 @@ import binascii
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -541,6 +542,15 @@ def _eku_allows_client_auth(chain: Sequence[x509.Certificate]) -> bool:
     return True
 
 
+# The CA certificates in an AuthenticatorConfig are shared by every request thread of the lab's
+# stand-in. Debian bookworm's python3-cryptography (38) keeps a certificate's parsed parts in a
+# Rust cell that two threads may not borrow at once: reading the same CA's extensions or key from
+# two requests raised "Already borrowed", and the stand-in dropped the connection (seen as
+# failed requests through the lab's load balancer). One verification at a time: it takes about a
+# millisecond, and the x509 decision is unchanged.
+_CA_LOCK = threading.Lock()
+
+
 def authenticate_cert(
     client_cert_der: bytes,
     config: AuthenticatorConfig,
@@ -549,6 +559,17 @@ def authenticate_cert(
     intermediates_der: Sequence[bytes] = (),
 ) -> AuthResult:
     """The x509 authenticator (--client-ca-file) alone, for one presented client certificate."""
+    with _CA_LOCK:
+        return _authenticate_cert(client_cert_der, config, now, intermediates_der=intermediates_der)
+
+
+def _authenticate_cert(
+    client_cert_der: bytes,
+    config: AuthenticatorConfig,
+    now: datetime,
+    *,
+    intermediates_der: Sequence[bytes] = (),
+) -> AuthResult:
     now = _utc(now)
     if not config.client_ca:
         return _fail(X509, Reason.CERT_AUTHENTICATOR_OFF,

@@ -170,7 +170,7 @@ def wait_lb_serving(env: Env, n: int, timeout: float = 30) -> None:
 
 @pytest.fixture(scope="module")
 def env(lab_hosts, lab_tools, lab_inventory, tmp_path_factory):
-    up = lab_tools.lab_up(lab_inventory, controllers=5, ready_delay=float(READY_DELAY))
+    up = lab_tools.lab_up(lab_inventory, controllers=5, ready_delay=float(READY_DELAY), wait=900)
     e = Env(lab_tools, tmp_path_factory.mktemp("rolling"), up)
     try:
         inv = e.inventory(3)
@@ -181,7 +181,7 @@ def env(lab_hosts, lab_tools, lab_inventory, tmp_path_factory):
         wait_lb_serving(e, 3)
         yield e
     finally:
-        lab_tools.lab_up(lab_inventory)      # the session's shape: 3 controllers, lb-0, no ready delay
+        lab_tools.lab_up(lab_inventory, wait=900)      # the session's shape: 3 controllers, lb-0, no ready delay
 
 
 def test_rolling_flag_change_behind_the_lb_fails_no_request_and_keeps_n_minus_1_ready(env):

@@ -501,6 +501,64 @@ def test_installed_standin_runs_on_the_systems_python(pki, tmp_path):
     assert "STAND-IN" in head and 'user="admin"' in rest
 
 
+def test_installed_standin_answers_concurrent_client_cert_requests_on_debians_libraries(pki, tmp_path):
+    """Debian's cryptography 38 refused two threads reading one CA certificate at once ("Already
+    borrowed"): the stand-in dropped connections behind the lab's load balancer, whose health
+    checks and clients arrive together. Every request of 12 concurrent clients is answered."""
+    import threading
+
+    py = _debian_python()
+    if py is None:
+        pytest.skip("/usr/bin/python3 with python3-cryptography and python3-jwt is not installed")
+    src = Path(standin.__file__).parent
+    lib = tmp_path / "lib" / "k8sboot"
+    lib.mkdir(parents=True)
+    for name in ("__init__.py", "authn.py", "standin.py"):
+        shutil.copy(src / name, lib / name)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "lib")}
+    with socket_port() as port:
+        argv = base_argv(pki, **{"secure-port": str(port)})
+    log = tmp_path / "standin.log"        # a file: a pipe nobody reads would fill and stall the server
+    with open(log, "w") as err:
+        proc = subprocess.Popen([py, "-m", "k8sboot.standin", *argv], env=env, stderr=err, text=True)
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    ctx.load_cert_chain(pki / "admin.pem", pki / "admin-key.pem")
+    failures: list[str] = []
+
+    def get() -> int:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+        try:
+            conn.request("GET", "/version")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    def client() -> None:
+        for _ in range(40):
+            try:
+                status = get()
+                if status != 200:
+                    failures.append(f"HTTP {status}")
+            except OSError as exc:       # http.client's RemoteDisconnected is one
+                failures.append(repr(exc))
+
+    try:
+        deadline = time.monotonic() + 10
+        while "Serving securely" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        threads = [threading.Thread(target=client) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert failures == [], f"{len(failures)} of 480 requests failed: {failures[:3]}"
+    assert "Connection error" not in log.read_text()
+
+
 def _read_until(proc, marker: str) -> str:
     lines = []
     while True:
