@@ -97,6 +97,7 @@ class DeployReport:
     strategy: str = rollout.PARALLEL
     waves: list[list[str]] = field(default_factory=list)    # host names per rolling wave
     warning: str | None = None       # said before acting: the change takes the whole API down
+    notes: list[str] = field(default_factory=list)      # e.g. a load balancer that could not be asked
     stopped_by: str | None = None    # the host whose failure stopped the roll
 
     def by_outcome(self) -> dict[str, list[str]]:
@@ -301,6 +302,8 @@ class Job:
     expected_flags: Callable[[str], object] | None = None   # host name -> rendered flags (argv gate)
     readyz: health.ReadyzProbe | None = None                 # None: no HTTP gate (e.g. HAProxy)
     stop_timeout: float = 0.0                # how long stopping the old process may take (its drain)
+    load_balancers: tuple[Host, ...] = ()    # a rolling wave waits until these balance the host again
+    lb_watch: "LbWatch | None" = None        # set by run_job while waves run
 
 
 @dataclass
@@ -484,6 +487,14 @@ def _gate(job: Job, run: HostRun, svc: ServiceFact, options: DeployOptions, prog
     if not ready.ready:
         return (f"GET /readyz on {run.host.internal_ip}:{job.port} did not answer 200 within "
                 f"{options.ready_timeout:g}s: {ready.detail}")
+    if job.lb_watch is not None and run.waiting:
+        # the next wave takes another controller out: first this one must be back in rotation
+        progress(run.host.name, "waiting until the load balancers send it traffic again")
+        t0 = clock()
+        why = job.lb_watch.wait_up(run.host, options.ready_timeout)
+        run.result.timings["lb"] = clock() - t0
+        if why:
+            return why
     return None
 
 
@@ -534,7 +545,8 @@ def apiserver_job(inventory: Inventory, options: DeployOptions, hosts: Sequence[
     # timeout (1m) for requests in flight (the unit's TimeoutStopSec is the same sum + 15 s)
     stop = inventory.apiserver.shutdown_delay_seconds + 60 + 15
     return Job(planmod.APISERVER, tuple(hosts), request, port, prepare,
-               expected_flags=lambda name: rendered[name].flags, readyz=readyz, stop_timeout=stop)
+               expected_flags=lambda name: rendered[name].flags, readyz=readyz, stop_timeout=stop,
+               load_balancers=inventory.load_balancers)
 
 
 def health_checker(inventory: Inventory, port: int) -> health.ReadyzProbe:
@@ -613,6 +625,8 @@ def run_job(job: Job, options: DeployOptions, *, n_controllers: int, connect: Co
         report.strategy = (options.strategy or (rollout.ROLLING if waves else rollout.PARALLEL))
         if options.dry_run or not waves:
             return report
+        if job.load_balancers:
+            job.lb_watch = LbWatch(job.load_balancers, opened.connect)
         warning = _outage(runs, waves, n_controllers, report.strategy)
         if warning:
             warn(warning)
@@ -660,6 +674,70 @@ def run_job(job: Job, options: DeployOptions, *, n_controllers: int, connect: Co
         for r in runs:
             if r.remote is not None:
                 _finish(r, time.monotonic, lambda h, m: None)
+        if job.lb_watch is not None:
+            report.notes.extend(job.lb_watch.notes)
+            job.lb_watch.close()
+            job.lb_watch = None
+
+
+class LbWatch:
+    """The load balancers' own view of the controllers during a roll (HAProxy's `show stat` over
+    SSH): a restarted controller is back in rotation, UP in every LB that balances it, before the
+    next wave takes another one out. With 2 controllers this closes the window where the one
+    restarted is still rising in the LB (rise x inter) while the other is already marked down."""
+
+    def __init__(self, lbs: Sequence[Host], connect: Connector, interval: float = 0.25):
+        self.lbs, self.connect, self.interval = tuple(lbs), connect, interval
+        self.notes: list[str] = []
+        self._remotes: dict[str, object] = {}
+        self._skip: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _servers(self, lb_host: Host) -> dict[str, tuple[str, str]]:
+        from k8sboot import lb, verify
+
+        with self._lock:
+            remote = self._remotes.get(lb_host.name)
+            if remote is None:
+                remote = self._remotes[lb_host.name] = self.connect(lb_host)
+            out = remote.exec(verify.LB_STATS_COMMAND, what="reading HAProxy's view of the controllers",
+                              timeout=15).out
+        return verify.parse_lb_stats(out, lb.BACKEND)
+
+    def wait_up(self, host: Host, timeout: float, clock=time.monotonic, sleep=time.sleep) -> str | None:
+        """None once every LB that lists `host` has it UP; why not, after `timeout`. An LB that
+        cannot be asked, or that does not balance this host, is noted and not waited for."""
+        deadline = clock() + timeout
+        pending = [h for h in self.lbs if h.name not in self._skip]
+        last: dict[str, str] = {}
+        while pending:
+            for lb_host in list(pending):
+                try:
+                    servers = self._servers(lb_host)
+                except K8sbootError as exc:
+                    self._skip.add(lb_host.name)
+                    self.notes.append(f"{lb_host.name}: {exc.message}; the roll did not wait for it")
+                    pending.remove(lb_host)
+                    continue
+                status = servers.get(host.name)
+                if status is None:
+                    pending.remove(lb_host)      # not in its config (deploy-lb not run yet): nothing to wait for
+                elif status[0].startswith("UP"):
+                    pending.remove(lb_host)
+                else:
+                    last[lb_host.name] = " ".join(x for x in status if x)
+            if not pending:
+                return None
+            if clock() >= deadline:
+                return (f"ready, but not back in rotation within {timeout:g}s: "
+                        + "; ".join(f"{n} sees it {s}" for n, s in last.items()))
+            sleep(self.interval)
+        return None
+
+    def close(self) -> None:
+        for remote in self._remotes.values():
+            remote.close()
+        self._remotes.clear()
 
 
 def _wait(futures: Sequence[Future]) -> None:

@@ -216,7 +216,7 @@ def _print_deploy_report(console, report, json_: bool, command: str = "deploy-ap
     if json_:
         console.json_out({"ok": report.ok, "dry_run": report.dry_run, "exit_code": int(report.exit_code()),
                           "strategy": report.strategy, "waves": report.waves, "warning": report.warning,
-                          "stopped_by": report.stopped_by, "sets": report.by_outcome(),
+                          "stopped_by": report.stopped_by, "sets": report.by_outcome(), "notes": report.notes,
                           "hosts": [r.to_json() for r in report.results]})
         return
     if report.dry_run:
@@ -247,6 +247,8 @@ def _print_deploy_report(console, report, json_: bool, command: str = "deploy-ap
                 console.info(f"  journal: {line}")
         elif report.dry_run:
             console.info(f"{r.host}: {r.message}")
+    for note in report.notes:
+        console.warn(note)
     if not report.dry_run and report.nothing_changed:
         console.info("already up to date: nothing uploaded, nothing restarted")
     elif not report.dry_run and not report.ok and len(report.results) > 1:
