@@ -485,8 +485,14 @@ def _gate(job: Job, run: HostRun, svc: ServiceFact, options: DeployOptions, prog
     ready = health.wait_ready(run.host, job.readyz, options.ready_timeout)
     run.result.ready_seconds = ready.seconds
     if not ready.ready:
-        return (f"GET /readyz on {run.host.internal_ip}:{job.port} did not answer 200 within "
-                f"{options.ready_timeout:g}s: {ready.detail}")
+        where = f"GET /readyz on {run.host.internal_ip}:{job.port}"
+        if ready.seconds < options.ready_timeout:       # an answer that waiting cannot change
+            why = f"{where}: {ready.detail}"
+            if "TLS verification failed" in ready.detail:
+                why += (" (the serving cert kubernetes.pem does not cover this address: run gen-certs to "
+                        "reissue it with the inventory's controllers, then deploy again)")
+            return why
+        return f"{where} did not answer 200 within {options.ready_timeout:g}s: {ready.detail}"
     if job.lb_watch is not None and run.waiting:
         # the next wave takes another controller out: first this one must be back in rotation
         progress(run.host.name, "waiting until the load balancers send it traffic again")

@@ -77,9 +77,16 @@ def wait_ready(host: Host, readyz: ReadyzProbe, timeout: float, *, interval: flo
         answer = readyz(host)
         if answer.status == 200:
             return Readiness(True, 200, "ok", clock() - t0)
-        if clock() - t0 >= timeout:
+        if clock() - t0 >= timeout or _permanent(answer):
             return Readiness(False, answer.status, _detail(answer), clock() - t0)
         sleep(interval)
+
+
+def _permanent(answer) -> bool:
+    """An answer waiting cannot change: the serving cert does not verify for this address (a
+    missing SAN, another CA), or the gate's own credential is refused. A starting server refuses
+    connections or answers 500; it never presents another certificate."""
+    return (answer.status is None and answer.error.startswith("TLS verification failed")) or answer.status in (401, 403)
 
 
 def _detail(answer) -> str:

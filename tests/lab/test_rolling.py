@@ -226,21 +226,26 @@ def test_a_failing_second_host_stops_the_roll_and_rollback_restores_it(env):
                                          "systemctl show -p MainPID kube-apiserver.service; "
                                          "ls -a /var/lib/kubernetes /etc/systemd/system | grep k8sboot || true")
         before = state(c2)
-        doc = env.deploy(inv_new, check=False)
+        # with --rollback-on-failure: the failed host goes back to the old set, ready again
+        doc = env.deploy(inv_new, "--rollback-on-failure", check=False)
         assert doc["_rc"] == 9 and not doc["ok"]
         outcome = {h["host"]: h["outcome"] for h in doc["hosts"]}
-        assert outcome == {c0["name"]: "deployed", c1["name"]: "failed", c2["name"]: "not reached"}, outcome
+        assert outcome == {c0["name"]: "deployed", c1["name"]: "rolled back", c2["name"]: "not reached"}, outcome
         assert doc["stopped_by"] == c1["name"]
-        assert doc["sets"]["new"] == [c0["name"]] and doc["sets"]["old"] == [c2["name"]]
-        assert state(c2) == before, "the host after the failure changed"
-
-        doc = env.deploy(inv_new, "--rollback-on-failure", check=False)
-        outcome = {h["host"]: h["outcome"] for h in doc["hosts"]}
-        assert outcome == {c0["name"]: "up to date", c1["name"]: "rolled back", c2["name"]: "not reached"}, outcome
+        assert doc["sets"] == {"new": [c0["name"]], "old": [c2["name"]], "rolled back": [c1["name"]], "failed": []}
         assert "ready again" in next(h for h in doc["hosts"] if h["host"] == c1["name"])["message"]
-        assert state(c2) == before
+        assert state(c2) == before, "the host after the failure changed"
         assert "--anonymous-auth=false" in env.ssh(c1["address"], "cat /etc/systemd/system/kube-apiserver.service")
         assert _get(_context(env.pki, layout.HEALTH_CLIENT), c1["address"], "/readyz") == 200
+
+        # without it: the failed host keeps the new set (crashing, journal shown), the next is not reached
+        doc = env.deploy(inv_new, check=False)
+        assert doc["_rc"] == 9
+        outcome = {h["host"]: h["outcome"] for h in doc["hosts"]}
+        assert outcome == {c0["name"]: "up to date", c1["name"]: "failed", c2["name"]: "not reached"}, outcome
+        failed = next(h for h in doc["hosts"] if h["host"] == c1["name"])
+        assert any("injected start failure" in line for line in failed["journal"]), failed["journal"]
+        assert state(c2) == before
     finally:
         env.ssh(c1["address"], f"mv -f /root/kube-apiserver.orig {launcher}")
     doc = env.deploy(inv_new)          # after the fix: converges, resuming where it stopped
@@ -251,7 +256,8 @@ def test_a_failing_second_host_stops_the_roll_and_rollback_restores_it(env):
 
 def test_max_unavailable_2_on_5_hosts_never_has_more_than_2_unready(env):
     inv5 = env.inventory(5, anonymous=False)
-    env.deploy(inv5)                  # controllers 3 and 4 get their first deploy (parallel, not serving)
+    env.k8sboot("gen-certs", "-i", inv5)      # kubernetes.pem gains the two new controllers' SANs
+    env.deploy(inv5)     # 3 and 4 get their first deploy at once; 0-2 roll onto the reissued serving cert
     addresses = [h["address"] for h in env.all[:5]]
     with Watch(env, addresses) as w:
         doc = env.deploy(env.inventory(5, anonymous=True), "--max-unavailable", "2")

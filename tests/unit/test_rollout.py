@@ -96,3 +96,21 @@ def test_an_lb_that_does_not_balance_the_host_or_cannot_be_asked_is_not_waited_f
     watch = D.LbWatch([host("lb-1", "10.0.0.6")], lambda h: broken, interval=0)
     assert watch.wait_up(host("controller-0", "10.0.0.10"), timeout=1) is None
     assert watch.notes and "the roll did not wait for it" in watch.notes[0]
+
+
+def test_the_gate_gives_up_at_once_on_an_answer_waiting_cannot_change():
+    from k8sboot import health
+    from k8sboot.probe import ProbeAnswer
+
+    answers = iter([ProbeAnswer(None, error="ConnectionRefusedError: refused"), ProbeAnswer(500, "[-]shutdown failed"),
+                    ProbeAnswer(200, "ok")])
+    ready = health.wait_ready(host("c0", "10.0.0.10"), lambda h: next(answers), 30, sleep=lambda s: None)
+    assert ready.ready
+    bad_san = ProbeAnswer(None, error="TLS verification failed: IP address mismatch, certificate is not valid "
+                                      "for '10.0.0.13'.")
+    clock = iter(range(1000))
+    ready = health.wait_ready(host("c3", "10.0.0.13"), lambda h: bad_san, 120, clock=lambda: next(clock),
+                              sleep=lambda s: None)
+    assert not ready.ready and ready.seconds < 5 and "IP address mismatch" in ready.detail
+    forbidden = ProbeAnswer(403, '{"kind":"Status","reason":"Forbidden"}')
+    assert not health.wait_ready(host("c0", "10.0.0.10"), lambda h: forbidden, 120, sleep=lambda s: None).ready
