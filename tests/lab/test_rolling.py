@@ -274,3 +274,28 @@ def test_lb_config_is_checked_and_a_second_deploy_lb_changes_nothing(env):
     cfg = env.ssh(LB, f"haproxy -c -f {layout.LB_CONFIG_PATH} && cat {layout.LB_CONFIG_PATH}")
     for h in env.all[:3]:
         assert f"{h['address']}:6443" in cfg
+
+
+def test_verify_reports_a_backend_stopped_by_hand_and_a_deploy_brings_it_back(env):
+    inv = env.inventory(3)
+    c2 = env.all[2]
+    env.ssh(c2["address"], "systemctl stop kube-apiserver")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            r = env.k8sboot("verify", "-i", inv, "--json", check=False)
+            doc = json.loads(r.stdout)
+            lb = next(h for h in doc["hosts"] if h["host"] == "lb-0")
+            backend = next(c for c in lb["checks"] if c["check"] == f"backend {c2['name']}")
+            if backend["status"] == "DRIFT" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert r.returncode == 10 and lb["kind"] == "load balancer"
+        assert backend["status"] == "DRIFT" and backend["detail"].startswith("DOWN"), backend
+        others = [c for c in lb["checks"] if c["check"].startswith("backend") and c is not backend]
+        assert others and all(c["status"] == "OK" for c in others)
+    finally:
+        doc = env.deploy(inv)                     # the stopped unit is started again
+    assert {h["host"]: h["outcome"] for h in doc["hosts"]}[c2["name"]] == "deployed"
+    wait_lb_serving(env, 3)
+    env.k8sboot("verify", "-i", inv)              # and the LB sees every backend up again
