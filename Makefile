@@ -56,14 +56,16 @@ bench-deps: venv
 	  bench/.venv-ansible/bin/pip install -q --disable-pip-version-check 'ansible-core~=2.19.0' 2>&1 | grep -v '^WARNING: Location' || true; }
 
 # The main job on the embedded default: a local lab of 3 real controller hosts (systemd + sshd
-# in systemd-nspawn), its PKI, the admin kubeconfig, the kube-apiserver unit deployed to every
-# controller, proof on controller-0 over SSH and HTTPS, and real kubectl asking who we are.
+# in systemd-nspawn) behind a real HAProxy on lb-0, its PKI, the admin kubeconfig (server: the
+# load balancer), the kube-apiserver unit deployed to every controller, the LB's config, proof on
+# controller-0 over SSH and HTTPS, and real kubectl asking who we are through the load balancer.
 # The lab stays up afterwards (k8sboot lab down removes it).
 demo: deps
-	$(K8SBOOT) lab up --controllers 3
+	$(K8SBOOT) lab up --controllers 3 --lb
 	$(K8SBOOT) gen-certs -i inventory/lab.yaml
 	$(K8SBOOT) kubeconfig admin -i inventory/lab.yaml
 	$(K8SBOOT) deploy-apiserver --inventory inventory/lab.yaml
+	$(K8SBOOT) deploy-lb -i inventory/lab.yaml
 	$(K8SBOOT) verify -i inventory/lab.yaml --host controller-0 --probe
 	kubectl --kubeconfig admin.kubeconfig auth whoami
 	@echo "demo: done. Try: k8sboot whoami -i inventory/lab.yaml --cert pki/admin.pem; k8sboot lab down" >&2
