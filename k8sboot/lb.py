@@ -15,17 +15,18 @@ cluster CA and the controller's name (a SAN of kubernetes.pem).
 
 Health-check timing, and how it meets `apiserver.shutdown_delay_duration`
 ------------------------------------------------------------------------
-HAProxy checks each controller every `CHECK_INTER_MS`; `CHECK_FALL` failed checks in a row take it
-out of rotation, `CHECK_RISE` good ones put it back. On SIGTERM the API server fails `/readyz` at
+HAProxy checks each controller every `CHECK_INTER_MS` (every `CHECK_FASTINTER_MS` once a check has
+gone the other way, every `CHECK_DOWNINTER_MS` while it is DOWN); `CHECK_FALL` failed checks in a
+row take it out of rotation, `CHECK_RISE` good ones put it back. On SIGTERM the API server fails `/readyz` at
 once but keeps serving for `--shutdown-delay-duration` before it closes its port. A failing
 `/readyz` answers at once, so HAProxy stops sending new connections to it at most
-`inter × fall` (`DOWN_AFTER_MS`, 2 s) later; the shutdown delay must be longer than that, or
+`inter + (fall-1) × fastinter` (`DOWN_AFTER_MS`, 1.25 s) later; the shutdown delay must be longer than that, or
 new connections meet a closed port for the difference (each refused connect is retried on
 another controller, `retries` + `option redispatch 1`: slower, not failed). The lab uses 3 s
-(1 s of margin); the inventory's default is longer still. A host that hangs instead
+(1.75 s of margin); the inventory's default is longer still. A host that hangs instead
 of answering costs up to `CHECK_TIMEOUT_MS` more per check. After a restart a controller is back
-in rotation `inter × rise` (`UP_AFTER_MS`, 2 s) after it is ready: a rolling deploy that takes the
-next controller down sooner leaves one fewer server in rotation meanwhile.
+in rotation `downinter + (rise-1) × fastinter` (`UP_AFTER_MS`, 0.75 s) after it is ready: a rolling
+deploy waits for that (HAProxy's own view) before it takes the next controller down.
 `check_lb_inventory` reports an inventory whose shutdown delay is too short.
 """
 
@@ -48,12 +49,16 @@ HEALTH_URI = "/readyz"
 HEALTH_EXPECT_STATUS = 200
 
 # Health-check timing: the one place (see the module docstring for how it meets the shutdown delay).
-CHECK_INTER_MS = 1000
+CHECK_INTER_MS = 1000                           # a steady server (UP, or DOWN for long) is checked this often
+CHECK_FASTINTER_MS = 250                        # ... and this often once a check has gone the other way
+CHECK_DOWNINTER_MS = 500                        # a DOWN server: seen ready again sooner
 CHECK_FALL = 2
 CHECK_RISE = 2
 CHECK_TIMEOUT_MS = 2000                         # a check that gets no answer fails after this
-DOWN_AFTER_MS = CHECK_INTER_MS * CHECK_FALL     # /readyz failing -> out of rotation, at most
-UP_AFTER_MS = CHECK_INTER_MS * CHECK_RISE       # /readyz ok again -> back in rotation, at most
+# /readyz failing -> out of rotation, at most: the first failed check, then fall-1 fast ones
+DOWN_AFTER_MS = CHECK_INTER_MS + (CHECK_FALL - 1) * CHECK_FASTINTER_MS
+# /readyz ok again -> back in rotation, at most (a rolling deploy waits for it between waves)
+UP_AFTER_MS = CHECK_DOWNINTER_MS + (CHECK_RISE - 1) * CHECK_FASTINTER_MS
 
 CONNECT_TIMEOUT_MS = 5000
 # A watch may stay quiet between events; kube-apiserver ends it after --min-request-timeout
@@ -155,6 +160,7 @@ def haproxy_context(inventory: Inventory, paths: LbPaths = LB_PATHS) -> dict:
         "frontend": {"name": FRONTEND, "bind": f"*:{frontend_port(inventory)}"},
         "backend": {"name": BACKEND},
         "check": {"uri": HEALTH_URI, "expect_status": HEALTH_EXPECT_STATUS, "inter": _ms(CHECK_INTER_MS),
+                  "fastinter": _ms(CHECK_FASTINTER_MS), "downinter": _ms(CHECK_DOWNINTER_MS),
                   "fall": CHECK_FALL, "rise": CHECK_RISE},
         "ca_file": paths.ca_file,
         "crt_file": paths.health_pem,

@@ -382,7 +382,11 @@ def deploy_lb_cmd(
     from k8sboot.deploy import DeployOptions, deploy_lb
     from k8sboot.inventory import load_inventory
 
+    from k8sboot.lb import check_lb_inventory
+
     inv = load_inventory(inventory)
+    for warning in check_lb_inventory(inv):
+        console.warn(warning)
     options = DeployOptions(hosts=_split_hosts(hosts), dry_run=dry_run, accept_new_host_keys=accept_new_host_keys,
                             lock_wait=lock_wait, templates=templates, wait=30.0)
     with _ProgressView(console, enabled=True) as view:

@@ -92,9 +92,9 @@ def test_server_lines_for_three_controllers():
     common = ("check check-ssl verify required ca-file /etc/haproxy/k8sboot/ca.pem "
               "crt /etc/haproxy/k8sboot/k8sboot-health.pem")
     assert lines_starting(config, "server ") == [
-        f"server controller-0 10.240.0.10:6443 {common} verifyhost controller-0 inter 1s fall 2 rise 2",
-        f"server controller-1 10.240.0.11:6443 {common} verifyhost controller-1 inter 1s fall 2 rise 2",
-        f"server controller-2 10.240.0.12:6443 {common} verifyhost controller-2 inter 1s fall 2 rise 2",
+        f"server controller-0 10.240.0.10:6443 {common} verifyhost controller-0 inter 1s fastinter 250ms downinter 500ms fall 2 rise 2",
+        f"server controller-1 10.240.0.11:6443 {common} verifyhost controller-1 inter 1s fastinter 250ms downinter 500ms fall 2 rise 2",
+        f"server controller-2 10.240.0.12:6443 {common} verifyhost controller-2 inter 1s fastinter 250ms downinter 500ms fall 2 rise 2",
     ]
 
 
@@ -140,8 +140,12 @@ def test_servers_use_the_secure_port_and_bracket_ipv6_addresses():
 def test_health_timing_is_one_set_of_constants_shorter_than_the_labs_shutdown_delay():
     config = lb.render_haproxy_config(inventory())
     for server in lines_starting(config, "server "):
-        assert server.endswith(f"inter {lb.CHECK_INTER_MS // 1000}s fall {lb.CHECK_FALL} rise {lb.CHECK_RISE}")
-    assert lb.DOWN_AFTER_MS == lb.CHECK_INTER_MS * lb.CHECK_FALL
+        assert server.endswith(f"inter {lb.CHECK_INTER_MS // 1000}s fastinter {lb.CHECK_FASTINTER_MS}ms "
+                               f"downinter {lb.CHECK_DOWNINTER_MS}ms fall {lb.CHECK_FALL} rise {lb.CHECK_RISE}")
+    # HAProxy's rules: one check at `inter`, the rest of a transition at `fastinter`; a DOWN server
+    # is checked at `downinter`
+    assert lb.DOWN_AFTER_MS == lb.CHECK_INTER_MS + (lb.CHECK_FALL - 1) * lb.CHECK_FASTINTER_MS
+    assert lb.UP_AFTER_MS == lb.CHECK_DOWNINTER_MS + (lb.CHECK_RISE - 1) * lb.CHECK_FASTINTER_MS
     assert lb.DOWN_AFTER_MS < 3000       # the lab's apiserver.shutdown_delay_duration
 
 
@@ -296,10 +300,10 @@ def test_the_api_endpoint_host_is_a_san_of_the_serving_cert_whatever_it_is():
 
 
 def test_check_lb_inventory_warns_when_the_shutdown_delay_is_not_longer_than_the_checks_take():
-    assert lb.check_lb_inventory(inventory(delay="3s")) == ()
-    (warning,) = lb.check_lb_inventory(inventory(delay="2s"))
-    assert warning.startswith("inv.yaml:9: apiserver.shutdown_delay_duration 2s is not longer than")
-    assert lb.check_lb_inventory(inventory(delay="2s", lbs="")) == ()    # no LB: nothing to say
+    assert lb.check_lb_inventory(inventory(delay="2s")) == ()
+    (warning,) = lb.check_lb_inventory(inventory(delay="1s"))
+    assert warning.startswith("inv.yaml:9: apiserver.shutdown_delay_duration 1s is not longer than")
+    assert lb.check_lb_inventory(inventory(delay="1s", lbs="")) == ()    # no LB: nothing to say
 
 
 def test_check_lb_inventory_warns_when_clients_dial_a_controller_directly():
