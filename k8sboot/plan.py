@@ -445,7 +445,9 @@ restore_set() {{
   [ -f {j} ] || return 0
   while IFS='|' read -r path prev existed; do
     [ -n "$path" ] || continue
-    if [ "$existed" = 1 ]; then [ -e "$prev" ] && mv -f "$prev" "$path"; else rm -f "$path" "$prev"; fi
+    # (a file not renamed yet is its own prev link: rename(2) between two links of one file
+    # changes nothing, so the link is removed after)
+    if [ "$existed" = 1 ]; then [ -e "$prev" ] && mv -f "$prev" "$path"; rm -f "$prev"; else rm -f "$path" "$prev"; fi
     rm -f "${{path%/*}}/.${{path##*/}}{TEMP_SUFFIX}"
   done < {j}
   rm -f {j}

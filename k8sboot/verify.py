@@ -41,13 +41,15 @@ SECTIONS = (
     ("is-enabled", f"systemctl is-enabled {layout.UNIT_NAME}"),
     ("is-active", f"systemctl is-active {layout.UNIT_NAME}"),
     ("ca", f"base64 -w0 {layout.remote_path(layout.cert_file(layout.CA))}"),
-    # the running process's start (seconds since the epoch, from /proc: boot time + start ticks)
-    # and every deployed file's mtime: a file newer than the process has not been read by it
+    # the running process's start and every deployed file's mtime, both in seconds since the epoch
+    # to the centisecond: now - (uptime - the process's start in clock ticks since boot). A file
+    # newer than the process has not been read by it.
     ("started", f"pid=$(systemctl show -p MainPID --value {layout.UNIT_NAME}); "
                 f"if [ \"${{pid:-0}}\" -gt 0 ] && [ -r /proc/$pid/stat ]; then "
                 "t=$(sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20); "
-                "b=$(sed -n 's/^btime //p' /proc/stat); echo \"start $(( b + t / $(getconf CLK_TCK) ))\"; fi; "
-                "stat -c '%Y %n' " + " ".join(f.path for f in layout.CONTROLLER_FILES) + f" {layout.UNIT_PATH} "
+                "awk -v t=\"$t\" -v hz=\"$(getconf CLK_TCK)\" -v now=\"$(date +%s.%N)\" "
+                "'{printf \"start %.3f\\n\", now - ($1 - t / hz)}' /proc/uptime; fi; "
+                "stat -c '%.9Y %n' " + " ".join(f.path for f in layout.CONTROLLER_FILES) + f" {layout.UNIT_PATH} "
                 "2>/dev/null || true"),
 )
 
@@ -127,21 +129,26 @@ def verify_lb_host(inventory: Inventory, host: Host, connect, templates: Path | 
     return result
 
 
-def check_restart_pending(host: str, started: str) -> Check | None:
+def check_restart_pending(host: str, started: str, margin: float = 0.25) -> Check | None:
     """A deployed file modified after the running process started: the process has not read it
-    (a `--no-restart` deploy, an edit by hand, a deploy cut before its restart)."""
-    lines = started.split()
-    if "start" not in lines:
-        return None
-    try:
-        start = int(lines[lines.index("start") + 1])
-    except (ValueError, IndexError):
-        return None
+    (a `--no-restart` deploy, an edit by hand, a deploy cut before its restart). `margin`: the
+    start is known to ~10 ms; a deploy renames its files well before it restarts."""
+    start = None
     newer = []
+    rows = []
     for line in started.splitlines():
-        when, _, path = line.partition(" ")
-        if when.isdigit() and path and int(when) > start:
-            newer.append(path.rsplit("/", 1)[-1])
+        when, _, what = line.strip().partition(" ")
+        try:
+            value = float(what if when == "start" else when)
+        except ValueError:
+            continue
+        if when == "start":
+            start = value
+        elif what:
+            rows.append((value, what))
+    if start is None:
+        return None
+    newer = [path.rsplit("/", 1)[-1] for when, path in rows if when > start + margin]
     if not newer:
         return Check(host, "process newer than its files", OK, "the running process started after every file changed")
     return Check(host, "restart pending", DRIFT,

@@ -297,6 +297,7 @@ class LabEnv:
         self.identity_file = Path(getattr(self.hosts[0], "key_path", None) or labplan.CLIENT_KEY)
         self.known_hosts = Path(getattr(self.hosts[0], "known_hosts", None) or labplan.KNOWN_HOSTS)
         self.inventory = self.write_inventory()
+        self.deploy_args: tuple[str, ...] = ()        # added to every `deploy` (e.g. a --strategy)
 
     def host(self, name):
         return next(h for h in self.hosts if h.name == name)
@@ -332,7 +333,8 @@ class LabEnv:
     def deploy(self, *args, inventory: Path | None = None):
         import json
 
-        res = self.k8sboot("deploy-apiserver", "-i", inventory or self.inventory, "--json", "--wait", "30", *args)
+        res = self.k8sboot("deploy-apiserver", "-i", inventory or self.inventory, "--json", "--wait", "30",
+                           *self.deploy_args, *args)
         try:
             doc = json.loads(res.stdout)
         except ValueError:

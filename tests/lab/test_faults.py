@@ -7,6 +7,11 @@ appear), their veth on the lab bridge (`tc netem`). Deterministic where it matte
 facts and install" is a hook in the connector that `deploy()` accepts; "mid upload" and the
 signals land when a staged file is seen on a host while a padded `--binary` is still streaming.
 
+One host's fault must stay that host's: these tests run `--strategy parallel` (every host switched
+as soon as it is staged, the others carry on). The rolling strategy stops at the first failing host
+instead (tests/lab/test_rolling.py); a switch cut between two renames is restored whole by the next
+deploy (below), whatever the strategy.
+
 Every test starts and ends with the three hosts converged on the module's current version; a
 host that a test dirties (mounts, users, a stopped sshd, netem) is put back in a `finally`, and
 the module resets all three hosts at the end. After every test: no `ca-key.pem` anywhere on any
@@ -54,6 +59,7 @@ def env(lab_hosts, tmp_path_factory):
     hosts = list(lab_hosts)[:3]
     assert len(hosts) == 3, "these tests need 3 lab controllers"
     e = LabEnv(hosts, tmp_path_factory.mktemp("faults"))
+    e.deploy_args = PARALLEL
     e.gen_certs()
     e.launcher = e.ssh(hosts[0], f"base64 -w0 {layout.BINARY_PATH}")   # the stand-in's launcher
     try:
@@ -78,6 +84,8 @@ def no_ca_key_on_any_host(env):
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+PARALLEL = ("--strategy", "parallel")
 
 
 def new_version(env, renew=("kubernetes",), **inventory) -> Path:
@@ -161,6 +169,7 @@ def deploy_in_process(env, inventory: Path, wrap=None, **options):
     base = deploymod.ssh_connector(inv)
     connect = base if wrap is None else (lambda host: wrap(host, base(host)))
     options.setdefault("wait", 30.0)
+    options.setdefault("strategy", "parallel")
     return deploymod.deploy(inv, deploymod.DeployOptions(**options), connect=connect)
 
 
@@ -440,7 +449,7 @@ def test_host_that_accepts_tcp_but_never_answers_ssh_times_out_alone(env, tmp_pa
     os.kill(listener[0], signal.SIGSTOP)     # the kernel still accepts; nobody sends a banner
     try:
         t0 = time.monotonic()
-        proc = run_cli("deploy-apiserver", "-i", stalled, "--json", "--wait", "30", timeout=60)
+        proc = run_cli("deploy-apiserver", "-i", stalled, "--json", "--wait", "30", *PARALLEL, timeout=60)
         elapsed = time.monotonic() - t0
     finally:
         os.kill(listener[0], signal.SIGCONT)
@@ -474,7 +483,7 @@ def test_signal_during_deploy_leaves_no_partial_file_and_a_rerun_converges(env, 
     inventory = new_version(env, renew=("kube-apiserver-kubelet-client",))
     binary = padded_binary(env, 4 << 20, f"signal-{signum.name}")
     with netem(env.hosts, 50):
-        proc = popen_cli("deploy-apiserver", "-i", inventory, "--binary", binary, "--wait", "30")
+        proc = popen_cli("deploy-apiserver", "-i", inventory, "--binary", binary, "--wait", "30", *PARALLEL)
         try:
             wait_until(lambda: proc.poll() is not None or any(staged_now(h) for h in env.hosts), 60,
                        "a staged file on some host")
@@ -528,14 +537,14 @@ def test_two_deploys_at_once_never_interleave(env):
         try:
             paused.wait()                              # A holds the lock on all three hosts
             before = {h.name: state(env, h) for h in env.hosts}
-            b = run_cli("deploy-apiserver", "-i", inv_c, "--lock-wait", "1", "--json", timeout=60)
+            b = run_cli("deploy-apiserver", "-i", inv_c, "--lock-wait", "1", "--json", *PARALLEL, timeout=60)
             assert b.returncode == ExitCode.LOCKED, b.stderr
             for h in by_host(json.loads(b.stdout)).values():
                 assert h["outcome"] == "error" and h["code"] == ExitCode.LOCKED, h
                 assert h["message"] == (f"{h['host']}: another k8sboot deploy holds {layout.LOCK_PATH} "
                                         "(waited 1s)"), h["message"]
             assert {h.name: state(env, h) for h in env.hosts} == before
-            c = popen_cli("deploy-apiserver", "-i", inv_c, "--lock-wait", "77", "--wait", "30", "--json")
+            c = popen_cli("deploy-apiserver", "-i", inv_c, "--lock-wait", "77", "--wait", "30", "--json", *PARALLEL)
             for host in env.hosts:                     # C is queued on every host's lock
                 wait_until(lambda: flock_waiters(host, "77"), 30, f"deploy C waiting on {host.name}", step=0.05)
             assert c.poll() is None
@@ -681,3 +690,73 @@ def test_deploy_is_correct_under_latency_and_loss_and_reports_its_time(env, caps
             print(f"\n[results] deploy-apiserver, 3 hosts, unit + 1 cert changed, {label}: {total:.2f}s ({hosts})")
     for label, (total, _) in times.items():
         record_property(f"deploy seconds, {label}", round(total, 3))
+
+
+# --- a switch cut between two renames ------------------------------------------------------------
+
+
+def _switch_cut_after_renames(env, host, inventory: Path, renames: int) -> None:
+    """Stage `inventory`'s files on `host`, then run its switch script only up to its `renames`-th
+    rename: what a connection, sshd or the host dying at that instant leaves (the journal, the
+    `.k8sboot-prev` links, some files new and the rest old)."""
+    from k8sboot import deploy as deploymod
+    from k8sboot import plan as planmod
+    from k8sboot.inventory import load_inventory
+
+    inv = load_inventory(inventory)
+    options = deploymod.DeployOptions()
+    job = deploymod.apiserver_job(inv, options, inv.controllers, _templates(inv), readyz=None)
+    desired = job.prepare()[host.name]
+    remote = deploymod.ssh_connector(inv)(inv.controller(host.name))
+    try:
+        facts = remote.read_facts(job.request)
+        plan = planmod.build_host_plan(desired, facts, host=host.name)
+        assert len(plan.uploads) > renames, plan.files_changed
+        remote.stage(plan)
+        lines = planmod.build_switch_script(plan).splitlines()
+        moves = [i for i, line in enumerate(lines) if line.startswith("mv -f ") and planmod.TEMP_SUFFIX in line]
+        result = remote.exec("\n".join(lines[:moves[renames - 1] + 1]) + "\n", what="a switch cut short")
+        assert result.rc == 0, result.err
+    finally:
+        remote.close()
+
+
+def _templates(inv):
+    from k8sboot import render
+
+    return render.templates_dir_for(inv, None)
+
+
+def test_a_switch_cut_between_two_renames_is_restored_whole_then_the_deploy_converges(env):
+    """The files are a mix of two sets after the cut; the journal says which: `recover` puts the
+    whole previous set back (byte for byte, no staged or previous copy left), and a deploy started
+    on a cut host restores first, then installs the new set and restarts."""
+    from k8sboot import deploy as deploymod
+    from k8sboot import plan as planmod
+    from k8sboot.inventory import load_inventory
+
+    victim = env.host("controller-1")
+    old = state(env, victim)
+    inventory = new_version(env, renew=("kubernetes", "service-account"))
+    new = expected(env, victim, inventory)
+    _switch_cut_after_renames(env, victim, inventory, renames=2)
+    mixed = state(env, victim)
+    assert mixed != old and {p: mixed.get(p) for p in new} != new, "the cut left no mix to repair"
+    assert env.ssh(victim, f"ls {planmod.APISERVER.journal_path}").strip() == planmod.APISERVER.journal_path
+    assert "restart pending" in env.ssh(victim, f"ls {planmod.APISERVER.restart_pending_path} >/dev/null && "
+                                                "echo restart pending; true")
+
+    inv = load_inventory(inventory)
+    remote = deploymod.ssh_connector(inv)(inv.controller(victim.name))
+    try:
+        remote.recover()
+    finally:
+        remote.close()
+    assert state(env, victim) == old
+    assert staged_files(env, victim) == [] and "journal" not in env.ssh(
+        victim, f"[ -e {planmod.APISERVER.journal_path} ] && echo journal; true")
+
+    _switch_cut_after_renames(env, victim, inventory, renames=3)
+    after = rerun_converges(env, inventory)
+    assert any("restored the previous set" in r for r in after[victim.name]["restart_reasons"]), after[victim.name]
+    assert after[victim.name]["restarted"]

@@ -69,8 +69,36 @@ backend kube-apiserver
 
 
 def test_a_file_newer_than_the_running_process_is_a_pending_restart():
-    text = "start 1000\n999 /var/lib/kubernetes/ca.pem\n1005 /var/lib/kubernetes/kubernetes.pem\n"
+    text = ("start 1000.500\n999.100000000 /var/lib/kubernetes/ca.pem\n"
+            "1005.000000000 /var/lib/kubernetes/kubernetes.pem\n")
     check = V.check_restart_pending("controller-0", text)
     assert check.status == V.DRIFT and "kubernetes.pem" in check.detail and "ca.pem" not in check.detail
-    assert V.check_restart_pending("controller-0", "start 1000\n1000 /x/ca.pem\n").status == V.OK
-    assert V.check_restart_pending("controller-0", "999 /x/ca.pem\n") is None      # nothing runs
+    # a deploy renames just before it restarts: the same second is not "newer"
+    assert V.check_restart_pending("controller-0", "start 1000.50\n1000.40 /x/ca.pem\n").status == V.OK
+    assert V.check_restart_pending("controller-0", "999.1 /x/ca.pem\n") is None      # nothing runs
+
+
+def test_the_started_section_runs_in_a_real_shell_and_measures_a_process_start(tmp_path):
+    """The section's shell (awk over /proc) against a process started here, with a file written
+    before it and one after."""
+    import os
+
+    before = tmp_path / "before"
+    before.write_text("x")
+    time.sleep(0.6)
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.6)
+        after = tmp_path / "after"
+        after.write_text("y")
+        command = dict(V.SECTIONS)["started"]
+        command = command.replace(f"$(systemctl show -p MainPID --value {V.layout.UNIT_NAME})", str(proc.pid))
+        command = command.split("stat -c")[0] + f"stat -c '%.9Y %n' {before} {after}"
+        out = subprocess.run(["sh", "-c", command], capture_output=True, text=True).stdout
+        start = float(out.split()[1])
+        assert abs(start - (os.stat(before).st_mtime + 0.6)) < 0.3, out
+        check = V.check_restart_pending("h", out)
+        assert check.status == V.DRIFT and "after" in check.detail and "before" not in check.detail
+    finally:
+        proc.kill()
+        proc.wait()
