@@ -453,8 +453,8 @@ def _debian_python() -> str | None:
     return py if r.returncode == 0 else None
 
 
-def test_installed_standin_runs_on_the_systems_python(pki, tmp_path):
-    """The three files the lab copies, alone, under /usr/bin/python3 (Debian's cryptography/jwt)."""
+def _installed_standin(tmp_path: Path) -> tuple[str, dict]:
+    """(python, environment) to run the three files the lab copies, alone, under /usr/bin/python3."""
     py = _debian_python()
     if py is None:
         pytest.skip("/usr/bin/python3 with python3-cryptography and python3-jwt is not installed")
@@ -463,7 +463,12 @@ def test_installed_standin_runs_on_the_systems_python(pki, tmp_path):
     lib.mkdir(parents=True)
     for name in ("__init__.py", "authn.py", "standin.py"):
         shutil.copy(src / name, lib / name)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "lib")}
+    return py, {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "lib")}
+
+
+def test_installed_standin_runs_on_the_systems_python(pki, tmp_path):
+    """The three files the lab copies, alone, under /usr/bin/python3 (Debian's cryptography/jwt)."""
+    py, env = _installed_standin(tmp_path)
     r = subprocess.run([py, "-m", "k8sboot.standin", "--version"], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "k8sboot-standin" in r.stdout
     with socket_port() as port:
@@ -507,15 +512,7 @@ def test_installed_standin_answers_concurrent_client_cert_requests_on_debians_li
     checks and clients arrive together. Every request of 12 concurrent clients is answered."""
     import threading
 
-    py = _debian_python()
-    if py is None:
-        pytest.skip("/usr/bin/python3 with python3-cryptography and python3-jwt is not installed")
-    src = Path(standin.__file__).parent
-    lib = tmp_path / "lib" / "k8sboot"
-    lib.mkdir(parents=True)
-    for name in ("__init__.py", "authn.py", "standin.py"):
-        shutil.copy(src / name, lib / name)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "lib")}
+    py, env = _installed_standin(tmp_path)
     with socket_port() as port:
         argv = base_argv(pki, **{"secure-port": str(port)})
     log = tmp_path / "standin.log"        # a file: a pipe nobody reads would fill and stall the server
