@@ -212,25 +212,25 @@ def prepare_files(inventory: Inventory, options: DeployOptions, hosts: Sequence[
     return {name: planmod.build_desired_files(pki, unit.text, binary) for name, unit in units.items()}
 
 
-def fact_request(paths: Sequence[str], port: int, sections=()) -> "object":
-    """What to read on a host: sha256 + stat of `paths` (`planmod.desired_paths`), the rest stat only."""
+def component_request(component: Component, paths: Sequence[str], port: int, sections=(),
+                      extra: Sequence[str] = ()) -> "object":
+    """What to read on a host for `component`: sha256 + stat of `paths` (the targets, known before
+    any file is rendered); stat only of its binary, bookkeeping (journal, pending mark), the
+    staged and previous copies a killed run may have left, and `extra`."""
     from k8sboot.remote import FactRequest
 
     hashed = tuple(paths)
-    comp = planmod.APISERVER
-    extra = (layout.BINARY_PATH, f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.CA)}",
-             comp.restart_pending_path, comp.journal_path, *_stray_names(hashed))
-    stat_only = tuple(dict.fromkeys(p for p in extra if p not in hashed))
-    return FactRequest(hashed=hashed, stat_only=stat_only, port=port, sections=tuple(sections))
+    others = (component.binary_path, *extra, component.restart_pending_path, component.journal_path,
+              *planmod.stray_paths_of(hashed))
+    return FactRequest(hashed=hashed, stat_only=tuple(dict.fromkeys(p for p in others if p not in hashed)),
+                       port=port, sections=tuple(sections), unit=component.unit,
+                       text_path=component.diff_path or component.unit_path, state_dir=component.state_dir.path)
 
 
-def _stray_names(paths: Sequence[str]) -> tuple[str, ...]:
-    """`.NAME.k8sboot-new` / `.NAME.k8sboot-prev` beside each target (`DesiredFile.temp_path`...)."""
-    out = []
-    for path in paths:
-        d, _, name = path.rpartition("/")
-        out += [f"{d}/.{name}{planmod.TEMP_SUFFIX}", f"{d}/.{name}{planmod.PREV_SUFFIX}"]
-    return tuple(out)
+def fact_request(paths: Sequence[str], port: int, sections=()) -> "object":
+    """kube-apiserver's facts (`planmod.desired_paths`), and whether ca-key.pem is on the host."""
+    return component_request(planmod.APISERVER, paths, port, sections,
+                             extra=(f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.CA)}",))
 
 
 class LocalWork:
@@ -700,15 +700,15 @@ class LbWatch:
         self._lock = threading.Lock()
 
     def _servers(self, lb_host: Host) -> dict[str, tuple[str, str]]:
-        from k8sboot import lb, verify
+        from k8sboot import lb
 
         with self._lock:
             remote = self._remotes.get(lb_host.name)
             if remote is None:
                 remote = self._remotes[lb_host.name] = self.connect(lb_host)
-            out = remote.exec(verify.LB_STATS_COMMAND, what="reading HAProxy's view of the controllers",
+            out = remote.exec(lb.LB_STATS_COMMAND, what="reading HAProxy's view of the controllers",
                               timeout=15).out
-        return verify.parse_lb_stats(out, lb.BACKEND)
+        return lb.parse_lb_stats(out, lb.BACKEND)
 
     def wait_up(self, host: Host, timeout: float, clock=time.monotonic, sleep=time.sleep) -> str | None:
         """None once every LB that lists `host` has it UP; why not, after `timeout`. An LB that
@@ -800,13 +800,7 @@ def _haproxy() -> Component:
 
 
 def lb_request(paths: Sequence[str], port: int, sections=()) -> "object":
-    from k8sboot.remote import FactRequest
-
-    comp = _haproxy()
-    extra = (comp.binary_path, comp.restart_pending_path, comp.journal_path, *_stray_names(paths))
-    return FactRequest(hashed=tuple(paths), stat_only=tuple(dict.fromkeys(p for p in extra if p not in paths)),
-                       port=port, sections=tuple(sections), unit=comp.unit, text_path=layout.LB_CONFIG_PATH,
-                       state_dir=comp.state_dir.path)
+    return component_request(_haproxy(), paths, port, sections)
 
 
 def lb_job(inventory: Inventory, options: DeployOptions, templates: Path | None = None) -> Job:

@@ -89,6 +89,37 @@ class LbPaths:
 LB_PATHS = LbPaths()
 
 
+# --- HAProxy's view of the controllers (verify, and the rolling deploy between waves) ---------
+
+# HAProxy's own view of its backends, from its stats socket (`show stat`, CSV); socat where the
+# host has it, else python3's socket module (Debian and Ubuntu servers have one or the other).
+_STATS_PY = ('import socket,sys; c=socket.socket(socket.AF_UNIX); c.connect(sys.argv[1]); '
+             'c.sendall(b"show stat\\n"); sys.stdout.write(b"".join(iter(lambda: c.recv(65536), b"")).decode())')
+LB_STATS_COMMAND = (f"s={layout.LB_STATS_SOCKET}; if command -v socat >/dev/null 2>&1; then "
+                    "echo 'show stat' | socat stdio \"unix-connect:$s\"; "
+                    f"else python3 -c '{_STATS_PY}' \"$s\"; fi")
+
+
+def parse_lb_stats(csv_text: str, backend: str) -> dict[str, tuple[str, str]]:
+    """{server name: (status, last check)} for the servers of `backend` in `show stat` output."""
+    lines = [ln for ln in csv_text.splitlines() if ln.strip()]
+    header = next((ln for ln in lines if ln.startswith("# ")), None)
+    if header is None:
+        return {}
+    cols = header[2:].split(",")
+    out = {}
+    for line in lines:
+        if line.startswith("#"):
+            continue
+        row = dict(zip(cols, line.split(",")))
+        if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND"):
+            check = " ".join(x for x in (row.get("check_status", ""), row.get("check_code", ""),
+                                         row.get("check_desc", "")) if x)
+            out[row["svname"]] = (row.get("status", ""), check)
+    return out
+
+
+
 # --- the inventory ---------------------------------------------------------------------------
 
 

@@ -62,11 +62,17 @@ class DesiredFile:
     @property
     def temp_path(self) -> str:
         """Staging name in the target directory: same filesystem, so `mv -f` is one rename."""
-        return f"{self.directory}/.{self.name}{TEMP_SUFFIX}"
+        return beside(self.path, TEMP_SUFFIX)
 
     @property
     def prev_path(self) -> str:
-        return f"{self.directory}/.{self.name}{PREV_SUFFIX}"
+        return beside(self.path, PREV_SUFFIX)
+
+
+def beside(path: str, suffix: str) -> str:
+    """`/d/NAME` -> `/d/.NAME<suffix>`: k8sboot's hidden copies live in the target's directory."""
+    directory, _, name = path.rpartition("/")
+    return f"{directory}/.{name}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -285,9 +291,14 @@ def unit_diff(current: str | None, desired: str, host: str = "", path: str = lay
     return "".join(diff)
 
 
+def stray_paths_of(paths: Sequence[str]) -> tuple[str, ...]:
+    """The staging and previous-version names beside each target path (`DesiredFile.temp_path`,
+    `prev_path`): what a killed run may leave behind. Known before any file is rendered."""
+    return tuple(beside(path, suffix) for path in paths for suffix in (TEMP_SUFFIX, PREV_SUFFIX))
+
+
 def stray_paths(desired: Sequence[DesiredFile]) -> tuple[str, ...]:
-    """The staging and previous-version names of `desired` (what a killed run may leave behind)."""
-    return tuple(p for f in desired for p in (f.temp_path, f.prev_path))
+    return stray_paths_of([f.path for f in desired])
 
 
 def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_restart: bool = False,

@@ -56,34 +56,6 @@ SECTIONS = (
 
 # --- load balancers -------------------------------------------------------------------------------
 
-# HAProxy's own view of its backends, from its stats socket (`show stat`, CSV); socat where the
-# host has it, else python3's socket module (Debian and Ubuntu servers have one or the other).
-_STATS_PY = ('import socket,sys; c=socket.socket(socket.AF_UNIX); c.connect(sys.argv[1]); '
-             'c.sendall(b"show stat\\n"); sys.stdout.write(b"".join(iter(lambda: c.recv(65536), b"")).decode())')
-LB_STATS_COMMAND = (f"s={layout.LB_STATS_SOCKET}; if command -v socat >/dev/null 2>&1; then "
-                    "echo 'show stat' | socat stdio \"unix-connect:$s\"; "
-                    f"else python3 -c '{_STATS_PY}' \"$s\"; fi")
-
-
-def parse_lb_stats(csv_text: str, backend: str) -> dict[str, tuple[str, str]]:
-    """{server name: (status, last check)} for the servers of `backend` in `show stat` output."""
-    lines = [ln for ln in csv_text.splitlines() if ln.strip()]
-    header = next((ln for ln in lines if ln.startswith("# ")), None)
-    if header is None:
-        return {}
-    cols = header[2:].split(",")
-    out = {}
-    for line in lines:
-        if line.startswith("#"):
-            continue
-        row = dict(zip(cols, line.split(",")))
-        if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND"):
-            check = " ".join(x for x in (row.get("check_status", ""), row.get("check_code", ""),
-                                         row.get("check_desc", "")) if x)
-            out[row["svname"]] = (row.get("status", ""), check)
-    return out
-
-
 def check_lb_host(host: str, desired: Sequence[DesiredFile], facts: HostFacts, controllers: Sequence[str],
                   backend: str) -> list[Check]:
     """The config and files as rendered, HAProxy active, every controller UP in its view."""
@@ -97,7 +69,9 @@ def check_lb_host(host: str, desired: Sequence[DesiredFile], facts: HostFacts, c
     svc = facts.service
     checks.append(Check(host, "haproxy is-active", OK if svc.is_active else DRIFT,
                         f"{svc.active_state}/{svc.sub_state}"))
-    servers = parse_lb_stats(facts.sections.get("stats", ""), backend)
+    from k8sboot import lb
+
+    servers = lb.parse_lb_stats(facts.sections.get("stats", ""), backend)
     for name in controllers:
         status, last = servers.get(name, ("absent", "not in the running config"))
         checks.append(Check(host, f"backend {name}", OK if status.startswith("UP") else DRIFT,
@@ -114,7 +88,7 @@ def verify_lb_host(inventory: Inventory, host: Host, connect, templates: Path | 
     remote = None
     try:
         job = deploymod.lb_job(inventory, deploymod.DeployOptions(hosts=(host.name,)), templates)
-        request = deploymod.lb_request(lb.lb_desired_paths(), job.port, (("stats", LB_STATS_COMMAND),))
+        request = deploymod.lb_request(lb.lb_desired_paths(), job.port, (("stats", lb.LB_STATS_COMMAND),))
         remote = connect(host)
         facts = remote.read_facts(request)
         desired = job.prepare()[host.name]

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from k8sboot import lb
 from k8sboot import verify as V
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (make test installs it)")
@@ -45,11 +46,11 @@ backend kube-apiserver
 """)
     proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        command = V.LB_STATS_COMMAND.replace(f"s={V.layout.LB_STATS_SOCKET}", f"s={sock}")
+        command = lb.LB_STATS_COMMAND.replace(f"s={V.layout.LB_STATS_SOCKET}", f"s={sock}")
         deadline = time.monotonic() + 10
         while True:
             out = subprocess.run(["sh", "-c", command], capture_output=True, text=True).stdout
-            servers = V.parse_lb_stats(out, "kube-apiserver")
+            servers = lb.parse_lb_stats(out, "kube-apiserver")
             if servers.get("controller-1", ("",))[0].startswith("DOWN") or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
