@@ -172,6 +172,15 @@ def test_repeated_issuers_and_key_files_accumulate_and_audiences_split_on_commas
     (["--tls-cert-file"], "flag needs an argument: --tls-cert-file"),
     (["--secure-port=abc"], 'invalid argument "abc" for "--secure-port" flag: strconv.ParseInt: parsing "abc": invalid syntax'),
     (["--anonymous-auth=maybe"], 'invalid argument "maybe" for "--anonymous-auth" flag: strconv.ParseBool: parsing "maybe": invalid syntax'),
+    # the shutdown flags: Go's time.ParseDuration and strconv.ParseBool messages
+    (["--shutdown-delay-duration=15"],
+     'invalid argument "15" for "--shutdown-delay-duration" flag: time: missing unit in duration "15"'),
+    (["--shutdown-delay-duration=1d"],
+     'invalid argument "1d" for "--shutdown-delay-duration" flag: time: unknown unit "d" in duration "1d"'),
+    (["--request-timeout=soon"], 'invalid argument "soon" for "--request-timeout" flag: time: invalid duration "soon"'),
+    (["--shutdown-send-retry-after=yes"], 'invalid argument "yes" for "--shutdown-send-retry-after" flag: '
+                                          'strconv.ParseBool: parsing "yes": invalid syntax'),
+    (["--shutdown-delay"], "unknown flag: --shutdown-delay"),
 ])
 def test_bad_command_lines_get_cobras_messages(argv, message):
     with pytest.raises(standin.FlagError) as exc:
@@ -671,22 +680,6 @@ def test_the_stand_in_imports_no_http_server():
 ])
 def test_durations_parse_as_gos_time_parse_duration(text, seconds):
     assert standin.parse_go_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--shutdown-delay-duration=15"],
-     'invalid argument "15" for "--shutdown-delay-duration" flag: time: missing unit in duration "15"'),
-    (["--shutdown-delay-duration=1d"],
-     'invalid argument "1d" for "--shutdown-delay-duration" flag: time: unknown unit "d" in duration "1d"'),
-    (["--request-timeout=soon"], 'invalid argument "soon" for "--request-timeout" flag: time: invalid duration "soon"'),
-    (["--shutdown-send-retry-after=yes"], 'invalid argument "yes" for "--shutdown-send-retry-after" flag: '
-                                          'strconv.ParseBool: parsing "yes": invalid syntax'),
-    (["--shutdown-delay"], "unknown flag: --shutdown-delay"),
-])
-def test_bad_shutdown_flags_get_pflags_messages(argv, message):
-    with pytest.raises(standin.FlagError) as exc:
-        standin.parse_flags(argv)
-    assert str(exc.value) == message
 
 
 def test_shutdown_flags_default_like_the_real_binary_and_parse_as_rendered():
