@@ -677,8 +677,11 @@ def _splice(chan, sock: socket.socket) -> None:
     except Exception:  # noqa: BLE001 - a side went away: the other learns it from the close
         return
     finally:
-        chan.close()
-        sock.close()
+        for end in (chan, sock):
+            try:
+                end.close()
+            except (OSError, EOFError, Exception):  # noqa: BLE001 - the jump connection closed first
+                pass
 
 
 # --- the connected host --------------------------------------------------------------------------
