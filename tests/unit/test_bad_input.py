@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 from k8sboot import console, tokens
 from k8sboot.cli import app
 from k8sboot.errors import ExitCode
+from entry_point import K8SBOOT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "corpus"
@@ -39,7 +40,6 @@ PKI_CASES = yaml.safe_load((CORPUS / "pki" / "cases.yaml").read_text())
 TOKEN_CASES = yaml.safe_load((CORPUS / "tokens" / "cases.yaml").read_text())
 TEMPLATE_CASES = sorted(p.name for p in (CORPUS / "templates").iterdir() if p.is_dir())
 INVENTORY_CASES = sorted((CORPUS / "inventory").glob("*.yaml"))
-K8SBOOT = ROOT / ".venv" / "bin" / "k8sboot"
 ISSUER = "https://10.0.1.10:6443"        # inventory/cluster.yaml's issuer and API audience
 
 runner = CliRunner()

@@ -34,9 +34,9 @@ from typer.testing import CliRunner
 from k8sboot import console, store
 from k8sboot.cli import app
 from k8sboot.errors import ExitCode, PkiError
+from entry_point import K8SBOOT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-K8SBOOT = ROOT / ".venv" / "bin" / "k8sboot"
 LEAVES = ["admin", "kubernetes", "kube-apiserver-kubelet-client", "kube-controller-manager",
           "kube-scheduler", "kube-proxy", "k8sboot-health", "worker-0"]
 ALL_FILES = sorted(["ca.pem", "ca-key.pem", "service-account.pem", "service-account-key.pem",

@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 
 from k8sboot import console
 from k8sboot.cli import app
+from entry_point import K8SBOOT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-K8SBOOT = ROOT / ".venv" / "bin" / "k8sboot"
 # A JWS header is base64url of a JSON object: `{"` gives eyJ, `{ ` eyA, `{\n` ewo.
 JWT = re.compile(r"(?:eyJ|eyA|ewo|ew0)[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 PEM_BODY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\r?\n(.*?)(?:-----END|\Z)", re.DOTALL)
