@@ -25,11 +25,15 @@ Configuration (what the API server's flags give)::
 Decisions (each returns an AuthResult; none raises for a bad credential)::
 
     authenticate_request(client_cert_der: bytes | None, authorization: str | None,
-                         config, now, *, intermediates_der=()) -> AuthResult
+                         config, now, *, intermediates_der=(), service_accounts=None) -> AuthResult
         The union authenticator: x509 client cert, then bearer ServiceAccount JWT, then
         anonymous. `authorization` is the raw Authorization header value.
     authenticate_cert(client_cert_der: bytes, config, now, *, intermediates_der=()) -> AuthResult
-    authenticate_token(token: str, config, now) -> AuthResult
+    authenticate_token(token: str, config, now, *, service_accounts=None) -> AuthResult
+        service_accounts: Callable[[namespace, name], uid | None] | None, the ServiceAccounts a
+        server stores (None: offline, no lookup). Given, a token passes only if its
+        ServiceAccount exists with the claim's uid, and a token bound to a Secret, Pod or Node
+        fails (none are stored), as upstream fails when the object is not found.
     anonymous(config) -> AuthResult
     bearer_token_from_header(authorization: str | None) -> str | None
     inspect_token(token, config, now) -> TokenInspection     # every check, not short-circuited
@@ -84,8 +88,11 @@ Semantics (kube-apiserver's, checked against its source):
   Username `system:serviceaccount:<ns>:<name>`, uid the serviceaccount uid, groups
   system:serviceaccounts, system:serviceaccounts:<ns>, system:authenticated; extra credential-id
   `JTI=<jti>` when there is a jti, pod-name/pod-uid and node-name/node-uid when bound.
-- Not modelled (no etcd here): the lookup that the ServiceAccount / pod / secret still exists, and
-  legacy secret-based tokens (issuer `kubernetes/serviceaccount`).
+- Lookups (only with `service_accounts`): the ServiceAccount named by the claims must exist with
+  the claim's uid (`serviceaccounts "bot" not found`, `service account UID (x) does not match
+  claim (y)`); a token bound to a Secret/Pod/Node fails as "service account token has been
+  invalidated" since no such objects are stored. Deletion timestamps are not modelled.
+- Not modelled: legacy secret-based tokens (issuer `kubernetes/serviceaccount`).
 """
 
 from __future__ import annotations
@@ -101,7 +108,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Optional, Union
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -110,6 +117,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey]
+# (namespace, name) -> the uid of the stored ServiceAccount, or None when there is none
+ServiceAccountLookup = Callable[[str, str], Optional[str]]
 
 # --- names the API server uses -----------------------------------------------------------------
 
@@ -157,6 +166,9 @@ class Reason(str, Enum):
     TOKEN_NOT_YET_VALID = "token_not_yet_valid"
     TOKEN_ISSUED_IN_FUTURE = "token_issued_in_future"
     TOKEN_INVALID_CLAIMS = "token_invalid_claims"
+    TOKEN_SERVICE_ACCOUNT_NOT_FOUND = "token_service_account_not_found"
+    TOKEN_SERVICE_ACCOUNT_UID_MISMATCH = "token_service_account_uid_mismatch"
+    TOKEN_INVALIDATED = "token_invalidated"                    # its bound object is not found
     TOKEN_AUTHENTICATOR_OFF = "token_authenticator_off"        # ignored: no SA keys configured
 
 
@@ -859,6 +871,38 @@ def _service_account_user(claims: Mapping[str, Any]) -> UserInfo | Failure:
     )
 
 
+def _lookup_failure(claims: Mapping[str, Any], user: UserInfo,
+                    service_accounts: ServiceAccountLookup) -> Failure | None:
+    """The bound-token validator's lookups (pkg/serviceaccount/claims.go), in its order: the
+    ServiceAccount must exist with the claim's uid, then the Secret, Pod or Node the token is bound
+    to must exist. Only ServiceAccounts are stored here, so a token bound to an object fails as
+    upstream fails when that object is not found."""
+    k8s = claims.get("kubernetes.io")
+    namespace, name = _str_at(k8s, "namespace"), _str_at(k8s, "serviceaccount", "name")
+    stored_uid = service_accounts(namespace, name)
+    if stored_uid is None:
+        return Failure(SERVICE_ACCOUNT, Reason.TOKEN_SERVICE_ACCOUNT_NOT_FOUND,
+                       f'serviceaccounts "{name}" not found (the API server looks up '
+                       f"ServiceAccount {namespace}/{name} named by the token)")
+    if stored_uid != user.uid:
+        return Failure(SERVICE_ACCOUNT, Reason.TOKEN_SERVICE_ACCOUNT_UID_MISMATCH,
+                       f"service account UID ({stored_uid}) does not match claim ({user.uid}): "
+                       f"the stored ServiceAccount {namespace}/{name} is not the object the "
+                       "token was issued for")
+    bound = [(kind, _str_at(k8s, key, "name")) for kind, key in
+             (("Secret", "secret"), ("Pod", "pod"))
+             if isinstance(k8s.get(key), Mapping)]
+    if isinstance(k8s.get("node"), Mapping) and not isinstance(k8s.get("pod"), Mapping):
+        bound.append(("Node", _str_at(k8s, "node", "name")))
+    if bound:
+        kind, obj = bound[0]
+        where = obj if kind == "Node" else f"{namespace}/{obj}"
+        return Failure(SERVICE_ACCOUNT, Reason.TOKEN_INVALIDATED,
+                       f"service account token has been invalidated: it is bound to {kind} "
+                       f"{where}, which is not found (this API server stores no {kind} objects)")
+    return None
+
+
 @dataclass(frozen=True)
 class TokenInspection:
     """Every check of one token, each evaluated on its own (for `token decode`).
@@ -902,8 +946,13 @@ def inspect_token(token: str, config: AuthenticatorConfig, now: datetime) -> Tok
     )
 
 
-def authenticate_token(token: str, config: AuthenticatorConfig, now: datetime) -> AuthResult:
-    """The ServiceAccount JWT authenticator alone (every failure is an error, like the real one)."""
+def authenticate_token(token: str, config: AuthenticatorConfig, now: datetime, *,
+                       service_accounts: ServiceAccountLookup | None = None) -> AuthResult:
+    """The ServiceAccount JWT authenticator alone (every failure is an error, like the real one).
+
+    `service_accounts(namespace, name)` returns the stored ServiceAccount's uid or None; given, a
+    token is accepted only as upstream's validator accepts it after its lookups. None: offline,
+    no lookup."""
     now = _utc(now)
     if not config.service_account_keys:
         return _fail(SERVICE_ACCOUNT, Reason.TOKEN_AUTHENTICATOR_OFF,
@@ -924,6 +973,10 @@ def authenticate_token(token: str, config: AuthenticatorConfig, now: datetime) -
     user = _service_account_user(parts.claims)
     if isinstance(user, Failure):
         return AuthResult(None, "", (user,))
+    if service_accounts is not None:
+        missing = _lookup_failure(parts.claims, user, service_accounts)
+        if missing is not None:
+            return AuthResult(None, "", (missing,))
     return AuthResult(user, SERVICE_ACCOUNT)
 
 
@@ -955,8 +1008,11 @@ def authenticate_request(
     now: datetime,
     *,
     intermediates_der: Sequence[bytes] = (),
+    service_accounts: ServiceAccountLookup | None = None,
 ) -> AuthResult:
-    """kube-apiserver's request authentication: x509, then bearer token, then anonymous."""
+    """kube-apiserver's request authentication: x509, then bearer token, then anonymous.
+
+    `service_accounts`: see authenticate_token (None: offline, no lookup)."""
     failures: list[Failure] = []
     if client_cert_der:
         result = authenticate_cert(client_cert_der, config, now, intermediates_der=intermediates_der)
@@ -965,7 +1021,7 @@ def authenticate_request(
         failures.extend(result.failures)
     token = bearer_token_from_header(authorization)
     if token is not None:
-        result = authenticate_token(token, config, now)
+        result = authenticate_token(token, config, now, service_accounts=service_accounts)
         if result.authenticated:
             return AuthResult(result.user, result.authenticator, tuple(failures))
         failures.extend(result.failures)
