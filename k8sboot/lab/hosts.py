@@ -160,7 +160,10 @@ def standin_sources(rootfs: Path | None = None) -> dict[str, bytes]:
 
     pkg = Path(k8sboot.__file__).parent
     files = {}
-    for name in plan.STANDIN_MODULES:
+    names = list(plan.STANDIN_MODULES)
+    for package in plan.STANDIN_PACKAGES:
+        names.extend(sorted(p.relative_to(pkg).as_posix() for p in (pkg / package).glob("*.py")))
+    for name in names:
         try:
             files[name] = (pkg / name).read_bytes()
         except OSError as exc:
@@ -191,12 +194,19 @@ def standin_bytecode(sources: dict[str, bytes], rootfs: Path) -> dict[str, bytes
             if not name.endswith(".py"):
                 continue
             src = Path(tmp) / name
+            src.parent.mkdir(parents=True, exist_ok=True)
             src.write_bytes(data)
             pyc = Path(tmp) / (name + "c")
             py_compile.compile(str(src), cfile=str(pyc), dfile=f"{plan.STANDIN_LIB}/k8sboot/{name}", doraise=True,
                                invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
-            out[f"__pycache__/{name[:-3]}.{tag}.pyc"] = pyc.read_bytes()
+            out[standin_pyc_path(name, tag)] = pyc.read_bytes()
     return out
+
+
+def standin_pyc_path(name: str, tag: str) -> str:
+    """`standin/flags.py` -> `standin/__pycache__/flags.<tag>.pyc` (where Python looks for it)."""
+    head, _, base = name.rpartition("/")
+    return f"{head + '/' if head else ''}__pycache__/{base[:-3]}.{tag}.pyc"
 
 
 def _put(root: Path, path: str, data: bytes, mode: int) -> None:

@@ -408,9 +408,11 @@ def test_standin_byte_code_is_hash_checked_against_the_very_source_it_ships_with
     sources = hosts.standin_sources()
     code = hosts.standin_bytecode(sources, root)
     tag = sys.implementation.cache_tag
-    assert set(code) == {f"__pycache__/{name[:-3]}.{tag}.pyc" for name in sources}
+    assert {"standin/__init__.py", "standin/main.py", "authn.py", "__init__.py"} <= set(sources)
+    assert set(code) == {hosts.standin_pyc_path(name, tag) for name in sources}
+    assert f"standin/__pycache__/main.{tag}.pyc" in code
     for name, data in sources.items():
-        pyc = code[f"__pycache__/{name[:-3]}.{tag}.pyc"]
+        pyc = code[hosts.standin_pyc_path(name, tag)]
         assert pyc[:4] == importlib.util.MAGIC_NUMBER
         assert int.from_bytes(pyc[4:8], "little") == 0b11          # hash-based and checked
         assert pyc[8:16] == importlib.util.source_hash(data)

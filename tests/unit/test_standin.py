@@ -11,7 +11,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -463,20 +462,22 @@ def _debian_python() -> str | None:
 
 
 def _installed_standin(tmp_path: Path) -> tuple[str, dict]:
-    """(python, environment) to run the three files the lab copies, alone, under /usr/bin/python3."""
+    """(python, environment) to run the files the lab copies (hosts.standin_sources), alone, under
+    /usr/bin/python3."""
+    from k8sboot.lab import hosts
+
     py = _debian_python()
     if py is None:
         pytest.skip("/usr/bin/python3 with python3-cryptography and python3-jwt is not installed")
-    src = Path(standin.__file__).parent
     lib = tmp_path / "lib" / "k8sboot"
-    lib.mkdir(parents=True)
-    for name in ("__init__.py", "authn.py", "standin.py"):
-        shutil.copy(src / name, lib / name)
+    for name, data in hosts.standin_sources().items():
+        (lib / name).parent.mkdir(parents=True, exist_ok=True)
+        (lib / name).write_bytes(data)
     return py, {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "lib")}
 
 
 def test_installed_standin_runs_on_the_systems_python(pki, tmp_path):
-    """The three files the lab copies, alone, under /usr/bin/python3 (Debian's cryptography/jwt)."""
+    """The files the lab copies, alone, under /usr/bin/python3 (Debian's cryptography/jwt)."""
     py, env = _installed_standin(tmp_path)
     r = subprocess.run([py, "-m", "k8sboot.standin", "--version"], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "k8sboot-standin" in r.stdout

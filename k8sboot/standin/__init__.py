@@ -1,0 +1,91 @@
+"""A kube-apiserver STAND-IN for the k8sboot lab. It is NOT Kubernetes.
+
+No real kube-apiserver binary can be downloaded where the lab runs, so `k8sboot lab up` installs
+this module on every lab host, launched by `/usr/local/bin/kube-apiserver`. It behaves like the
+real binary where k8sboot and its users can observe Stage 1 (authentication) and little else:
+
+* It parses the real binary's flags (pflag rules: `--flag=value` and `--flag value`; bools as
+  `--anonymous-auth` or `--anonymous-auth=false`, never consuming the next argument; repeatable
+  `--service-account-issuer` and `--service-account-key-file`; comma lists such as
+  `--api-audiences`); an unknown flag is `Error: unknown flag: --x`, exit 1, like cobra.
+* It refuses to start, exit 1, with the real messages: `--etcd-servers must be specified`;
+  without `--service-account-issuer`:
+  `Error: [service-account-issuer is a required flag, --service-account-signing-key-file and --service-account-issuer are required flags]`;
+  without only the signing key, the second message alone; and when a file named by a flag cannot
+  be read (the message names the flag and the path, Go-style `open <path>: <why>`).
+* It serves HTTPS on `--bind-address`:`--secure-port` with `--tls-cert-file`/`--tls-private-key-file`
+  and authenticates every request with `k8sboot.authn` (the same code as `k8sboot whoami`) per
+  `--client-ca-file`, `--service-account-key-file`, `--service-account-issuer`, `--api-audiences`
+  (default: the issuers) and `--anonymous-auth` (default true, like the real binary).
+* Stage 2 is a minimal stand-in for the default RBAC policy: system:masters may do anything;
+  everyone may GET /healthz, /livez, /readyz, /version; system:authenticated may GET discovery
+  (/api, /apis, /openapi) and create self-subject reviews; anything else is a 403 with the API
+  server's Status JSON (`pods is forbidden: User "system:anonymous" cannot list resource "pods"
+  in API group "" in the namespace "default"`). A 401 carries Status reason Unauthorized.
+* Served: `POST /apis/authentication.k8s.io/v1/selfsubjectreviews` (201, so `kubectl auth whoami`
+  prints Username/Groups/Extra), `/version` (gitVersion `v0.0.0-k8sboot-standin`), `/livez`,
+  `/readyz`, `/healthz`, minimal discovery; for system:masters, lists are empty (there is no
+  etcd), a named object is NotFound, and writes answer a Success Status without storing anything.
+* Every request is logged to stderr (the journal) with its identity and decision.
+* Health and graceful restarts, as the real server (k8s.io/apiserver's healthz handler and
+  lifecycle signals). `/livez`, `/healthz`, `/readyz` answer `ok`; `?verbose` lists the real 1.32
+  check names (`[+]ping ok` ... `readyz check passed`; no etcd checks: there is no etcd); a failing
+  endpoint always lists them, `[-]<check> failed: reason withheld`, then `readyz check failed`, HTTP
+  500 (the reasons go to the journal at --v=2). On SIGTERM or SIGINT: /readyz fails at once
+  (`[-]shutdown failed`) while /livez stays ok and every request is still served for
+  `--shutdown-delay-duration` (Go duration, default 0s); then, with `--shutdown-send-retry-after`,
+  new requests other than health probes get 429, `Retry-After: 5`, `Connection: close` and `The
+  apiserver is shutting down, please try again later.` while requests in flight drain, then the
+  port closes; without it the port closes at once and requests in flight drain. The drain is
+  bounded by `--request-timeout` (default 1m0s); then exit 0. A second signal exits 1 at once.
+  Start-up: `K8SBOOT_STANDIN_READY_DELAY=<seconds>` (a lab-only systemd drop-in sets it) keeps
+  /readyz failing that long after the port opens, naming unfinished post-start hooks
+  (`[-]poststarthook/rbac/bootstrap-roles failed: reason withheld`), as a real server does while
+  it fills its caches; /livez stays ok meanwhile (the real one also lists those hooks in /livez
+  unless --livez-grace-period covers them).
+
+TLS and client certificates. Go's server (the real one) asks for a client certificate without
+verifying it in the handshake and leaves the decision to the x509 authenticator, so a certificate
+from an unknown CA gets an HTTP 401. Python's `ssl` cannot do that (it verifies whatever it
+requests). When pyOpenSSL is importable (Debian's python3-openssl, in the lab's root) the stand-in
+uses it the same way as Go: it requests a certificate naming the --client-ca-file CAs, accepts any
+in the handshake, and authn decides (exact 401). Without pyOpenSSL it falls back to `ssl` with
+CERT_OPTIONAL and the client CA: a certificate that does not verify then fails the TLS handshake
+instead of getting a 401 (the one observable difference). `K8SBOOT_STANDIN_TLS=ssl|pyopenssl`
+forces a backend. A server certificate is required (the real binary would self-sign one).
+
+Modules: `flags` (the command line and its validation), `tls` (the two TLS backends), `http`
+(HTTP/1.1 as Go's net/http reads it), `lifecycle` (health checks, ready delay, graceful
+termination), `api` (request attributes, authorization, routing and answers), `server` (one
+connection's request loop: admit, authenticate, authorize, answer, log), `log`, and `main`
+(`kube-apiserver`'s entry point; also `python3 -m k8sboot.standin`).
+
+Runs on Debian bookworm's python3 with python3-cryptography 38 and python3-jwt 2.6: it imports
+the standard library, `k8sboot.authn` and (optionally) OpenSSL only.
+"""
+
+from __future__ import annotations
+
+
+from __future__ import annotations
+
+from k8sboot.standin.api import (BANNER, GIT_VERSION, VERSION_INFO, RequestInfo, authorize, discovery_document,
+                                 forbidden_status, parse_request_info, route)
+from k8sboot.standin.flags import (FLAG_TYPES, FlagError, Flags, check_files, check_signing_key, parse_flags,
+                                   parse_go_duration, render_errors, validate_flags)
+from k8sboot.standin.http import BadRequest, Headers, read_request_head
+from k8sboot.standin.lifecycle import (HEALTH_CHECKS, READY_DELAY_ENV, STARTING_HOOKS, Lifecycle,
+                                       begin_graceful_shutdown, health_answer, parse_ready_delay)
+from k8sboot.standin.log import log, new_audit_id
+from k8sboot.standin.main import USAGE, main
+from k8sboot.standin.server import StandinServer, build_server, load_config
+from k8sboot.standin.tls import make_tls
+
+__all__ = [
+    "BANNER", "GIT_VERSION", "VERSION_INFO", "RequestInfo", "authorize", "discovery_document", "forbidden_status",
+    "parse_request_info", "route", "FLAG_TYPES", "FlagError", "Flags", "check_files", "check_signing_key",
+    "parse_flags", "parse_go_duration", "render_errors", "validate_flags", "BadRequest", "Headers",
+    "read_request_head", "HEALTH_CHECKS", "READY_DELAY_ENV", "STARTING_HOOKS", "Lifecycle",
+    "begin_graceful_shutdown", "health_answer", "parse_ready_delay", "log", "new_audit_id", "USAGE", "main",
+    "StandinServer", "build_server", "load_config", "make_tls",
+]

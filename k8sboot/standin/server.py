@@ -1,0 +1,246 @@
+"""The server: a threading TCP server whose connections are TLS (tls.py) carrying HTTP/1.1
+(http.py); each request is admitted by the lifecycle, authenticated by k8sboot.authn, authorized
+and answered by api.py, and logged."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+from k8sboot import authn
+from k8sboot.standin.api import RequestInfo, authorize, forbidden_status, parse_request_info, route
+from k8sboot.standin.flags import Flags
+from k8sboot.standin.http import HTTPHandler
+from k8sboot.standin.lifecycle import (HEALTH_CHECKS, RETRY_AFTER_MESSAGE, Lifecycle, health_answer,
+                                       health_endpoint)
+from k8sboot.standin.log import log, new_audit_id, quote
+from k8sboot.standin.tls import TLSBackend, _Reader, _Writer, make_tls
+
+MAX_BODY = 3 * 1024 * 1024          # the real server's limit for most requests
+
+
+class StandinServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], tls: TLSBackend, config: authn.AuthenticatorConfig,
+                 clock=None, verbosity: int = 0, lifecycle: Lifecycle | None = None):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.tls = tls
+        self.config = config
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.verbosity = verbosity
+        self.lifecycle = lifecycle or Lifecycle()
+        self._stop_lock = threading.Lock()
+        self._listening = True
+        super().__init__(address, StandinHandler)
+        self.lifecycle.listening()
+
+    def stop_listening(self) -> None:
+        """Leave serve_forever (it must be running) and close the port; connections already
+        accepted go on. Idempotent."""
+        with self._stop_lock:
+            if not self._listening:
+                return
+            self._listening = False
+            self.shutdown()
+            self.socket.close()
+        host, port = self.server_address[:2]
+        log(f'"Stopped listening" address="{host}:{port}"')
+        log('"[graceful-termination] shutdown event" name="HTTPServerStoppedListening"')
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        return self.tls.wrap(sock), addr
+
+    def shutdown_request(self, request) -> None:
+        request.close()
+
+    def close_request(self, request) -> None:
+        request.close()
+
+    def handle_error(self, request, client_address) -> None:
+        exc = sys.exc_info()[1]
+        log(f'"Connection error" srcIP="{client_address[0]}:{client_address[1]}" err={quote(exc)}', level="E")
+
+
+class StandinHandler(HTTPHandler):
+    server: StandinServer
+
+    def setup(self) -> None:
+        self.tls_conn = self.request
+        self.ok = True
+        try:
+            self.tls_conn.handshake(10.0)
+        except (OSError, ssl.SSLError) as exc:
+            # the real server: "http: TLS handshake error from 10.240.0.1:51234: remote error: ..."
+            log(f"http: TLS handshake error from {self.client_address[0]}:{self.client_address[1]}: {exc}")
+            self.ok = False
+        self.rfile = io.BufferedReader(_Reader(self.tls_conn), 65536)
+        self.wfile = io.BufferedWriter(_Writer(self.tls_conn), 65536)
+
+    def handle(self) -> None:
+        if self.ok:
+            try:
+                super().handle()
+            except (socket.timeout, ConnectionError, ssl.SSLError):
+                self.close_connection = True
+
+    def finish(self) -> None:
+        try:
+            self.wfile.flush()
+        except (OSError, ValueError, ssl.SSLError):
+            pass
+
+    def _read_body(self) -> bytes | None:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return body
+                body += self.rfile.read(size)
+                self.rfile.readline()
+                if len(body) > MAX_BODY:
+                    return None
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def _reply(self, code: int, body: object, audit_id: str, headers: tuple = ()) -> None:
+        lifecycle = self.server.lifecycle
+        if lifecycle.not_accepting.is_set() and not lifecycle.send_retry_after:
+            self.close_connection = True          # the port is closed: no further requests here
+        if isinstance(body, (dict, list)):
+            data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+            ctype = "application/json"
+        else:
+            data = str(body).encode()
+            ctype = "text/plain; charset=utf-8"
+        self.send_response(code)
+        self.send_header("Audit-Id", audit_id)
+        self.send_header("Cache-Control", "no-cache, private")
+        self.send_header("Content-Type", ctype)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        self.wfile.flush()
+
+    def _serve(self) -> None:
+        lifecycle = self.server.lifecycle
+        path, agent = urlsplit(self.path).path, self.headers.get("User-Agent", "")
+        refused = lifecycle.admit(path, agent)
+        if refused is not None:
+            self._refuse(refused)
+            return
+        try:
+            self._serve_admitted()
+        finally:
+            lifecycle.done(path, agent)
+
+    def _refuse(self, code: int) -> None:
+        """After the shutdown delay: 429 + Retry-After: 5 (--shutdown-send-retry-after, the real
+        WithRetryAfter filter, before authentication) or 503 + Retry-After: 1 (WithWaitGroup, on
+        a connection opened before the port closed); the connection is closed after it."""
+        audit_id = new_audit_id()
+        self.close_connection = True
+        if code == 429:
+            body, headers = RETRY_AFTER_MESSAGE + "\n", (("Retry-After", "5"),)
+        else:
+            body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "apiserver is shutting down", "reason": "ServiceUnavailable", "code": 503}
+            headers = (("Retry-After", "1"),)
+        log(f'"HTTP" verb={quote(self.command)} URI={quote(self.path)} decision="shutting down" resp={code} '
+            f'userAgent={quote(self.headers.get("User-Agent", ""))} audit-ID={quote(audit_id)} '
+            f'srcIP="{self.client_address[0]}:{self.client_address[1]}"')
+        self._reply(code, body, audit_id, headers)
+
+    def _serve_admitted(self) -> None:
+        t0 = time.monotonic()
+        audit_id = new_audit_id()
+        body = self._read_body()
+        src = f"{self.client_address[0]}:{self.client_address[1]}"
+        if body is None:
+            self.close_connection = True
+            self._reply(413, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                              "message": "the request body is too large", "reason": "RequestEntityTooLarge",
+                              "code": 413}, audit_id)
+            return
+        now = self.server.clock()
+        leaf, inter = self.tls_conn.peer_certificates()
+        result = authn.authenticate_request(leaf, self.headers.get("Authorization"), self.server.config, now,
+                                            intermediates_der=inter)
+        info = parse_request_info(self.command, self.path)
+        shown_verb = info.verb.upper() if info.is_resource else self.command
+        if not result.authenticated:
+            code, reply, decision, who = 401, result.status(), "unauthorized", ""
+            extra = f" reason={quote(result.reason)}"
+        else:
+            user = result.user
+            who = f" user={quote(user.username)} groups={json.dumps(list(user.groups))} authn={quote(result.authenticator)}"
+            extra = ""
+            if authorize(user, info):
+                code, reply = self._health(info) or route(info, user, result, now)
+                decision = "allowed"
+            else:
+                code, reply, decision = 403, forbidden_status(user, info), "forbidden"
+        latency = (time.monotonic() - t0) * 1000
+        log(f'"HTTP" verb={quote(shown_verb)} URI={quote(self.path)}{who} decision={quote(decision)}{extra} '
+            f'resp={code} latency="{latency:.1f}ms" userAgent={quote(self.headers.get("User-Agent", ""))} '
+            f'audit-ID={quote(audit_id)} srcIP={quote(src)}')
+        self._reply(code, reply, audit_id)
+
+    def _health(self, info: RequestInfo) -> tuple[int, str] | None:
+        """/livez, /readyz, /healthz (and /<endpoint>/<check>) from the server's lifecycle."""
+        target = None if info.is_resource or info.verb not in ("get", "head") else health_endpoint(info.path)
+        if target is None:
+            return None
+        endpoint, check = target
+        failing = self.server.lifecycle.failing(endpoint)
+        code, text = health_answer(endpoint, failing, urlsplit(self.path).query, check)
+        if code == 500 and check is None and self.server.verbosity >= 2:
+            # the real server's V(2) line, which carries the reasons the public body withholds
+            log(f"{','.join(n for n in HEALTH_CHECKS[endpoint] if n in failing)} check failed: {endpoint} "
+                + " ".join(f"[-]{n} failed: {failing[n]}" for n in HEALTH_CHECKS[endpoint] if n in failing))
+        return code, text
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+
+
+
+def build_server(flags: Flags, config: authn.AuthenticatorConfig, port: int | None = None,
+                 tls_backend: str | None = None, clock=None, ready_delay: float = 0.0) -> StandinServer:
+    """The server, listening (its ready delay starts now); serve_forever serves it."""
+    tls = make_tls(flags.get("tls-cert-file"), flags.get("tls-private-key-file"), flags.get("client-ca-file"),
+                   tls_backend)
+    address = (flags.bind_address, flags.secure_port if port is None else port)
+    lifecycle = Lifecycle(shutdown_delay=flags.shutdown_delay, send_retry_after=flags.shutdown_send_retry_after,
+                          request_timeout=flags.request_timeout, ready_delay=ready_delay)
+    return StandinServer(address, tls, config, clock=clock, verbosity=flags.verbosity, lifecycle=lifecycle)
+
+
+def load_config(flags: Flags) -> authn.AuthenticatorConfig:
+    return authn.load_authenticator_config(
+        client_ca_file=flags.get("client-ca-file"),
+        service_account_key_files=flags.service_account_key_files,
+        service_account_issuers=flags.service_account_issuers,
+        api_audiences=flags.api_audiences,
+        anonymous_auth=flags.anonymous_auth)
+
+
