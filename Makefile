@@ -10,11 +10,11 @@ PY := $(VENV)/bin/python
 K8SBOOT := $(VENV)/bin/k8sboot
 # python3-{cryptography,jwt,openssl}: the lab stand-in's libraries, tested under the system python too
 # iptables: the lab fault tests delay/lose packets with an NFQUEUE where the kernel has no sch_netem
-APT_PACKAGES := systemd-container debootstrap openssh-client openssl curl iproute2 procps iptables haproxy \
+APT_PACKAGES := systemd-container debootstrap openssh-client openssl curl jq iproute2 procps iptables haproxy \
 	python3 python3-cryptography python3-jwt python3-openssl
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps apt venv kubectl bench-deps demo demo-offline test test-unit bench bench-quick bench-gen-certs bench-lab bench-deploy clean
+.PHONY: deps apt venv kubectl bench-deps demo demo-offline tutorial test test-unit bench bench-quick bench-gen-certs bench-lab bench-deploy clean
 
 deps: apt venv kubectl
 
@@ -69,6 +69,12 @@ demo: deps
 	$(K8SBOOT) verify -i inventory/lab.yaml --host controller-0 --probe
 	kubectl --kubeconfig admin.kubeconfig auth whoami
 	@echo "demo: done. Try: k8sboot whoami -i inventory/lab.yaml --cert pki/admin.pem; k8sboot lab down" >&2
+
+# The tutorial's commands, verbatim, against the lab that `make demo` left up: each command as the
+# article shows it, then what it printed (controller-0 runs with --anonymous-auth=true meanwhile;
+# the namespace authn-demo is deleted at the end). See k8sboot/lab/tutorial.py.
+tutorial: deps
+	$(K8SBOOT) lab tutorial
 
 # The offline half alone (no root, no lab): the tutorial's PKI and Stage 1 on inventory/cluster.yaml.
 demo-offline: venv

@@ -231,5 +231,40 @@ def reset_cmd(
     console.info(f"lab: {name} reset in {result.seconds:.1f} s ({result.host.state}, {result.host.address})")
 
 
+TUTORIAL_EPILOG = """\
+\b
+Examples:
+  make demo && make tutorial               # the lab, deployed; then the article's commands
+  k8sboot lab tutorial                     # the same: each command, then what it printed
+  k8sboot lab tutorial --json              # [{command, output, rc, ok}, ...]
+"""
+
+
+@lab_app.command("tutorial", epilog=TUTORIAL_EPILOG)
+def tutorial_cmd(
+    inventory: Path = typer.Option(Path("inventory/lab.yaml"), "-i", "--inventory", metavar="INV",
+                                   help="The lab's inventory (written by `k8sboot lab up`)."),
+    as_json: bool = json_option,
+) -> None:
+    """Run the tutorial's commands verbatim against the lab's controller-0 and print them with
+    their output, as the article shows them (needs `make demo` first; cleans up after itself)."""
+    from k8sboot import console
+    from k8sboot.errors import ExitCode
+    from k8sboot.lab import tutorial
+
+    ran = tutorial.Runner(Path.cwd(), inventory, say=console.info).run()
+    if as_json:
+        console.json_out([r.to_dict() for r in ran])
+    else:
+        sys.stdout.write(tutorial.render(ran))
+    failed = [r for r in ran if not r.ok]
+    if failed or len(ran) < len(tutorial.steps("controller-0")):
+        where = f"`{failed[0].command}` exited {failed[0].rc}" if failed else "it stopped early"
+        console.error(f"tutorial: {where}", "the transcript above shows its output")
+        raise typer.Exit(ExitCode.FAILURE)
+    console.info(f"tutorial: {len(ran)} commands ran as the article shows them; namespace "
+                 f"{tutorial.NAMESPACE} deleted")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(lab_app, name="lab")

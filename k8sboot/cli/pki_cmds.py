@@ -6,6 +6,7 @@ writes, `k8sboot.console` prints. Heavy imports (cryptography, yaml) happen insi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -64,6 +65,7 @@ ADMIN_EPILOG = """\
 Examples:
   k8sboot kubeconfig admin
   k8sboot kubeconfig admin --out ~/.kube/k8s-scratch.kubeconfig
+  k8sboot kubeconfig admin --server https://10.0.1.10:6443 --out controller-0.kubeconfig   # one controller, not the LB
   kubectl --kubeconfig admin.kubeconfig config view
 """
 
@@ -308,25 +310,42 @@ def check_expiration(
                 code=ExitCode.EXPIRING)
 
 
+def _server_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    try:
+        parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+        raise typer.BadParameter(f"{text!r} is not an https://HOST[:PORT] URL", param_hint="--server")
+    return text.rstrip("/")
+
+
 @kubeconfig_app.command("admin", epilog=ADMIN_EPILOG)
 def kubeconfig_admin(
     inventory: Path = inventory_option,
     out: Path = typer.Option(Path("admin.kubeconfig"), "--out", metavar="PATH",
                              help="Where to write it (mode 0600)."),
+    server: str = typer.Option(None, "--server", metavar="URL",
+                               help="Dial this https URL instead of the inventory's api_endpoint, e.g. one "
+                                    "controller behind the load balancer (its serving cert must name it)."),
 ) -> None:
     """Write admin.kubeconfig: embedded CA, admin cert and key; server = the inventory's API endpoint."""
     from k8sboot import console, kubeconfig, pki, store
     from k8sboot.inventory import load_inventory
 
     inv = load_inventory(inventory)
+    cluster = inv.cluster if server is None else replace(inv.cluster, api_endpoint=_server_url(server))
     spec = pki.build_pki_spec(inv)
     facts = store.read_pki(spec, require=True, only={"admin"})
     creds = pki.client_credentials(spec, facts, "admin")
-    text = kubeconfig.render_admin_kubeconfig(inv.cluster, ca_pem=creds.ca_pem,
+    text = kubeconfig.render_admin_kubeconfig(cluster, ca_pem=creds.ca_pem,
                                               cert_pem=creds.cert_pem, key_pem=creds.key_pem)
     result = store.write_private_file(out.expanduser(), text.encode())
-    console.info(f"{result.path}: {result.outcome}: cluster/context {inv.cluster.name}, server "
-                 f"{inv.cluster.api_endpoint}, user {kubeconfig.admin_user_name(inv.cluster)} "
+    console.info(f"{result.path}: {result.outcome}: cluster/context {cluster.name}, server "
+                 f"{cluster.api_endpoint}, user {kubeconfig.admin_user_name(inv.cluster)} "
                  f"({creds.subject}, valid until {_when(creds.not_after)})")
     console.info(f"  try: kubectl --kubeconfig {result.path} config get-contexts")
 

@@ -333,6 +333,25 @@ def test_kubeconfig_admin_out_writes_elsewhere(existing_pki, tmp_path):
     assert not Path("admin.kubeconfig").exists()
 
 
+def test_kubeconfig_admin_server_dials_one_controller_instead_of_the_endpoint(existing_pki):
+    result = run("kubeconfig", "admin", "--server", "https://10.0.1.11:6443", "--out", "c1.kubeconfig")
+    assert result.exit_code == 0, result.output
+    assert "server https://10.0.1.11:6443" in result.stderr
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed (make deps installs it)"
+    view = subprocess.run([kubectl, "config", "view", "--kubeconfig", "c1.kubeconfig", "-o",
+                           "jsonpath={.clusters[0].cluster.server}"], capture_output=True, text=True)
+    assert view.stdout == "https://10.0.1.11:6443", view.stderr
+
+
+@pytest.mark.parametrize("server", ["http://10.0.1.11:6443", "10.0.1.11:6443", "https://10.0.1.11:6443/api",
+                                    "https://10.0.1.11:99999"])
+def test_kubeconfig_admin_server_must_be_an_https_host_and_port(existing_pki, server):
+    result = run("kubeconfig", "admin", "--server", server)
+    assert result.exit_code == ExitCode.USAGE and "--server" in result.output
+    assert not Path("admin.kubeconfig").exists()
+
+
 def test_kubeconfig_admin_refuses_a_mismatched_admin_key(existing_pki):
     (existing_pki / "admin-key.pem").write_bytes((existing_pki / "kube-proxy-key.pem").read_bytes())
     result = run("kubeconfig", "admin")
