@@ -24,8 +24,11 @@ real binary where k8sboot and its users can observe Stage 1 (authentication) and
   in API group "" in the namespace "default"`). A 401 carries Status reason Unauthorized.
 * Served: `POST /apis/authentication.k8s.io/v1/selfsubjectreviews` (201, so `kubectl auth whoami`
   prints Username/Groups/Extra), `/version` (gitVersion `v0.0.0-k8sboot-standin`), `/livez`,
-  `/readyz`, `/healthz`, minimal discovery; for system:masters, lists are empty (there is no
-  etcd), a named object is NotFound, and writes answer a Success Status without storing anything.
+  `/readyz`, `/healthz`, and discovery listing exactly what is implemented. Anything else gets the
+  real server's answer for what it does not serve: a 404 Status `the server could not find the
+  requested resource` (or a 405 `the server does not allow this method on the requested
+  resource` for a served resource and a verb the stand-in does not implement), with a cause
+  naming the stand-in; never a Success for something not done.
 * Every request is logged to stderr (the journal) with its identity and decision.
 * Health and graceful restarts, as the real server (k8s.io/apiserver's healthz handler and
   lifecycle signals). `/livez`, `/healthz`, `/readyz` answer `ok`; `?verbose` lists the real 1.32

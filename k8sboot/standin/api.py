@@ -150,42 +150,83 @@ def not_found_status(info: RequestInfo) -> dict:
             "code": 404}
 
 
-def success_status(message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "message": message,
-            "code": 200}
+STANDIN_CAUSE = "k8sboot stand-in (not Kubernetes): not implemented here"
 
 
-CORE_RESOURCES = (("pods", "Pod", True), ("services", "Service", True), ("configmaps", "ConfigMap", True),
-                  ("secrets", "Secret", True), ("serviceaccounts", "ServiceAccount", True),
-                  ("namespaces", "Namespace", False), ("nodes", "Node", False))
+def unknown_resource_status(info: RequestInfo) -> dict:
+    """What the real server answers for a path under a served group version that names no resource
+    it serves (go-restful's 404, turned into a Status by the apiserver's ServiceErrorHandler:
+    NewGenericServerResponse(404) with the go-restful message as a cause), plus a cause naming the
+    stand-in. kubectl prints `Error from server (NotFound): the server could not find the requested
+    resource`."""
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "the server could not find the requested resource", "reason": "NotFound",
+            "details": {"causes": [{"reason": "UnexpectedServerResponse", "message": "404: Page Not Found"},
+                                   {"reason": "UnexpectedServerResponse",
+                                    "message": f"{STANDIN_CAUSE}: {_what(info)}"}]},
+            "code": 404}
+
+
+def method_not_allowed_status(info: RequestInfo) -> dict:
+    """A served resource, a verb it does not serve: go-restful's 405 as the real server writes it
+    (NewGenericServerResponse(405)), plus a cause naming the stand-in. kubectl prints `Error from
+    server (MethodNotAllowed): the server does not allow this method on the requested resource`."""
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "the server does not allow this method on the requested resource",
+            "reason": "MethodNotAllowed",
+            "details": {"causes": [{"reason": "UnexpectedServerResponse", "message": "405: Method Not Allowed"},
+                                   {"reason": "UnexpectedServerResponse",
+                                    "message": f"{STANDIN_CAUSE}: {_what(info)}"}]},
+            "code": 405}
+
+
+def _what(info: RequestInfo) -> str:
+    resource = info.resource + (f"/{info.subresource}" if info.subresource else "")
+    group = f".{info.api_group}" if info.api_group else ""
+    return f"{info.verb} {resource}{group}"
+
+
+# The group versions the stand-in serves, and in each the resources and the verbs it implements:
+# discovery lists exactly these; anything else is a 404 (unknown resource) or 405 (unknown verb).
+SERVED: dict[tuple[str, str], tuple[dict, ...]] = {
+    ("", "v1"): (),
+    ("authentication.k8s.io", "v1"): (
+        {"name": "selfsubjectreviews", "singularName": "selfsubjectreview", "namespaced": False,
+         "kind": "SelfSubjectReview", "verbs": ["create"]},),
+}
+
+
+def _served(group: str, version: str) -> tuple[dict, ...] | None:
+    return SERVED.get((group, version))
 
 
 def discovery_document(path: str) -> dict | None:
-    """Minimal legacy discovery so kubectl can map names for system:masters; None: not served."""
+    """Discovery of what the stand-in serves (and nothing else); None: not a discovery path."""
     if path == "/api":
         return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
     if path == "/apis":
+        groups = sorted({g for g, _ in SERVED if g})
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
-            "name": "authentication.k8s.io",
-            "versions": [{"groupVersion": "authentication.k8s.io/v1", "version": "v1"}],
-            "preferredVersion": {"groupVersion": "authentication.k8s.io/v1", "version": "v1"}}]}
-    if path == "/api/v1":
-        return {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
-            {"name": n, "singularName": k.lower(), "namespaced": ns, "kind": k,
-             "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}
-            for n, k, ns in CORE_RESOURCES]}
-    if path == "/apis/authentication.k8s.io/v1":
-        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "authentication.k8s.io/v1",
-                "resources": [{"name": "selfsubjectreviews", "singularName": "selfsubjectreview",
-                               "namespaced": False, "kind": "SelfSubjectReview", "verbs": ["create"]}]}
-    return None
-
-
-def _list_kind(resource: str) -> str:
-    for name, kind, _ in CORE_RESOURCES:
-        if name == resource:
-            return kind + "List"
-    return "List"
+            "name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for gg, v in SERVED if gg == g],
+            "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"}} for g in groups]}
+    parts = path.strip("/").split("/")
+    if parts[0] == "api" and len(parts) == 2:
+        group, version = "", parts[1]
+    elif parts[0] == "apis" and len(parts) == 3:
+        group, version = parts[1], parts[2]
+    elif parts[0] == "apis" and len(parts) == 2 and any(g == parts[1] for g, _ in SERVED):
+        g = parts[1]
+        versions = [{"groupVersion": f"{g}/{v}", "version": v} for gg, v in SERVED if gg == g]
+        return {"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": versions,
+                "preferredVersion": versions[0]}
+    else:
+        return None
+    resources = _served(group, version)
+    if resources is None:
+        return None
+    gv = f"{group}/{version}" if group else version
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+            "resources": [dict(r) for r in resources]}
 
 
 def route(info: RequestInfo, user: authn.UserInfo, result: authn.AuthResult, now: datetime) -> tuple[int, object]:
@@ -197,22 +238,23 @@ def route(info: RequestInfo, user: authn.UserInfo, result: authn.AuthResult, now
         if path in ("/version", "/version/"):
             return 200, VERSION_INFO
         if path == "/":
-            return 200, {"paths": ["/api", "/api/v1", "/apis", "/apis/authentication.k8s.io/v1",
-                                   "/healthz", "/livez", "/readyz", "/version"]}
+            return 200, {"paths": sorted(["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/version",
+                                          *(f"/apis/{g}" for g, _ in SERVED if g),
+                                          *(f"/apis/{g}/{v}" for g, v in SERVED if g)])}
         doc = discovery_document(path.rstrip("/") or "/")
         if doc is not None and info.verb == "get":
             return 200, doc
         return 404, "404 page not found\n"
-    if info.api_group == "authentication.k8s.io" and info.resource == "selfsubjectreviews" and info.verb == "create":
+    resources = _served(info.api_group, info.api_version)
+    if resources is None:
+        return 404, "404 page not found\n"      # no such group version: Go's plain NotFound
+    served = next((r for r in resources if r["name"] == info.resource), None)
+    if served is None or info.subresource:
+        return 404, unknown_resource_status(info)
+    if info.verb not in served["verbs"]:
+        return 405, method_not_allowed_status(info)
+    if info.api_group == "authentication.k8s.io" and info.resource == "selfsubjectreviews":
         review = result.self_subject_review(now)
         review["apiVersion"] = f"authentication.k8s.io/{info.api_version}"
         return 201, review
-    if info.verb in ("list", "watch"):
-        return 200, {"kind": _list_kind(info.resource), "apiVersion": info.api_group + "/" + info.api_version
-                     if info.api_group else info.api_version, "metadata": {"resourceVersion": "1"}, "items": []}
-    if info.verb == "get":
-        return 404, not_found_status(info)
-    return 200, success_status(f"k8sboot stand-in: {info.verb} {info.resource} accepted, nothing stored "
-                               "(this is not Kubernetes: there is no etcd)")
-
-
+    return 405, method_not_allowed_status(info)     # listed but without a handler: never a success

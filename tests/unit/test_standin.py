@@ -431,12 +431,55 @@ def test_an_expired_client_certificate_is_401(server):
         assert server.whoami(cert="expired")[0] == 401
 
 
-def test_masters_get_empty_lists_and_others_are_forbidden(server):
+def test_what_the_stand_in_does_not_serve_is_a_404_for_masters_and_a_403_for_others(server):
     code, body = server.request("GET", "/api/v1/namespaces/default/pods", cert="admin")
-    assert code == 200 and body["items"] == [] and body["kind"] == "PodList"
+    assert code == 404 and body["reason"] == "NotFound"
+    assert body["message"] == "the server could not find the requested resource"
     code, body = server.request("GET", "/api/v1/namespaces/default/pods", cert="jane")
     assert code == 403 and body["message"].startswith('pods is forbidden: User "jane" cannot list')
     assert server.whoami(cert="jane")[0] == 201
+
+
+UNKNOWN = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": "the server could not find the requested resource", "reason": "NotFound", "code": 404}
+NOT_ALLOWED = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": "the server does not allow this method on the requested resource",
+               "reason": "MethodNotAllowed", "code": 405}
+
+
+@pytest.mark.parametrize("method, path, expected", [
+    ("GET", "/api/v1/namespaces/default/pods", UNKNOWN),
+    ("POST", "/api/v1/namespaces/default/pods", UNKNOWN),
+    ("PUT", "/api/v1/namespaces/default/configmaps/x", UNKNOWN),
+    ("DELETE", "/api/v1/nodes/n1", UNKNOWN),
+    ("GET", "/api/v1/secrets", UNKNOWN),
+    ("GET", "/apis/authentication.k8s.io/v1/selfsubjectreviews", NOT_ALLOWED),
+    ("DELETE", "/apis/authentication.k8s.io/v1/selfsubjectreviews", NOT_ALLOWED),
+    ("GET", "/apis/authentication.k8s.io/v1/tokenreviews", UNKNOWN),
+])
+def test_nothing_unimplemented_ever_answers_a_success(server, method, path, expected):
+    """The real server's answers for an unknown resource (404) or verb (405), with a cause that
+    names the stand-in: never a Success, never an empty list of something never stored."""
+    code, body = server.request(method, path, cert="admin", body=b"{}" if method in ("POST", "PUT") else None)
+    assert code == expected["code"]
+    causes = body.pop("details")["causes"]
+    assert body == expected
+    assert causes[0] == {"reason": "UnexpectedServerResponse",
+                         "message": "404: Page Not Found" if code == 404 else "405: Method Not Allowed"}
+    assert "k8sboot stand-in (not Kubernetes)" in causes[1]["message"]
+
+
+@pytest.mark.parametrize("path", ["/apis/apps/v1/namespaces/default/deployments", "/apis/apps/v1", "/nope"])
+def test_a_group_the_stand_in_does_not_serve_is_gos_plain_404(server, path):
+    assert server.request("GET", path, cert="admin") == (404, "404 page not found\n")
+
+
+def test_discovery_lists_only_what_is_implemented(server):
+    code, body = server.request("GET", "/apis/authentication.k8s.io/v1", cert="admin")
+    assert code == 200 and [(r["name"], r["verbs"]) for r in body["resources"]] == [("selfsubjectreviews",
+                                                                                      ["create"])]
+    code, body = server.request("GET", "/apis", cert="admin")
+    assert [g["name"] for g in body["groups"]] == ["authentication.k8s.io"]
 
 
 def test_a_certificate_from_another_ca(server):
@@ -809,8 +852,8 @@ def test_on_shutdown_readyz_fails_at_once_while_livez_and_requests_are_served_th
     assert body.endswith("[-]shutdown failed: reason withheld\nreadyz check failed\n")
     assert https(port, pki, "/livez")[:3:2] == (200, "ok")
     assert https(port, pki, "/healthz")[:3:2] == (200, "ok")
-    code, _, body = https(port, pki, "/api/v1/namespaces/default/pods", cert="admin")
-    assert code == 200 and json.loads(body)["kind"] == "PodList"   # still serving during the delay
+    code, _, body = https(port, pki, "/version", cert="admin")
+    assert code == 200 and json.loads(body)["gitVersion"] == "v0.0.0-k8sboot-standin"   # still serving
     terminator.join(30)
     assert not terminator.is_alive()
     assert refused(port)
