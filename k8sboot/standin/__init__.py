@@ -54,7 +54,12 @@ requests). When pyOpenSSL is importable (Debian's python3-openssl, in the lab's 
 uses it the same way as Go: it requests a certificate naming the --client-ca-file CAs, accepts any
 in the handshake, and authn decides (exact 401). Without pyOpenSSL it falls back to `ssl` with
 CERT_OPTIONAL and the client CA: a certificate that does not verify then fails the TLS handshake
-instead of getting a 401 (the one observable difference). `K8SBOOT_STANDIN_TLS=ssl|pyopenssl`
+instead of getting a 401 (the one observable difference). Both hand authn the intermediates the
+client sent (Python 3.11's ssl through its C object's `get_unverified_chain()`, see tls.py).
+Request bodies are framed as Go's net/http frames them: a Content-Length that is not a decimal
+number (negative, signed, hex, repeated with another value) is Go's plain `400 Bad Request`, a
+transfer coding other than chunked a 501, and a body over the API server's 3 MiB (by its
+Content-Length, or by a chunk's declared size) its 413 Status, all before the body is read. `K8SBOOT_STANDIN_TLS=ssl|pyopenssl`
 forces a backend. A server certificate is required (the real binary would self-sign one).
 
 Modules: `flags` (the command line and its validation), `tls` (the two TLS backends), `http`

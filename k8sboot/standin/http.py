@@ -15,9 +15,10 @@ import time
 
 MAX_LINE = 65536              # bytes in a request line or a header line
 MAX_HEADER_LINES = 100
+MAX_CHUNK_LINE = 4096         # Go's chunked reader: a chunk-size line longer than this is an error
 REASONS = {100: "Continue", 200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 413: "Request Entity Too Large",
-           429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           429: "Too Many Requests", 501: "Not Implemented", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -36,19 +37,93 @@ class Headers:
     value, as Go's Header.Get does."""
 
     def __init__(self):
-        self._fields: dict[str, str] = {}
+        self._fields: dict[str, list[str]] = {}
 
     def add(self, name: str, value: str) -> None:
-        self._fields.setdefault(name.lower(), value)
+        self._fields.setdefault(name.lower(), []).append(value)
 
     def get(self, name: str, default=None):
-        return self._fields.get(name.lower(), default)
+        values = self._fields.get(name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name: str) -> list[str]:
+        return list(self._fields.get(name.lower(), ()))
 
 
 class BadRequest(Exception):
+    """A request Go's net/http refuses before any handler runs: `<code> <reason>` as plain text
+    (501: `Unsupported transfer encoding`), then the connection is closed."""
+
     def __init__(self, code: int, why: str):
         super().__init__(why)
         self.code = code
+
+    @property
+    def body(self) -> str:
+        return "Unsupported transfer encoding" if self.code == 501 else f"{self.code} {REASONS[self.code]}"
+
+
+class BodyTooLarge(Exception):
+    """A body longer than the API server reads (its 413 Status), known before it is read."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"limit is {limit}")
+        self.limit = limit
+
+
+def body_framing(headers: Headers) -> int | None:
+    """How the request's body is framed, by Go's readTransfer rules, decided before any of it is
+    read: its Content-Length (0 when there is none), or None for `Transfer-Encoding: chunked`.
+    BadRequest(501) for another transfer coding; BadRequest(400) for a Content-Length that is not
+    a decimal number below 2^63 (negative, `+1`, `0x10`, empty, repeated with other values): Go
+    answers those with its plain `400 Bad Request` and closes."""
+    codings = headers.get_all("Transfer-Encoding")
+    if codings:
+        if len(codings) != 1 or codings[0].strip().lower() != "chunked":
+            raise BadRequest(501, "unsupported transfer encoding")
+        return None                                   # Go ignores Content-Length beside chunked
+    lengths = [v.strip(" \t") for v in headers.get_all("Content-Length")]
+    if not lengths:
+        return 0
+    if any(v != lengths[0] for v in lengths):
+        raise BadRequest(400, "message cannot contain multiple Content-Length headers")
+    text = lengths[0]
+    if not text or not text.isascii() or not text.isdigit() or int(text) >= 1 << 63:
+        raise BadRequest(400, f"bad Content-Length {text!r}")
+    return int(text)
+
+
+def read_chunked_body(rfile, limit: int) -> bytes:
+    """A chunked body (RFC 9112 7.1) of at most `limit` bytes. Each chunk's size is checked before
+    its data is read: BodyTooLarge as soon as the declared sizes pass `limit`, BadRequest(400)
+    for a size that is not hex (at most 16 digits, as Go's chunked reader), a size line over 4 KiB
+    or a chunk not ended by CRLF; ConnectionError when the client stops sending."""
+    body = bytearray()
+    while True:
+        line = rfile.readline(MAX_CHUNK_LINE + 1)
+        if not line:
+            raise ConnectionError("the client closed the connection inside a chunked body")
+        if len(line) > MAX_CHUNK_LINE or not line.endswith(b"\n"):
+            raise BadRequest(400, "chunk size line too long")
+        size_text = line.split(b";", 1)[0].strip(b" \t\r\n")
+        if not size_text or len(size_text) > 16 or not all(c in b"0123456789abcdefABCDEF" for c in size_text):
+            raise BadRequest(400, "invalid byte in chunk length")
+        size = int(size_text, 16)
+        if size == 0:
+            while True:                               # trailer fields, then the empty line
+                trailer = rfile.readline(MAX_CHUNK_LINE + 1)
+                if trailer in (b"\r\n", b"\n", b""):
+                    return bytes(body)
+                if len(trailer) > MAX_CHUNK_LINE:
+                    raise BadRequest(400, "trailer line too long")
+        if len(body) + size > limit:
+            raise BodyTooLarge(limit)
+        data = rfile.read(size)
+        if len(data) < size:
+            raise ConnectionError("the client closed the connection inside a chunk")
+        body += data
+        if rfile.read(2) != b"\r\n":
+            raise BadRequest(400, "malformed chunked encoding")
 
 
 def read_request_head(rfile) -> tuple[str, str, str, Headers] | None:
@@ -99,11 +174,12 @@ class HTTPHandler(socketserver.BaseRequestHandler):
         self._head: list[str] = []
         try:
             head = read_request_head(self.rfile)
+            if head is not None:
+                self.content_length = body_framing(head[3])
         except BadRequest as exc:
             self.close_connection = True
-            body = f"{exc.code} {REASONS[exc.code]}"
-            self.wfile.write(f"HTTP/1.1 {body}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                             f"Connection: close\r\n\r\n{body}".encode())
+            self.wfile.write(f"HTTP/1.1 {exc.code} {REASONS[exc.code]}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                             f"Connection: close\r\n\r\n{exc.body}".encode())
             self.wfile.flush()
             return
         if head is None:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from k8sboot import authn
 from k8sboot.standin.api import RequestInfo, authorize, forbidden_status, parse_request_info, route
 from k8sboot.standin.flags import Flags
-from k8sboot.standin.http import HTTPHandler
+from k8sboot.standin.http import BadRequest, BodyTooLarge, HTTPHandler, read_chunked_body
 from k8sboot.standin.lifecycle import (HEALTH_CHECKS, RETRY_AFTER_MESSAGE, Lifecycle, health_answer,
                                        health_endpoint)
 from k8sboot.standin.log import log, new_audit_id, quote
@@ -101,23 +101,17 @@ class StandinHandler(HTTPHandler):
         except (OSError, ValueError, ssl.SSLError):
             pass
 
-    def _read_body(self) -> bytes | None:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            body = b""
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return body
-                body += self.rfile.read(size)
-                self.rfile.readline()
-                if len(body) > MAX_BODY:
-                    return None
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            return None
-        return self.rfile.read(length) if length else b""
+    def _read_body(self) -> bytes:
+        """The body, framed as body_framing decided; BodyTooLarge before reading more than the
+        real server's 3 MiB, BadRequest for a malformed chunked body."""
+        if self.content_length is None:
+            return read_chunked_body(self.rfile, MAX_BODY)
+        if self.content_length > MAX_BODY:
+            raise BodyTooLarge(MAX_BODY)
+        data = self.rfile.read(self.content_length) if self.content_length else b""
+        if len(data) < self.content_length:
+            raise ConnectionError("the client closed the connection inside the body")
+        return data
 
     def _reply(self, code: int, body: object, audit_id: str, headers: tuple = ()) -> None:
         lifecycle = self.server.lifecycle
@@ -174,12 +168,26 @@ class StandinHandler(HTTPHandler):
     def _serve_admitted(self) -> None:
         t0 = time.monotonic()
         audit_id = new_audit_id()
-        body = self._read_body()
         src = f"{self.client_address[0]}:{self.client_address[1]}"
-        if body is None:
+        try:
+            body = self._read_body()
+        except BadRequest as exc:
             self.close_connection = True
+            log(f'"HTTP" verb={quote(self.command)} URI={quote(self.path)} decision="bad request" '
+                f'err={quote(exc)} resp={exc.code} audit-ID={quote(audit_id)} srcIP={quote(src)}')
+            self.send_response(exc.code)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(exc.body.encode())
+            self.wfile.flush()
+            return
+        except BodyTooLarge as exc:
+            # k8s.io/apiserver's limitedReadBody: NewRequestEntityTooLargeError, the rest unread
+            self.close_connection = True
+            log(f'"HTTP" verb={quote(self.command)} URI={quote(self.path)} decision="too large" resp=413 '
+                f'audit-ID={quote(audit_id)} srcIP={quote(src)}')
             self._reply(413, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                              "message": "the request body is too large", "reason": "RequestEntityTooLarge",
+                              "message": f"Request entity too large: {exc}", "reason": "RequestEntityTooLarge",
                               "code": 413}, audit_id)
             return
         now = self.server.clock()

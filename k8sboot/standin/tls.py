@@ -48,7 +48,18 @@ class _StdlibConn:
         self.sock.settimeout(IDLE_TIMEOUT)
 
     def peer_certificates(self) -> tuple[bytes | None, tuple[bytes, ...]]:
-        return self.sock.getpeercert(binary_form=True), ()
+        """The leaf and the intermediates the client sent. Python 3.11's ssl has no public call
+        for the chain (SSLSocket.get_unverified_chain is 3.13); its C object has had one since
+        3.10 (`_sslobj.get_unverified_chain()`, the leaf first on the server side), present in
+        Debian bookworm's 3.11. Without it (another interpreter) authn gets the leaf alone."""
+        leaf = self.sock.getpeercert(binary_form=True)
+        if leaf is None:
+            return None, ()
+        chain_of = getattr(self.sock, "get_unverified_chain", None) or \
+            getattr(getattr(self.sock, "_sslobj", None), "get_unverified_chain", None)
+        chain = (chain_of() or []) if chain_of else []
+        ders = (c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain)
+        return leaf, tuple(d for d in ders if d != leaf)
 
     def recv_into(self, b) -> int:
         try:

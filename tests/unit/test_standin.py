@@ -97,6 +97,18 @@ def pki(tmp_path_factory):
     }.items():
         files[f"{name}.pem"] = _pem(cert)
         files[f"{name}-key.pem"] = _key_pem(key)
+    inter_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(timezone.utc)
+    inter_cert = (x509.CertificateBuilder().subject_name(_name("Test Intermediate CA")).issuer_name(ca[1].subject)
+                  .public_key(inter_key.public_key()).serial_number(x509.random_serial_number())
+                  .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+                  .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                  .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                                 critical=True)
+                  .sign(ca[0], hashes.SHA256()))
+    carol_key, carol = _leaf((inter_key, inter_cert), "carol", orgs=("dev",))
+    files["carol-chain.pem"] = _pem(carol) + _pem(inter_cert)       # the leaf, then its intermediate
+    files["carol-key.pem"] = _key_pem(carol_key)
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     files["service-account-key.pem"] = _key_pem(sa)
     files["service-account.pem"] = sa.public_key().public_bytes(
@@ -482,6 +494,23 @@ def test_discovery_lists_only_what_is_implemented(server):
     assert [g["name"] for g in body["groups"]] == ["authentication.k8s.io"]
 
 
+def test_a_client_certificate_under_an_intermediate_it_sends_is_authenticated_by_both_backends(server, pki):
+    """The client sends leaf + intermediate; authn needs the intermediate to reach the client CA.
+    pyOpenSSL hands over the peer's chain; Python's ssl through `_sslobj.get_unverified_chain()`."""
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    ctx.load_cert_chain(pki / "carol-chain.pem", pki / "carol-key.pem")
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=ctx, timeout=10)
+    try:
+        conn.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=REVIEW,
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        body = json.loads(r.read())
+    finally:
+        conn.close()
+    assert r.status == 201, body
+    assert body["status"]["userInfo"]["username"] == "carol"
+
+
 def test_a_certificate_from_another_ca(server):
     """pyOpenSSL: like Go, the handshake accepts it and authn answers 401. Python's ssl verifies
     in the handshake, so the connection fails instead (the documented difference)."""
@@ -693,6 +722,53 @@ def test_expect_100_continue_and_a_chunked_body(server):
                  cert="admin")
     assert reply.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created")
     assert b'"username":"admin"' in reply
+
+
+GO_400 = b"400 Bad Request"
+TOO_LARGE = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+             "message": "Request entity too large: limit is 3145728", "reason": "RequestEntityTooLarge",
+             "code": 413}
+POST_HEAD = b"POST /apis/authentication.k8s.io/v1/selfsubjectreviews HTTP/1.1\r\nHost: x\r\n"
+
+
+@pytest.mark.parametrize("length", [b"-1", b"-5", b"abc", b"+3", b"0x10", b"", b"1 2", b"99999999999999999999"])
+def test_a_bad_content_length_is_gos_400_before_any_body_is_read(server, length):
+    """A negative length used to read to EOF; Go's readTransfer refuses it at once."""
+    reply = _raw(server, POST_HEAD + b"Content-Length: " + length + b"\r\n\r\n{}", cert="admin")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request") and b"Connection: close" in head
+    assert body == GO_400
+
+
+def test_two_different_content_lengths_are_a_400_and_an_unknown_transfer_coding_a_501(server):
+    reply = _raw(server, POST_HEAD + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", cert="admin")
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request") and reply.endswith(GO_400)
+    reply = _raw(server, POST_HEAD + b"Transfer-Encoding: gzip\r\n\r\n", cert="admin")
+    assert reply.startswith(b"HTTP/1.1 501 Not Implemented") and reply.endswith(b"Unsupported transfer encoding")
+
+
+def _status_of(reply: bytes) -> tuple[bytes, dict]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head, json.loads(body)
+
+
+def test_an_oversized_content_length_is_the_api_servers_413_without_reading_the_body(server):
+    """Only the head is sent: the 413 comes without waiting for 4 MiB that never arrive."""
+    head, body = _status_of(_raw(server, POST_HEAD + b"Content-Length: 4194304\r\n\r\n", cert="admin"))
+    assert head.startswith(b"HTTP/1.1 413 Request Entity Too Large") and b"Connection: close" in head
+    assert body == TOO_LARGE
+
+
+@pytest.mark.parametrize("chunk", [b"400001\r\n", b"ffffffffffffffff\r\n", b"1;ext=1\r\n{\r\n3fffff\r\n"])
+def test_a_huge_chunk_is_refused_from_its_size_line_before_its_data(server, chunk):
+    head, body = _status_of(_raw(server, POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunk, cert="admin"))
+    assert head.startswith(b"HTTP/1.1 413 Request Entity Too Large") and body == TOO_LARGE
+
+
+@pytest.mark.parametrize("chunk", [b"zz\r\n", b"11111111111111111\r\n", b"1" * 5000 + b"\r\n", b"2\r\n{}XX"])
+def test_a_malformed_chunked_body_is_a_400(server, chunk):
+    reply = _raw(server, POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunk, cert="admin")
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request") and reply.endswith(GO_400)
 
 
 def test_header_names_are_case_insensitive_and_the_first_of_a_repeated_field_counts():
