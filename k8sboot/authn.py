@@ -38,6 +38,7 @@ Decisions (each returns an AuthResult; none raises for a bad credential)::
     bearer_token_from_header(authorization: str | None) -> str | None
     inspect_token(token, config, now) -> TokenInspection     # every check, not short-circuited
     parse_jwt(token) -> JwtParts                             # raises MalformedTokenError
+    is_legacy_token(claims) -> bool; lookup_requirement(claims) -> str
     cert_not_valid_before(cert) / cert_not_valid_after(cert) -> aware UTC datetime (any version)
 
 Constants: USER_ANONYMOUS, GROUP_AUTHENTICATED, GROUP_UNAUTHENTICATED, CREDENTIAL_ID_KEY, LEEWAY,
@@ -78,21 +79,28 @@ Semantics (kube-apiserver's, checked against its source):
   extra credential-id `X509SHA256=<hex sha256 of the DER>`.
 - ServiceAccount JWT, in the real authenticator's order: well-formed (3 base64url segments, JSON
   objects nesting at most MAX_JSON_DEPTH levels, at most MAX_TOKEN_BYTES), `iss` among the
-  issuers (read before the signature, as the real server does), alg RS256/ES256 only (none and
-  HS* are refused with their own message; a key is never handed to PyJWT with any other
+  issuers or the legacy `kubernetes/serviceaccount` (read before the signature, as the real
+  server does), alg among SUPPORTED_TOKEN_ALGORITHMS: what go-jose verifies with the key types the
+  server loads, RS/PS 256/384/512 with an RSA key, ES256/ES384/ES512 with a P-256/P-384/P-521 key
+  (none and HS* are refused with their own message; a key is never handed to PyJWT with any other
   algorithm, so a public key can never serve as an HMAC secret), signature by one of the keys
-  (all tried; `kid` is not used for selection, like the real server), `aud` (string or list)
-  intersecting the API audiences (a token without `aud` gets the API audiences, the real
-  server's legacy rule), then nbf / exp / iat with go-jose's 60 s leeway,
-  then the `kubernetes.io` claims (namespace and serviceaccount name required; `sub` must agree).
-  Username `system:serviceaccount:<ns>:<name>`, uid the serviceaccount uid, groups
-  system:serviceaccounts, system:serviceaccounts:<ns>, system:authenticated; extra credential-id
-  `JTI=<jti>` when there is a jti, pod-name/pod-uid and node-name/node-uid when bound.
+  (all tried; `kid` is not used for selection), `aud` (string or list) intersecting the API
+  audiences (a token without `aud` gets the API audiences, the real server's legacy rule), then
+  nbf / exp / iat with go-jose's 60 s leeway, then the `kubernetes.io` claims (namespace and
+  serviceaccount name required). `sub` is not compared: the username comes from
+  `kubernetes.io`, as upstream's ServiceAccountInfo does. Username
+  `system:serviceaccount:<ns>:<name>`, uid the serviceaccount uid, groups system:serviceaccounts,
+  system:serviceaccounts:<ns>, system:authenticated; extra credential-id `JTI=<jti>` when there is
+  a jti, pod-name/pod-uid and node-name/node-uid when bound.
+- Legacy secret-based tokens (iss `kubernetes/serviceaccount`, pkg/serviceaccount/legacy.go):
+  accepted with the same keys; no time claims are checked; the four
+  `kubernetes.io/serviceaccount/*` claims are required and `sub` must name the same account.
 - Lookups (only with `service_accounts`): the ServiceAccount named by the claims must exist with
   the claim's uid (`serviceaccounts "bot" not found`, `service account UID (x) does not match
   claim (y)`); a token bound to a Secret/Pod/Node fails as "service account token has been
-  invalidated" since no such objects are stored. Deletion timestamps are not modelled.
-- Not modelled: legacy secret-based tokens (issuer `kubernetes/serviceaccount`).
+  invalidated" since no such objects are stored, and so does a legacy token (its Secret).
+  Deletion timestamps are not modelled. Offline, `lookup_requirement(claims)` says what a real
+  server will additionally require.
 """
 
 from __future__ import annotations
@@ -137,7 +145,16 @@ X509 = "x509"
 SERVICE_ACCOUNT = "serviceaccount"
 ANONYMOUS = "anonymous"
 
-SUPPORTED_TOKEN_ALGORITHMS = ("RS256", "ES256")
+# What go-jose verifies with the key types kube-apiserver loads (pkg/serviceaccount/jwt.go hands
+# every --service-account-key-file key to go-jose): RSA keys PKCS#1 v1.5 and PSS, ECDSA keys the
+# ES* algorithm of their own curve (the signature size must match the curve). Upstream signs
+# RS256 with an RSA key and ES256/ES384/ES512 with a P-256/P-384/P-521 key.
+SUPPORTED_TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                              "ES256", "ES384", "ES512")
+_RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+_EC_CURVE_FOR_ALGORITHM = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+LEGACY_ISSUER = "kubernetes/serviceaccount"  # secret-based tokens; always accepted with SA keys
+_LEGACY_CLAIM = "kubernetes.io/serviceaccount/"
 LEEWAY = timedelta(seconds=60)          # go-jose's jwt.DefaultLeeway, used by the API server
 MAX_TOKEN_BYTES = 1 << 20               # Go's http.DefaultMaxHeaderBytes: a header cannot be larger
 MAX_JSON_DEPTH = 64                     # a real token nests 3 levels; deeper JSON is refused as
@@ -713,8 +730,9 @@ def parse_jwt(token: str) -> JwtParts:
 def _algorithm_failure(alg: str) -> Failure | None:
     if alg in SUPPORTED_TOKEN_ALGORITHMS:
         return None
-    accepted = ("the API server accepts only RS256 or ES256 signatures by a "
-                "--service-account-key-file key")
+    accepted = ("the API server accepts only RS256/RS384/RS512/PS256/PS384/PS512 signatures by an "
+                "RSA key or ES256/ES384/ES512 by a P-256/P-384/P-521 key of "
+                "--service-account-key-file")
     if alg.lower() == "none":
         message = f'token algorithm "{alg}" means unsigned: {accepted}'
     elif alg.upper().startswith("HS"):
@@ -727,19 +745,20 @@ def _algorithm_failure(alg: str) -> Failure | None:
 
 def _issuer_failure(claims: Mapping[str, Any], issuers: Sequence[str]) -> Failure | None:
     iss = claims.get("iss")
-    if isinstance(iss, str) and iss in issuers:
+    if isinstance(iss, str) and (iss in issuers or iss == LEGACY_ISSUER):
         return None
     shown = json.dumps(iss) if iss is not None else "(none)"
     return Failure(SERVICE_ACCOUNT, Reason.TOKEN_WRONG_ISSUER,
                    f"token issuer {shown} is not one of the accepted issuers "
-                   f"{json.dumps(list(issuers))} (--service-account-issuer)")
+                   f"{json.dumps(list(issuers))} (--service-account-issuer), nor the legacy "
+                   f"{json.dumps(LEGACY_ISSUER)} of secret-based tokens")
 
 
 def _keys_for(alg: str, keys: Sequence[PublicKey]) -> list[PublicKey]:
-    if alg == "RS256":
+    if alg in _RSA_ALGORITHMS:
         return [k for k in keys if isinstance(k, rsa.RSAPublicKey)]
-    return [k for k in keys if isinstance(k, ec.EllipticCurvePublicKey)
-            and isinstance(k.curve, ec.SECP256R1)]
+    curve = _EC_CURVE_FOR_ALGORITHM.get(alg)
+    return [k for k in keys if isinstance(k, ec.EllipticCurvePublicKey) and k.curve.name == curve]
 
 
 def _signature_failure(token: str, alg: str, keys: Sequence[PublicKey]) -> Failure | None:
@@ -846,10 +865,7 @@ def _service_account_user(claims: Mapping[str, Any]) -> UserInfo | Failure:
     name = _str_at(k8s, "serviceaccount", "name")
     if not namespace or not name:
         return invalid('"kubernetes.io" needs namespace and serviceaccount.name')
-    username = f"{SERVICE_ACCOUNT_USER_PREFIX}{namespace}:{name}"
-    sub = claims.get("sub")
-    if sub is not None and sub != username:
-        return invalid(f'sub {json.dumps(sub)} does not match "kubernetes.io" ({username})')
+    username = f"{SERVICE_ACCOUNT_USER_PREFIX}{namespace}:{name}"    # not `sub`: upstream
     extra: dict[str, tuple[str, ...]] = {}
     jti = claims.get("jti")
     if isinstance(jti, str) and jti:
@@ -869,6 +885,80 @@ def _service_account_user(claims: Mapping[str, Any]) -> UserInfo | Failure:
             (GROUP_SERVICE_ACCOUNTS, f"{GROUP_SERVICE_ACCOUNTS}:{namespace}")),
         extra=extra,
     )
+
+
+def is_legacy_token(claims: Mapping[str, Any]) -> bool:
+    """A secret-based token (iss kubernetes/serviceaccount), judged by upstream's legacy validator."""
+    return claims.get("iss") == LEGACY_ISSUER
+
+
+def _legacy_service_account_user(claims: Mapping[str, Any]) -> UserInfo | Failure:
+    """pkg/serviceaccount/legacy.go: the four private claims, and `sub` naming the same account."""
+    def invalid(why: str) -> Failure:
+        return Failure(SERVICE_ACCOUNT, Reason.TOKEN_INVALID_CLAIMS,
+                       f"legacy service account token claims are invalid: {why}")
+
+    def claim(name: str) -> str:
+        value = claims.get(_LEGACY_CLAIM + name)
+        return value if isinstance(value, str) else ""
+
+    sub = claims.get("sub") if isinstance(claims.get("sub"), str) else ""
+    namespace, secret = claim("namespace"), claim("secret.name")
+    name, uid = claim("service-account.name"), claim("service-account.uid")
+    for value, missing in ((sub, "sub claim is missing"), (namespace, "namespace claim is missing"),
+                           (secret, "secretName claim is missing"),
+                           (name, "serviceAccountName claim is missing"),
+                           (uid, "serviceAccountUID claim is missing")):
+        if not value:
+            return invalid(missing)
+    parts = sub.split(":")
+    if (not sub.startswith(SERVICE_ACCOUNT_USER_PREFIX) or len(parts) != 4
+            or parts[2] != namespace or parts[3] != name):
+        return invalid(f"sub claim is invalid: {json.dumps(sub)} is not "
+                       f"{SERVICE_ACCOUNT_USER_PREFIX}{namespace}:{name}")
+    return UserInfo(
+        username=f"{SERVICE_ACCOUNT_USER_PREFIX}{namespace}:{name}",
+        uid=uid,
+        groups=_with_authenticated_group(
+            (GROUP_SERVICE_ACCOUNTS, f"{GROUP_SERVICE_ACCOUNTS}:{namespace}")),
+    )
+
+
+def lookup_requirement(claims: Mapping[str, Any]) -> str:
+    """What a real API server also requires of an otherwise valid token, found by lookups a
+    workstation cannot do: e.g. "ServiceAccount authn-demo/bot exists with uid 11ce93d6-…"."""
+    if is_legacy_token(claims):
+        def claim(name: str) -> str:
+            value = claims.get(_LEGACY_CLAIM + name)
+            return value if isinstance(value, str) else ""
+        namespace = claim("namespace")
+        return (f"Secret {namespace}/{claim('secret.name')} exists and holds this very token, and "
+                f"ServiceAccount {namespace}/{claim('service-account.name')} exists with uid "
+                f"{claim('service-account.uid')}")
+    k8s = claims.get("kubernetes.io")
+    namespace = _str_at(k8s, "namespace")
+    needs = [f"ServiceAccount {namespace}/{_str_at(k8s, 'serviceaccount', 'name')} exists with uid "
+             f"{_str_at(k8s, 'serviceaccount', 'uid') or '(none)'}"]
+    if isinstance(k8s, Mapping):
+        for kind, key in (("Secret", "secret"), ("Pod", "pod")):
+            if isinstance(k8s.get(key), Mapping):
+                needs.append(f"{kind} {namespace}/{_str_at(k8s, key, 'name')} exists with uid "
+                             f"{_str_at(k8s, key, 'uid') or '(none)'}")
+        if isinstance(k8s.get("node"), Mapping) and not isinstance(k8s.get("pod"), Mapping):
+            needs.append(f"Node {_str_at(k8s, 'node', 'name')} exists with uid "
+                         f"{_str_at(k8s, 'node', 'uid') or '(none)'}")
+    return " and ".join(needs)
+
+
+def _legacy_lookup_failure(claims: Mapping[str, Any]) -> Failure:
+    """Upstream's legacy validator with --service-account-lookup (the default) first gets the
+    Secret holding the token; no Secrets are stored here, so it is never found."""
+    namespace = claims.get(_LEGACY_CLAIM + "namespace")
+    secret = claims.get(_LEGACY_CLAIM + "secret.name")
+    return Failure(SERVICE_ACCOUNT, Reason.TOKEN_INVALIDATED,
+                   f"Token has been invalidated: the legacy token's Secret {namespace}/{secret} is "
+                   "not found (this API server stores no Secrets; a real one with "
+                   "--service-account-lookup, the default, also needs the Secret to hold the token)")
 
 
 def _lookup_failure(claims: Mapping[str, Any], user: UserInfo,
@@ -932,7 +1022,8 @@ def inspect_token(token: str, config: AuthenticatorConfig, now: datetime) -> Tok
         return TokenInspection(None, bad, None, None, None, None, None, None, result)
     alg = parts.header["alg"]
     algorithm = _algorithm_failure(alg)
-    user = _service_account_user(parts.claims)
+    legacy = is_legacy_token(parts.claims)
+    user = (_legacy_service_account_user if legacy else _service_account_user)(parts.claims)
     return TokenInspection(
         parts=parts,
         malformed=None,
@@ -940,7 +1031,7 @@ def inspect_token(token: str, config: AuthenticatorConfig, now: datetime) -> Tok
         issuer=_issuer_failure(parts.claims, config.service_account_issuers),
         signature=algorithm or _signature_failure(token, alg, config.service_account_keys),
         audience=_audience_failure(parts.claims, config.audiences),
-        validity=_time_failure(parts.claims, now),
+        validity=None if legacy else _time_failure(parts.claims, now),   # legacy: never checked
         claims=user if isinstance(user, Failure) else None,
         result=result,
     )
@@ -963,18 +1054,20 @@ def authenticate_token(token: str, config: AuthenticatorConfig, now: datetime, *
     except MalformedTokenError as exc:
         return _fail(SERVICE_ACCOUNT, Reason.TOKEN_MALFORMED, f"malformed token: {exc}")
     alg = parts.header["alg"]
+    legacy = is_legacy_token(parts.claims)
     failure = (_issuer_failure(parts.claims, config.service_account_issuers)
                or _algorithm_failure(alg)
                or _signature_failure(token, alg, config.service_account_keys)
                or _audience_failure(parts.claims, config.audiences)
-               or _time_failure(parts.claims, now))
+               or (None if legacy else _time_failure(parts.claims, now)))
     if failure is not None:
         return AuthResult(None, "", (failure,))
-    user = _service_account_user(parts.claims)
+    user = (_legacy_service_account_user if legacy else _service_account_user)(parts.claims)
     if isinstance(user, Failure):
         return AuthResult(None, "", (user,))
     if service_accounts is not None:
-        missing = _lookup_failure(parts.claims, user, service_accounts)
+        missing = (_legacy_lookup_failure(parts.claims) if legacy
+                   else _lookup_failure(parts.claims, user, service_accounts))
         if missing is not None:
             return AuthResult(None, "", (missing,))
     return AuthResult(user, SERVICE_ACCOUNT)

@@ -1,9 +1,9 @@
 """ServiceAccount tokens on the workstation: mint one like the TokenRequest API, decode and check one.
 
 `mint_token` builds the claims a bound token carries (aud, exp, iat, iss, jti, kubernetes.io, nbf,
-sub) and lets PyJWT sign them with the service-account private key: RS256 for RSA, ES256 for EC
-P-256, header `kid` computed as kube-apiserver does (base64url of the SHA-256 of the DER public
-key). The serviceaccount uid is derived from namespace/name (uuid5), so every token minted for
+sub) and lets PyJWT sign them with the service-account private key as kube-apiserver does:
+RS256 for RSA, ES256/ES384/ES512 for EC P-256/P-384/P-521, header `kid` computed as it does
+(base64url of the SHA-256 of the DER public key). The serviceaccount uid is derived from namespace/name (uuid5), so every token minted for
 one ServiceAccount names the same uid, as the real one would. `decode_token` shows header and
 claims and evaluates every check with `k8sboot.authn` (the same code the lab's stand-in runs).
 Pure: no files read here, the clock passed in.
@@ -33,6 +33,8 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 MAX_DURATION = timedelta(days=365 * 10)
+# kube-apiserver's signer (pkg/serviceaccount/jwt.go): RS256 for RSA, the ES* of the key's curve
+_EC_ALGORITHM = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 
 def parse_duration(text: str) -> timedelta:
@@ -108,10 +110,13 @@ def _signing_key(signing_key_pem: bytes, source: str):
                        hint="run `k8sboot gen-certs` to create pki/service-account-key.pem") from exc
     if isinstance(key, rsa.RSAPrivateKey):
         return key, "RS256"
-    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
-        return key, "ES256"
-    raise PkiError(f"reading the signing key {source}: a {type(key).__name__} cannot sign "
-                   "ServiceAccount tokens; use RSA (RS256) or ECDSA P-256 (ES256)")
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in _EC_ALGORITHM:
+        return key, _EC_ALGORITHM[key.curve.name]
+    what = (f"an ECDSA key on curve {key.curve.name}" if isinstance(key, ec.EllipticCurvePrivateKey)
+            else f"a {type(key).__name__}")
+    raise PkiError(f"reading the signing key {source}: {what} cannot sign ServiceAccount tokens; "
+                   "use RSA (RS256) or ECDSA P-256, P-384 or P-521 (ES256, ES384, ES512), as "
+                   "kube-apiserver does")
 
 
 def build_claims(namespace: str, service_account: str, duration: timedelta,
@@ -180,6 +185,17 @@ def decode_token(token: str, config: AuthenticatorConfig | None, now: datetime) 
     return TokenReport(parts.header, parts.claims, inspection)
 
 
+def server_lookup_note(claims: dict[str, Any]) -> str:
+    """What the real API server additionally requires of a token k8sboot accepts offline:
+    `if ServiceAccount authn-demo/bot exists with uid … (it looks the account up; k8sboot cannot,
+    offline)`."""
+    from k8sboot import authn
+
+    looked_up = "them" if " and " in authn.lookup_requirement(claims) else "the account"
+    return (f"if {authn.lookup_requirement(claims)} (it looks {looked_up} up; k8sboot cannot, "
+            "offline)")
+
+
 def render_verdict(report: TokenReport, key_source: str, now: datetime) -> str:
     """One line: does the signature verify against `key_source`, and do iss / aud / exp pass."""
     ins = report.inspection
@@ -205,7 +221,8 @@ def render_verdict(report: TokenReport, key_source: str, now: datetime) -> str:
         items.append(f"exp/nbf: FAILED: {ins.validity.message}")
     if ins.claims is not None:
         items.append(f"claims: FAILED: {ins.claims.message}")
-    verdict = ("the API server would accept it as " + ins.result.user.username
+    verdict = (f"the API server accepts it as {ins.result.user.username} "
+               f"{server_lookup_note(report.claims)}"
                if ins.result.authenticated else "the API server would answer 401")
     line = "; ".join(items) + f" => {verdict}"
     if kid and ins.signature is not None:

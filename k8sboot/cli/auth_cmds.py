@@ -62,7 +62,8 @@ Examples:
 \b
 Durations: 90s, 10m, 1h, 1d, or combined, 1h30m. Audiences default to the inventory's
 cluster.api_audiences (by default the service_account_issuer). The token is signed with
-<pki.dir>/service-account-key.pem: RS256 for an RSA key, ES256 for an ECDSA P-256 key.
+<pki.dir>/service-account-key.pem as kube-apiserver signs: RS256 for an RSA key, ES256,
+ES384 or ES512 for an ECDSA P-256, P-384 or P-521 key.
 """
 
 DECODE_EPILOG = """\
@@ -256,6 +257,12 @@ def whoami(
         raise typer.Exit(int(ExitCode.UNAUTHORIZED))
     for ignored in result.failures:
         console.info(f"note: {ignored.message}")
+    if result.authenticator == authn.SERVICE_ACCOUNT and token is not None:
+        from k8sboot import tokens
+
+        claims = authn.parse_jwt(token).claims
+        console.info(f"note: the API server accepts this token as {result.user.username} "
+                     f"{tokens.server_lookup_note(claims)}")
     if as_json:
         console.json_out(result.self_subject_review(now))
     else:

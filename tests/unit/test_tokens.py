@@ -143,9 +143,37 @@ def test_minted_token_expires_after_its_duration_plus_leeway():
     assert late.reason_code is authn.Reason.TOKEN_EXPIRED
 
 
-def test_p384_key_cannot_sign_tokens():
+@pytest.mark.parametrize("curve, alg, size, digest", [
+    ("secp384r1", "ES384", 48, "-sha384"), ("secp521r1", "ES512", 66, "-sha512")])
+def test_p384_and_p521_keys_sign_es384_and_es512_like_kube_apiserver(tmp_path, curve, alg, size, digest):
+    # pkg/serviceaccount/jwt.go signerFromECDSAPrivateKey: P-384 -> ES384, P-521 -> ES512; go-jose
+    # writes r||s padded to the curve's byte size (48, 66)
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    key = ec.generate_private_key(getattr(ec, curve.upper())())
+    token = mint(key)
+    header, _, raw_sig = segments(token)
+    assert header["alg"] == alg and len(raw_sig) == 2 * size
+    assert authn.authenticate_token(token, config_for(key), NOW).authenticated
+    der_sig = encode_dss_signature(int.from_bytes(raw_sig[:size], "big"), int.from_bytes(raw_sig[size:], "big"))
+    (tmp_path / "pub.pem").write_bytes(f.public_pem(key))
+    (tmp_path / "sig.der").write_bytes(der_sig)
+    (tmp_path / "input").write_bytes(token.rsplit(".", 1)[0].encode())
+    proc = subprocess.run(["openssl", "dgst", digest, "-verify", str(tmp_path / "pub.pem"),
+                           "-signature", str(tmp_path / "sig.der"), str(tmp_path / "input")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_key_on_a_curve_kube_apiserver_cannot_sign_with_is_a_pki_error():
+    # upstream: "unknown private key curve, must be 256, 384, or 521"
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    with pytest.raises(PkiError, match="secp256k1 cannot sign"):
+        mint(ec.generate_private_key(ec.SECP256K1()))
     with pytest.raises(PkiError, match="cannot sign"):
-        mint(f.private_key("ec384", "sa"))
+        mint(f.private_key("ed25519", "sa"))
 
 
 def test_garbage_signing_key_is_a_pki_error_without_key_material():
@@ -197,7 +225,11 @@ def test_decode_shows_header_and_claims_and_a_passing_verdict():
     verdict = tokens.render_verdict(report, "pki/service-account.pem", NOW)
     assert verdict.startswith("signature: OK (RS256) against pki/service-account.pem; iss: OK; aud: OK; "
                               "exp: OK (expires in 10m0s)")
-    assert "would accept it as system:serviceaccount:authn-demo:bot" in verdict
+    # a real server also looks the ServiceAccount up (pkg/serviceaccount/claims.go): say so
+    uid = tokens.service_account_uid("authn-demo", "bot")
+    assert verdict.endswith(" => the API server accepts it as system:serviceaccount:authn-demo:bot if "
+                            f"ServiceAccount authn-demo/bot exists with uid {uid} (it looks the account "
+                            "up; k8sboot cannot, offline)")
 
 
 def test_decode_of_a_foreign_expired_token_says_each_check_that_fails():
