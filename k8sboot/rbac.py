@@ -891,3 +891,78 @@ def render_rules_table(result: RulesResult, *, headers: bool = True) -> str:
                      _go_list(rule.get("nonResourceURLs") or []), _go_list(rule.get("resourceNames") or []),
                      _go_list(rule.get("verbs") or [])])
     return _go_tabwriter(rows) if rows else ""
+
+
+# --- checking objects given by a user ----------------------------------------------------------------
+
+_SUBJECT_KINDS = ("User", "Group", "ServiceAccount")
+
+
+def _string_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def check_object(obj: Any) -> list[str]:
+    """What makes an RBAC object unusable, each as `field: problem` (empty: usable). Checks the
+    shape the authorizer reads (the real server's validation says more)."""
+    if not isinstance(obj, Mapping):
+        return ["the object is not a mapping"]
+    kind = obj.get("kind")
+    if kind not in RBAC_KINDS:
+        return [f"kind: {kind!r} is not one of {', '.join(RBAC_KINDS)}"]
+    problems: list[str] = []
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str) or not meta.get("name"):
+        problems.append("metadata.name: Required value")
+    elif kind in ("Role", "RoleBinding") and meta.get("namespace") is not None and not isinstance(meta.get("namespace"), str):
+        problems.append("metadata.namespace: must be a string")
+    if kind in ("Role", "ClusterRole"):
+        rules = obj.get("rules")
+        if rules is not None and not isinstance(rules, list):
+            problems.append("rules: must be a list")
+        for i, rule in enumerate(rules if isinstance(rules, list) else []):
+            where = f"rules[{i}]"
+            if not isinstance(rule, Mapping):
+                problems.append(f"{where}: must be a mapping")
+                continue
+            if not rule.get("verbs") or not _string_list(rule.get("verbs")):
+                problems.append(f"{where}.verbs: Required value: verbs must contain at least one value")
+            for key in ("apiGroups", "resources", "resourceNames", "nonResourceURLs"):
+                if rule.get(key) is not None and not _string_list(rule.get(key)):
+                    problems.append(f"{where}.{key}: must be a list of strings")
+            if rule.get("nonResourceURLs") and (rule.get("resources") or rule.get("apiGroups")):
+                problems.append(f"{where}.nonResourceURLs: Invalid value: rules cannot apply to both "
+                                "regular resources and non-resource URLs")
+            if rule.get("nonResourceURLs") and kind == "Role":
+                problems.append(f"{where}.nonResourceURLs: Invalid value: namespaced rules cannot apply to "
+                                "non-resource URLs")
+            if not rule.get("nonResourceURLs") and rule.get("resources") and not rule.get("apiGroups"):
+                problems.append(f"{where}.apiGroups: Required value: resource rules must supply at least "
+                                "one api group")
+    else:
+        ref = obj.get("roleRef")
+        if not isinstance(ref, Mapping):
+            problems.append("roleRef: Required value")
+        else:
+            allowed = ("Role", "ClusterRole") if kind == "RoleBinding" else ("ClusterRole",)
+            if ref.get("kind") not in allowed:
+                problems.append(f"roleRef.kind: Unsupported value: {ref.get('kind')!r}: supported values: "
+                                + ", ".join(f'"{k}"' for k in allowed))
+            if not isinstance(ref.get("name"), str) or not ref.get("name"):
+                problems.append("roleRef.name: Required value")
+        subjects = obj.get("subjects")
+        if subjects is not None and not isinstance(subjects, list):
+            problems.append("subjects: must be a list")
+        for i, subject in enumerate(subjects if isinstance(subjects, list) else []):
+            where = f"subjects[{i}]"
+            if not isinstance(subject, Mapping):
+                problems.append(f"{where}: must be a mapping")
+                continue
+            if subject.get("kind") not in _SUBJECT_KINDS:
+                problems.append(f"{where}.kind: Unsupported value: {subject.get('kind')!r}: supported values: "
+                                '"ServiceAccount", "User", "Group"')
+            if not isinstance(subject.get("name"), str) or not subject.get("name"):
+                problems.append(f"{where}.name: Required value")
+            if subject.get("kind") == "ServiceAccount" and kind == "ClusterRoleBinding" and not subject.get("namespace"):
+                problems.append(f"{where}.namespace: Required value")
+    return problems

@@ -22,6 +22,7 @@ EPILOG = """\
 Examples:
   k8sboot gen-certs -i inventory/cluster.yaml        # the whole PKI in pki/
   k8sboot whoami --cert pki/admin.pem                # who the API server says you are
+  k8sboot can-i --cert pki/admin.pem list pods       # what RBAC lets you do
   k8sboot lab up --controllers 3                     # real controller hosts on this machine
   k8sboot deploy-apiserver --inventory inventory/lab.yaml
   k8sboot verify -i inventory/lab.yaml --host controller-0
@@ -94,9 +95,10 @@ def root(
 
 
 def _register() -> None:
-    from k8sboot.cli import auth_cmds, completion_cmds, deploy_cmds, inventory_cmds, lab_cmds, pki_cmds
+    from k8sboot.cli import (auth_cmds, completion_cmds, deploy_cmds, inventory_cmds, lab_cmds, pki_cmds,
+                             rbac_cmds)
 
-    for module in (pki_cmds, auth_cmds, deploy_cmds, lab_cmds, inventory_cmds, completion_cmds):
+    for module in (pki_cmds, auth_cmds, rbac_cmds, deploy_cmds, lab_cmds, inventory_cmds, completion_cmds):
         module.register(app)
 
 
