@@ -177,7 +177,9 @@ def attributes_from_request(method: str, target: str) -> Attributes:
 # From kubernetes/kubernetes plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go and its
 # testdata/cluster-roles.yaml and cluster-role-bindings.yaml (the v1.2x–1.3x generation: basic-user
 # includes selfsubjectreviews, edit includes serviceaccounts/token). Only the roles a user meets;
-# the controllers' and nodes' roles are left out.
+# the controllers', scheduler's and nodes' roles and bindings are left out. The bindings of
+# system:monitoring (kubernetes/kubernetes#93311) and system:service-account-issuer-discovery
+# (#88344, to system:serviceaccounts) are the server's since 1.19/1.21.
 
 _READ = ["get", "list", "watch"]
 _WRITE = ["create", "delete", "deletecollection", "patch", "update"]
@@ -309,8 +311,11 @@ def _bootstrap_cluster_roles() -> list[dict]:
         _cluster_role("system:public-info-viewer", [
             _rule(["get"], urls=["/healthz", "/livez", "/readyz", "/version", "/version/"]),
         ]),
+        # the trailing-slash forms since kubernetes/kubernetes#117455 (clients generated from the
+        # OpenAPI spec ask for them)
         _cluster_role("system:service-account-issuer-discovery", [
-            _rule(["get"], urls=["/.well-known/openid-configuration", "/openid/v1/jwks"]),
+            _rule(["get"], urls=["/.well-known/openid-configuration", "/.well-known/openid-configuration/",
+                                 "/openid/v1/jwks", "/openid/v1/jwks/"]),
         ]),
         _cluster_role("view", None, labels=_AGG_EDIT, aggregate_from="aggregate-to-view"),
     ]

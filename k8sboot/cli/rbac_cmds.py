@@ -240,6 +240,19 @@ def _authenticate(cert: Optional[Path], key: Optional[Path], token: Optional[str
     return result.user
 
 
+def _note_if_kubectl_could_not_ask(user: UserInfo, authorizer, review: str) -> None:
+    """kubectl asks by creating a review; a user RBAC does not allow that (system:anonymous: only
+    system:authenticated has system:basic-user) gets a 403 from a real server instead of an answer."""
+    from k8sboot import console, rbac
+
+    attrs = rbac.Attributes(verb="create", is_resource=True, api_group=rbac.AUTHORIZATION_GROUP,
+                            api_version="v1", resource=review)
+    decision = authorizer.authorize(user, attrs)
+    if not decision.allowed:
+        console.info(f"note: kubectl auth can-i cannot ask this for {user.username}: the server answers "
+                     f"403 ({rbac.forbidden_status(user, attrs, decision.reason)['message']})")
+
+
 def can_i(
     verb: Optional[str] = typer.Argument(None, metavar="VERB", show_default=False,
                                          help="get, list, watch, create, update, patch, delete, ..., or '*'."),
@@ -261,6 +274,7 @@ def can_i(
                                                help="YAML with Roles, ClusterRoles, RoleBindings, "
                                                     "ClusterRoleBindings (repeatable)."),
     list_all: bool = typer.Option(False, "--list", help="Print every allowed action in the namespace."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing; answer with the exit code."),
     inventory: Path = inventory_option,
     as_json: bool = typer.Option(False, "--json",
                                  help="Print the SelfSubjectAccessReview (or RulesReview) the server would return."),
@@ -281,9 +295,9 @@ def can_i(
     if list_all:
         if verb is not None or target is not None:
             raise typer.BadParameter("--list takes no VERB or RESOURCE", param_hint="'--list'")
-        if all_namespaces or subresource:
-            raise typer.BadParameter("--list cannot be combined with --all-namespaces or --subresource",
-                                     param_hint="'--list'")
+        if all_namespaces or subresource or quiet:
+            raise typer.BadParameter("--list cannot be combined with --all-namespaces, --subresource or "
+                                     "--quiet", param_hint="'--list'")
     elif verb is None or target is None:
         raise typer.BadParameter("give VERB and RESOURCE[/NAME] (or a /URL), e.g. `list pods` or "
                                  "`get /healthz`; or --list", param_hint="'VERB RESOURCE'")
@@ -314,6 +328,7 @@ def can_i(
     for note in notes:
         console.info(note)
     authorizer = rbac.Authorizer(rbac.StaticSource(rbac.bootstrap_policy() + objects))
+    _note_if_kubectl_could_not_ask(user, authorizer, "selfsubjectrulesreviews" if list_all else "selfsubjectaccessreviews")
 
     if list_all:
         review = rbac.self_subject_rules_review(user, {"spec": {"namespace": namespace}}, authorizer)
@@ -347,7 +362,7 @@ def can_i(
     status = review["status"]
     if as_json:
         console.json_out(review)
-    else:
+    elif not quiet:
         console.data(rbac.render_can_i(rbac.Decision(status["allowed"], status.get("reason", ""),
                                                      evaluation_error=status.get("evaluationError", ""))))
     if not status["allowed"]:

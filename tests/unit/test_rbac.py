@@ -87,6 +87,7 @@ CASES = [
     ("sa-post-api", BOT, url("post", "/api"), (), False),
     ("sa-metrics", BOT, url("get", "/metrics"), (), False),
     ("sa-jwks", BOT, url("get", "/openid/v1/jwks"), (), True),     # system:serviceaccounts
+    ("sa-jwks-slash", BOT, url("get", "/openid/v1/jwks/"), (), True),      # kubernetes#117455
     ("jane-jwks", JANE, url("get", "/openid/v1/jwks"), (), False),
     # system:unauthenticated: system:public-info-viewer only
     ("anon-version", ANON, url("get", "/version"), (), True),
@@ -505,3 +506,30 @@ def test_rbac_imports_only_the_standard_library_and_nothing_from_k8sboot():
                               "import k8sboot.rbac; print(sorted(m for m in sys.modules if m.startswith('k8sboot')))",
                               str(ROOT)], capture_output=True, text=True, check=True)
     assert runtime.stdout.strip() == "['k8sboot', 'k8sboot.rbac']"
+
+
+def test_system_masters_needs_no_binding_at_all():
+    assert rbac.Authorizer(rbac.StaticSource([])).authorize(ADMIN, res("delete", "nodes", name="n")).allowed
+    assert not rbac.RBACAuthorizer(rbac.StaticSource([])).authorize(ADMIN, res("delete", "nodes", name="n")).allowed
+
+
+@pytest.mark.parametrize("obj, problem", [
+    (role("r", "dev", rule(["get"], resources=["pods"])), None),
+    (binding("b", "dev", "r", USER_JANE), None),
+    ({"kind": "Role", "metadata": {}}, "metadata.name: Required value"),
+    (role("r", "dev", {"resources": ["pods"], "apiGroups": [""]}), "rules[0].verbs: Required value"),
+    (role("r", "dev", {"verbs": ["get"], "resources": ["pods"]}), "rules[0].apiGroups: Required value"),
+    (role("r", "dev", rule(["get"], urls=["/x"])), "rules[0].nonResourceURLs: Invalid value: namespaced rules"),
+    (binding("b", "", "r", USER_JANE, kind="ClusterRoleBinding"), "roleRef.kind: Unsupported value: 'Role'"),
+    (binding("b", "dev", "r", {"kind": "Robot", "name": "x"}), "subjects[0].kind: Unsupported value: 'Robot'"),
+    (binding("b", "", "view", {"kind": "ServiceAccount", "name": "x"}, role_kind="ClusterRole",
+             kind="ClusterRoleBinding"), "subjects[0].namespace: Required value"),
+    ({"kind": "Pod"}, "kind: 'Pod' is not one of Role, ClusterRole, RoleBinding, ClusterRoleBinding"),
+    ("text", "the object is not a mapping"),
+])
+def test_check_object_says_what_makes_an_rbac_object_unusable(obj, problem):
+    problems = rbac.check_object(obj)
+    if problem is None:
+        assert problems == []
+    else:
+        assert problems and problems[0].startswith(problem), problems

@@ -256,3 +256,18 @@ def test_the_installed_entry_point_answers_and_exits_1_for_no(cluster):
     r = subprocess.run([str(exe), "can-i", "--token", cluster.token(), "list", "pods", "-n", "authn-demo"],
                        capture_output=True, text=True, timeout=60, cwd=cluster.root)
     assert (r.returncode, r.stdout) == (1, "no\n") and "Traceback" not in r.stderr
+
+
+def test_anonymous_is_answered_with_a_note_that_a_real_server_refuses_kubectls_review(open_cluster):
+    res = can_i("--anonymous", "get", "/version")
+    assert res.stdout == "yes\n"
+    assert ('note: kubectl auth can-i cannot ask this for system:anonymous: the server answers 403 '
+            '(selfsubjectaccessreviews.authorization.k8s.io is forbidden: User "system:anonymous" cannot create '
+            'resource "selfsubjectaccessreviews" in API group "authorization.k8s.io" at the cluster scope)') in res.stderr
+    assert "cannot ask" not in can_i("--token", open_cluster.token(), "get", "/version").stderr
+
+
+def test_quiet_answers_with_the_exit_code_only(cluster):
+    yes = can_i("-q", "--cert", "pki/admin.pem", "list", "pods")
+    no = can_i("--quiet", "--token", cluster.token(), "list", "pods")
+    assert (yes.exit_code, yes.stdout, no.exit_code, no.stdout) == (0, "", 1, "")
