@@ -58,7 +58,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 if TYPE_CHECKING:  # a user is duck-typed: .username and .groups
     from k8sboot.authn import UserInfo
@@ -135,7 +135,7 @@ def _name_from_field_selector(values: list[str]) -> str:
 def attributes_from_request(method: str, target: str) -> Attributes:
     """k8s.io/apiserver's RequestInfoFactory.NewRequestInfo for a method and request target."""
     url = urlsplit(target)
-    path = url.path
+    path = unquote(url.path)            # Go's URL.Path is the decoded path
     non_resource = Attributes(verb=method.lower(), path=path)
     parts = path.strip("/").split("/") if path.strip("/") else []
     if len(parts) < 3 or parts[0] not in _API_PREFIXES:
@@ -907,6 +907,18 @@ def _string_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
+def _mappings(obj: Mapping[str, Any], key: str, problems: list[str]):
+    """(field path, item) for each mapping of the list at `key`; what is not one is a problem."""
+    items = obj.get(key)
+    if items is not None and not isinstance(items, list):
+        problems.append(f"{key}: must be a list")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if isinstance(item, Mapping):
+            yield f"{key}[{i}]", item
+        else:
+            problems.append(f"{key}[{i}]: must be a mapping")
+
+
 def check_object(obj: Any) -> list[str]:
     """What makes an RBAC object unusable, each as `field: problem` (empty: usable). Checks the
     shape the authorizer reads (the real server's validation says more)."""
@@ -919,17 +931,10 @@ def check_object(obj: Any) -> list[str]:
     meta = obj.get("metadata")
     if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str) or not meta.get("name"):
         problems.append("metadata.name: Required value")
-    elif kind in ("Role", "RoleBinding") and meta.get("namespace") is not None and not isinstance(meta.get("namespace"), str):
+    elif meta.get("namespace") is not None and not isinstance(meta.get("namespace"), str):
         problems.append("metadata.namespace: must be a string")
     if kind in ("Role", "ClusterRole"):
-        rules = obj.get("rules")
-        if rules is not None and not isinstance(rules, list):
-            problems.append("rules: must be a list")
-        for i, rule in enumerate(rules if isinstance(rules, list) else []):
-            where = f"rules[{i}]"
-            if not isinstance(rule, Mapping):
-                problems.append(f"{where}: must be a mapping")
-                continue
+        for where, rule in _mappings(obj, "rules", problems):
             if not rule.get("verbs") or not _string_list(rule.get("verbs")):
                 problems.append(f"{where}.verbs: Required value: verbs must contain at least one value")
             for key in ("apiGroups", "resources", "resourceNames", "nonResourceURLs"):
@@ -955,14 +960,7 @@ def check_object(obj: Any) -> list[str]:
                                 + ", ".join(f'"{k}"' for k in allowed))
             if not isinstance(ref.get("name"), str) or not ref.get("name"):
                 problems.append("roleRef.name: Required value")
-        subjects = obj.get("subjects")
-        if subjects is not None and not isinstance(subjects, list):
-            problems.append("subjects: must be a list")
-        for i, subject in enumerate(subjects if isinstance(subjects, list) else []):
-            where = f"subjects[{i}]"
-            if not isinstance(subject, Mapping):
-                problems.append(f"{where}: must be a mapping")
-                continue
+        for where, subject in _mappings(obj, "subjects", problems):
             if subject.get("kind") not in _SUBJECT_KINDS:
                 problems.append(f"{where}.kind: Unsupported value: {subject.get('kind')!r}: supported values: "
                                 '"ServiceAccount", "User", "Group"')

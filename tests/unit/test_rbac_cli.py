@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from test_auth_cli import Cluster  # the same temp inventory + test-factory PKI as whoami's tests
+# the same temp inventory + test-factory PKI (and its fixtures) as whoami's tests
+from test_auth_cli import Cluster, cluster, open_cluster  # noqa: F401
 
 import authn_factory as f  # noqa: E402  (tests/ is on sys.path once test_auth_cli is imported)
 
@@ -49,18 +50,6 @@ roleRef:
   name: pod-reader
   apiGroup: rbac.authorization.k8s.io
 """
-
-
-@pytest.fixture
-def cluster(tmp_path, monkeypatch) -> Cluster:
-    monkeypatch.chdir(tmp_path)
-    return Cluster(tmp_path)
-
-
-@pytest.fixture
-def open_cluster(tmp_path, monkeypatch) -> Cluster:
-    monkeypatch.chdir(tmp_path)
-    return Cluster(tmp_path, anonymous_auth=True)
 
 
 def can_i(*args):
