@@ -35,7 +35,15 @@ Responses::
     forbidden_status(user, attrs, reason="") -> dict          # the 403 Status body
     self_subject_access_review(user, review, authorizer) -> dict   # POST selfsubjectaccessreviews
     self_subject_rules_review(user, review, authorizer) -> dict    # POST selfsubjectrulesreviews
-        both raise ReviewError(status: dict) for a request the real server refuses (400/422)
+        both answer 201 with the body; they raise ReviewError(.status: the Status body) for a
+        review the real server refuses (422 Invalid, 400 BadRequest)
+    access_review_attributes(spec) -> Attributes              # what a review's spec asks about
+    check_object(obj) -> list[str]                            # why an RBAC object is unusable
+
+What kubectl prints (for the offline `k8sboot can-i`)::
+
+    render_can_i(decision) -> str                             # "yes" / "no - <reason>"
+    render_rules_table(rules_result) -> str                   # `kubectl auth can-i --list`
 
 Semantics (kube-apiserver's, from plugin/pkg/auth/authorizer/rbac/rbac.go,
 pkg/registry/rbac/validation/rule.go and pkg/apis/rbac/v1/evaluation_helpers.go):
