@@ -7,8 +7,9 @@ policy plus the RBAC objects of the files given with -f. YAML is read here; rbac
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -16,6 +17,7 @@ from k8sboot.cli.options import inventory_option
 from k8sboot.errors import ExitCode, K8sbootError
 
 if TYPE_CHECKING:
+    from k8sboot import rbac
     from k8sboot.authn import UserInfo
 
 CAN_I_EPILOG = """\
@@ -140,6 +142,100 @@ def parse_target(target: str) -> tuple[str, str, str, bool | None, bool]:
     token, _, name = target.partition("/")
     resource, group, namespaced = resolve_resource(token)
     return resource, group, name, namespaced, False
+
+
+# --- what kubectl prints (pure; kubectl's client side, so not in rbac.py) ------------------------
+
+
+def render_can_i(decision: rbac.Decision) -> str:
+    """`kubectl auth can-i`'s line: "yes", or "no" with " - reason" and " - evaluationError"."""
+    if decision.allowed:
+        return "yes\n"
+    return "no" + (f" - {decision.reason}" if decision.reason else "") + (
+        f" - {decision.evaluation_error}" if decision.evaluation_error else "") + "\n"
+
+
+def _go_list(values: Sequence[str]) -> str:
+    return "[" + " ".join(values) + "]"
+
+
+def _breakdown(rule: Mapping[str, Any]) -> list[dict]:
+    """rbacutil.BreakdownRule: one verb, one group, one resource, at most one name per rule."""
+    out: list[dict] = []
+    verbs = list(rule.get("verbs") or [])
+    names = list(rule.get("resourceNames") or [])
+    for group in rule.get("apiGroups") or []:
+        for resource in rule.get("resources") or []:
+            for verb in verbs:
+                for name in names or [None]:
+                    out.append({"verbs": [verb], "apiGroups": [group], "resources": [resource],
+                                "resourceNames": [name] if name is not None else []})
+    for url in rule.get("nonResourceURLs") or []:
+        for verb in verbs:
+            out.append({"verbs": [verb], "nonResourceURLs": [url]})
+    return out
+
+
+def _compact(rules: Sequence[dict]) -> list[dict]:
+    """rbacutil.CompactRules: simple rules that differ only by verb become one."""
+    compacted: list[dict] = []
+    simple: dict[tuple, dict] = {}
+    for rule in rules:
+        names = rule.get("resourceNames") or []
+        if (len(names) <= 1 and not rule.get("nonResourceURLs") and len(rule.get("apiGroups") or []) == 1
+                and len(rule.get("resources") or []) == 1):
+            key = (rule["apiGroups"][0], rule["resources"][0], bool(names), names[0] if names else "")
+            if key in simple:
+                for verb in rule.get("verbs") or []:
+                    if verb not in simple[key]["verbs"]:
+                        simple[key]["verbs"].append(verb)
+            else:
+                simple[key] = {k: list(v) for k, v in rule.items()}
+        else:
+            compacted.append(rule)
+    return compacted + list(simple.values())
+
+
+def _go_rule_string(rule: Mapping[str, Any]) -> str:
+    """PolicyRule.String() (gogo-protobuf), the key kubectl sorts the list by."""
+    return ("&PolicyRule{" + "".join(f"{field}:{_go_list(rule.get(key) or [])}," for field, key in (
+        ("Verbs", "verbs"), ("APIGroups", "apiGroups"), ("Resources", "resources"),
+        ("ResourceNames", "resourceNames"), ("NonResourceURLs", "nonResourceURLs"))) + "}")
+
+
+def _combine_resource_group(resources: Sequence[str], groups: Sequence[str]) -> str:
+    """describe.CombineResourceGroup: pods, deployments.apps, pods/log, deployments.apps/scale."""
+    if not resources:
+        return ""
+    resource, _, sub = resources[0].partition("/")
+    combined = resource + (f".{groups[0]}" if groups and groups[0] else "")
+    return combined + (f"/{sub}" if "/" in resources[0] else "")
+
+
+def _go_tabwriter(rows: Sequence[Sequence[str]], minwidth: int = 6, padding: int = 3) -> str:
+    """Go's text/tabwriter as kubectl's printers.GetNewTabWriter sets it up (every cell but the
+    last of a row padded to its column's width)."""
+    columns = max(len(r) for r in rows) - 1
+    widths = [max([minwidth] + [len(r[i]) + padding for r in rows if len(r) > i + 1]) for i in range(columns)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        lines.append("".join(cells) + row[-1])
+    return "\n".join(lines) + "\n"
+
+
+def render_rules_table(result: rbac.RulesResult, *, headers: bool = True) -> str:
+    """`kubectl auth can-i --list`'s table for a rules review's status."""
+    rules: list[dict] = []
+    for rule in [*result.resource_rules, *result.non_resource_rules]:
+        rules.extend(_breakdown(rule))
+    compacted = sorted(_compact(rules), key=_go_rule_string)
+    rows = [["Resources", "Non-Resource URLs", "Resource Names", "Verbs"]] if headers else []
+    for rule in compacted:
+        rows.append([_combine_resource_group(rule.get("resources") or [], rule.get("apiGroups") or []),
+                     _go_list(rule.get("nonResourceURLs") or []), _go_list(rule.get("resourceNames") or []),
+                     _go_list(rule.get("verbs") or [])])
+    return _go_tabwriter(rows) if rows else ""
 
 
 # --- the RBAC files -------------------------------------------------------------------------------
@@ -340,7 +436,7 @@ def can_i(
             console.info(f"Warning: the list may be incomplete: {status.get('evaluationError', '')}")
         elif status.get("evaluationError"):
             console.info(f"note: {status['evaluationError']}")
-        console.data(rbac.render_rules_table(rbac.RulesResult(
+        console.data(render_rules_table(rbac.RulesResult(
             tuple(status["resourceRules"]), tuple(status["nonResourceRules"]), status["incomplete"],
             status.get("evaluationError", ""))).rstrip("\n"))
         return
@@ -363,7 +459,7 @@ def can_i(
     if as_json:
         console.json_out(review)
     elif not quiet:
-        console.data(rbac.render_can_i(rbac.Decision(status["allowed"], status.get("reason", ""),
+        console.data(render_can_i(rbac.Decision(status["allowed"], status.get("reason", ""),
                                                      evaluation_error=status.get("evaluationError", ""))))
     if not status["allowed"]:
         raise typer.Exit(int(ExitCode.FAILURE))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from k8sboot import rbac
+from k8sboot.cli import rbac_cmds
 from k8sboot.authn import UserInfo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -462,17 +463,17 @@ def test_ssrr_without_namespace_is_the_servers_400():
                                 "message": "no namespace on request", "reason": "BadRequest", "code": 400}
 
 
-# --- kubectl's rendering ----------------------------------------------------------------------------
+# --- kubectl's rendering (cli/rbac_cmds.py, from the review bodies) ----------------------------------------------------------------------------
 
 
 def test_render_can_i_is_kubectls_line():
-    assert rbac.render_can_i(rbac.Decision(True, "RBAC: allowed by x")) == "yes\n"
-    assert rbac.render_can_i(rbac.Decision(False, "")) == "no\n"
-    assert rbac.render_can_i(rbac.Decision(False, "RBAC: x")) == "no - RBAC: x\n"
+    assert rbac_cmds.render_can_i(rbac.Decision(True, "RBAC: allowed by x")) == "yes\n"
+    assert rbac_cmds.render_can_i(rbac.Decision(False, "")) == "no\n"
+    assert rbac_cmds.render_can_i(rbac.Decision(False, "RBAC: x")) == "no - RBAC: x\n"
 
 
 def test_list_table_for_cluster_admin_sorts_like_kubectl():
-    text = rbac.render_rules_table(_authz().rules_for(ADMIN, "default"))
+    text = rbac_cmds.render_rules_table(_authz().rules_for(ADMIN, "default"))
     lines = text.splitlines()
     assert lines[0].split() == ["Resources", "Non-Resource", "URLs", "Resource", "Names", "Verbs"]
     assert lines[1].split() == ["*.*", "[]", "[]", "[*]"]
@@ -486,7 +487,7 @@ def test_list_table_merges_verbs_of_one_resource_and_shows_names_and_subresource
     extra = [role("r", "default", rule(["get"], resources=["pods"]), rule(["list"], resources=["pods"]),
                   rule(["get"], groups=["apps"], resources=["deployments/scale"], names=["d"])),
              binding("b", "default", "r", USER_JANE)]
-    rows = [line.split() for line in rbac.render_rules_table(_authz(extra).rules_for(JANE, "default")).splitlines()]
+    rows = [line.split() for line in rbac_cmds.render_rules_table(_authz(extra).rules_for(JANE, "default")).splitlines()]
     assert ["pods", "[]", "[]", "[get", "list]"] in rows
     assert ["deployments.apps/scale", "[]", "[d]", "[get]"] in rows
 
