@@ -70,13 +70,19 @@ Semantics (kube-apiserver's, checked against its source):
   authenticator returns "not ok, no error"), or an Authorization header that is not
   `Bearer <token>`. With nothing but ignored credentials the request is anonymous when
   --anonymous-auth is on, else 401.
-- x509: Go's `Certificate.Verify` order: the leaf's validity first (expired and not-yet-valid are
-  distinct reasons here; Go says "expired or is not yet valid" for both), then a chain to a CA of
-  the client CA bundle (issuer name equal, the issuer a CA, signature over tbs_certificate_bytes
-  with the issuer's public key, issuer valid now; presented intermediates are used), then EKU
-  clientAuth along the chain. A certificate *without* an EKU extension, or with anyExtendedKeyUsage,
-  is accepted, as Go accepts it. Username = the CN, groups = each O in order + system:authenticated,
-  extra credential-id `X509SHA256=<hex sha256 of the DER>`.
+- x509: Go's crypto/x509 `Certificate.Verify` (roots = the client CA bundle, intermediates = what
+  the client presented, KeyUsages [ClientAuth]), step by step and with Go's error text (checked
+  against Go itself by tests/unit/test_go_oracle.py): the leaf's unhandled critical extensions
+  (any critical extension Go does not handle), then its validity; then chains to a root, each
+  candidate parent checked as CheckSignatureFrom (a CA, keyCertSign when KeyUsage is set, a
+  signature Go accepts: SHA-1 and MD5 are insecure, Ed448 unknown) and isValid (critical
+  extensions, validity, CA bit of an intermediate, path length); then per chain EKU clientAuth (a
+  certificate without EKU, or with anyExtendedKeyUsage, allows it) and the CAs' name constraints
+  over the SANs below them (DNS, IP, email, URI). When no chain is found the error is Go's: the
+  last candidate's isValid error (an expired CA is "certificate has expired"), or "signed by
+  unknown authority" with the first hint. A certificate Go cannot parse (critical SKID or AIA) is
+  malformed. Certificate policies are not evaluated. Username = the CN, groups = each O in
+  order + system:authenticated, extra credential-id `X509SHA256=<hex sha256 of the DER>`.
 - ServiceAccount JWT, in the real authenticator's order: well-formed (3 base64url segments, JSON
   objects nesting at most MAX_JSON_DEPTH levels, at most MAX_TOKEN_BYTES), `iss` among the
   issuers or the legacy `kubernetes/serviceaccount` (read before the signature, as the real
@@ -120,9 +126,9 @@ from typing import Any, Callable, Optional, Union
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey]
 # (namespace, name) -> the uid of the stored ServiceAccount, or None when there is none
@@ -159,7 +165,6 @@ LEEWAY = timedelta(seconds=60)          # go-jose's jwt.DefaultLeeway, used by t
 MAX_TOKEN_BYTES = 1 << 20               # Go's http.DefaultMaxHeaderBytes: a header cannot be larger
 MAX_JSON_DEPTH = 64                     # a real token nests 3 levels; deeper JSON is refused as
                                         # malformed before anything recurses over it
-_MAX_CHAIN_DEPTH = 8
 
 
 class Reason(str, Enum):
@@ -172,6 +177,8 @@ class Reason(str, Enum):
     CERT_NOT_YET_VALID = "cert_not_yet_valid"
     CERT_INCOMPATIBLE_USAGE = "cert_incompatible_usage"
     CERT_UNHANDLED_CRITICAL_EXTENSION = "cert_unhandled_critical_extension"
+    CERT_CHAIN_INVALID = "cert_chain_invalid"                  # a CA above it: not a CA, path length
+    CERT_NAME_NOT_AUTHORIZED = "cert_name_not_authorized"      # a CA's name constraints exclude a SAN
     CERT_EMPTY_COMMON_NAME = "cert_empty_common_name"          # ignored, not an error
     CERT_AUTHENTICATOR_OFF = "cert_authenticator_off"          # ignored: no --client-ca-file
     TOKEN_MALFORMED = "token_malformed"
@@ -446,129 +453,501 @@ def _describe(cert: x509.Certificate) -> str:
     return f"CN={cns[-1].value}" if cns else f"serial {cert.serial_number}"
 
 
-def _validity_error(cert: x509.Certificate, now: datetime) -> tuple[Reason, str] | None:
+# Go's crypto/x509 (the version of the oracle in tests/oracle) is followed here step by step:
+# Certificate.Verify -> isValid(leaf) -> buildChains (CheckSignatureFrom, isValid(CA)) -> per chain
+# extended key usage, then name constraints. Every message below is Go's error text.
+
+
+@dataclass(frozen=True)
+class _GoError:
+    reason: Reason
+    message: str                              # Go's err.Error()
+    cert: x509.Certificate | None = None      # the authority certificate at fault, when not the leaf
+
+
+def _go_quote(text: str) -> str:
+    """Go's %q for printable text."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _go_name(cert: x509.Certificate) -> str:
+    """How UnknownAuthorityError names a candidate: the CN, else the first O, else the serial."""
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if cns and cns[-1].value:
+        return str(cns[-1].value)
+    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(orgs[0].value) if orgs else f"serial:{cert.serial_number}"
+
+
+def _validity_error(cert: x509.Certificate, now: datetime) -> _GoError | None:
     not_before, not_after = cert_not_valid_before(cert), cert_not_valid_after(cert)
+    expired = "x509: certificate has expired or is not yet valid: current time"
     if now < not_before:
-        return (Reason.CERT_NOT_YET_VALID, f"x509: certificate is not yet valid: current time "
-                                           f"{_rfc3339(now)} is before {_rfc3339(not_before)}")
+        return _GoError(Reason.CERT_NOT_YET_VALID,
+                        f"{expired} {_rfc3339(now)} is before {_rfc3339(not_before)}")
     if now > not_after:
-        return (Reason.CERT_EXPIRED, f"x509: certificate has expired: current time "
-                                     f"{_rfc3339(now)} is after {_rfc3339(not_after)}")
+        return _GoError(Reason.CERT_EXPIRED, f"{expired} {_rfc3339(now)} is after {_rfc3339(not_after)}")
+    return None
+
+
+# The extensions Go's parser handles (processExtensions); any other one marked critical is an
+# "unhandled critical extension". SAN is unhandled when it holds none of DNS/email/IP/URI, name
+# constraints when they constrain another kind of name (e.g. a directoryName).
+_GO_HANDLED_EXTENSIONS = frozenset({
+    "2.5.29.14", "2.5.29.15", "2.5.29.17", "2.5.29.19", "2.5.29.30", "2.5.29.31", "2.5.29.32",
+    "2.5.29.33", "2.5.29.35", "2.5.29.36", "2.5.29.37", "2.5.29.54", "1.3.6.1.5.5.7.1.1"})
+_GO_NAME_TYPES = (x509.DNSName, x509.RFC822Name, x509.IPAddress, x509.UniformResourceIdentifier)
+
+
+def _go_parse_error(cert: x509.Certificate) -> str | None:
+    """What Go's ParseCertificate refuses and cryptography reads (a TLS handshake would fail)."""
+    for ext in cert.extensions:
+        if ext.critical and ext.oid.dotted_string == "2.5.29.14":
+            return "x509: subject key identifier incorrectly marked critical"
+        if ext.critical and ext.oid.dotted_string == "1.3.6.1.5.5.7.1.1":
+            return "x509: authority info access incorrectly marked critical"
     return None
 
 
 def _unhandled_critical_extension(cert: x509.Certificate) -> bool:
-    return any(ext.critical and isinstance(ext.value, x509.UnrecognizedExtension)
-               for ext in cert.extensions)
+    for ext in cert.extensions:
+        if not ext.critical:
+            continue
+        oid = ext.oid.dotted_string
+        if oid not in _GO_HANDLED_EXTENSIONS:
+            return True
+        if oid == "2.5.29.17" and not any(isinstance(n, _GO_NAME_TYPES) for n in ext.value):
+            return True
+        if oid == "2.5.29.30":
+            subtrees = [*(ext.value.permitted_subtrees or ()), *(ext.value.excluded_subtrees or ())]
+            if any(not isinstance(n, _GO_NAME_TYPES) for n in subtrees):
+                return True
+    return False
 
 
-def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
+def _extension(cert: x509.Certificate, kind: type) -> Any:
     try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
 
 
-def _can_sign_certificates(parent: x509.Certificate) -> str | None:
-    """Go's checkSignatureFrom constraints on the parent: a CA (or a v1 cert), keyCertSign."""
-    bc = _basic_constraints(parent)
-    if parent.version == x509.Version.v3 and (bc is None or not bc.ca):
-        return "x509: invalid signature: parent certificate cannot sign this kind of certificate"
-    try:
-        ku = parent.extensions.get_extension_for_class(x509.KeyUsage).value
-        if not ku.key_cert_sign:
-            return "x509: invalid signature: parent certificate cannot sign this kind of certificate"
-    except x509.ExtensionNotFound:
-        pass
+def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
+    return _extension(cert, x509.BasicConstraints)
+
+
+def _any_key_usage(ku: x509.KeyUsage) -> bool:
+    bits = [ku.digital_signature, ku.content_commitment, ku.key_encipherment, ku.data_encipherment,
+            ku.key_agreement, ku.key_cert_sign, ku.crl_sign]
+    if ku.key_agreement:
+        bits += [ku.encipher_only, ku.decipher_only]
+    return any(bits)
+
+
+# signature OID -> (Go's name, key kind, hash name); hash None: Ed25519 (no pre-hashing)
+_GO_SIGNATURE_ALGORITHMS = {
+    "1.2.840.113549.1.1.4": ("MD5-RSA", "RSA", "md5"),
+    "1.2.840.113549.1.1.5": ("SHA1-RSA", "RSA", "sha1"),
+    "1.3.14.3.2.29": ("SHA1-RSA", "RSA", "sha1"),
+    "1.2.840.113549.1.1.11": ("SHA256-RSA", "RSA", "sha256"),
+    "1.2.840.113549.1.1.12": ("SHA384-RSA", "RSA", "sha384"),
+    "1.2.840.113549.1.1.13": ("SHA512-RSA", "RSA", "sha512"),
+    "1.2.840.113549.1.1.10": ("RSAPSS", "RSA", "pss"),
+    "1.2.840.10040.4.3": ("DSA-SHA1", "DSA", "sha1"),
+    "2.16.840.1.101.3.4.3.2": ("DSA-SHA256", "DSA", "sha256"),
+    "1.2.840.10045.4.1": ("ECDSA-SHA1", "ECDSA", "sha1"),
+    "1.2.840.10045.4.3.2": ("ECDSA-SHA256", "ECDSA", "sha256"),
+    "1.2.840.10045.4.3.3": ("ECDSA-SHA384", "ECDSA", "sha384"),
+    "1.2.840.10045.4.3.4": ("ECDSA-SHA512", "ECDSA", "sha512"),
+    "1.3.101.112": ("Ed25519", "Ed25519", None),
+}
+_GO_UNSUPPORTED = "x509: cannot verify signature: algorithm unimplemented"
+_CANNOT_SIGN = "x509: invalid signature: parent certificate cannot sign this kind of certificate"
+
+
+def _go_key_kind(key: Any) -> str | None:
+    """Go's PublicKeyAlgorithm for a parsed key; None where Go leaves PublicKey nil."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ECDSA"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    if isinstance(key, dsa.DSAPublicKey):
+        return "DSA"
     return None
 
 
-def _signature_error(child: x509.Certificate, parent: x509.Certificate) -> str | None:
-    """None when `parent`'s public key verifies `child`'s signature over its TBS bytes."""
-    constraint = _can_sign_certificates(parent)
-    if constraint:
-        return constraint
+_GO_KEY_TYPE = {"RSA": "*rsa.PublicKey", "ECDSA": "*ecdsa.PublicKey", "Ed25519": "ed25519.PublicKey",
+                "DSA": "*dsa.PublicKey"}
+
+
+def _check_signature_from(child: x509.Certificate, parent: x509.Certificate) -> str | None:
+    """Go's Certificate.CheckSignatureFrom: None when `parent` may sign and did sign `child`."""
+    bc = _basic_constraints(parent)
+    if (parent.version == x509.Version.v3 and bc is None) or (bc is not None and not bc.ca):
+        return _CANNOT_SIGN
+    ku = _extension(parent, x509.KeyUsage)
+    if ku is not None and _any_key_usage(ku) and not ku.key_cert_sign:
+        return _CANNOT_SIGN
     key = parent.public_key()
-    oid = child.signature_algorithm_oid
+    kind = _go_key_kind(key)
+    if kind is None:
+        return _GO_UNSUPPORTED
+    details = _GO_SIGNATURE_ALGORITHMS.get(child.signature_algorithm_oid.dotted_string)
+    if details is None:
+        return _GO_UNSUPPORTED
+    name, algorithm_kind, hash_name = details
+    if hash_name == "pss":
+        hash_alg = child.signature_hash_algorithm
+        if hash_alg is None or hash_alg.name not in ("sha256", "sha384", "sha512"):
+            return _GO_UNSUPPORTED
+    elif hash_name in ("md5", "sha1"):
+        return f"x509: cannot verify signature: insecure algorithm {name}"
+    if algorithm_kind != kind:
+        if kind == "DSA":
+            return _GO_UNSUPPORTED
+        return (f"x509: signature algorithm specifies an {algorithm_kind} public key, but have "
+                f"public key of type {_GO_KEY_TYPE[kind]}")
     try:
         if isinstance(key, rsa.RSAPublicKey):
+            if key.key_size < 1024:
+                return (f"crypto/rsa: {key.key_size}-bit keys are insecure "
+                        "(see https://go.dev/pkg/crypto/rsa#hdr-Minimum_key_size)")
             hash_alg = child.signature_hash_algorithm
-            if hash_alg is None:
-                return "x509: signature algorithm does not match the issuer's RSA key"
-            if oid == SignatureAlgorithmOID.RSASSA_PSS:
-                pad: padding.AsymmetricPadding = padding.PSS(
-                    mgf=padding.MGF1(hash_alg), salt_length=hash_alg.digest_size)
-            else:
-                pad = padding.PKCS1v15()
-            key.verify(child.signature, child.tbs_certificate_bytes, pad, hash_alg)
+            pad: padding.AsymmetricPadding = (
+                padding.PSS(mgf=padding.MGF1(hash_alg), salt_length=hash_alg.digest_size)
+                if hash_name == "pss" else padding.PKCS1v15())
+            try:
+                key.verify(child.signature, child.tbs_certificate_bytes, pad, hash_alg)
+            except InvalidSignature:
+                return "crypto/rsa: verification error"
         elif isinstance(key, ec.EllipticCurvePublicKey):
-            hash_alg = child.signature_hash_algorithm
-            if hash_alg is None or not oid.dotted_string.startswith("1.2.840.10045.4."):
-                return "x509: signature algorithm does not match the issuer's ECDSA key"
-            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(hash_alg))
-        elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
-            key.verify(child.signature, child.tbs_certificate_bytes)
+            try:
+                key.verify(child.signature, child.tbs_certificate_bytes,
+                           ec.ECDSA(child.signature_hash_algorithm))
+            except InvalidSignature:
+                return "x509: ECDSA verification failure"
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            try:
+                key.verify(child.signature, child.tbs_certificate_bytes)
+            except InvalidSignature:
+                return "x509: Ed25519 verification failure"
         else:
-            return "x509: cannot verify signature: unsupported issuer key type"
-    except InvalidSignature:
-        return "crypto: verification error"
-    except (UnsupportedAlgorithm, ValueError, TypeError) as exc:
-        return f"x509: cannot verify signature: {exc}"
+            return _GO_UNSUPPORTED
+    except (UnsupportedAlgorithm, ValueError, TypeError):
+        return _GO_UNSUPPORTED
     return None
 
 
-def _path_len_error(cert: x509.Certificate, intermediates_below: int) -> bool:
+def _is_valid(cert: x509.Certificate, chain: Sequence[x509.Certificate], now: datetime, *,
+              intermediate: bool = False) -> _GoError | None:
+    """Go's isValid for a candidate authority above `chain`, in its order."""
+    if _unhandled_critical_extension(cert):
+        return _GoError(Reason.CERT_UNHANDLED_CRITICAL_EXTENSION, "x509: unhandled critical extension")
+    invalid = _validity_error(cert, now)
+    if invalid is not None:
+        return invalid
     bc = _basic_constraints(cert)
-    return bc is not None and bc.path_length is not None and intermediates_below > bc.path_length
+    if intermediate and (bc is None or not bc.ca):
+        return _GoError(Reason.CERT_CHAIN_INVALID,
+                        "x509: certificate is not authorized to sign other certificates")
+    if bc is not None and bc.path_length is not None and len(chain) - 1 > bc.path_length:
+        return _GoError(Reason.CERT_CHAIN_INVALID, "x509: too many intermediates for path length constraint")
+    return None
 
 
-def _build_chains(
-    chain: list[x509.Certificate],
-    intermediates: Sequence[x509.Certificate],
-    roots: Sequence[x509.Certificate],
-    now: datetime,
-    hint: list[tuple[str, x509.Certificate]],
-) -> list[list[x509.Certificate]]:
-    """Go's buildChains, small: every path from chain[-1] up to a root of the bundle."""
+def _key_id(cert: x509.Certificate, kind: type) -> bytes:
+    value = _extension(cert, kind)
+    if value is None:
+        return b""
+    return (value.digest if kind is x509.SubjectKeyIdentifier else value.key_identifier) or b""
+
+
+def _potential_parents(cert: x509.Certificate, pool: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """CertPool.findPotentialParents: same subject as the issuer; key ids matching first."""
+    issuer, akid = cert.issuer.public_bytes(), _key_id(cert, x509.AuthorityKeyIdentifier)
+    ranked: tuple[list, list, list] = ([], [], [])
+    for candidate in pool:
+        if candidate.subject.public_bytes() != issuer:
+            continue
+        skid = _key_id(candidate, x509.SubjectKeyIdentifier)
+        rank = 0 if skid == akid else 1 if (not skid) != (not akid) else 2
+        ranked[rank].append(candidate)
+    return [*ranked[0], *ranked[1], *ranked[2]]
+
+
+def _san_bytes(cert: x509.Certificate) -> bytes | None:
+    for ext in cert.extensions:
+        if ext.oid.dotted_string == "2.5.29.17":
+            return ext.value.public_bytes() if hasattr(ext.value, "public_bytes") else repr(ext.value).encode()
+    return None
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _already_in_chain(candidate: x509.Certificate, chain: Sequence[x509.Certificate]) -> bool:
+    """Go compares subject, public key and SAN (not the bytes): cross-signing loops end here."""
+    for cert in chain:
+        if (cert.subject.public_bytes() == candidate.subject.public_bytes()
+                and _spki(cert) == _spki(candidate) and _san_bytes(cert) == _san_bytes(candidate)):
+            return True
+    return False
+
+
+_MAX_SIGNATURE_CHECKS = 100     # Go's maxChainSignatureChecks
+
+
+def _build_chains(chain: list[x509.Certificate], intermediates: Sequence[x509.Certificate],
+                  roots: Sequence[x509.Certificate], now: datetime,
+                  checks: list[int]) -> tuple[list[list[x509.Certificate]], _GoError | None]:
+    """Go's buildChains, including which error it returns: the last candidate's isValid error (or
+    a deeper level's error) when no chain is found, else UnknownAuthorityError with the first hint."""
     current = chain[-1]
-    issuer = current.issuer.public_bytes()
-    found: list[list[x509.Certificate]] = []
-    candidates = [(c, True) for c in roots] + [(c, False) for c in intermediates]
-    for candidate, is_root in candidates:
-        if candidate.subject.public_bytes() != issuer or any(candidate == c for c in chain):
+    chains: list[list[x509.Certificate]] = []
+    err: _GoError | None = None
+    hint: tuple[str, x509.Certificate] | None = None
+    for is_root, pool in ((True, roots), (False, intermediates)):
+        for candidate in _potential_parents(current, pool):
+            checks[0] += 1
+            if checks[0] > _MAX_SIGNATURE_CHECKS:
+                err = _GoError(Reason.CERT_UNKNOWN_AUTHORITY, "x509: signature check attempts limit "
+                                                              "reached while verifying certificate chain")
+                break
+            if _go_key_kind(candidate.public_key()) is None or _already_in_chain(candidate, chain):
+                continue
+            problem = _check_signature_from(current, candidate)
+            if problem is not None:
+                hint = hint or (problem, candidate)
+                continue
+            err = _is_valid(candidate, chain, now, intermediate=not is_root)
+            if err is not None:
+                err = _GoError(err.reason, err.message, candidate)
+                hint = hint or (err.message, candidate)
+                continue
+            if is_root:
+                chains.append([*chain, candidate])
+            else:
+                found, err = _build_chains([*chain, candidate], intermediates, roots, now, checks)
+                chains.extend(found)
+        else:
             continue
-        problem = _signature_error(current, candidate)
-        if problem is None:
-            invalid = _validity_error(candidate, now)
-            if invalid is not None:
-                problem = invalid[1]
-            elif _unhandled_critical_extension(candidate):
-                problem = "x509: unhandled critical extension"
-            elif _path_len_error(candidate, len(chain) - 1):
-                problem = "x509: too many intermediates for path length constraint"
-        if problem is not None:
-            if not hint:
-                hint.append((problem, candidate))
-            continue
-        if is_root:
-            found.append([*chain, candidate])
-        elif len(chain) < _MAX_CHAIN_DEPTH:
-            found.extend(_build_chains([*chain, candidate], intermediates, roots, now, hint))
-    return found
+        break
+    if chains:
+        return chains, None
+    if err is None:
+        message = "x509: certificate signed by unknown authority"
+        if hint is not None:
+            message += (f" (possibly because of {_go_quote(hint[0])} while trying to verify "
+                        f"candidate authority certificate {_go_quote(_go_name(hint[1]))})")
+        err = _GoError(Reason.CERT_UNKNOWN_AUTHORITY, message)
+    return chains, err
 
 
 def _eku_allows_client_auth(chain: Sequence[x509.Certificate]) -> bool:
     """Go's checkChainForKeyUsage for [ClientAuth]: every cert with an EKU must allow it."""
     for cert in reversed(chain):
-        try:
-            usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-        except x509.ExtensionNotFound:
-            continue
+        eku = _extension(cert, x509.ExtendedKeyUsage)
+        usages = list(eku) if eku is not None else []
         if not usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
             continue
         if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
             return False
     return True
+
+
+# --- name constraints (Go's constraints.go) -------------------------------------------------------
+
+
+def _domain_name_valid(name: str, constraint: bool = False) -> bool:
+    if not name:
+        return True
+    if name.endswith("."):
+        return False
+    if constraint and name.startswith("."):
+        name = name[1:]
+    return all(label and all(33 <= ord(c) <= 126 for c in label) for label in name.split("."))
+
+
+def _dns_has_suffix(constraint: str, name: str) -> bool:
+    """dnsHasSuffix: `constraint` is a label suffix of `name` (ASCII case-insensitively); a
+    leading-period constraint needs at least one more label."""
+    if len(constraint) > len(name) or not name.lower().endswith(constraint.lower()):
+        return False
+    return constraint.startswith(".") or len(name) == len(constraint) or \
+        name[len(name) - len(constraint) - 1] == "."
+
+
+def _trim_first_label(name: str) -> str:
+    dot = name.find(".")
+    return "" if dot < 0 else name[dot:]
+
+
+def _dns_query(constraints: Sequence[str], name: str, *, permitted: bool) -> str | None:
+    """The constraint that matches `name`, or None (an empty constraint matches everything)."""
+    if any(c == "" for c in constraints):
+        return ""
+    for constraint in constraints:
+        if _dns_has_suffix(constraint, name):
+            return constraint
+    if not permitted and name.startswith("*"):          # *.example.com vs excluded a.example.com
+        parent = _trim_first_label(name.lower())
+        for constraint in constraints:
+            if parent and _trim_first_label(constraint.lower()) == parent:
+                return constraint
+    return None
+
+
+def _mailbox(address: str) -> tuple[str, str] | None:
+    local, at, domain = address.rpartition("@")
+    return (local, domain.lower()) if at and local and domain else None
+
+
+def _email_query(constraints: Sequence[str], mailbox: tuple[str, str], *, permitted: bool) -> str | None:
+    for constraint in constraints:
+        if "@" in constraint and _mailbox(constraint) == mailbox:
+            return f"{mailbox[0]}@{mailbox[1]}"
+    domains = [c for c in constraints if "@" not in c]
+    return _dns_query(domains, mailbox[1], permitted=permitted) if domains else None
+
+
+def _uri_host(uri: str) -> tuple[str | None, str | None]:
+    """(host, None) or (None, error) as Go's parseURIs gives them."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(uri).netloc.rpartition("@")[2].lower()
+    if not host:
+        return None, f"URI with empty host ({_go_quote(uri)}) cannot be matched against constraints"
+    if ":" in host and not host.endswith("]"):
+        host = host.rsplit(":", 1)[0]
+    try:
+        ipaddress.ip_address(host)
+        is_ip = True
+    except ValueError:
+        is_ip = host.startswith("[") and host.endswith("]")
+    if is_ip:
+        return None, f"URI with IP ({_go_quote(uri)}) cannot be matched against constraints"
+    return host, None
+
+
+def _constraint_problem(nc: x509.NameConstraints, dns: Sequence[str], uris: Sequence[tuple[str, str]],
+                        emails: Sequence[tuple[str, str]], ips: Sequence[Any]) -> str | None:
+    def names(subtrees: Any, kind: type) -> list[Any]:
+        return [s.value for s in (subtrees or ()) if isinstance(s, kind)]
+
+    def check(kind: str, shown: str, permitted: list, excluded: list, query) -> str | None:
+        if permitted and query(permitted, True) is None:
+            return f"{kind} {_go_quote(shown)} is not permitted by any constraint"
+        if excluded:
+            constraint = query(excluded, False)
+            if constraint is not None:
+                return f"{kind} {_go_quote(shown)} is excluded by constraint {_go_quote(str(constraint))}"
+        return None
+
+    for ip in ips:
+        def ip_query(nets: list, _permitted: bool, ip=ip) -> Any:
+            same = [n for n in nets if n.version == ip.version]
+            return next((n for n in same if ip in n), None)
+        problem = check("IP address", str(ip), names(nc.permitted_subtrees, x509.IPAddress),
+                        names(nc.excluded_subtrees, x509.IPAddress), ip_query)
+        if problem:
+            return problem
+    for name in dns:
+        if not _domain_name_valid(name):
+            return f"x509: cannot parse dnsName {_go_quote(name)}"
+        problem = check("DNS name", name, names(nc.permitted_subtrees, x509.DNSName),
+                        names(nc.excluded_subtrees, x509.DNSName),
+                        lambda cs, p, name=name: _dns_query(cs, name, permitted=p))
+        if problem:
+            return problem
+    for uri, host in uris:
+        if not _domain_name_valid(host):
+            return f"x509: internal error: URI SAN {_go_quote(uri)} failed to parse"
+        problem = check("URI", uri, names(nc.permitted_subtrees, x509.UniformResourceIdentifier),
+                        names(nc.excluded_subtrees, x509.UniformResourceIdentifier),
+                        lambda cs, p, host=host: _dns_query(cs, host, permitted=p))
+        if problem:
+            return problem
+    for mailbox in emails:
+        shown = f"{mailbox[0]}@{mailbox[1]}"
+        if not _domain_name_valid(mailbox[1]):
+            return f"x509: cannot parse rfc822Name {_go_quote(shown)}"
+        problem = check("email address", shown, names(nc.permitted_subtrees, x509.RFC822Name),
+                        names(nc.excluded_subtrees, x509.RFC822Name),
+                        lambda cs, p, mailbox=mailbox: _email_query(cs, mailbox, permitted=p))
+        if problem:
+            return problem
+    return None
+
+
+def _chain_constraints_problem(chain: Sequence[x509.Certificate]) -> str | None:
+    """Go's checkChainConstraints: each CA's name constraints bind the SANs of the certs below."""
+    constrained = [(i, nc) for i, c in enumerate(chain)
+                   for nc in (_extension(c, x509.NameConstraints),) if nc is not None]
+    if not constrained:
+        return None
+    for i, cert in enumerate(chain):
+        san = _extension(cert, x509.SubjectAlternativeName)
+        if san is None:
+            continue
+        above = [nc for j, nc in constrained if j > i]
+        if not above:
+            return None
+        uris: list[tuple[str, str]] = []
+        for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+            host, error = _uri_host(uri)
+            if error:
+                return error
+            uris.append((uri, host or ""))
+        emails = []
+        for address in san.get_values_for_type(x509.RFC822Name):
+            mailbox = _mailbox(address)
+            if mailbox is None:
+                return f"cannot parse rfc822Name {_go_quote(address)}"
+            emails.append(mailbox)
+        for nc in above:
+            problem = _constraint_problem(nc, san.get_values_for_type(x509.DNSName), uris, emails,
+                                          san.get_values_for_type(x509.IPAddress))
+            if problem:
+                return problem
+    return None
+
+
+def _go_verify(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
+               roots: Sequence[x509.Certificate], now: datetime) -> _GoError | list[list[x509.Certificate]]:
+    """Go's Certificate.Verify with KeyUsages [ClientAuth]: the chains, or the error Go returns."""
+    if _unhandled_critical_extension(leaf):
+        return _GoError(Reason.CERT_UNHANDLED_CRITICAL_EXTENSION, "x509: unhandled critical extension")
+    invalid = _validity_error(leaf, now)
+    if invalid is not None:
+        return invalid
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    if any(der == root.public_bytes(serialization.Encoding.DER) for root in roots):
+        chains = [[leaf]]            # the leaf is itself a trusted root (Go: opts.Roots.contains)
+    else:
+        chains, err = _build_chains([leaf], intermediates, roots, now, [0])
+        if err is not None:
+            return err
+    incompatible, constraints_detail, valid = 0, None, []
+    for chain in chains:
+        if not _eku_allows_client_auth(chain):
+            incompatible += 1
+            continue
+        problem = _chain_constraints_problem(chain)
+        if problem is not None:
+            constraints_detail = constraints_detail or problem
+            continue
+        valid.append(chain)
+    if valid:
+        return valid
+    if constraints_detail is not None:
+        return _GoError(Reason.CERT_NAME_NOT_AUTHORIZED, "x509: a root or intermediate certificate is "
+                        f"not authorized to sign for this name: {constraints_detail}")
+    return _GoError(Reason.CERT_INCOMPATIBLE_USAGE, "x509: certificate specifies an incompatible key usage")
 
 
 # The CA certificates in an AuthenticatorConfig are shared by every request thread of the lab's
@@ -592,6 +971,11 @@ def authenticate_cert(
         return _authenticate_cert(client_cert_der, config, now, intermediates_der=intermediates_der)
 
 
+_HINTS = {
+    Reason.CERT_INCOMPATIBLE_USAGE: " (the API server needs Extended Key Usage clientAuth)",
+}
+
+
 def _authenticate_cert(
     client_cert_der: bytes,
     config: AuthenticatorConfig,
@@ -607,35 +991,19 @@ def _authenticate_cert(
     try:
         leaf = x509.load_der_x509_certificate(bytes(client_cert_der))
         intermediates = [x509.load_der_x509_certificate(bytes(d)) for d in intermediates_der]
-        critical = _unhandled_critical_extension(leaf)
+        refused = next(filter(None, (_go_parse_error(c) for c in (leaf, *intermediates))), None)
+        if refused is None:
+            result = _go_verify(leaf, _unique(intermediates), _unique(config.client_ca), now)
     except ValueError as exc:
         return _fail(X509, Reason.CERT_MALFORMED, f"client certificate cannot be parsed: {exc}")
+    if refused is not None:
+        return _fail(X509, Reason.CERT_MALFORMED, f"client certificate cannot be parsed: {refused}")
     who = f"client certificate {_describe(leaf)}"
-
-    invalid = _validity_error(leaf, now)
-    if invalid is not None:
-        return _fail(X509, invalid[0], f"{who}: {invalid[1]}")
-    if critical:
-        return _fail(X509, Reason.CERT_UNHANDLED_CRITICAL_EXTENSION,
-                     f"{who}: x509: unhandled critical extension")
-
-    if any(leaf == root for root in config.client_ca):
-        chains = [[leaf]]            # the leaf is itself a trusted root (Go: opts.Roots.contains)
-    else:
-        hint: list[tuple[str, x509.Certificate]] = []
-        chains = _build_chains([leaf], intermediates, config.client_ca, now, hint)
-        if not chains:
-            message = f"{who}: x509: certificate signed by unknown authority"
-            if hint:
-                problem, candidate = hint[0]
-                message += (f' (possibly because of "{problem}" while trying to verify candidate '
-                            f'authority certificate "{_describe(candidate)}")')
-            return _fail(X509, Reason.CERT_UNKNOWN_AUTHORITY, message)
-
-    if not any(_eku_allows_client_auth(chain) for chain in chains):
-        return _fail(X509, Reason.CERT_INCOMPATIBLE_USAGE,
-                     f"{who}: x509: certificate specifies an incompatible key usage "
-                     "(the API server needs Extended Key Usage clientAuth)")
+    if isinstance(result, _GoError):
+        message = f"{who}: {result.message}{_HINTS.get(result.reason, '')}"
+        if result.cert is not None:
+            message += f" (of the authority certificate {_go_quote(_go_name(result.cert))})"
+        return _fail(X509, result.reason, message)
 
     cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     common_name = str(cns[-1].value) if cns else ""          # Go keeps the last CN
@@ -651,6 +1019,18 @@ def _authenticate_cert(
         extra={CREDENTIAL_ID_KEY: (f"X509SHA256={fingerprint}",)},
     )
     return AuthResult(user, X509)
+
+
+def _unique(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """A CertPool holds each certificate once (by its bytes), in the order added."""
+    seen: set[bytes] = set()
+    out = []
+    for cert in certs:
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if der not in seen:
+            seen.add(der)
+            out.append(cert)
+    return out
 
 
 # --- ServiceAccount JWT -------------------------------------------------------------------------
