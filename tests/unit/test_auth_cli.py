@@ -155,6 +155,38 @@ def test_whoami_cert_refusals_are_401_with_the_reason(cluster, case, fragment):
     assert result.stdout == ""
 
 
+def test_whoami_refuses_a_sha1_signed_system_masters_cert_as_kube_apiserver_does(cluster):
+    # the issue's repro: Go's crypto/x509 refuses SHA-1 signatures (InsecureAlgorithmError), so the
+    # API server answers 401 to this cert; whoami used to print "Username old-admin"
+    from cryptography.hazmat.primitives import hashes, serialization
+    from test_go_oracle import _resign_rsa
+
+    cert = cluster.client("old-admin", ("system:masters",))
+    sha1 = _resign_rsa(cert.cert, cluster.ca.key, hashes.SHA1())
+    cluster.write("old-admin.pem", sha1.public_bytes(serialization.Encoding.PEM))
+    result = run("whoami", "--cert", "pki/old-admin.pem")
+    assert result.exit_code == ExitCode.UNAUTHORIZED and result.stdout == ""
+    assert result.stderr == ("401 Unauthorized: client certificate CN=old-admin: x509: certificate signed by "
+                             'unknown authority (possibly because of "x509: cannot verify signature: insecure '
+                             'algorithm SHA1-RSA" while trying to verify candidate authority certificate '
+                             '"Kubernetes")\n')
+
+
+def test_whoami_accepts_a_legacy_secret_based_token_and_names_the_secret_a_server_needs(cluster):
+    claims = {"iss": "kubernetes/serviceaccount", "sub": "system:serviceaccount:authn-demo:bot",
+              "kubernetes.io/serviceaccount/namespace": "authn-demo",
+              "kubernetes.io/serviceaccount/secret.name": "bot-token-5v2cp",
+              "kubernetes.io/serviceaccount/service-account.name": "bot",
+              "kubernetes.io/serviceaccount/service-account.uid": "u-7"}
+    result = run("whoami", "--token", f.sign_token(claims, cluster.sa_key))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[1].split() == ["Username", "system:serviceaccount:authn-demo:bot"]
+    assert result.stderr == ("note: the API server accepts this token as system:serviceaccount:authn-demo:bot "
+                             "if Secret authn-demo/bot-token-5v2cp exists and holds this very token, and "
+                             "ServiceAccount authn-demo/bot exists with uid u-7 (it looks them up; k8sboot "
+                             "cannot, offline)\n")
+
+
 def test_whoami_empty_cn_cert_with_anonymous_on_is_anonymous_and_says_why(open_cluster):
     open_cluster.write("client.pem", open_cluster.client(None, ("system:masters",)).pem)
     result = run("whoami", "--cert", "pki/client.pem")
