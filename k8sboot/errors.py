@@ -32,6 +32,7 @@ class ExitCode(IntEnum):
     LAB = 15               # the lab cannot be brought up, down or reset
     PREREQ = 16            # a required tool or privilege is missing on this machine
     LOCKED = 17            # another k8sboot run holds the lock
+    OBJECTS = 18           # can-i -f: a file of RBAC objects cannot be read or holds a bad object
     INTERNAL = 70          # a bug: printed with a traceback
     INTERRUPTED = 130      # SIGINT
     TERMINATED = 143       # SIGTERM

@@ -183,6 +183,45 @@ def _read_stdin_token(param: str) -> str:
     return text
 
 
+def token_argument(token: Optional[str]) -> Optional[str]:
+    """--token as given: '-' reads it from stdin; surrounding blanks dropped; empty refused."""
+    if token == "-":
+        return _read_stdin_token("'--token'")
+    if token is not None:
+        token = token.strip()
+        if not token:
+            raise typer.BadParameter("the token is empty", param_hint="'--token'")
+    return token
+
+
+def authenticate_offline(inventory: Path, cert: Optional[Path], key: Optional[Path], token: Optional[str],
+                         as_json: bool):
+    """Stage 1 offline, for whoami and can-i alike: (AuthResult, now) when authenticated; a 401 is
+    printed ("401 Unauthorized: <why>", with --json the Status) and ends the command with exit 11.
+    Credentials the server would ignore are printed as notes."""
+    from datetime import datetime, timezone
+
+    from k8sboot import authn, console
+    from k8sboot.errors import ExitCode
+    from k8sboot.inventory import load_inventory
+
+    inv = load_inventory(inventory)
+    config = _authenticator_config(inv, inventory, client_ca=cert is not None,
+                                   service_account=token is not None)
+    leaf, intermediates = _read_client_cert(cert, key) if cert is not None else (None, [])
+    now = datetime.now(timezone.utc)
+    result = authn.authenticate_request(leaf, f"Bearer {token}" if token else None, config, now,
+                                        intermediates_der=intermediates)
+    if not result.authenticated:
+        if as_json:
+            console.json_out(result.status(include_reason=True))
+        console.info(f"401 Unauthorized: {result.reason}")
+        raise typer.Exit(int(ExitCode.UNAUTHORIZED))
+    for ignored in result.failures:
+        console.info(f"note: {ignored.message}")
+    return result, now
+
+
 def render_whoami_table(user: UserInfo) -> str:
     """`kubectl auth whoami`'s table: tabwriter columns padded by 3, Go's %v for lists."""
     rows = [("ATTRIBUTE", "VALUE"), ("Username", user.username)]
@@ -229,34 +268,11 @@ def whoami(
             param_hint="'--cert' / '--token' / '--anonymous'")
     if key is not None and cert is None:
         raise typer.BadParameter("--key goes with --cert", param_hint="'--key'")
-    if token == "-":
-        token = _read_stdin_token("'--token'")
-    elif token is not None:
-        token = token.strip()
-        if not token:
-            raise typer.BadParameter("the token is empty", param_hint="'--token'")
-
-    from datetime import datetime, timezone
+    token = token_argument(token)
 
     from k8sboot import authn, console
-    from k8sboot.errors import ExitCode
-    from k8sboot.inventory import load_inventory
 
-    inv = load_inventory(inventory)
-    config = _authenticator_config(inv, inventory, client_ca=cert is not None,
-                                   service_account=token is not None)
-    leaf, intermediates = _read_client_cert(cert, key) if cert is not None else (None, [])
-    now = datetime.now(timezone.utc)
-    result = authn.authenticate_request(leaf, f"Bearer {token}" if token else None, config, now,
-                                        intermediates_der=intermediates)
-
-    if not result.authenticated:
-        if as_json:
-            console.json_out(result.status(include_reason=True))
-        console.info(f"401 Unauthorized: {result.reason}")
-        raise typer.Exit(int(ExitCode.UNAUTHORIZED))
-    for ignored in result.failures:
-        console.info(f"note: {ignored.message}")
+    result, now = authenticate_offline(inventory, cert, key, token, as_json)
     if result.authenticator == authn.SERVICE_ACCOUNT and token is not None:
         from k8sboot import tokens
 

@@ -111,7 +111,7 @@ RESOURCES = (
 class RbacFileError(K8sbootError):
     """An -f file that cannot be read, parsed, or holds an unusable RBAC object."""
 
-    code = ExitCode.USAGE
+    code = ExitCode.OBJECTS
 
 
 def resolve_resource(arg: str) -> tuple[str, str, bool | None]:
@@ -310,32 +310,6 @@ def load_rbac_objects(paths: list[Path], default_namespace: str) -> tuple[list[d
 # --- the command ----------------------------------------------------------------------------------
 
 
-def _authenticate(cert: Optional[Path], key: Optional[Path], token: Optional[str], anonymous: bool,
-                  inventory: Path, as_json: bool) -> UserInfo:
-    """Who the API server says the caller is, exactly as `whoami` decides it; a 401 ends here."""
-    from datetime import datetime, timezone
-
-    from k8sboot import authn, console
-    from k8sboot.cli import auth_cmds
-    from k8sboot.inventory import load_inventory
-
-    inv = load_inventory(inventory)
-    config = auth_cmds._authenticator_config(inv, inventory, client_ca=cert is not None,
-                                             service_account=token is not None)
-    leaf, intermediates = auth_cmds._read_client_cert(cert, key) if cert is not None else (None, [])
-    now = datetime.now(timezone.utc)
-    result = authn.authenticate_request(leaf, f"Bearer {token}" if token else None, config, now,
-                                        intermediates_der=intermediates)
-    if not result.authenticated:
-        if as_json:
-            console.json_out(result.status(include_reason=True))
-        console.info(f"401 Unauthorized: {result.reason}")
-        raise typer.Exit(int(ExitCode.UNAUTHORIZED))
-    for ignored in result.failures:
-        console.info(f"note: {ignored.message}")
-    return result.user
-
-
 def _note_if_kubectl_could_not_ask(user: UserInfo, authorizer, review: str) -> None:
     """kubectl asks by creating a review; a user RBAC does not allow that (system:anonymous: only
     system:authenticated has system:basic-user) gets a 403 from a real server instead of an answer."""
@@ -408,19 +382,14 @@ def can_i(
         if is_url and (subresource or all_namespaces):
             raise typer.BadParameter("a non-resource URL takes no --subresource or --all-namespaces",
                                      param_hint="'/URL'")
-    if token == "-":
-        from k8sboot.cli.auth_cmds import _read_stdin_token
+    from k8sboot.cli.auth_cmds import authenticate_offline, token_argument
 
-        token = _read_stdin_token("'--token'")
-    elif token is not None:
-        token = token.strip()
-        if not token:
-            raise typer.BadParameter("the token is empty", param_hint="'--token'")
+    token = token_argument(token)
 
     from k8sboot import console, rbac
 
     objects, notes = load_rbac_objects(list(files or []), namespace)   # before authenticating: validate first
-    user = _authenticate(cert, key, token, anonymous, inventory, as_json)
+    user = authenticate_offline(inventory, cert, key, token, as_json)[0].user
     for note in notes:
         console.info(note)
     authorizer = rbac.Authorizer(rbac.StaticSource(rbac.bootstrap_policy() + objects))

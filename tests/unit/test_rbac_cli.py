@@ -193,10 +193,10 @@ def test_an_unknown_resource_is_a_usage_error_suggesting_resource_dot_group(clus
      "roleRef.kind: Unsupported value: 'Role'"),
     ("- just\n- a list\n", "rbac.yaml", "object 1: the object is not a mapping"),
 ])
-def test_a_bad_file_is_one_line_naming_it_and_exit_2(cluster, content, where, why):
+def test_a_bad_file_is_one_line_naming_it_and_exit_18(cluster, content, where, why):
     (cluster.root / "rbac.yaml").write_text(content)
     res = can_i("--cert", "pki/admin.pem", "list", "pods", "-f", "rbac.yaml")
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == ExitCode.OBJECTS, res.output
     lines = res.stderr.splitlines()
     assert lines[0].startswith(f"k8sboot: error: reading RBAC objects from {where}"), res.stderr
     assert why in lines[0] and lines[1].startswith("  hint: ")
@@ -205,7 +205,7 @@ def test_a_bad_file_is_one_line_naming_it_and_exit_2(cluster, content, where, wh
 
 def test_a_missing_file_is_named(cluster):
     res = can_i("--cert", "pki/admin.pem", "list", "pods", "-f", "nope.yaml")
-    assert res.exit_code == 2 and "reading RBAC objects from nope.yaml: no such file" in res.stderr
+    assert res.exit_code == ExitCode.OBJECTS and "reading RBAC objects from nope.yaml: no such file" in res.stderr
 
 
 def test_other_kinds_in_a_file_are_skipped_with_a_note(cluster):
