@@ -60,7 +60,7 @@ INVENTORY_PATH = Path("inventory/lab.yaml")
 STANDIN_LIB = "/usr/local/lib/k8sboot-standin"
 # Paths under the k8sboot package: the modules the stand-in imports, and its packages (every `*.py`
 # in them). The stand-in runs on the host's /usr/bin/python3 from these files alone.
-STANDIN_MODULES = ("__init__.py", "authn.py")
+STANDIN_MODULES = ("__init__.py", "authn.py", "rbac.py", "tokens.py", "errors.py")
 STANDIN_PACKAGES = ("standin",)
 STANDIN_LAUNCHER = """\
 #!/usr/bin/python3

@@ -1,8 +1,11 @@
 """A kube-apiserver STAND-IN for the k8sboot lab. It is NOT Kubernetes.
 
 No real kube-apiserver binary can be downloaded where the lab runs, so `k8sboot lab up` installs
-this module on every lab host, launched by `/usr/local/bin/kube-apiserver`. It behaves like the
-real binary where k8sboot and its users can observe Stage 1 (authentication) and little else:
+this package on every lab host, launched by `/usr/local/bin/kube-apiserver`. It does what the
+tutorial needs a server to do (authentication, a few stored kinds, TokenRequest, RBAC) the way
+the real binary does it, and answers everything else as the real server answers what it does
+not serve. It runs no controllers, no admission chain beyond namespace existence, no watch, and
+keeps its objects in a local directory, not etcd. Exactly:
 
 * It parses the real binary's flags (pflag rules: `--flag=value` and `--flag value`; bools as
   `--anonymous-auth` or `--anonymous-auth=false`, never consuming the next argument; repeatable
@@ -17,18 +20,41 @@ real binary where k8sboot and its users can observe Stage 1 (authentication) and
   and authenticates every request with `k8sboot.authn` (the same code as `k8sboot whoami`) per
   `--client-ca-file`, `--service-account-key-file`, `--service-account-issuer`, `--api-audiences`
   (default: the issuers) and `--anonymous-auth` (default true, like the real binary).
-* Stage 2 is a minimal stand-in for the default RBAC policy: system:masters may do anything;
-  everyone may GET /healthz, /livez, /readyz, /version; system:authenticated may GET discovery
-  (/api, /apis, /openapi) and create self-subject reviews; anything else is a 403 with the API
-  server's Status JSON (`pods is forbidden: User "system:anonymous" cannot list resource "pods"
-  in API group "" in the namespace "default"`). A 401 carries Status reason Unauthorized.
-* Served: `POST /apis/authentication.k8s.io/v1/selfsubjectreviews` (201, so `kubectl auth whoami`
-  prints Username/Groups/Extra), `/version` (gitVersion `v0.0.0-k8sboot-standin`), `/livez`,
-  `/readyz`, `/healthz`, and discovery listing exactly what is implemented. Anything else gets the
-  real server's answer for what it does not serve: a 404 Status `the server could not find the
-  requested resource` (or a 405 `the server does not allow this method on the requested
-  resource` for a served resource and a verb the stand-in does not implement), with a cause
-  naming the stand-in; never a Success for something not done.
+* Impersonation (`kubectl --as`, `--as-group`): each Impersonate-* header must be allowed
+  (verb `impersonate`) like k8s.io/apiserver's filter, else a 403 naming what was refused.
+* Stage 2 is k8sboot.rbac (the same code as `k8sboot can-i`): system:masters first, then RBAC
+  over the stored ClusterRoles, Roles and their bindings (User, Group and ServiceAccount
+  subjects; verbs, apiGroups, resources/subresources, resourceNames, nonResourceURLs); a denial
+  is a 403 with the API server's Status JSON (`pods is forbidden: User "system:anonymous" cannot
+  list resource "pods" in API group "" in the namespace "default"`). A 401 carries Status reason
+  Unauthorized.
+* Stored objects (storage.py, a file store under /var/lib/kube-apiserver-standin, 0700, atomic
+  writes; `K8SBOOT_STANDIN_DATA_DIR` sets another directory): Namespaces, ServiceAccounts,
+  ClusterRoles, ClusterRoleBindings, Roles, RoleBindings, with create, get, list (label and
+  metadata.name/namespace field selectors; the Table kubectl asks for), update (PUT, with
+  resourceVersion conflicts), patch (merge and strategic merge patch: `kubectl apply`) and
+  delete; JSON or protobuf bodies (kubectl 1.32 sends protobuf); fieldValidation Strict/Warn/
+  Ignore. At start, as a real control plane has them: the namespaces default, kube-system,
+  kube-public and kube-node-lease, a `default` ServiceAccount in every namespace (also made
+  when a namespace is created), and the bootstrap RBAC policy (k8sboot.rbac.bootstrap_policy).
+  Deleting a namespace answers the Namespace, phase Terminating, and deletes what is in it and
+  then it, at once. Names, uids, resourceVersions, creationTimestamps and the Status errors
+  (AlreadyExists 409, NotFound 404, Invalid 422 with apimachinery's messages, Conflict 409) are
+  the real server's, so kubectl prints what it prints against Kubernetes.
+* TokenRequest (`kubectl create token`): signed with --service-account-signing-key-file (RS256;
+  ES256/384/512 for P-256/384/521), iss the first --service-account-issuer, aud the request's or
+  --api-audiences, expirationSeconds 3600 by default, at least 600, shortened to
+  --service-account-max-token-expiration; the ServiceAccount must exist (404). A token is then
+  accepted only while its ServiceAccount exists with the uid it names (authn's lookup).
+* Served besides: `POST .../selfsubjectreviews` (`kubectl auth whoami`), selfsubjectaccessreviews
+  and selfsubjectrulesreviews (`kubectl auth can-i`, `--list`), `/version` (gitVersion
+  `v0.0.0-k8sboot-standin`), `/livez`, `/readyz`, `/healthz`, discovery listing exactly what is
+  implemented with the verbs implemented, and the smallest OpenAPI v3 kubectl needs (openapi.py).
+  Anything else gets the real server's answer for what it does not serve: a 404 Status `the
+  server could not find the requested resource` (or a 405 `the server does not allow this method
+  on the requested resource` for a served resource and a verb the stand-in does not implement:
+  watch, deletecollection), with a cause naming the stand-in; `?dryRun` is a 400 naming the
+  stand-in; never a Success for something not done.
 * Every request is logged to stderr (the journal) with its identity and decision.
 * Health and graceful restarts, as the real server (k8s.io/apiserver's healthz handler and
   lifecycle signals). `/livez`, `/healthz`, `/readyz` answer `ok`; `?verbose` lists the real 1.32
@@ -64,12 +90,17 @@ forces a backend. A server certificate is required (the real binary would self-s
 
 Modules: `flags` (the command line and its validation), `tls` (the two TLS backends), `http`
 (HTTP/1.1 as Go's net/http reads it), `lifecycle` (health checks, ready delay, graceful
-termination), `api` (request attributes, authorization, routing and answers), `server` (one
-connection's request loop: admit, authenticate, authorize, answer, log), `log`, and `main`
-(`kube-apiserver`'s entry point; also `python3 -m k8sboot.standin`).
+termination), `api` (routing, discovery and the handlers), `resources` (the stored kinds: names,
+defaults, errors, patches, tables), `storage` (the store interface and the file store),
+`bootstrap` (what exists at start; the RBAC source over the store), `tokenrequest`,
+`impersonation`, `protobuf` (request bodies), `openapi`, `server` (one connection's request loop:
+admit, authenticate, impersonate, authorize, answer, log), `log`, and `main` (`kube-apiserver`'s
+entry point; also `python3 -m k8sboot.standin`).
 
-Runs on Debian bookworm's python3 with python3-cryptography 38 and python3-jwt 2.6: it imports
-the standard library, `k8sboot.authn` and (optionally) OpenSSL only.
+Runs on Debian bookworm's python3 with python3-cryptography 38 and python3-jwt 2.6 (no PyYAML):
+it imports the standard library, `k8sboot.authn`, `k8sboot.rbac`, `k8sboot.tokens` (key ids),
+`k8sboot.errors` and (optionally) OpenSSL only; the lab copies exactly those
+(k8sboot/lab/plan.py STANDIN_MODULES, STANDIN_PACKAGES).
 """
 
 from __future__ import annotations
@@ -77,8 +108,7 @@ from __future__ import annotations
 
 from __future__ import annotations
 
-from k8sboot.standin.api import (BANNER, GIT_VERSION, VERSION_INFO, RequestInfo, authorize, discovery_document,
-                                 forbidden_status, parse_request_info, route)
+from k8sboot.standin.api import BANNER, GIT_VERSION, VERSION_INFO, Api, Answer, Request, discovery_document
 from k8sboot.standin.flags import (FLAG_TYPES, FlagError, Flags, check_files, check_signing_key, parse_flags,
                                    parse_go_duration, render_errors, validate_flags)
 from k8sboot.standin.http import BadRequest, Headers, read_request_head
@@ -86,14 +116,14 @@ from k8sboot.standin.lifecycle import (HEALTH_CHECKS, READY_DELAY_ENV, STARTING_
                                        begin_graceful_shutdown, health_answer, parse_ready_delay)
 from k8sboot.standin.log import log, new_audit_id
 from k8sboot.standin.main import USAGE, main
-from k8sboot.standin.server import StandinServer, build_server, load_config
+from k8sboot.standin.server import StandinServer, StartupError, build_server, load_config
+from k8sboot.standin.storage import FileStore, open_store
 from k8sboot.standin.tls import make_tls
 
 __all__ = [
-    "BANNER", "GIT_VERSION", "VERSION_INFO", "RequestInfo", "authorize", "discovery_document", "forbidden_status",
-    "parse_request_info", "route", "FLAG_TYPES", "FlagError", "Flags", "check_files", "check_signing_key",
+    "BANNER", "GIT_VERSION", "VERSION_INFO", "Api", "Answer", "Request", "discovery_document", "FLAG_TYPES", "FlagError", "Flags", "check_files", "check_signing_key",
     "parse_flags", "parse_go_duration", "render_errors", "validate_flags", "BadRequest", "Headers",
     "read_request_head", "HEALTH_CHECKS", "READY_DELAY_ENV", "STARTING_HOOKS", "Lifecycle",
     "begin_graceful_shutdown", "health_answer", "parse_ready_delay", "log", "new_audit_id", "USAGE", "main",
-    "StandinServer", "build_server", "load_config", "make_tls",
+    "StandinServer", "StartupError", "build_server", "load_config", "make_tls", "FileStore", "open_store",
 ]

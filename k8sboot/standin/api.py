@@ -1,14 +1,26 @@
-"""Request attributes, the minimal Stage 2 (authorization) and the answers the stand-in gives."""
+"""What the stand-in answers to an authenticated, authorized request: routing by the request's
+attributes (k8sboot.rbac.attributes_from_request), discovery of exactly what is implemented, the
+stored kinds' handlers (create / get / list / update / patch / delete over storage.Store), the
+TokenRequest, and the self-subject reviews. Everything else gets the real server's answer for
+what it does not serve (404 / 405 Status with a cause naming the stand-in), never a success.
+Pure apart from the store it is handed; the clock and the request come in as arguments."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from k8sboot import authn
+from k8sboot import authn, rbac
+from k8sboot.standin import resources as res
+from k8sboot.standin import openapi, protobuf, tokenrequest
+from k8sboot.standin.bootstrap import StoreSource, ensure_namespace_content
+from k8sboot.standin.resources import NAMESPACES, SERVICE_ACCOUNTS, ResourceType
+from k8sboot.standin.storage import AlreadyExists, Conflict, NotFound, Store, StorageIOError
 
 GIT_VERSION = "v0.0.0-k8sboot-standin"
 BANNER = "kube-apiserver STAND-IN by k8sboot (not Kubernetes)"
@@ -23,238 +35,423 @@ VERSION_INFO = {
     "compiler": "cpython",
     "platform": f"{sys.platform}/{os.uname().machine if hasattr(os, 'uname') else 'unknown'}",
 }
-
-
-
-_READ_VERBS = {"GET": "get", "HEAD": "get"}
-
-
-@dataclass(frozen=True)
-class RequestInfo:
-    """k8s.io/apiserver's RequestInfo for a method + URL (only what the stand-in needs)."""
-
-    verb: str
-    path: str
-    is_resource: bool = False
-    api_group: str = ""
-    api_version: str = ""
-    namespace: str = ""
-    resource: str = ""
-    subresource: str = ""
-    name: str = ""
-
-
-def parse_request_info(method: str, target: str) -> RequestInfo:
-    parts_url = urlsplit(target)
-    path = parts_url.path or "/"
-    query = parse_qs(parts_url.query)
-    lower_verb = {"POST": "post", "PUT": "put", "PATCH": "patch", "DELETE": "delete",
-                  "GET": "get", "HEAD": "head", "OPTIONS": "options"}.get(method, method.lower())
-    parts = [p for p in path.strip("/").split("/") if p]
-    if not parts or parts[0] not in ("api", "apis"):
-        return RequestInfo(verb=lower_verb, path=path)
-    if parts[0] == "api":
-        if len(parts) < 2:
-            return RequestInfo(verb=lower_verb, path=path)
-        group, version, rest = "", parts[1], parts[2:]
-    else:
-        if len(parts) < 3:
-            return RequestInfo(verb=lower_verb, path=path)
-        group, version, rest = parts[1], parts[2], parts[3:]
-    if not rest:
-        return RequestInfo(verb=lower_verb, path=path)   # /api/v1, /apis/g/v: discovery, non-resource
-    verb = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update", "PATCH": "patch",
-            "DELETE": "delete"}.get(method, method.lower())
-    namespace = ""
-    if rest[0] == "namespaces" and len(rest) > 1:
-        namespace = rest[1]
-        if len(rest) > 2 and rest[2] not in ("finalize", "status"):
-            rest = rest[2:]
-    resource = rest[0]
-    name = rest[1] if len(rest) > 1 else ""
-    subresource = rest[2] if len(rest) > 2 else ""
-    if verb == "get" and not name:
-        verb = "watch" if query.get("watch", ["false"])[0] in ("1", "true") else "list"
-    if verb == "delete" and not name:
-        verb = "deletecollection"
-    return RequestInfo(verb=verb, path=path, is_resource=True, api_group=group, api_version=version,
-                       namespace=namespace, resource=resource, subresource=subresource, name=name)
-
-
-PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version", "/version/")        # system:public-info-viewer
-DISCOVERY_PATHS = ("/api", "/api/*", "/apis", "/apis/*", "/openapi", "/openapi/*")  # system:discovery
-SELF_REVIEWS = {("authentication.k8s.io", "selfsubjectreviews"),
-                ("authorization.k8s.io", "selfsubjectaccessreviews"),
-                ("authorization.k8s.io", "selfsubjectrulesreviews")}       # system:basic-user
-
-
-def _path_matches(path: str, patterns) -> bool:
-    for p in patterns:
-        if p.endswith("*") and path.startswith(p[:-1]):
-            return True
-        if path == p:
-            return True
-    return False
-
-
-def authorize(user: authn.UserInfo, info: RequestInfo) -> bool:
-    """The default RBAC bootstrap policy, reduced to what a cluster with no other roles grants."""
-    groups = set(user.groups)
-    if "system:masters" in groups:
-        return True
-    if not info.is_resource:
-        if info.verb != "get":
-            return False
-        if _path_matches(info.path, PUBLIC_PATHS):
-            return True
-        return authn.GROUP_AUTHENTICATED in groups and _path_matches(info.path, DISCOVERY_PATHS)
-    return (authn.GROUP_AUTHENTICATED in groups and info.verb == "create"
-            and (info.api_group, info.resource) in SELF_REVIEWS)
-
-
-def forbidden_status(user: authn.UserInfo, info: RequestInfo, reason: str = "") -> dict:
-    """The API server's 403 Status (responsewriters.Forbidden + errors.NewForbidden)."""
-    username = user.username
-    if not info.is_resource:
-        msg = f'User "{username}" cannot {info.verb} path "{info.path}"'
-    else:
-        resource = info.resource + (f"/{info.subresource}" if info.subresource else "")
-        if info.namespace:
-            msg = (f'User "{username}" cannot {info.verb} resource "{resource}" in API group '
-                   f'"{info.api_group}" in the namespace "{info.namespace}"')
-        else:
-            msg = (f'User "{username}" cannot {info.verb} resource "{resource}" in API group '
-                   f'"{info.api_group}" at the cluster scope')
-    if reason:
-        msg = f"{msg}: {reason}"
-    details: dict = {}
-    if not info.is_resource or not info.resource:
-        message = f"forbidden: {msg}"
-    else:
-        qualified = info.resource + (f".{info.api_group}" if info.api_group else "")
-        message = f'{qualified} "{info.name}" is forbidden: {msg}' if info.name else f"{qualified} is forbidden: {msg}"
-        if info.name:
-            details["name"] = info.name
-        if info.api_group:
-            details["group"] = info.api_group
-        details["kind"] = info.resource
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": "Forbidden", "details": details, "code": 403}
-
-
-def not_found_status(info: RequestInfo) -> dict:
-    qualified = info.resource + (f".{info.api_group}" if info.api_group else "")
-    details = {"name": info.name, **({"group": info.api_group} if info.api_group else {}), "kind": info.resource}
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": f'{qualified} "{info.name}" not found', "reason": "NotFound", "details": details,
-            "code": 404}
-
-
 STANDIN_CAUSE = "k8sboot stand-in (not Kubernetes): not implemented here"
+BODY_TYPES = ("application/json", "application/vnd.kubernetes.protobuf")   # no YAML: Debian's python has none
 
 
-def unknown_resource_status(info: RequestInfo) -> dict:
+def _what(attrs: rbac.Attributes) -> str:
+    resource = attrs.resource + (f"/{attrs.subresource}" if attrs.subresource else "")
+    group = f".{attrs.api_group}" if attrs.api_group else ""
+    return f"{attrs.verb} {resource}{group}"
+
+
+def unknown_resource_status(attrs: rbac.Attributes) -> dict:
     """What the real server answers for a path under a served group version that names no resource
     it serves (go-restful's 404, turned into a Status by the apiserver's ServiceErrorHandler:
     NewGenericServerResponse(404) with the go-restful message as a cause), plus a cause naming the
     stand-in. kubectl prints `Error from server (NotFound): the server could not find the requested
     resource`."""
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": "the server could not find the requested resource", "reason": "NotFound",
-            "details": {"causes": [{"reason": "UnexpectedServerResponse", "message": "404: Page Not Found"},
-                                   {"reason": "UnexpectedServerResponse",
-                                    "message": f"{STANDIN_CAUSE}: {_what(info)}"}]},
-            "code": 404}
+    return res.status(404, "NotFound", "the server could not find the requested resource", {
+        "causes": [{"reason": "UnexpectedServerResponse", "message": "404: Page Not Found"},
+                   {"reason": "UnexpectedServerResponse", "message": f"{STANDIN_CAUSE}: {_what(attrs)}"}]})
 
 
-def method_not_allowed_status(info: RequestInfo) -> dict:
+def method_not_allowed_status(attrs: rbac.Attributes) -> dict:
     """A served resource, a verb it does not serve: go-restful's 405 as the real server writes it
     (NewGenericServerResponse(405)), plus a cause naming the stand-in. kubectl prints `Error from
     server (MethodNotAllowed): the server does not allow this method on the requested resource`."""
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": "the server does not allow this method on the requested resource",
-            "reason": "MethodNotAllowed",
-            "details": {"causes": [{"reason": "UnexpectedServerResponse", "message": "405: Method Not Allowed"},
-                                   {"reason": "UnexpectedServerResponse",
-                                    "message": f"{STANDIN_CAUSE}: {_what(info)}"}]},
-            "code": 405}
+    return res.status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", {
+        "causes": [{"reason": "UnexpectedServerResponse", "message": "405: Method Not Allowed"},
+                   {"reason": "UnexpectedServerResponse", "message": f"{STANDIN_CAUSE}: {_what(attrs)}"}]})
 
 
-def _what(info: RequestInfo) -> str:
-    resource = info.resource + (f"/{info.subresource}" if info.subresource else "")
-    group = f".{info.api_group}" if info.api_group else ""
-    return f"{info.verb} {resource}{group}"
+# --- what is served ---------------------------------------------------------------------------------
 
-
-# The group versions the stand-in serves, and in each the resources and the verbs it implements:
-# discovery lists exactly these; anything else is a 404 (unknown resource) or 405 (unknown verb).
-SERVED: dict[tuple[str, str], tuple[dict, ...]] = {
-    ("", "v1"): (),
-    ("authentication.k8s.io", "v1"): (
-        {"name": "selfsubjectreviews", "singularName": "selfsubjectreview", "namespaced": False,
-         "kind": "SelfSubjectReview", "verbs": ["create"]},),
+_REVIEWS = {
+    ("authentication.k8s.io", "selfsubjectreviews"): "SelfSubjectReview",
+    ("authorization.k8s.io", "selfsubjectaccessreviews"): "SelfSubjectAccessReview",
+    ("authorization.k8s.io", "selfsubjectrulesreviews"): "SelfSubjectRulesReview",
 }
 
 
-def _served(group: str, version: str) -> tuple[dict, ...] | None:
-    return SERVED.get((group, version))
+def _review_entry(group: str, name: str) -> dict:
+    return {"name": name, "singularName": name[:-1], "namespaced": False, "kind": _REVIEWS[(group, name)],
+            "verbs": ["create"]}
+
+
+# (group, version) -> the APIResource entries of its discovery document, in upstream's order.
+SERVED: dict[tuple[str, str], list[dict]] = {
+    ("", "v1"): [res.NAMESPACES.discovery(), res.SERVICE_ACCOUNTS.discovery(),
+                 {"name": "serviceaccounts/token", "singularName": "", "namespaced": True,
+                  "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}],
+    ("authentication.k8s.io", "v1"): [_review_entry("authentication.k8s.io", "selfsubjectreviews")],
+    ("authorization.k8s.io", "v1"): [_review_entry("authorization.k8s.io", "selfsubjectaccessreviews"),
+                                     _review_entry("authorization.k8s.io", "selfsubjectrulesreviews")],
+    (res.RBAC, "v1"): [t.discovery() for t in res.TYPES if t.group == res.RBAC],
+}
+_GROUP_ORDER = [g for g, _ in SERVED if g]
 
 
 def discovery_document(path: str) -> dict | None:
     """Discovery of what the stand-in serves (and nothing else); None: not a discovery path."""
     if path == "/api":
         return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+
+    def group_doc(g: str) -> dict:
+        versions = [{"groupVersion": f"{g}/{v}", "version": v} for gg, v in SERVED if gg == g]
+        return {"name": g, "versions": versions, "preferredVersion": versions[0]}
+
     if path == "/apis":
-        groups = sorted({g for g, _ in SERVED if g})
-        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
-            "name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for gg, v in SERVED if gg == g],
-            "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"}} for g in groups]}
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_doc(g) for g in _GROUP_ORDER]}
     parts = path.strip("/").split("/")
+    if parts[0] == "apis" and len(parts) == 2 and parts[1] in _GROUP_ORDER:
+        return {"kind": "APIGroup", "apiVersion": "v1", **group_doc(parts[1])}
     if parts[0] == "api" and len(parts) == 2:
         group, version = "", parts[1]
     elif parts[0] == "apis" and len(parts) == 3:
         group, version = parts[1], parts[2]
-    elif parts[0] == "apis" and len(parts) == 2 and any(g == parts[1] for g, _ in SERVED):
-        g = parts[1]
-        versions = [{"groupVersion": f"{g}/{v}", "version": v} for gg, v in SERVED if gg == g]
-        return {"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": versions,
-                "preferredVersion": versions[0]}
     else:
         return None
-    resources = _served(group, version)
-    if resources is None:
+    entries = SERVED.get((group, version))
+    if entries is None:
         return None
-    gv = f"{group}/{version}" if group else version
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
-            "resources": [dict(r) for r in resources]}
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}" if group else version,
+            "resources": [dict(e) for e in entries]}
 
 
-def route(info: RequestInfo, user: authn.UserInfo, result: authn.AuthResult, now: datetime) -> tuple[int, object]:
-    """An allowed request's answer: (HTTP status, JSON body or text)."""
-    path = info.path
-    if not info.is_resource:
+def root_paths() -> list[str]:
+    return sorted(["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/version",
+                   *(f"/apis/{g}" for g in _GROUP_ORDER), *(f"/apis/{g}/{v}" for g, v in SERVED if g)])
+
+
+# --- requests and answers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    target: str
+    body: bytes = b""
+    content_type: str = ""
+    accept: str = ""
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(self.target).query, keep_blank_values=True)
+
+
+@dataclass(frozen=True)
+class Answer:
+    code: int
+    body: Any
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    signer: tokenrequest.Signer | None
+    audiences: tuple[str, ...]
+    max_expiration: int = 0            # --service-account-max-token-expiration in seconds (0: none)
+
+
+class Api:
+    """The resource handlers over one store; `authorizer` is what the server asks first."""
+
+    def __init__(self, store: Store, tokens: TokenSettings, new_id: Callable[[], str] = res.new_uid):
+        self.store = store
+        self.tokens = tokens
+        self.new_id = new_id
+        self.authorizer = rbac.Authorizer(StoreSource(store))
+
+    def service_account_uid(self, namespace: str, name: str) -> str | None:
+        """authn's `service_accounts` lookup: the stored ServiceAccount's uid, or None."""
+        sa = self.store.get(SERVICE_ACCOUNTS.name, namespace, name)
+        return sa["metadata"].get("uid") if sa else None
+
+    def handle(self, attrs: rbac.Attributes, request: Request, user: authn.UserInfo,
+               result: authn.AuthResult, now: datetime) -> Answer:
+        if not attrs.is_resource:
+            return self._non_resource(attrs)
+        entries = SERVED.get((attrs.api_group, attrs.api_version))
+        if entries is None:
+            return Answer(404, "404 page not found\n")       # no such group version: Go's plain NotFound
+        if (attrs.api_group, attrs.resource) in _REVIEWS and not attrs.subresource and not attrs.name:
+            if attrs.verb != "create":
+                return Answer(405, method_not_allowed_status(attrs))
+            return self._review(attrs, request, user, result, now)
+        rt = res.BY_RESOURCE.get((attrs.api_group, attrs.api_version, attrs.resource))
+        if rt is None:
+            return Answer(404, unknown_resource_status(attrs))
+        if attrs.subresource:
+            if rt is SERVICE_ACCOUNTS and attrs.subresource == "token" and attrs.name:
+                if attrs.verb != "create":
+                    return Answer(405, method_not_allowed_status(attrs))
+                return self._token(attrs, request, now)
+            return Answer(404, unknown_resource_status(attrs))
+        if attrs.verb not in res.VERBS:                   # watch, deletecollection, proxy
+            return Answer(405, method_not_allowed_status(attrs))
+        if "dryRun" in request.query:
+            return Answer(400, res.bad_request("dryRun is not implemented by the k8sboot stand-in "
+                                               "(not Kubernetes): nothing was changed"))
+        namespace = attrs.namespace if rt.namespaced else ""
+        if rt.namespaced and not namespace and attrs.verb != "list":
+            return Answer(404, unknown_resource_status(attrs))     # e.g. /api/v1/serviceaccounts/x
+        try:
+            handler = getattr(self, f"_{attrs.verb}")
+            return handler(rt, namespace, attrs, request, now)
+        except StorageIOError as exc:
+            return Answer(500, res.status(500, "InternalError", f"Internal error occurred: {exc}"))
+
+    # --- non-resource ----------------------------------------------------------------------------
+
+    def _non_resource(self, attrs: rbac.Attributes) -> Answer:
+        path = attrs.path
         if path in ("/healthz", "/livez", "/readyz"):
-            return 200, "ok"                     # a server with no lifecycle: always healthy
+            return Answer(200, "ok")
         if path in ("/version", "/version/"):
-            return 200, VERSION_INFO
-        if path == "/":
-            return 200, {"paths": sorted(["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/version",
-                                          *(f"/apis/{g}" for g, _ in SERVED if g),
-                                          *(f"/apis/{g}/{v}" for g, v in SERVED if g)])}
+            return Answer(200, VERSION_INFO)
+        if path == "/" and attrs.verb == "get":
+            return Answer(200, {"paths": root_paths()})
         doc = discovery_document(path.rstrip("/") or "/")
-        if doc is not None and info.verb == "get":
-            return 200, doc
-        return 404, "404 page not found\n"
-    resources = _served(info.api_group, info.api_version)
-    if resources is None:
-        return 404, "404 page not found\n"      # no such group version: Go's plain NotFound
-    served = next((r for r in resources if r["name"] == info.resource), None)
-    if served is None or info.subresource:
-        return 404, unknown_resource_status(info)
-    if info.verb not in served["verbs"]:
-        return 405, method_not_allowed_status(info)
-    if info.api_group == "authentication.k8s.io" and info.resource == "selfsubjectreviews":
-        review = result.self_subject_review(now)
-        review["apiVersion"] = f"authentication.k8s.io/{info.api_version}"
-        return 201, review
-    return 405, method_not_allowed_status(info)     # listed but without a handler: never a success
+        if doc is None and path.startswith("/openapi/v3"):
+            doc = openapi.answer(path)
+        if doc is not None and attrs.verb == "get":
+            return Answer(200, doc)
+        return Answer(404, "404 page not found\n")
+
+    # --- reviews and tokens -----------------------------------------------------------------------
+
+    def _review(self, attrs, request: Request, user, result, now) -> Answer:
+        if attrs.resource == "selfsubjectreviews":
+            review = result.self_subject_review(now)
+            review["apiVersion"] = f"authentication.k8s.io/{attrs.api_version}"
+            return Answer(201, review)
+        body = _decode(request)
+        if isinstance(body, Answer):
+            return body
+        try:
+            if attrs.resource == "selfsubjectaccessreviews":
+                return Answer(201, rbac.self_subject_access_review(user, body, self.authorizer, attrs.api_version))
+            return Answer(201, rbac.self_subject_rules_review(user, body, self.authorizer, attrs.api_version))
+        except rbac.ReviewError as exc:
+            return Answer(exc.status.get("code", 400), exc.status)
+
+    def _token(self, attrs, request: Request, now) -> Answer:
+        body = _decode(request)
+        if isinstance(body, Answer):
+            return body
+        problem = tokenrequest.check_request(body, attrs.name, attrs.namespace)
+        if problem:
+            return Answer(422, problem)
+        sa = self.store.get(SERVICE_ACCOUNTS.name, attrs.namespace, attrs.name)
+        if sa is None:
+            return Answer(404, res.not_found(SERVICE_ACCOUNTS, attrs.name))
+        if self.tokens.signer is None:
+            return Answer(500, res.status(500, "InternalError", "Internal error occurred: no signing key"))
+        issued = tokenrequest.issue(body, sa, self.tokens.audiences, self.tokens.signer, now, self.new_id(),
+                                    self.tokens.max_expiration)
+        if isinstance(issued, dict):
+            return Answer(issued["code"], issued)
+        return Answer(201, issued.body, tuple(warning_header(w) for w in issued.warnings))
+
+    # --- the stored kinds ---------------------------------------------------------------------------
+
+    def _namespace_missing(self, rt: ResourceType, namespace: str) -> Answer | None:
+        """NamespaceLifecycle admission: no writes into a namespace that does not exist."""
+        if rt.namespaced and self.store.get(NAMESPACES.name, "", namespace) is None:
+            return Answer(404, res.not_found(NAMESPACES, namespace))
+        return None
+
+    def _get(self, rt, namespace, attrs, request: Request, now) -> Answer:
+        obj = self.store.get(rt.name, namespace, attrs.name)
+        if obj is None:
+            return Answer(404, res.not_found(rt, attrs.name))
+        if res.wants_table(request.accept):
+            return Answer(200, res.table(rt, [obj], now, obj["metadata"].get("resourceVersion", ""),
+                                         _include_object(request)))
+        return Answer(200, obj)
+
+    def _list(self, rt, namespace, attrs, request: Request, now) -> Answer:
+        query = request.query
+        try:
+            labels = res.parse_label_selector(query.get("labelSelector", [""])[0])
+            fields = res.parse_field_selector(query.get("fieldSelector", [""])[0])
+        except res.SelectorError as exc:
+            return Answer(400, res.bad_request(str(exc)))
+        revision = str(self.store.revision)
+        items = [o for o in self.store.list(rt.name, namespace if rt.namespaced and namespace else None)
+                 if res.labels_match(labels, o["metadata"].get("labels") or {}) and res.fields_match(fields, o)]
+        if res.wants_table(request.accept):
+            return Answer(200, res.table(rt, items, now, revision, _include_object(request)))
+        return Answer(200, {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
+                            "metadata": {"resourceVersion": revision},
+                            "items": [res.as_list_item(o) for o in items]})
+
+    def _create(self, rt, namespace, attrs, request: Request, now) -> Answer:
+        if attrs.name:
+            return Answer(405, method_not_allowed_status(attrs))   # POST to a named object
+        body = _decode(request, rt)
+        if isinstance(body, Answer):
+            return body
+        meta = body.get("metadata") or {}
+        if rt.namespaced and meta.get("namespace") and meta["namespace"] != namespace:
+            return Answer(400, res.bad_request("the namespace of the provided object does not match the "
+                                               "namespace sent on the request"))
+        name = meta.get("name") or ""
+        if not name and meta.get("generateName"):
+            name = meta["generateName"] + self.new_id().replace("-", "")[:5]
+            body.setdefault("metadata", {})["name"] = name
+        checked = _validated(rt, body, request, "create")
+        if isinstance(checked, Answer):
+            return checked
+        return self._store_new(rt, namespace, name, checked[0], now, checked[1])
+
+    def _store_new(self, rt, namespace, name, body, now, warnings: tuple = ()) -> Answer:
+        problem = res.validate_name(rt, name)
+        if problem:
+            return Answer(422, problem)
+        missing = self._namespace_missing(rt, namespace)
+        if missing:
+            return missing
+        obj = res.prepare_create(rt, body, namespace, now)
+        try:
+            stored = self.store.create(rt.name, namespace, name, obj)
+        except AlreadyExists:
+            return Answer(409, res.already_exists(rt, name))
+        if rt is NAMESPACES:
+            ensure_namespace_content(self.store, name, now)
+        return Answer(201, stored, warnings)
+
+    def _update(self, rt, namespace, attrs, request: Request, now) -> Answer:
+        body = _decode(request, rt)
+        if isinstance(body, Answer):
+            return body
+        meta = body.get("metadata") or {}
+        if meta.get("name") != attrs.name:
+            return Answer(400, res.bad_request(f"the name of the object ({meta.get('name', '')}) does not match "
+                                               f"the name on the URL ({attrs.name})"))
+        checked = _validated(rt, body, request, "update")
+        if isinstance(checked, Answer):
+            return checked
+        body, warnings = checked
+        current = self.store.get(rt.name, namespace, attrs.name)
+        if current is None:
+            if rt.group == res.RBAC:                    # the RBAC strategies AllowCreateOnUpdate
+                return self._store_new(rt, namespace, attrs.name, body, now, warnings)
+            return Answer(404, res.not_found(rt, attrs.name))
+        return self._replace(rt, namespace, attrs.name, body, current, meta.get("resourceVersion"), warnings)
+
+    def _patch(self, rt, namespace, attrs, request: Request, now) -> Answer:
+        ctype = request.content_type.split(";")[0].strip().lower()
+        if ctype not in res.PATCH_TYPES:
+            return Answer(415, res.unsupported_media_type(ctype, res.PATCH_TYPES))
+        try:
+            patch = json.loads(request.body or b"null")
+        except ValueError as exc:
+            return Answer(400, res.bad_request(f"error decoding patch: {exc}"))
+        if not isinstance(patch, dict):
+            return Answer(400, res.bad_request("error decoding patch: the patch is not a JSON object"))
+        current = self.store.get(rt.name, namespace, attrs.name)
+        if current is None:
+            return Answer(404, res.not_found(rt, attrs.name))
+        patched = res.merge_patch(current, patch, strategic=ctype == res.STRATEGIC_MERGE_PATCH)
+        checked = _validated(rt, patched, request, "patch")
+        if isinstance(checked, Answer):
+            return checked
+        rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch.get("metadata"), dict) else None
+        return self._replace(rt, namespace, attrs.name, checked[0], current, rv, checked[1])
+
+    def _replace(self, rt, namespace, name, body, current, resource_version, warnings: tuple = ()) -> Answer:
+        obj = res.prepare_update(rt, body, current)
+        try:
+            return Answer(200, self.store.update(rt.name, namespace, name, obj, resource_version), warnings)
+        except Conflict:
+            return Answer(409, res.conflict(rt, name))
+        except NotFound:
+            return Answer(404, res.not_found(rt, name))
+
+    def _delete(self, rt, namespace, attrs, request: Request, now) -> Answer:
+        current = self.store.get(rt.name, namespace, attrs.name)
+        if current is None:
+            return Answer(404, res.not_found(rt, attrs.name))
+        if rt is NAMESPACES:
+            return self._delete_namespace(current, now)
+        try:
+            gone = self.store.delete(rt.name, namespace, attrs.name)
+        except NotFound:
+            return Answer(404, res.not_found(rt, attrs.name))
+        return Answer(200, res.deleted_status(rt, gone))
+
+    def _delete_namespace(self, current: dict, now: datetime) -> Answer:
+        """As upstream answers: the Namespace, phase Terminating with a deletionTimestamp (its
+        `kubernetes` finalizer pending). What the namespace controller then does happens here at
+        once: every object in it is deleted, then the namespace, so a following GET is a 404."""
+        name = current["metadata"]["name"]
+        terminating = json.loads(json.dumps(current))
+        meta = terminating["metadata"]
+        meta["deletionTimestamp"] = res.rfc3339(now)
+        terminating["metadata"] = res._ordered_meta(meta)
+        terminating["status"] = {"phase": "Terminating"}
+        for rt in res.TYPES:
+            if rt.namespaced:
+                for obj in self.store.list(rt.name, name):
+                    try:
+                        self.store.delete(rt.name, name, obj["metadata"]["name"])
+                    except NotFound:
+                        pass
+        try:
+            self.store.delete(NAMESPACES.name, "", name)
+        except NotFound:
+            pass
+        return Answer(200, terminating)
+
+
+def _validated(rt: ResourceType, obj: dict, request: Request, verb: str) -> tuple[dict, tuple] | Answer:
+    """The object without unknown fields and the Warning headers; or the 400 for Strict."""
+    directive = res.field_validation(request.query)
+    if directive == "Invalid":
+        return Answer(400, res.bad_request(f"fieldValidation must be one of Ignore, Warn, Strict; got "
+                                           f"{request.query['fieldValidation'][0]!r}"))
+    clean, unknown = res.strip_unknown_fields(obj, rt.kind)
+    if not unknown or directive == "Ignore":
+        return clean, ()
+    problems = [f'unknown field "{u}"' for u in unknown]
+    if directive == "Strict":
+        why = "strict decoding error: " + ", ".join(problems)
+        if verb != "patch":
+            why = f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: {why}'
+        return Answer(400, res.bad_request(why))
+    return clean, tuple(warning_header(p) for p in problems)
+
+
+def warning_header(text: str) -> tuple[str, str]:
+    """RFC 7234 `Warning: 299 - "<text>"` as the API server writes it (quotes escaped)."""
+    return "Warning", '299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _include_object(request: Request) -> str:
+    return request.query.get("includeObject", ["Metadata"])[0] or "Metadata"
+
+
+def _decode(request: Request, rt: ResourceType | None = None) -> dict | Answer:
+    """The JSON body as a dict; 415 for another media type (no YAML here), 400 for bad JSON or
+    a kind/apiVersion other than the resource's."""
+    ctype = request.content_type.split(";")[0].strip().lower()
+    if ctype and ctype not in BODY_TYPES:
+        return Answer(415, res.unsupported_media_type(ctype, BODY_TYPES))
+    kind = rt.kind if rt else "the request"
+    try:
+        body = protobuf.decode(request.body) if ctype == protobuf.CONTENT_TYPE else json.loads(request.body or b"{}")
+    except ValueError as exc:
+        return Answer(400, res.bad_request(f"the object provided is unrecognized (must be of type {kind}): "
+                                           f"couldn't get version/kind; json parse error: {exc}"))
+    if not isinstance(body, dict):
+        return Answer(400, res.bad_request(f"the object provided is unrecognized (must be of type {kind})"))
+    if rt is not None:
+        if body.get("kind") not in (None, "", rt.kind) or body.get("apiVersion") not in (None, "", rt.api_version):
+            return Answer(400, res.bad_request(
+                f"the API version in the data ({body.get('apiVersion')}) does not match the expected API version "
+                f"({rt.api_version})" if body.get("kind") in (None, "", rt.kind) else
+                f"the object provided is unrecognized (must be of type {rt.kind}): "
+                f"{body.get('kind')} in version \"{body.get('apiVersion')}\" cannot be handled as a {rt.kind}"))
+    return body

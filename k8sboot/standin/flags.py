@@ -63,7 +63,7 @@ FLAG_TYPES: dict[str, str] = {
     "requestheader-group-headers": SLICE, "requestheader-username-headers": SLICE,
     "requestheader-uid-headers": SLICE, "service-account-extend-token-expiration": BOOL,
     "service-account-issuer": ARRAY, "service-account-jwks-uri": STRING, "service-account-key-file": ARRAY,
-    "service-account-lookup": BOOL, "service-account-max-token-expiration": STRING, "token-auth-file": STRING,
+    "service-account-lookup": BOOL, "service-account-max-token-expiration": DURATION, "token-auth-file": STRING,
     # authorization
     "authorization-config": STRING, "authorization-mode": SLICE, "authorization-policy-file": STRING,
     "authorization-webhook-cache-authorized-ttl": STRING, "authorization-webhook-cache-unauthorized-ttl": STRING,
@@ -158,6 +158,11 @@ class Flags:
     @property
     def shutdown_send_retry_after(self) -> bool:
         return self.get("shutdown-send-retry-after", False)
+
+    @property
+    def service_account_max_token_expiration(self) -> float:
+        """--service-account-max-token-expiration in seconds (0: no cap, the default)."""
+        return self.get("service-account-max-token-expiration", 0.0)
 
     @property
     def request_timeout(self) -> float:
@@ -303,6 +308,9 @@ def validate_flags(flags: Flags) -> list[str]:
         errors.append("--request-timeout can not be negative value")
     if flags.shutdown_delay < 0:
         errors.append("--shutdown-delay-duration can not be negative value")
+    max_exp = flags.service_account_max_token_expiration
+    if max_exp and not 3600 <= max_exp <= 1 << 32:
+        errors.append("the service-account-max-token-expiration must be between 1 hour and 2^32 seconds")
     if not flags.get("etcd-servers"):
         errors.append("--etcd-servers must be specified")
     port = flags.secure_port

@@ -49,6 +49,10 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         return list(self._fields.get(name.lower(), ()))
 
+    def names(self) -> list[str]:
+        """The field names present, lower-cased."""
+        return list(self._fields)
+
 
 class BadRequest(Exception):
     """A request Go's net/http refuses before any handler runs: `<code> <reason>` as plain text

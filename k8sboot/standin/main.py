@@ -14,16 +14,20 @@ from k8sboot.standin.api import BANNER, GIT_VERSION, VERSION_INFO
 from k8sboot.standin.flags import FlagError, check_files, check_signing_key, parse_flags, render_errors, validate_flags
 from k8sboot.standin.lifecycle import READY_DELAY_ENV, STARTING_HOOKS, begin_graceful_shutdown, format_seconds, parse_ready_delay
 from k8sboot.standin.log import log, quote
-from k8sboot.standin.server import build_server, load_config
+from k8sboot.standin.server import StartupError, build_server, load_config
 from k8sboot.standin.tls import _openssl_reason
 
 USAGE = f"""\
 {BANNER}
 
-The Kubernetes API server validates and configures data for the api objects. THIS IS A STAND-IN:
-it implements kube-apiserver's flags and Stage-1 authentication (x509 client certificates,
-ServiceAccount tokens, anonymous) for the k8sboot lab, with a minimal default authorization. It
-stores nothing and runs no controllers.
+The Kubernetes API server validates and configures data for the api objects. THIS IS A STAND-IN,
+not Kubernetes: for the k8sboot lab it implements kube-apiserver's flags, Stage-1 authentication
+(x509 client certificates, ServiceAccount tokens checked against stored ServiceAccounts,
+anonymous), impersonation, RBAC with the bootstrap policy, and stores Namespaces,
+ServiceAccounts, ClusterRoles, ClusterRoleBindings, Roles and RoleBindings in a local directory
+(not etcd); TokenRequest, self-subject reviews, discovery, health. It runs no controllers and
+serves no watch. Anything else is answered 404/405 as the real server answers what it does not
+serve, naming the stand-in.
 
 Usage:
   kube-apiserver [flags]
@@ -34,14 +38,18 @@ Flags used by the stand-in (every kube-apiserver 1.32 flag is accepted):
       --client-ca-file string
       --anonymous-auth (default true)
       --service-account-issuer stringArray, --service-account-key-file stringArray,
-      --service-account-signing-key-file string, --api-audiences strings
+      --service-account-signing-key-file string, --api-audiences strings,
+      --service-account-max-token-expiration duration
       --etcd-servers strings (required, never dialled)
       --shutdown-delay-duration duration (default 0s), --shutdown-send-retry-after,
       --request-timeout duration (default 1m0s: also bounds the drain at shutdown)
       --version version[=true]
 
-Environment (k8sboot lab only): K8SBOOT_STANDIN_READY_DELAY=<seconds> keeps /readyz failing that
-long after the port opens.
+Environment:
+  K8SBOOT_STANDIN_DATA_DIR=<dir>  where objects are stored (default /var/lib/kube-apiserver-standin,
+                                  created 0700)
+  K8SBOOT_STANDIN_READY_DELAY=<seconds>  (k8sboot lab) keeps /readyz failing that long after the
+                                  port opens
 """
 
 
@@ -86,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     try:
         server = build_server(flags, config, ready_delay=ready_delay)
+    except StartupError as exc:
+        return _fail(str(exc))
     except (ssl.SSLError, ValueError) as exc:
         return _fail(f"unable to load server certificate: {exc}")
     except OSError as exc:

@@ -15,16 +15,24 @@ import time
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from k8sboot import authn
-from k8sboot.standin.api import RequestInfo, authorize, forbidden_status, parse_request_info, route
+from k8sboot import authn, rbac
+from k8sboot.standin import impersonation
+from k8sboot.standin.api import Api, Request, TokenSettings
+from k8sboot.standin.bootstrap import ensure_system_objects
 from k8sboot.standin.flags import Flags
 from k8sboot.standin.http import BadRequest, BodyTooLarge, HTTPHandler, read_chunked_body
 from k8sboot.standin.lifecycle import (HEALTH_CHECKS, RETRY_AFTER_MESSAGE, Lifecycle, health_answer,
                                        health_endpoint)
 from k8sboot.standin.log import log, new_audit_id, quote
+from k8sboot.standin.storage import StorageError, Store, open_store
+from k8sboot.standin.tokenrequest import load_signer
 from k8sboot.standin.tls import TLSBackend, _Reader, _Writer, make_tls
 
 MAX_BODY = 3 * 1024 * 1024          # the real server's limit for most requests
+
+
+class StartupError(Exception):
+    """The server cannot start (printed `Error: <message>`, exit 1)."""
 
 
 class StandinServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -32,11 +40,12 @@ class StandinServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], tls: TLSBackend, config: authn.AuthenticatorConfig,
+    def __init__(self, address: tuple[str, int], tls: TLSBackend, config: authn.AuthenticatorConfig, api: Api,
                  clock=None, verbosity: int = 0, lifecycle: Lifecycle | None = None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.tls = tls
         self.config = config
+        self.api = api
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.verbosity = verbosity
         self.lifecycle = lifecycle or Lifecycle()
@@ -191,32 +200,53 @@ class StandinHandler(HTTPHandler):
                               "code": 413}, audit_id)
             return
         now = self.server.clock()
+        api = self.server.api
         leaf, inter = self.tls_conn.peer_certificates()
         result = authn.authenticate_request(leaf, self.headers.get("Authorization"), self.server.config, now,
-                                            intermediates_der=inter)
-        info = parse_request_info(self.command, self.path)
-        shown_verb = info.verb.upper() if info.is_resource else self.command
+                                            intermediates_der=inter, service_accounts=api.service_account_uid)
+        attrs = rbac.attributes_from_request(self.command, self.path)
+        shown_verb = attrs.verb.upper() if attrs.is_resource else self.command
         if not result.authenticated:
-            code, reply, decision, who = 401, result.status(), "unauthorized", ""
+            code, reply, headers, decision, who = 401, result.status(), (), "unauthorized", ""
             extra = f" reason={quote(result.reason)}"
         else:
             user = result.user
             who = f" user={quote(user.username)} groups={json.dumps(list(user.groups))} authn={quote(result.authenticator)}"
-            extra = ""
-            if authorize(user, info):
-                code, reply = self._health(info) or route(info, user, result, now)
-                decision = "allowed"
-            else:
-                code, reply, decision = 403, forbidden_status(user, info), "forbidden"
+            code, reply, headers, decision, extra, acting = self._decide(attrs, body, result, now)
+            if acting is not None and acting is not user:
+                who += f" as={quote(acting.username)} asGroups={json.dumps(list(acting.groups))}"
         latency = (time.monotonic() - t0) * 1000
         log(f'"HTTP" verb={quote(shown_verb)} URI={quote(self.path)}{who} decision={quote(decision)}{extra} '
             f'resp={code} latency="{latency:.1f}ms" userAgent={quote(self.headers.get("User-Agent", ""))} '
             f'audit-ID={quote(audit_id)} srcIP={quote(src)}')
-        self._reply(code, reply, audit_id)
+        self._reply(code, reply, audit_id, headers)
 
-    def _health(self, info: RequestInfo) -> tuple[int, str] | None:
+    def _decide(self, attrs: rbac.Attributes, body: bytes, result: authn.AuthResult, now: datetime):
+        """(code, body, headers, decision, log extra, acting user) for an authenticated request:
+        impersonation, then authorization, then the answer."""
+        api = self.server.api
+        user = result.user
+        if impersonation.requested(self.headers):
+            acting = impersonation.impersonate(user, self.headers, api.authorizer)
+            if isinstance(acting, tuple):
+                code, reply = acting
+                return code, reply, (), "forbidden" if code == 403 else "bad request", "", None
+            user, result = acting, authn.AuthResult(acting, result.authenticator)
+        verdict = api.authorizer.authorize(user, attrs)
+        if not verdict.allowed:
+            extra = f" reason={quote(verdict.reason)}" if verdict.reason else ""
+            return 403, rbac.forbidden_status(user, attrs, verdict.reason), (), "forbidden", extra, user
+        health = self._health(attrs)
+        if health is not None:
+            return health[0], health[1], (), "allowed", "", user
+        request = Request(self.command, self.path, body, self.headers.get("Content-Type") or "",
+                          self.headers.get("Accept") or "")
+        answer = api.handle(attrs, request, user, result, now)
+        return answer.code, answer.body, answer.headers, "allowed", "", user
+
+    def _health(self, attrs: rbac.Attributes) -> tuple[int, str] | None:
         """/livez, /readyz, /healthz (and /<endpoint>/<check>) from the server's lifecycle."""
-        target = None if info.is_resource or info.verb not in ("get", "head") else health_endpoint(info.path)
+        target = None if attrs.is_resource or attrs.verb not in ("get", "head") else health_endpoint(attrs.path)
         if target is None:
             return None
         endpoint, check = target
@@ -233,14 +263,40 @@ class StandinHandler(HTTPHandler):
 
 
 def build_server(flags: Flags, config: authn.AuthenticatorConfig, port: int | None = None,
-                 tls_backend: str | None = None, clock=None, ready_delay: float = 0.0) -> StandinServer:
-    """The server, listening (its ready delay starts now); serve_forever serves it."""
+                 tls_backend: str | None = None, clock=None, ready_delay: float = 0.0,
+                 store: Store | None = None) -> StandinServer:
+    """The server, listening (its ready delay starts now); serve_forever serves it. `store`: the
+    objects (default: storage.open_store(), the file store), made complete at start
+    (bootstrap.ensure_system_objects: system namespaces, default ServiceAccounts, RBAC policy)."""
+    clock = clock or (lambda: datetime.now(timezone.utc))
+    try:
+        store = store if store is not None else open_store()
+        made = ensure_system_objects(store, clock())
+    except StorageError as exc:
+        raise StartupError(f"opening the stand-in's object store: {exc}") from exc
+    if made:
+        log(f'"Created at start, as a new control plane has them" count={len(made)} objects={json.dumps(made)}')
+    api = Api(store, load_token_settings(flags, config))
     tls = make_tls(flags.get("tls-cert-file"), flags.get("tls-private-key-file"), flags.get("client-ca-file"),
                    tls_backend)
     address = (flags.bind_address, flags.secure_port if port is None else port)
     lifecycle = Lifecycle(shutdown_delay=flags.shutdown_delay, send_retry_after=flags.shutdown_send_retry_after,
                           request_timeout=flags.request_timeout, ready_delay=ready_delay)
-    return StandinServer(address, tls, config, clock=clock, verbosity=flags.verbosity, lifecycle=lifecycle)
+    return StandinServer(address, tls, config, api, clock=clock, verbosity=flags.verbosity, lifecycle=lifecycle)
+
+
+def load_token_settings(flags: Flags, config: authn.AuthenticatorConfig) -> TokenSettings:
+    """The TokenRequest signer from --service-account-signing-key-file (None without it)."""
+    path = flags.get("service-account-signing-key-file")
+    signer = None
+    if path and flags.service_account_issuers:
+        try:
+            with open(path, "rb") as f:
+                signer = load_signer(f.read(), flags.service_account_issuers[0])
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"failed to parse service-account-issuer-key-file: "
+                               f"--service-account-signing-key-file {path}: {exc}") from exc
+    return TokenSettings(signer, tuple(config.audiences), int(flags.service_account_max_token_expiration))
 
 
 def load_config(flags: Flags) -> authn.AuthenticatorConfig:

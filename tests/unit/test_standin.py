@@ -16,127 +16,32 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
-from ipaddress import IPv4Address
 from pathlib import Path
 
-import jwt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from k8sboot import standin
 
-ISSUER = "https://10.240.0.10:6443"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/standin_helpers.py
+from standin_helpers import (ISSUER, Running, _key_pem, backends, base_argv, make_pki, socket_port,  # noqa: E402
+                             token)
+
 REQUIRED = "[service-account-issuer is a required flag, --service-account-signing-key-file and --service-account-issuer are required flags]"
 
 
 # --- material --------------------------------------------------------------------------------
 
 
-def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
-    return x509.Name([*(x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def _ca(cn: str):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
-
-
-def _leaf(ca, cn: str, orgs=(), eku=(ExtendedKeyUsageOID.CLIENT_AUTH,), ips=(), valid=True):
-    ca_key, ca_cert = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(timezone.utc)
-    start, end = (now - timedelta(minutes=5), now + timedelta(days=1)) if valid else \
-        (now - timedelta(days=3), now - timedelta(days=1))
-    b = (x509.CertificateBuilder().subject_name(_name(cn, orgs)).issuer_name(ca_cert.subject)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(start).not_valid_after(end)
-         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-         .add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False))
-    if ips:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(IPv4Address(i)) for i in ips]),
-                            critical=False)
-    return key, b.sign(ca_key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    d = tmp_path_factory.mktemp("standin-pki")
-    ca = _ca("Test Cluster CA")
-    other = _ca("Other CA")
-    files = {"ca.pem": _pem(ca[1])}
-    for name, (key, cert) in {
-        "kubernetes": _leaf(ca, "kubernetes", eku=(ExtendedKeyUsageOID.SERVER_AUTH,), ips=("127.0.0.1",)),
-        "admin": _leaf(ca, "admin", orgs=("system:masters",)),
-        "jane": _leaf(ca, "jane", orgs=("dev",)),
-        "expired": _leaf(ca, "old", valid=False),
-        "mallory": _leaf(other, "mallory", orgs=("system:masters",)),
-    }.items():
-        files[f"{name}.pem"] = _pem(cert)
-        files[f"{name}-key.pem"] = _key_pem(key)
-    inter_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(timezone.utc)
-    inter_cert = (x509.CertificateBuilder().subject_name(_name("Test Intermediate CA")).issuer_name(ca[1].subject)
-                  .public_key(inter_key.public_key()).serial_number(x509.random_serial_number())
-                  .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-                  .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                  .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                                 critical=True)
-                  .sign(ca[0], hashes.SHA256()))
-    carol_key, carol = _leaf((inter_key, inter_cert), "carol", orgs=("dev",))
-    files["carol-chain.pem"] = _pem(carol) + _pem(inter_cert)       # the leaf, then its intermediate
-    files["carol-key.pem"] = _key_pem(carol_key)
-    sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    files["service-account-key.pem"] = _key_pem(sa)
-    files["service-account.pem"] = sa.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    for name, data in files.items():
-        (d / name).write_bytes(data)
-    return d
-
-
-def token(pki: Path, *, iss=ISSUER, aud=(ISSUER,), exp_in=600, ns="authn-demo", sa="bot", key_file=None) -> str:
-    now = int(time.time())
-    claims = {"iss": iss, "aud": list(aud), "iat": now, "nbf": now, "exp": now + exp_in,
-              "sub": f"system:serviceaccount:{ns}:{sa}", "jti": str(uuid.uuid4()),
-              "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa, "uid": str(uuid.uuid4())}}}
-    key = serialization.load_pem_private_key((key_file or pki / "service-account-key.pem").read_bytes(), None)
-    return jwt.encode(claims, key, algorithm="RS256")
-
-
-def base_argv(pki: Path, **over) -> list[str]:
-    flags = {
-        "etcd-servers": "https://127.0.0.1:2379", "bind-address": "127.0.0.1", "secure-port": "6443",
-        "tls-cert-file": pki / "kubernetes.pem", "tls-private-key-file": pki / "kubernetes-key.pem",
-        "client-ca-file": pki / "ca.pem", "service-account-key-file": pki / "service-account.pem",
-        "service-account-signing-key-file": pki / "service-account-key.pem",
-        "service-account-issuer": ISSUER, "authorization-mode": "Node,RBAC",
-    }
-    flags.update(over)
-    return [f"--{k}={v}" for k, v in flags.items() if v is not None]
+    return make_pki(tmp_path_factory.mktemp("standin-pki"))
 
 
 # --- flag parsing -------------------------------------------------------------------------------
@@ -250,116 +155,10 @@ def test_version_says_stand_in(capsys):
     assert "v0.0.0-k8sboot-standin" in out and "not Kubernetes" in out and "STAND-IN" in out
 
 
-# --- request attributes and Stage 2 ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("method, target, expected", [
-    ("GET", "/api/v1/namespaces/default/pods", ("list", "", "default", "pods", "", "")),
-    ("GET", "/api/v1/namespaces/default/pods?watch=true", ("watch", "", "default", "pods", "", "")),
-    ("GET", "/api/v1/pods", ("list", "", "", "pods", "", "")),
-    ("GET", "/api/v1/namespaces/default/pods/web", ("get", "", "default", "pods", "web", "")),
-    ("GET", "/api/v1/namespaces/kube-system", ("get", "", "kube-system", "namespaces", "kube-system", "")),
-    ("DELETE", "/api/v1/namespaces/default/pods", ("deletecollection", "", "default", "pods", "", "")),
-    ("PATCH", "/apis/apps/v1/namespaces/x/deployments/d/scale", ("patch", "apps", "x", "deployments", "d", "scale")),
-    ("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
-     ("create", "authentication.k8s.io", "", "selfsubjectreviews", "", "")),
-])
-def test_request_info(method, target, expected):
-    i = standin.parse_request_info(method, target)
-    assert i.is_resource
-    assert (i.verb, i.api_group, i.namespace, i.resource, i.name, i.subresource) == expected
-
-
-@pytest.mark.parametrize("target", ["/", "/healthz", "/version", "/api", "/apis", "/api/v1", "/apis/apps/v1"])
-def test_non_resource_paths(target):
-    assert not standin.parse_request_info("GET", target).is_resource
-
-
-def test_forbidden_message_is_the_api_servers():
-    from k8sboot import authn
-
-    anon = authn.UserInfo("system:anonymous", groups=("system:unauthenticated",))
-    body = standin.forbidden_status(anon, standin.parse_request_info("GET", "/api/v1/namespaces/default/pods"))
-    assert body == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": 'pods is forbidden: User "system:anonymous" cannot list resource "pods" in API '
-                               'group "" in the namespace "default"',
-                    "reason": "Forbidden", "details": {"kind": "pods"}, "code": 403}
-    nodes = standin.forbidden_status(anon, standin.parse_request_info("GET", "/api/v1/nodes/n1"))
-    assert nodes["message"] == ('nodes "n1" is forbidden: User "system:anonymous" cannot get resource "nodes" '
-                                'in API group "" at the cluster scope')
-    root = standin.forbidden_status(anon, standin.parse_request_info("GET", "/"))
-    assert root["message"] == 'forbidden: User "system:anonymous" cannot get path "/"' and root["details"] == {}
-
-
-@pytest.mark.parametrize("user, groups, method, target, allowed", [
-    ("admin", ("system:masters", "system:authenticated"), "DELETE", "/api/v1/namespaces/x", True),
-    ("system:anonymous", ("system:unauthenticated",), "GET", "/version", True),
-    ("system:anonymous", ("system:unauthenticated",), "GET", "/livez", True),
-    ("system:anonymous", ("system:unauthenticated",), "GET", "/api", False),
-    ("system:anonymous", ("system:unauthenticated",), "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", False),
-    ("jane", ("dev", "system:authenticated"), "GET", "/apis", True),
-    ("jane", ("dev", "system:authenticated"), "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", True),
-    ("jane", ("dev", "system:authenticated"), "GET", "/api/v1/namespaces/default/pods", False),
-])
-def test_default_policy(user, groups, method, target, allowed):
-    from k8sboot import authn
-
-    assert standin.authorize(authn.UserInfo(user, groups=groups), standin.parse_request_info(method, target)) is allowed
-
-
 # --- the server over TLS on 127.0.0.1 --------------------------------------------------------------
 
 
-def _backends():
-    out = ["python-ssl"]
-    try:
-        import OpenSSL.SSL  # noqa: F401
-        out.append("pyopenssl")
-    except ImportError:
-        pass
-    return out
-
-
-class Running:
-    def __init__(self, pki: Path, backend: str, ready_delay: float = 0.0, **over):
-        flags = standin.parse_flags(base_argv(pki, **over))
-        assert standin.validate_flags(flags) == []
-        self.pki = pki
-        self.server = standin.build_server(flags, standin.load_config(flags), port=0,
-                                           tls_backend="ssl" if backend == "python-ssl" else "pyopenssl",
-                                           ready_delay=ready_delay)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def request(self, method: str, path: str, cert: str | None = None, bearer: str | None = None,
-                body: bytes | None = None) -> tuple[int, object]:
-        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.pem"))
-        if cert:
-            ctx.load_cert_chain(self.pki / f"{cert}.pem", self.pki / f"{cert}-key.pem")
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=10)
-        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            r = conn.getresponse()
-            data = r.read()
-        finally:
-            conn.close()
-        ctype = r.getheader("Content-Type", "")
-        return r.status, json.loads(data) if ctype.startswith("application/json") else data.decode()
-
-    def whoami(self, **kw) -> tuple[int, object]:
-        return self.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                            body=b'{"kind":"SelfSubjectReview","apiVersion":"authentication.k8s.io/v1"}', **kw)
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture(params=_backends())
+@pytest.fixture(params=backends())
 def server(request, pki):
     running = Running(pki, request.param)
     running.backend = request.param
@@ -369,7 +168,7 @@ def server(request, pki):
 
 @pytest.fixture
 def closed_server(pki):
-    running = Running(pki, _backends()[-1], **{"anonymous-auth": "false"})
+    running = Running(pki, backends()[-1], **{"anonymous-auth": "false"})
     yield running
     running.stop()
 
@@ -412,7 +211,7 @@ def test_no_credential_with_anonymous_off_is_401(closed_server, capsys):
 
 
 def test_service_account_token_is_the_service_account(server, pki):
-    code, body = server.whoami(bearer=token(pki))
+    code, body = server.whoami(bearer=token(pki, uid=server.service_account()))
     assert code == 201
     info = body["status"]["userInfo"]
     assert info["username"] == "system:serviceaccount:authn-demo:bot"
@@ -425,7 +224,7 @@ def test_service_account_token_is_the_service_account(server, pki):
     {"exp_in": -3600},
 ])
 def test_a_token_for_another_audience_or_issuer_or_expired_is_401_even_with_anonymous_on(server, pki, bad):
-    code, body = server.whoami(bearer=token(pki, **bad))
+    code, body = server.whoami(bearer=token(pki, uid=server.service_account(), **bad))
     assert code == 401 and body["reason"] == "Unauthorized"
 
 
@@ -465,6 +264,13 @@ NOT_ALLOWED = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "
     ("PUT", "/api/v1/namespaces/default/configmaps/x", UNKNOWN),
     ("DELETE", "/api/v1/nodes/n1", UNKNOWN),
     ("GET", "/api/v1/secrets", UNKNOWN),
+    ("GET", "/api/v1/namespaces?watch=true", NOT_ALLOWED),
+    ("DELETE", "/api/v1/namespaces/default/serviceaccounts", NOT_ALLOWED),
+    ("GET", "/api/v1/namespaces/default/serviceaccounts/default/token", NOT_ALLOWED),
+    ("GET", "/api/v1/namespaces/default/status", UNKNOWN),
+    ("POST", "/apis/authentication.k8s.io/v1/tokenreviews", UNKNOWN),
+    ("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", UNKNOWN),
+    ("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles?watch=1", NOT_ALLOWED),
     ("GET", "/apis/authentication.k8s.io/v1/selfsubjectreviews", NOT_ALLOWED),
     ("DELETE", "/apis/authentication.k8s.io/v1/selfsubjectreviews", NOT_ALLOWED),
     ("GET", "/apis/authentication.k8s.io/v1/tokenreviews", UNKNOWN),
@@ -491,7 +297,17 @@ def test_discovery_lists_only_what_is_implemented(server):
     assert code == 200 and [(r["name"], r["verbs"]) for r in body["resources"]] == [("selfsubjectreviews",
                                                                                       ["create"])]
     code, body = server.request("GET", "/apis", cert="admin")
-    assert [g["name"] for g in body["groups"]] == ["authentication.k8s.io"]
+    assert [g["name"] for g in body["groups"]] == ["authentication.k8s.io", "authorization.k8s.io",
+                                                   "rbac.authorization.k8s.io"]
+    code, body = server.request("GET", "/api/v1", cert="admin")
+    assert [(r["name"], r["verbs"]) for r in body["resources"]] == [
+        ("namespaces", ["create", "delete", "get", "list", "patch", "update"]),
+        ("serviceaccounts", ["create", "delete", "get", "list", "patch", "update"]),
+        ("serviceaccounts/token", ["create"])]
+    code, body = server.request("GET", "/apis/rbac.authorization.k8s.io/v1", cert="admin")
+    assert [r["name"] for r in body["resources"]] == ["clusterroles", "clusterrolebindings", "roles", "rolebindings"]
+    code, body = server.request("GET", "/apis/authorization.k8s.io/v1", cert="admin")
+    assert [r["name"] for r in body["resources"]] == ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]
 
 
 def test_a_client_certificate_under_an_intermediate_it_sends_is_authenticated_by_both_backends(server, pki):
@@ -545,7 +361,8 @@ def _installed_standin(tmp_path: Path) -> tuple[str, dict]:
     for name, data in hosts.standin_sources().items():
         (lib / name).parent.mkdir(parents=True, exist_ok=True)
         (lib / name).write_bytes(data)
-    return py, {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "lib")}
+    return py, {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "lib"),
+                "K8SBOOT_STANDIN_DATA_DIR": str(tmp_path / "store")}
 
 
 def test_installed_standin_runs_on_the_systems_python(pki, tmp_path):
@@ -645,20 +462,6 @@ def _read_until(proc, marker: str) -> str:
         lines.append(line)
         if not line or marker in line:
             return "".join(lines)
-
-
-class socket_port:
-    """A free TCP port on 127.0.0.1 (closed again before use)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        self.s = socket.socket()
-        self.s.bind(("127.0.0.1", 0))
-        return self.s.getsockname()[1]
-
-    def __exit__(self, *exc):
-        self.s.close()
 
 
 def test_audit_ids_are_random_version_4_uuids():
@@ -912,7 +715,7 @@ class SlowRequest:
 def stopping(request, pki):
     """A server with the shutdown flags of request.param; its graceful termination is started
     by the test (`begin`), as SIGTERM does in main."""
-    running = Running(pki, _backends()[-1], **request.param)
+    running = Running(pki, backends()[-1], **request.param)
     running.begin = lambda: standin.begin_graceful_shutdown(running.server)
     yield running
     running.stop()
@@ -968,7 +771,7 @@ def test_without_retry_after_the_port_closes_after_the_delay_and_requests_in_fli
 
 
 def test_readyz_names_unfinished_post_start_hooks_until_the_ready_delay_has_passed(pki):
-    running = Running(pki, _backends()[-1], ready_delay=0.5)
+    running = Running(pki, backends()[-1], ready_delay=0.5)
     try:
         code, _, body = https(running.port, pki, "/readyz")
         assert code == 500 and body.endswith("readyz check failed\n")
@@ -984,9 +787,10 @@ def test_readyz_names_unfinished_post_start_hooks_until_the_ready_delay_has_pass
 @pytest.mark.parametrize("who", ["jane", "token", "anonymous"])
 def test_health_is_readable_by_any_authenticated_user_and_by_anonymous_when_allowed(pki, who):
     """system:public-info-viewer: a failing /readyz is a 500 with its body, never a 403."""
-    running = Running(pki, _backends()[-1], ready_delay=3600)
+    running = Running(pki, backends()[-1], ready_delay=3600)
     try:
-        kw = {"cert": "jane"} if who == "jane" else {"bearer": token(pki)} if who == "token" else {}
+        kw = {"cert": "jane"} if who == "jane" else \
+            {"bearer": token(pki, uid=running.service_account())} if who == "token" else {}
         code, body = running.request("GET", "/readyz", **kw)
         assert code == 500 and "[-]poststarthook/rbac/bootstrap-roles failed: reason withheld" in body
         assert running.request("GET", "/livez", **kw) == (200, "ok")
@@ -996,7 +800,7 @@ def test_health_is_readable_by_any_authenticated_user_and_by_anonymous_when_allo
 
 
 def test_with_anonymous_off_health_needs_a_credential(pki):
-    running = Running(pki, _backends()[-1], **{"anonymous-auth": "false"})
+    running = Running(pki, backends()[-1], **{"anonymous-auth": "false"})
     try:
         assert running.request("GET", "/readyz")[0] == 401
         assert running.request("GET", "/readyz", cert="jane") == (200, "ok")
@@ -1017,8 +821,9 @@ class Process:
         with socket_port() as port:
             self.port = port
         argv = base_argv(pki, **{"secure-port": str(port)}) + list(extra)
+        store = {"K8SBOOT_STANDIN_DATA_DIR": tempfile.mkdtemp(prefix="standin-store-")}
         self.proc = subprocess.Popen([sys.executable, "-m", "k8sboot.standin", *argv], stderr=subprocess.PIPE,
-                                     text=True, env={**os.environ, **(env or {})})
+                                     text=True, env={**os.environ, **store, **(env or {})})
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True).start()
         assert eventually(lambda: self.proc.poll() is not None or not refused(self.port)), "never listened"
