@@ -137,13 +137,85 @@ def test_version_says_stand_in(serving, workdir, lab_tools):
     assert code == 200 and body["gitVersion"] == "v0.0.0-k8sboot-standin"
 
 
-def test_token_from_token_create_is_the_service_account(serving, workdir, lab_tools):
+def kubectl(workdir: Path, lab_tools, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    """Real kubectl against controller-0 as admin (or with `token` and no other credential); its
+    own discovery cache, so nothing a stand-in of another version served is remembered."""
+    if token:
+        auth = ["--kubeconfig=/dev/null", "--server=https://10.240.0.10:6443",
+                f"--certificate-authority={workdir / 'pki' / 'ca.pem'}", f"--token={token}"]
+    else:
+        auth = ["--kubeconfig", str(workdir / "admin.kubeconfig")]
+    return subprocess.run(["kubectl", *auth, "--cache-dir", str(workdir / "kube-cache"), *args],
+                          capture_output=True, text=True, timeout=60, env=lab_tools.clean_env())
+
+
+def test_the_lab_installs_the_stand_in_package_with_what_it_imports(serving):
+    listed = serving.run("cd /usr/local/lib/k8sboot-standin/k8sboot && ls *.py standin/*.py").stdout.split()
+    for name in ("authn.py", "rbac.py", "tokens.py", "errors.py", "standin/__init__.py", "standin/api.py",
+                 "standin/storage.py", "standin/tokenrequest.py"):
+        assert name in listed
+    assert "standin.py" not in listed
+    assert serving.run("stat -c %a /var/lib/kube-apiserver-standin").stdout.strip() == "700"
+
+
+def test_an_offline_minted_token_is_401_as_no_service_account_has_its_uid(serving, workdir, lab_tools):
+    """The real server looks the ServiceAccount up: `k8sboot token create` mints a valid
+    signature for an account that does not exist here, so the answer is 401, as upstream's."""
     tok = lab_tools.k8sboot("token", "create", "--namespace", "authn-demo", "--service-account", "bot",
                             "--duration", "10m", "-i", "inventory/lab.yaml", cwd=workdir).stdout.strip()
     code, body = whoami_by_token(workdir, lab_tools, tok)
+    assert code == 401 and body["reason"] == "Unauthorized"
+
+
+def test_kubectl_create_token_is_the_service_account_until_it_is_deleted(serving, workdir, lab_tools):
+    assert kubectl(workdir, lab_tools, "create", "namespace", "token-demo").stdout == "namespace/token-demo created\n"
+    assert kubectl(workdir, lab_tools, "-n", "token-demo", "create", "serviceaccount", "bot").returncode == 0
+    r = kubectl(workdir, lab_tools, "-n", "token-demo", "create", "token", "bot", "--duration=10m")
+    assert r.returncode == 0, r.stderr
+    tok = r.stdout.strip()
+    code, body = whoami_by_token(workdir, lab_tools, tok)
     assert code == 201
-    assert body["status"]["userInfo"]["username"] == "system:serviceaccount:authn-demo:bot"
-    assert "system:serviceaccounts:authn-demo" in body["status"]["userInfo"]["groups"]
+    assert body["status"]["userInfo"]["username"] == "system:serviceaccount:token-demo:bot"
+    assert "system:serviceaccounts:token-demo" in body["status"]["userInfo"]["groups"]
+    who = kubectl(workdir, lab_tools, "auth", "whoami", token=tok)
+    assert "system:serviceaccount:token-demo:bot" in who.stdout, who.stderr
+    assert kubectl(workdir, lab_tools, "auth", "can-i", "list", "pods", token=tok).stdout.strip() == "no"
+    assert kubectl(workdir, lab_tools, "auth", "can-i", "list", "pods").stdout.strip() == "yes"
+    assert kubectl(workdir, lab_tools, "-n", "token-demo", "delete", "serviceaccount", "bot").returncode == 0
+    assert whoami_by_token(workdir, lab_tools, tok)[0] == 401
+    assert kubectl(workdir, lab_tools, "delete", "namespace", "token-demo").stdout == \
+        'namespace "token-demo" deleted\n'
+
+
+def test_objects_survive_a_restart_of_the_unit(serving, workdir, lab_tools):
+    assert kubectl(workdir, lab_tools, "create", "namespace", "kept").returncode == 0
+    uid = json.loads(kubectl(workdir, lab_tools, "get", "namespace", "kept", "-o", "json").stdout)["metadata"]["uid"]
+    serving.run("systemctl restart kube-apiserver")
+    wait_serving(serving.address)
+    again = kubectl(workdir, lab_tools, "get", "namespace", "kept", "-o", "json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["metadata"]["uid"] == uid
+    assert kubectl(workdir, lab_tools, "delete", "namespace", "kept").returncode == 0
+
+
+@pytest.mark.parametrize("method, path, code", [
+    ("GET", "/api/v1/namespaces/default/pods", 404), ("POST", "/api/v1/namespaces/default/configmaps", 404),
+    ("GET", "/api/v1/nodes", 404), ("GET", "/api/v1/namespaces?watch=true", 405),
+    ("DELETE", "/api/v1/namespaces/default/serviceaccounts", 405), ("GET", "/apis/apps/v1/deployments", 404),
+    ("POST", "/apis/authentication.k8s.io/v1/tokenreviews", 404),
+])
+def test_every_unimplemented_path_is_404_or_405_never_2xx(serving, workdir, lab_tools, method, path, code):
+    args = ["--cert", str(workdir / "pki" / "admin.pem"), "--key", str(workdir / "pki" / "admin-key.pem"),
+            "-X", method, "-H", "Content-Type: application/json"]
+    if method == "POST":
+        args += ["-d", "{}"]
+    out = workdir / f"body-{uuid.uuid4().hex}"
+    r = subprocess.run(["curl", "-sS", "--noproxy", "*", "--max-time", "10", "-o", str(out), "-w", "%{http_code}",
+                        "--cacert", str(workdir / "pki" / "ca.pem"), *args, f"https://10.240.0.10:6443{path}"],
+                       capture_output=True, text=True, env=lab_tools.clean_env())
+    assert r.returncode == 0 and int(r.stdout) == code
+    if path.startswith("/api/") or "k8s.io" in path:
+        assert "k8sboot stand-in (not Kubernetes)" in out.read_text()
 
 
 def test_token_for_another_audience_is_401(serving, workdir, lab_tools):
