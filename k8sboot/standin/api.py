@@ -375,11 +375,15 @@ class Api:
         if current is None:
             return Answer(404, res.not_found(rt, attrs.name))
         if rt is NAMESPACES:
+            if attrs.name in res.IMMORTAL_NAMESPACES:
+                return Answer(403, res.forbidden(rt, attrs.name, "this namespace may not be deleted"))
             return self._delete_namespace(current, now)
         try:
             gone = self.store.delete(rt.name, namespace, attrs.name)
         except NotFound:
             return Answer(404, res.not_found(rt, attrs.name))
+        if rt is SERVICE_ACCOUNTS and attrs.name == "default":
+            ensure_namespace_content(self.store, namespace, now)     # the controller makes it again
         return Answer(200, res.deleted_status(rt, gone))
 
     def _delete_namespace(self, current: dict, now: datetime) -> Answer:

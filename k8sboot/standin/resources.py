@@ -69,6 +69,7 @@ BY_RESOURCE = {(t.group, t.version, t.name): t for t in TYPES}
 NAMESPACES = BY_RESOURCE[("", "v1", "namespaces")]
 SERVICE_ACCOUNTS = BY_RESOURCE[("", "v1", "serviceaccounts")]
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")     # NamespaceLifecycle admission
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
@@ -104,6 +105,11 @@ def conflict(rt: ResourceType, name: str) -> dict:
     return status(409, "Conflict", f'Operation cannot be fulfilled on {rt.qualified} "{name}": the object has '
                   "been modified; please apply your changes to the latest version and try again",
                   _details(rt, name))
+
+
+def forbidden(rt: ResourceType, name: str, why: str) -> dict:
+    """NewForbidden: `<resource> "<name>" is forbidden: <why>`."""
+    return status(403, "Forbidden", f'{rt.qualified} "{name}" is forbidden: {why}', _details(rt, name))
 
 
 def bad_request(message: str) -> dict:
@@ -338,31 +344,43 @@ class SelectorError(ValueError):
     """A selector the stand-in cannot evaluate; the message is the 400's."""
 
 
-def parse_label_selector(text: str) -> list[tuple[str, str, str]]:
-    """`a=b,c!=d,e,!f` -> [(op, key, value)]; set-based selectors (in, notin) are refused."""
-    out = []
-    for term in (t.strip() for t in text.split(",") if t.strip()):
-        if " in " in term or " notin " in term or "(" in term:
-            raise SelectorError(f"unable to parse requirement: set-based label selectors are not implemented "
-                                f"by the k8sboot stand-in: {term!r}")
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            out.append(("!=", key.strip(), value.strip()))
-        elif "==" in term or "=" in term:
-            key, value = re.split("==?", term, maxsplit=1)
-            out.append(("=", key.strip(), value.strip()))
-        elif term.startswith("!"):
-            out.append(("!", term[1:].strip(), ""))
+def parse_label_selector(text: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """labels.Parse: `a=b`, `a==b`, `a!=b`, `a`, `!a`, `a in (x,y)`, `a notin (x)`, joined by
+    commas -> [(op, key, values)]; SelectorError for what it cannot read."""
+    terms, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            terms.append(current)
+            current = ""
         else:
-            out.append(("exists", term, ""))
+            current += ch
+    terms.append(current)
+    out = []
+    for term in (t.strip() for t in terms if t.strip()):
+        m = re.fullmatch(r"([^\s!=(),]+)\s+(in|notin)\s*\(([^()]*)\)", term)
+        if m:
+            out.append((m[2], m[1], tuple(v.strip() for v in m[3].split(",") if v.strip())))
+        elif "!=" in term:
+            key, value = term.split("!=", 1)
+            out.append(("!=", key.strip(), (value.strip(),)))
+        elif "=" in term:
+            key, value = re.split("==?", term, maxsplit=1)
+            out.append(("=", key.strip(), (value.strip(),)))
+        elif term.startswith("!"):
+            out.append(("!", term[1:].strip(), ()))
+        elif re.fullmatch(r"[^\s!=(),]+", term):
+            out.append(("exists", term, ()))
+        else:
+            raise SelectorError(f"unable to parse requirement: {term!r}")
     return out
 
 
-def labels_match(selector: list[tuple[str, str, str]], labels: dict) -> bool:
-    for op, key, value in selector:
+def labels_match(selector: list[tuple[str, str, tuple[str, ...]]], labels: dict) -> bool:
+    for op, key, values in selector:
         have = labels.get(key)
-        if op == "=" and have != value or op == "!=" and have == value or \
-                op == "exists" and key not in labels or op == "!" and key in labels:
+        if op in ("=", "in") and have not in values or op in ("!=", "notin") and have in values and have is not None \
+                or op == "exists" and key not in labels or op == "!" and key in labels:
             return False
     return True
 

@@ -541,3 +541,32 @@ def test_a_max_token_expiration_outside_its_range_is_refused_with_the_real_messa
         standin.validate_flags(flags)
     assert standin.parse_flags(["--service-account-max-token-expiration=24h"]).service_account_max_token_expiration \
         == 86400
+
+
+# --- what the control plane's controllers and admission would do ------------------------------------
+
+
+@needs_kubectl
+def test_the_system_namespaces_may_not_be_deleted_and_a_deleted_default_account_comes_back(kubectl):
+    r = kubectl.run("delete", "namespace", "default")
+    assert r.returncode == 1
+    assert r.stderr == 'Error from server (Forbidden): namespaces "default" is forbidden: this namespace may not be deleted\n'
+    before = json.loads(kubectl.ok("-n", "default", "get", "sa", "default", "-o", "json"))["metadata"]["uid"]
+    assert kubectl.ok("-n", "default", "delete", "sa", "default") == 'serviceaccount "default" deleted\n'
+    after = json.loads(kubectl.ok("-n", "default", "get", "sa", "default", "-o", "json"))["metadata"]["uid"]
+    assert after != before                                   # made again, as the serviceaccount controller does
+
+
+@needs_kubectl
+def test_label_selectors_select(kubectl):
+    for name, team in (("a", "red"), ("b", "blue"), ("c", None)):
+        kubectl.ok("create", "namespace", name)
+        if team:
+            kubectl.ok("label", "namespace", name, f"team={team}")
+    def names(selector: str) -> list[str]:
+        return kubectl.ok("get", "namespaces", "-l", selector, "-o", "name").split()
+
+    assert names("team=red") == ["namespace/a"]
+    assert names("team in (red,blue)") == ["namespace/a", "namespace/b"]
+    assert names("team notin (red),kubernetes.io/metadata.name in (a,b,c)") == ["namespace/b", "namespace/c"]
+    assert names("!team,kubernetes.io/metadata.name=c") == ["namespace/c"]
