@@ -314,6 +314,9 @@ class Api:
         if missing:
             return missing
         obj = res.prepare_create(rt, body, namespace, now)
+        errors = res.rbac_errors(rt, obj)
+        if errors:
+            return Answer(422, res.invalid(rt.group, rt.kind, name, errors))
         try:
             stored = self.store.create(rt.name, namespace, name, obj)
         except AlreadyExists:
@@ -363,6 +366,9 @@ class Api:
 
     def _replace(self, rt, namespace, name, body, current, resource_version, warnings: tuple = ()) -> Answer:
         obj = res.prepare_update(rt, body, current)
+        errors = res.rbac_errors(rt, obj, current)
+        if errors:
+            return Answer(422, res.invalid(rt.group, rt.kind, name, errors))
         try:
             return Answer(200, self.store.update(rt.name, namespace, name, obj, resource_version), warnings)
         except Conflict:

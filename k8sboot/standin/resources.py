@@ -117,11 +117,15 @@ def bad_request(message: str) -> dict:
 
 
 def _go_quote(value: Any) -> str:
-    """%v of field.Invalid's value as the error prints it: strings quoted, numbers bare."""
+    """field.Error's value as it prints it: strings %q, numbers and bools %v, a []string %#v."""
+    if isinstance(value, _GoStruct):
+        return str(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list):
+        return "[]string{" + ", ".join(json.dumps(str(v), ensure_ascii=False) for v in value) + "}"
     return str(value)
 
 
@@ -132,6 +136,8 @@ def invalid(group: str, kind: str, name: str, errors: list[tuple[str, str, Any, 
     for kind_of_error, field_path, value, detail in errors:
         if kind_of_error == "Required":
             message, reason = f"Required value: {detail}", "FieldValueRequired"
+        elif kind_of_error == "Unsupported":
+            message, reason = f"Unsupported value: {_go_quote(value)}: {detail}", "FieldValueNotSupported"
         else:
             message, reason = f"Invalid value: {_go_quote(value)}: {detail}", "FieldValueInvalid"
         causes.append({"reason": reason, "message": message, "field": field_path})
@@ -277,6 +283,10 @@ def _defaults(rt: ResourceType, obj: dict) -> dict:
         obj["status"] = {"phase": (obj.get("status") or {}).get("phase", "Active")}
     if rt.kind in ("Role", "ClusterRole") and "rules" not in obj:
         obj["rules"] = None                                 # `json:"rules"`, no omitempty: null
+    if rt.kind in ("RoleBinding", "ClusterRoleBinding"):
+        for subject in obj.get("subjects") or []:          # SetDefaults_Subject
+            if isinstance(subject, dict) and not subject.get("apiGroup") and subject.get("kind") in ("User", "Group"):
+                subject["apiGroup"] = RBAC
     return _key_order(obj)
 
 
@@ -578,3 +588,85 @@ def field_validation(query: dict) -> str:
     """The request's fieldValidation directive (the server's default since 1.27: Warn)."""
     value = (query.get("fieldValidation") or ["Warn"])[0] or "Warn"
     return value if value in ("Strict", "Warn", "Ignore") else "Invalid"
+
+
+# --- RBAC objects (pkg/apis/rbac/validation) ---------------------------------------------------------
+
+_RBAC_GROUP_VALUES = '"rbac.authorization.k8s.io"'
+
+
+def _rule_errors(rule: Any, namespaced: bool, path: str) -> list[tuple[str, str, Any, str]]:
+    rule = rule if isinstance(rule, dict) else {}
+    errors: list[tuple[str, str, Any, str]] = []
+    if not rule.get("verbs"):
+        errors.append(("Required", f"{path}.verbs", None, "verbs must contain at least one value"))
+    urls = rule.get("nonResourceURLs") or []
+    if urls:
+        if namespaced:
+            errors.append(("Invalid", f"{path}.nonResourceURLs", urls, "namespaced rules cannot apply to non-resource URLs"))
+        if rule.get("apiGroups") or rule.get("resources") or rule.get("resourceNames"):
+            errors.append(("Invalid", f"{path}.nonResourceURLs", urls,
+                           "rules cannot apply to both regular resources and non-resource URLs"))
+        return errors
+    if not rule.get("apiGroups"):
+        errors.append(("Required", f"{path}.apiGroups", None, "resource rules must supply at least one api group"))
+    if not rule.get("resources"):
+        errors.append(("Required", f"{path}.resources", None, "resource rules must supply at least one resource"))
+    return errors
+
+
+def rbac_errors(rt: ResourceType, obj: dict, current: dict | None = None) -> list[tuple[str, str, Any, str]]:
+    """ValidateRole / ValidateClusterRole / ValidateRoleBinding / ValidateClusterRoleBinding (and
+    the roleRef that an update may not change), as field errors for `invalid`."""
+    errors: list[tuple[str, str, Any, str]] = []
+    namespaced = rt.namespaced
+    if rt.kind in ("Role", "ClusterRole"):
+        for i, rule in enumerate(obj.get("rules") or []):
+            errors.extend(_rule_errors(rule, namespaced, f"rules[{i}]"))
+        return errors
+    if rt.kind not in ("RoleBinding", "ClusterRoleBinding"):
+        return errors
+    ref = obj.get("roleRef") if isinstance(obj.get("roleRef"), dict) else {}
+    if ref.get("apiGroup") != RBAC:
+        errors.append(("Unsupported", "roleRef.apiGroup", ref.get("apiGroup", ""),
+                       f"supported values: {_RBAC_GROUP_VALUES}"))
+    kinds = ("ClusterRole", "Role") if namespaced else ("ClusterRole",)
+    if ref.get("kind") not in kinds:
+        errors.append(("Unsupported", "roleRef.kind", ref.get("kind", ""),
+                       "supported values: " + ", ".join(f'"{k}"' for k in kinds)))
+    if not ref.get("name"):
+        errors.append(("Required", "roleRef.name", None, ""))
+    else:
+        for msg in name_errors("path-segment", ref["name"]):
+            errors.append(("Invalid", "roleRef.name", ref["name"], msg))
+    for i, subject in enumerate(obj.get("subjects") or []):
+        subject = subject if isinstance(subject, dict) else {}
+        path = f"subjects[{i}]"
+        if not subject.get("name"):
+            errors.append(("Required", f"{path}.name", None, ""))
+        kind = subject.get("kind")
+        if kind == "ServiceAccount":
+            if subject.get("apiGroup"):
+                errors.append(("Unsupported", f"{path}.apiGroup", subject["apiGroup"], 'supported values: ""'))
+            if not namespaced and not subject.get("namespace"):
+                errors.append(("Required", f"{path}.namespace", None, ""))
+        elif kind in ("User", "Group"):
+            if subject.get("apiGroup") != RBAC:
+                errors.append(("Unsupported", f"{path}.apiGroup", subject.get("apiGroup", ""),
+                               f"supported values: {_RBAC_GROUP_VALUES}"))
+        else:
+            errors.append(("Unsupported", f"{path}.kind", kind or "",
+                           'supported values: "ServiceAccount", "User", "Group"'))
+    if current is not None and current.get("roleRef") != obj.get("roleRef"):
+        errors.append(("Invalid", "roleRef", _go_struct(obj.get("roleRef")), "cannot change roleRef"))
+    return errors
+
+
+class _GoStruct(str):
+    """A value printed as is (field.Invalid of a struct prints it with %#v)."""
+
+
+def _go_struct(ref: Any) -> Any:
+    ref = ref if isinstance(ref, dict) else {}
+    return _GoStruct('rbac.RoleRef{APIGroup:"%s", Kind:"%s", Name:"%s"}' % (ref.get("apiGroup", ""), ref.get("kind", ""),
+                                                                         ref.get("name", "")))

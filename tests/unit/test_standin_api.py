@@ -570,3 +570,39 @@ def test_label_selectors_select(kubectl):
     assert names("team in (red,blue)") == ["namespace/a", "namespace/b"]
     assert names("team notin (red),kubernetes.io/metadata.name in (a,b,c)") == ["namespace/b", "namespace/c"]
     assert names("!team,kubernetes.io/metadata.name=c") == ["namespace/c"]
+
+
+@needs_kubectl
+def test_rbac_objects_are_validated_as_upstream_validates_them(kubectl, tmp_path):
+    kubectl.ok("create", "namespace", "authn-demo")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n"
+                   "metadata: {name: bad, namespace: authn-demo}\n"
+                   "subjects: [{kind: Robot, name: x}, {kind: User, name: jane}]\n"
+                   "roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}\n")
+    r = kubectl.run("apply", "-f", str(bad))
+    assert r.returncode == 1 and r.stderr == (
+        'The RoleBinding "bad" is invalid: subjects[0].kind: Unsupported value: "Robot": supported values: '
+        '"ServiceAccount", "User", "Group"\n')                        # a User's apiGroup is defaulted
+    r = kubectl.run("-n", "authn-demo", "create", "role", "r", "--verb=get", "--resource=serviceaccounts")
+    assert r.returncode == 0
+    r = kubectl.run("-n", "authn-demo", "create", "rolebinding", "rb", "--role=r", "--user=jane")
+    assert r.returncode == 0
+    r = kubectl.run("-n", "authn-demo", "patch", "rolebinding", "rb", "--type=merge", "-p",
+                    '{"roleRef":{"name":"other"}}')
+    assert r.returncode == 1 and r.stderr == (
+        'The RoleBinding "rb" is invalid: roleRef: Invalid value: rbac.RoleRef{APIGroup:"rbac.authorization.k8s.io", '
+        'Kind:"Role", Name:"other"}: cannot change roleRef\n')
+
+
+def test_a_rule_without_verbs_or_resources_is_invalid(running):
+    running.service_account()
+    role = {"metadata": {"name": "r"}, "rules": [{"apiGroups": [""]}, {"verbs": ["get"], "nonResourceURLs": ["/x"]}]}
+    code, body = running.request("POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/authn-demo/roles",
+                                 cert="admin", body=json.dumps(role).encode())
+    assert code == 422 and body["message"] == (
+        'Role.rbac.authorization.k8s.io "r" is invalid: [rules[0].verbs: Required value: verbs must contain at least '
+        "one value, rules[0].resources: Required value: resource rules must supply at least one resource, "
+        'rules[1].nonResourceURLs: Invalid value: []string{"/x"}: namespaced rules cannot apply to non-resource URLs]')
+    assert [c["reason"] for c in body["details"]["causes"]] == ["FieldValueRequired", "FieldValueRequired",
+                                                               "FieldValueInvalid"]
