@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from k8sboot import authn, rbac
 from k8sboot.standin import resources as res
-from k8sboot.standin import openapi, protobuf, tokenrequest
+from k8sboot.standin import escalation, openapi, protobuf, tokenrequest
 from k8sboot.standin.bootstrap import StoreSource, ensure_namespace_content
 from k8sboot.standin.resources import NAMESPACES, SERVICE_ACCOUNTS, ResourceType
 from k8sboot.standin.storage import AlreadyExists, Conflict, NotFound, Store, StorageIOError
@@ -161,7 +161,8 @@ class Api:
         self.store = store
         self.tokens = tokens
         self.new_id = new_id
-        self.authorizer = rbac.Authorizer(StoreSource(store))
+        self.authorizer_source = StoreSource(store)
+        self.authorizer = rbac.Authorizer(self.authorizer_source)
 
     def service_account_uid(self, namespace: str, name: str) -> str | None:
         """authn's `service_accounts` lookup: the stored ServiceAccount's uid, or None."""
@@ -198,7 +199,7 @@ class Api:
             return Answer(404, unknown_resource_status(attrs))     # e.g. /api/v1/serviceaccounts/x
         try:
             handler = getattr(self, f"_{attrs.verb}")
-            return handler(rt, namespace, attrs, request, now)
+            return handler(rt, namespace, attrs, request, now, user)
         except StorageIOError as exc:
             return Answer(500, res.status(500, "InternalError", f"Internal error occurred: {exc}"))
 
@@ -262,7 +263,7 @@ class Api:
             return Answer(404, res.not_found(NAMESPACES, namespace))
         return None
 
-    def _get(self, rt, namespace, attrs, request: Request, now) -> Answer:
+    def _get(self, rt, namespace, attrs, request: Request, now, user) -> Answer:
         obj = self.store.get(rt.name, namespace, attrs.name)
         if obj is None:
             return Answer(404, res.not_found(rt, attrs.name))
@@ -271,7 +272,7 @@ class Api:
                                          _include_object(request)))
         return Answer(200, obj)
 
-    def _list(self, rt, namespace, attrs, request: Request, now) -> Answer:
+    def _list(self, rt, namespace, attrs, request: Request, now, user) -> Answer:
         query = request.query
         try:
             labels = res.parse_label_selector(query.get("labelSelector", [""])[0])
@@ -287,7 +288,7 @@ class Api:
                             "metadata": {"resourceVersion": revision},
                             "items": [res.as_list_item(o) for o in items]})
 
-    def _create(self, rt, namespace, attrs, request: Request, now) -> Answer:
+    def _create(self, rt, namespace, attrs, request: Request, now, user) -> Answer:
         if attrs.name:
             return Answer(405, method_not_allowed_status(attrs))   # POST to a named object
         body = _decode(request, rt)
@@ -304,9 +305,9 @@ class Api:
         checked = _validated(rt, body, request, "create")
         if isinstance(checked, Answer):
             return checked
-        return self._store_new(rt, namespace, name, checked[0], now, checked[1])
+        return self._store_new(rt, namespace, name, checked[0], now, user, checked[1])
 
-    def _store_new(self, rt, namespace, name, body, now, warnings: tuple = ()) -> Answer:
+    def _store_new(self, rt, namespace, name, body, now, user, warnings: tuple = ()) -> Answer:
         problem = res.validate_name(rt, name)
         if problem:
             return Answer(422, problem)
@@ -317,6 +318,9 @@ class Api:
         errors = res.rbac_errors(rt, obj)
         if errors:
             return Answer(422, res.invalid(rt.group, rt.kind, name, errors))
+        refused = self._escalation(rt, namespace, obj, user)
+        if refused:
+            return refused
         try:
             stored = self.store.create(rt.name, namespace, name, obj)
         except AlreadyExists:
@@ -325,7 +329,7 @@ class Api:
             ensure_namespace_content(self.store, name, now)
         return Answer(201, stored, warnings)
 
-    def _update(self, rt, namespace, attrs, request: Request, now) -> Answer:
+    def _update(self, rt, namespace, attrs, request: Request, now, user) -> Answer:
         body = _decode(request, rt)
         if isinstance(body, Answer):
             return body
@@ -340,11 +344,11 @@ class Api:
         current = self.store.get(rt.name, namespace, attrs.name)
         if current is None:
             if rt.group == res.RBAC:                    # the RBAC strategies AllowCreateOnUpdate
-                return self._store_new(rt, namespace, attrs.name, body, now, warnings)
+                return self._store_new(rt, namespace, attrs.name, body, now, user, warnings)
             return Answer(404, res.not_found(rt, attrs.name))
-        return self._replace(rt, namespace, attrs.name, body, current, meta.get("resourceVersion"), warnings)
+        return self._replace(rt, namespace, attrs.name, body, current, meta.get("resourceVersion"), user, warnings)
 
-    def _patch(self, rt, namespace, attrs, request: Request, now) -> Answer:
+    def _patch(self, rt, namespace, attrs, request: Request, now, user) -> Answer:
         ctype = request.content_type.split(";")[0].strip().lower()
         if ctype not in res.PATCH_TYPES:
             return Answer(415, res.unsupported_media_type(ctype, res.PATCH_TYPES))
@@ -362,13 +366,16 @@ class Api:
         if isinstance(checked, Answer):
             return checked
         rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch.get("metadata"), dict) else None
-        return self._replace(rt, namespace, attrs.name, checked[0], current, rv, checked[1])
+        return self._replace(rt, namespace, attrs.name, checked[0], current, rv, user, checked[1])
 
-    def _replace(self, rt, namespace, name, body, current, resource_version, warnings: tuple = ()) -> Answer:
+    def _replace(self, rt, namespace, name, body, current, resource_version, user, warnings: tuple = ()) -> Answer:
         obj = res.prepare_update(rt, body, current)
         errors = res.rbac_errors(rt, obj, current)
         if errors:
             return Answer(422, res.invalid(rt.group, rt.kind, name, errors))
+        refused = self._escalation(rt, namespace, obj, user, current)
+        if refused:
+            return refused
         try:
             return Answer(200, self.store.update(rt.name, namespace, name, obj, resource_version), warnings)
         except Conflict:
@@ -376,7 +383,7 @@ class Api:
         except NotFound:
             return Answer(404, res.not_found(rt, name))
 
-    def _delete(self, rt, namespace, attrs, request: Request, now) -> Answer:
+    def _delete(self, rt, namespace, attrs, request: Request, now, user) -> Answer:
         current = self.store.get(rt.name, namespace, attrs.name)
         if current is None:
             return Answer(404, res.not_found(rt, attrs.name))
@@ -391,6 +398,29 @@ class Api:
         if rt is SERVICE_ACCOUNTS and attrs.name == "default":
             ensure_namespace_content(self.store, namespace, now)     # the controller makes it again
         return Answer(200, res.deleted_status(rt, gone))
+
+    def _escalation(self, rt: ResourceType, namespace: str, obj: dict, user, current: dict | None = None
+                    ) -> Answer | None:
+        """RBAC's escalation check on a write of an RBAC object (escalation.py)."""
+        if rt.group != res.RBAC:
+            return None
+        refused = escalation.check_write(user, rt.kind, namespace, obj, self.authorizer, self._role_rules, current)
+        if refused is None:
+            return None
+        code, why = refused
+        name = obj["metadata"]["name"]
+        if code == 404:
+            ref_rt = res.BY_RESOURCE[(res.RBAC, "v1", why)]
+            return Answer(404, res.not_found(ref_rt, (obj.get("roleRef") or {}).get("name", "")))
+        return Answer(403, res.forbidden(rt, name, why))
+
+    def _role_rules(self, ref: dict, namespace: str) -> list[dict] | None:
+        if ref.get("kind") == "ClusterRole":          # as aggregated
+            role = next((r for r in self.authorizer_source.cluster_roles()
+                         if r["metadata"]["name"] == ref.get("name")), None)
+        else:
+            role = self.store.get("roles", namespace, ref.get("name", ""))
+        return None if role is None else list(role.get("rules") or [])
 
     def _delete_namespace(self, current: dict, now: datetime) -> Answer:
         """As upstream answers: the Namespace, phase Terminating with a deletionTimestamp (its

@@ -606,3 +606,40 @@ def test_a_rule_without_verbs_or_resources_is_invalid(running):
         'rules[1].nonResourceURLs: Invalid value: []string{"/x"}: namespaced rules cannot apply to non-resource URLs]')
     assert [c["reason"] for c in body["details"]["causes"]] == ["FieldValueRequired", "FieldValueRequired",
                                                                "FieldValueInvalid"]
+
+
+def test_a_user_may_only_grant_what_they_hold(running):
+    """RBAC's escalation check: a namespace admin (ClusterRole admin via a RoleBinding) may bind
+    `view` and make a Role within their rights, but not grant what they lack (nodes, a binding to
+    cluster-admin); system:masters may do anything."""
+    running.service_account()
+    rb = {"metadata": {"name": "jane-admin"}, "subjects": [{"kind": "User", "name": "jane"}],
+          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"}}
+    base = "/apis/rbac.authorization.k8s.io/v1/namespaces/authn-demo"
+    assert running.request("POST", base + "/rolebindings", cert="admin", body=json.dumps(rb).encode())[0] == 201
+
+    def as_jane(kind: str, obj: dict) -> tuple[int, dict]:
+        return running.request("POST", f"{base}/{kind}", cert="jane", body=json.dumps(obj).encode())
+
+    ok_role = {"metadata": {"name": "reader"}, "rules": [{"verbs": ["get", "list"], "apiGroups": [""],
+                                                         "resources": ["serviceaccounts"]}]}
+    assert as_jane("roles", ok_role)[0] == 201
+    too_much = {"metadata": {"name": "nodes"}, "rules": [{"verbs": ["get", "list"], "apiGroups": [""],
+                                                         "resources": ["nodes"]}]}
+    code, body = as_jane("roles", too_much)
+    assert code == 403 and body["message"] == (
+        'roles.rbac.authorization.k8s.io "nodes" is forbidden: user "jane" (groups=["dev" "system:authenticated"]) '
+        'is attempting to grant RBAC permissions not currently held:\n'
+        '{APIGroups:[""], Resources:["nodes"], Verbs:["get" "list"]}')
+    view = {"metadata": {"name": "v"}, "subjects": [{"kind": "User", "name": "bob"}],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}}
+    assert as_jane("rolebindings", view)[0] == 201
+    root = dict(view, metadata={"name": "root"}, roleRef=dict(view["roleRef"], name="cluster-admin"))
+    code, body = as_jane("rolebindings", root)
+    assert code == 403 and body["message"].startswith(
+        'rolebindings.rbac.authorization.k8s.io "root" is forbidden: user "jane" (groups=["dev" '
+        '"system:authenticated"]) is attempting to grant RBAC permissions not currently held:\n')
+    missing = dict(view, metadata={"name": "m"}, roleRef=dict(view["roleRef"], kind="Role", name="nope"))
+    code, body = as_jane("rolebindings", missing)
+    assert code == 404 and body["message"] == 'roles.rbac.authorization.k8s.io "nope" not found'
+    assert running.request("POST", base + "/roles", cert="admin", body=json.dumps(too_much).encode())[0] == 201
