@@ -27,7 +27,9 @@ keeps its objects in a local directory, not etcd. Exactly:
   subjects; verbs, apiGroups, resources/subresources, resourceNames, nonResourceURLs); a denial
   is a 403 with the API server's Status JSON (`pods is forbidden: User "system:anonymous" cannot
   list resource "pods" in API group "" in the namespace "default"`). A 401 carries Status reason
-  Unauthorized.
+  Unauthorized. Writes of RBAC objects pass RBAC's escalation check (escalation.py: a user
+  grants only what they hold, unless `escalate`/`bind` or system:masters), and are validated
+  as pkg/apis/rbac/validation does.
 * Stored objects (storage.py, a file store under /var/lib/kube-apiserver-standin, 0700, atomic
   writes; `K8SBOOT_STANDIN_DATA_DIR` sets another directory): Namespaces, ServiceAccounts,
   ClusterRoles, ClusterRoleBindings, Roles, RoleBindings, with create, get, list (label and
@@ -92,7 +94,7 @@ Modules: `flags` (the command line and its validation), `tls` (the two TLS backe
 (HTTP/1.1 as Go's net/http reads it), `lifecycle` (health checks, ready delay, graceful
 termination), `api` (routing, discovery and the handlers), `resources` (the stored kinds: names,
 defaults, errors, patches, tables), `storage` (the store interface and the file store),
-`bootstrap` (what exists at start; the RBAC source over the store), `tokenrequest`,
+`bootstrap` (what exists at start; the RBAC source over the store), `escalation`, `tokenrequest`,
 `impersonation`, `protobuf` (request bodies), `openapi`, `server` (one connection's request loop:
 admit, authenticate, impersonate, authorize, answer, log), `log`, and `main` (`kube-apiserver`'s
 entry point; also `python3 -m k8sboot.standin`).
