@@ -189,8 +189,8 @@ class Api:
                     return Answer(405, method_not_allowed_status(attrs))
                 return self._token(attrs, request, now)
             return Answer(404, unknown_resource_status(attrs))
-        if attrs.verb not in res.VERBS:                   # watch, deletecollection, proxy
-            return Answer(405, method_not_allowed_status(attrs))
+        if attrs.verb not in res.VERBS or attrs.verb in ("update", "patch") and not attrs.name:
+            return Answer(405, method_not_allowed_status(attrs))   # watch, deletecollection, PUT on a list
         if "dryRun" in request.query:
             return Answer(400, res.bad_request("dryRun is not implemented by the k8sboot stand-in "
                                                "(not Kubernetes): nothing was changed"))

@@ -249,7 +249,11 @@ def test_expired_token_is_401(serving, workdir, lab_tools):
     assert code == 401 and body["reason"] == "Unauthorized"
 
 
-def test_journal_logs_each_request_with_identity_and_decision(serving):
+def test_journal_logs_each_request_with_identity_and_decision(serving, workdir, lab_tools):
+    """Makes its own requests (anonymous, admin, a bad token), so it passes run alone."""
+    assert curl(workdir, lab_tools, "/api/v1/namespaces/default/pods")[0] == 403
+    assert kubectl(workdir, lab_tools, "auth", "whoami").returncode == 0
+    assert whoami_by_token(workdir, lab_tools, "not-a-token")[0] == 401
     log = serving.run("journalctl -u kube-apiserver --no-pager -o cat").stdout
     assert "STAND-IN" in log and "not Kubernetes" in log
     assert 'user="system:anonymous"' in log and 'decision="forbidden"' in log
