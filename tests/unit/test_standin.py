@@ -393,6 +393,23 @@ def test_installed_standin_runs_on_the_systems_python(pki, tmp_path):
                     raise
                 time.sleep(0.05)
         assert r.status == 201 and body["status"]["userInfo"]["username"] == "admin"
+
+        def call(method: str, path: str, payload: dict | None = None, bearer: str | None = None):
+            c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx if not bearer else
+                                            ssl.create_default_context(cafile=str(pki / "ca.pem")), timeout=5)
+            headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {bearer}"} if bearer else {})}
+            c.request(method, path, body=json.dumps(payload).encode() if payload is not None else None, headers=headers)
+            resp = c.getresponse()
+            return resp.status, json.loads(resp.read())
+
+        # the store, TokenRequest (PyJWT 2.6 signing) and the ServiceAccount lookup on Debian's libraries
+        assert call("POST", "/api/v1/namespaces", {"metadata": {"name": "authn-demo"}})[0] == 201
+        assert call("POST", "/api/v1/namespaces/authn-demo/serviceaccounts", {"metadata": {"name": "bot"}})[0] == 201
+        code, issued = call("POST", "/api/v1/namespaces/authn-demo/serviceaccounts/bot/token", {})
+        assert code == 201
+        code, me = call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", {}, bearer=issued["status"]["token"])
+        assert code == 201 and me["status"]["userInfo"]["username"] == "system:serviceaccount:authn-demo:bot"
+        assert (tmp_path / "store" / "serviceaccounts" / "authn-demo" / "bot.json").exists()
         head = _read_until(proc, "Serving securely")
         if "tls=\"pyopenssl\"" in head:
             # Debian's pyOpenSSL: a certificate from another CA gets the real server's 401
@@ -587,6 +604,33 @@ def test_header_names_are_case_insensitive_and_the_first_of_a_repeated_field_cou
     assert (method, target, version) == ("GET", "/x", "HTTP/1.1")
     assert headers.get("Authorization") == "Bearer one" and headers.get("HOST") == "h"
     assert standin.read_request_head(_io.BufferedReader(_io.BytesIO(b""))) is None     # closed between requests
+
+
+def test_the_stand_in_imports_only_what_the_lab_installs():
+    """Every k8sboot module the package imports is one the lab copies (plan.STANDIN_MODULES), and
+    those import nothing else of k8sboot; outside k8sboot: the standard library, cryptography,
+    jwt and OpenSSL (Debian's python3-* packages)."""
+    import ast
+
+    from k8sboot.lab import plan
+
+    pkg = Path(standin.__file__).parent.parent
+    installed = {f"k8sboot.{m[:-3]}" for m in plan.STANDIN_MODULES if m != "__init__.py"}
+    files = sorted((pkg / "standin").glob("*.py")) + [pkg / m for m in plan.STANDIN_MODULES]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [f"k8sboot.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) and \
+                node.module == "k8sboot" else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            for name in names:
+                root = name.split(".")[0]
+                if root == "k8sboot":
+                    assert name in installed or name.startswith("k8sboot.standin"), \
+                        f"{path.name} imports {name}, which the lab does not install"
+                else:
+                    assert root in sys.stdlib_module_names or root in ("cryptography", "jwt", "OpenSSL"), \
+                        f"{path.name} imports {name}"
 
 
 def test_the_stand_in_imports_no_http_server():
