@@ -57,7 +57,7 @@ class ResourceType:
 RBAC = "rbac.authorization.k8s.io"
 TYPES = (
     ResourceType("", "v1", "namespaces", "namespace", "Namespace", False, ("ns",), name_rule="label"),
-    ResourceType("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ("sa",), ("all",)),
+    ResourceType("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ("sa",)),
     # RBAC names are path segments (ValidateRBACName = path.IsValidPathSegmentName): `system:masters`
     ResourceType(RBAC, "v1", "clusterroles", "clusterrole", "ClusterRole", False, name_rule="path-segment"),
     ResourceType(RBAC, "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", False,
