@@ -22,7 +22,9 @@ keeps its objects in a local directory, not etcd. Exactly:
   (default: the issuers) and `--anonymous-auth` (default true, like the real binary).
 * Impersonation (`kubectl --as`, `--as-group`): each Impersonate-* header must be allowed
   (verb `impersonate`) like k8s.io/apiserver's filter, else a 403 naming what was refused.
-* Stage 2 is k8sboot.rbac (the same code as `k8sboot can-i`): system:masters first, then RBAC
+* Stage 2 follows --authorization-mode (authorization.py: AlwaysAllow, the real default, AlwaysDeny,
+  Node, RBAC; ABAC and Webhook refuse the start). RBAC is k8sboot.rbac (the same code as
+  `k8sboot can-i`): system:masters first, then RBAC
   over the stored ClusterRoles, Roles and their bindings (User, Group and ServiceAccount
   subjects; verbs, apiGroups, resources/subresources, resourceNames, nonResourceURLs); a denial
   is a 403 with the API server's Status JSON (`pods is forbidden: User "system:anonymous" cannot
@@ -94,7 +96,8 @@ Modules: `flags` (the command line and its validation), `tls` (the two TLS backe
 (HTTP/1.1 as Go's net/http reads it), `lifecycle` (health checks, ready delay, graceful
 termination), `api` (routing, discovery and the handlers), `resources` (the stored kinds: names,
 defaults, errors, patches, tables), `storage` (the store interface and the file store),
-`bootstrap` (what exists at start; the RBAC source over the store), `escalation`, `tokenrequest`,
+`bootstrap` (what exists at start; the RBAC source over the store), `authorization` (the modes),
+`escalation`, `tokenrequest`,
 `impersonation`, `protobuf` (request bodies), `openapi`, `server` (one connection's request loop:
 admit, authenticate, impersonate, authorize, answer, log), `log`, and `main` (`kube-apiserver`'s
 entry point; also `python3 -m k8sboot.standin`).

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from k8sboot import authn, rbac
 from k8sboot.standin import resources as res
 from k8sboot.standin import escalation, openapi, protobuf, tokenrequest
+from k8sboot.standin.authorization import ModeChain
 from k8sboot.standin.bootstrap import StoreSource, ensure_namespace_content
 from k8sboot.standin.resources import NAMESPACES, SERVICE_ACCOUNTS, ResourceType
 from k8sboot.standin.storage import AlreadyExists, Conflict, NotFound, Store, StorageIOError
@@ -157,12 +158,13 @@ class TokenSettings:
 class Api:
     """The resource handlers over one store; `authorizer` is what the server asks first."""
 
-    def __init__(self, store: Store, tokens: TokenSettings, new_id: Callable[[], str] = res.new_uid):
+    def __init__(self, store: Store, tokens: TokenSettings, new_id: Callable[[], str] = res.new_uid,
+                 authorization_modes: tuple[str, ...] = ("Node", "RBAC")):
         self.store = store
         self.tokens = tokens
         self.new_id = new_id
         self.authorizer_source = StoreSource(store)
-        self.authorizer = rbac.Authorizer(self.authorizer_source)
+        self.authorizer = ModeChain(authorization_modes, self.authorizer_source)
 
     def service_account_uid(self, namespace: str, name: str) -> str | None:
         """authn's `service_accounts` lookup: the stored ServiceAccount's uid, or None."""

@@ -9,6 +9,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from k8sboot.standin.authorization import check_modes
+
 BOOL, STRING, INT, ARRAY, SLICE, DURATION = "bool", "string", "int", "stringArray", "stringSlice", "duration"
 
 # kube-apiserver 1.32 flags (name -> pflag type). Bools never take the next argument. The durations
@@ -320,6 +322,9 @@ def validate_flags(flags: Flags) -> list[str]:
         errors.append("service-account-issuer is a required flag")
     if not flags.get("service-account-signing-key-file") or not flags.service_account_issuers:
         errors.append("--service-account-signing-key-file and --service-account-issuer are required flags")
+    problem = check_modes(flags.get("authorization-mode") or ())
+    if problem:
+        errors.append(problem)
     if not flags.get("tls-cert-file") or not flags.get("tls-private-key-file"):
         errors.append("the k8sboot stand-in needs --tls-cert-file and --tls-private-key-file "
                       "(the real binary would self-sign a certificate in --cert-dir)")

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from k8sboot import authn, rbac
 from k8sboot.standin import impersonation
 from k8sboot.standin.api import Api, Request, TokenSettings
+from k8sboot.standin.authorization import DEFAULT as DEFAULT_MODES
 from k8sboot.standin.bootstrap import ensure_system_objects
 from k8sboot.standin.flags import Flags
 from k8sboot.standin.http import BadRequest, BodyTooLarge, HTTPHandler, read_chunked_body
@@ -276,7 +277,8 @@ def build_server(flags: Flags, config: authn.AuthenticatorConfig, port: int | No
         raise StartupError(f"opening the stand-in's object store: {exc}") from exc
     if made:
         log(f'"Created at start, as a new control plane has them" count={len(made)} objects={json.dumps(made)}')
-    api = Api(store, load_token_settings(flags, config))
+    api = Api(store, load_token_settings(flags, config),
+              authorization_modes=tuple(flags.get("authorization-mode") or DEFAULT_MODES))
     tls = make_tls(flags.get("tls-cert-file"), flags.get("tls-private-key-file"), flags.get("client-ca-file"),
                    tls_backend)
     address = (flags.bind_address, flags.secure_port if port is None else port)

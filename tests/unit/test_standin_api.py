@@ -643,3 +643,30 @@ def test_a_user_may_only_grant_what_they_hold(running):
     code, body = as_jane("rolebindings", missing)
     assert code == 404 and body["message"] == 'roles.rbac.authorization.k8s.io "nope" not found'
     assert running.request("POST", base + "/roles", cert="admin", body=json.dumps(too_much).encode())[0] == 201
+
+
+@pytest.mark.parametrize("modes, error", [
+    ("Node,Webhook", "the k8sboot stand-in (not Kubernetes) does not implement --authorization-mode Webhook "
+                     "(it implements AlwaysAllow, AlwaysDeny, Node, RBAC)"),
+    ("RBAC,Magic", 'authorization-mode "Magic" is not a valid mode'),
+    ("RBAC,RBAC", "authorization-mode RBAC has mode specified more than once"),
+])
+def test_authorization_modes_it_cannot_honour_stop_the_start(modes, error):
+    assert error in standin.validate_flags(standin.parse_flags([f"--authorization-mode={modes}"]))
+
+
+@pytest.mark.parametrize("modes, jane_lists_namespaces, reason", [
+    ("AlwaysAllow", 200, None),
+    ("Node,RBAC", 403, None),
+    ("RBAC,AlwaysDeny", 403, "Everything is forbidden."),
+])
+def test_the_authorization_modes_decide_in_order(pki, tmp_path, modes, jane_lists_namespaces, reason):
+    running = Running(pki, backends()[-1], store_dir=tmp_path / "store", **{"authorization-mode": modes})
+    try:
+        code, body = running.request("GET", "/api/v1/namespaces", cert="jane")
+        assert code == jane_lists_namespaces
+        if reason:
+            assert body["message"].endswith(f"at the cluster scope: {reason}")
+        assert running.request("GET", "/api/v1/namespaces", cert="admin")[0] == 200     # system:masters first
+    finally:
+        running.stop()
