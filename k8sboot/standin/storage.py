@@ -180,10 +180,23 @@ class FileStore:
 
     @staticmethod
     def _ensure_dir(directory: str) -> None:
-        try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise StorageIOError(f"creating {directory}: {exc.strerror}") from exc
+        """The directory and any missing parent, each created 0700 (os.makedirs gives its mode
+        to the last one only)."""
+        missing = []
+        path = os.path.abspath(directory)
+        while not os.path.isdir(path):
+            missing.append(path)
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        for path in reversed(missing):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StorageIOError(f"creating {path}: {exc.strerror}") from exc
 
     def _load(self) -> None:
         """Every object on disk into memory; the counter is the largest of the counter file and

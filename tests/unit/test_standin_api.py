@@ -430,6 +430,8 @@ def test_the_file_store_is_root_only_atomic_and_keeps_its_counter_across_restart
         s.delete("serviceaccounts", "a", "bot")
     files = [p for p in d.rglob("*") if p.is_file()]
     assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
+    dirs = [p for p in d.rglob("*") if p.is_dir()]
+    assert dirs and all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in dirs)
     (d / "namespaces" / "_cluster" / "a.json.tmp.1.2").write_text("{half")    # a write cut by a crash
     again = FileStore(str(d))
     assert again.get("namespaces", "", "a")["metadata"]["resourceVersion"] == "1"
