@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from k8sboot import authn, rbac
 from k8sboot.standin import impersonation
@@ -30,6 +30,29 @@ from k8sboot.standin.tokenrequest import load_signer
 from k8sboot.standin.tls import TLSBackend, _Reader, _Writer, make_tls
 
 MAX_BODY = 3 * 1024 * 1024          # the real server's limit for most requests
+
+
+_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def go_json(body: object, pretty: bool = False) -> str:
+    """JSON as the API server's encoder (Go's encoding/json) writes it: HTML characters and the
+    JS line separators escaped as \\u003c..., other non-ASCII as UTF-8, a newline at the end;
+    pretty: two-space indent, as for curl."""
+    text = json.dumps(body, ensure_ascii=False, indent=2 if pretty else None,
+                      separators=(",", ": ") if pretty else (",", ":"))
+    for raw, escaped in _GO_ESCAPES.items():
+        text = text.replace(raw, escaped)        # outside strings JSON has none of these characters
+    return text + "\n"
+
+
+def pretty_print(target: str, user_agent: str) -> bool:
+    """k8s.io/apiserver's isPrettyPrint: `?pretty=` (a Go bool) decides; else curl, Wget and
+    browsers get indented JSON, every other client (kubectl, client-go) the compact form."""
+    query = parse_qs(urlsplit(target).query)
+    if "pretty" in query:
+        return query["pretty"][0] in ("1", "t", "T", "TRUE", "true", "True")
+    return user_agent.startswith(("curl", "Wget", "Mozilla/5.0"))
 
 
 class StartupError(Exception):
@@ -128,7 +151,7 @@ class StandinHandler(HTTPHandler):
         if lifecycle.not_accepting.is_set() and not lifecycle.send_retry_after:
             self.close_connection = True          # the port is closed: no further requests here
         if isinstance(body, (dict, list)):
-            data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+            data = go_json(body, pretty=pretty_print(self.path, self.headers.get("User-Agent", ""))).encode()
             ctype = "application/json"
         else:
             data = str(body).encode()

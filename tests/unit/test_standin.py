@@ -194,6 +194,29 @@ def test_no_credential_with_anonymous_on_is_403_as_system_anonymous(server, caps
     assert 'user="system:anonymous"' in log and 'decision="forbidden"' in log and "resp=403" in log
 
 
+def test_curl_gets_the_403_indented_as_the_real_server_writes_it_for_curl(server, pki):
+    """k8s.io/apiserver pretty-prints for curl/Wget/browsers (isPrettyPrint): the tutorial's curl
+    shows this body, byte for byte; kubectl and client-go get the compact form."""
+    url = f"https://127.0.0.1:{server.port}/api/v1/namespaces/default/pods"
+    out = subprocess.run(["curl", "-s", "--noproxy", "*", "--cacert", str(pki / "ca.pem"), url],
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout == (
+        '{\n  "kind": "Status",\n  "apiVersion": "v1",\n  "metadata": {},\n  "status": "Failure",\n'
+        '  "message": "pods is forbidden: User \\"system:anonymous\\" cannot list resource \\"pods\\" in API group '
+        '\\"\\" in the namespace \\"default\\"",\n  "reason": "Forbidden",\n  "details": {\n    "kind": "pods"\n'
+        '  },\n  "code": 403\n}\n')
+    compact = subprocess.run(["curl", "-s", "--noproxy", "*", "-A", "kubectl/v1.32.0", "--cacert",
+                              str(pki / "ca.pem"), url + "?pretty=false"], capture_output=True, text=True, timeout=30)
+    assert compact.stdout.startswith('{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure"')
+    assert compact.stdout.count("\n") == 1
+
+
+def test_json_escapes_html_characters_as_go_does():
+    from k8sboot.standin.server import go_json
+
+    assert go_json({"m": "<none> & \u2028 ü"}) == '{"m":"\\u003cnone\\u003e \\u0026 \\u2028 ü"}\n'
+
+
 def test_anonymous_may_read_version_and_health(server):
     code, body = server.request("GET", "/version")
     assert code == 200 and body["gitVersion"] == "v0.0.0-k8sboot-standin"
