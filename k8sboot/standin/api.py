@@ -177,7 +177,11 @@ class Api:
             return self._non_resource(attrs)
         entries = SERVED.get((attrs.api_group, attrs.api_version))
         if entries is None:
-            return Answer(404, "404 page not found\n")       # no such group version: Go's plain NotFound
+            # A group version the stand-in does not serve (apps/v1, batch/v1, a CRD's group): the
+            # real server's unknown-resource Status, naming the stand-in. (For a group no server
+            # has, the real one writes Go's plain `404 page not found`; kubectl prints the same
+            # NotFound message for both, and this way every gap of the stand-in says what it is.)
+            return Answer(404, unknown_resource_status(attrs))
         if (attrs.api_group, attrs.resource) in _REVIEWS and not attrs.subresource and not attrs.name:
             if attrs.verb != "create":
                 return Answer(405, method_not_allowed_status(attrs))

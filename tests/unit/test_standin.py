@@ -314,9 +314,19 @@ def test_nothing_unimplemented_ever_answers_a_success(server, method, path, expe
     assert "k8sboot stand-in (not Kubernetes)" in causes[1]["message"]
 
 
-@pytest.mark.parametrize("path", ["/apis/apps/v1/namespaces/default/deployments", "/apis/apps/v1", "/nope"])
-def test_a_group_the_stand_in_does_not_serve_is_gos_plain_404(server, path):
+@pytest.mark.parametrize("path", ["/apis/apps/v1", "/apis/example.com", "/nope"])
+def test_a_path_that_is_no_resource_and_not_served_is_gos_plain_404(server, path):
     assert server.request("GET", path, cert="admin") == (404, "404 page not found\n")
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/apis/apps/v1/namespaces/default/deployments"),
+                                         ("POST", "/apis/batch/v1/namespaces/default/jobs"),
+                                         ("GET", "/apis/example.com/v1/widgets")])
+def test_a_resource_of_a_group_the_stand_in_does_not_serve_is_a_404_naming_the_stand_in(server, method, path):
+    code, body = server.request(method, path, cert="admin", body=b"{}" if method == "POST" else None)
+    assert code == 404 and body["reason"] == "NotFound"
+    assert body["message"] == "the server could not find the requested resource"
+    assert "k8sboot stand-in (not Kubernetes)" in body["details"]["causes"][1]["message"]
 
 
 def test_discovery_lists_only_what_is_implemented(server):
