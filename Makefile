@@ -110,9 +110,11 @@ bench-deploy: venv
 	$(PY) bench/deploy --full
 # issue 10: failed requests through the lab LB and controllers ready during a flag change,
 # k8sboot rolling vs parallel vs Ansible serial: 1 vs the KTHW loop (3 and 10 controllers)
-.PHONY: bench-availability
+.PHONY: bench-availability bench-standin
 bench-availability: deps bench-deps
 	$(PY) bench/availability --full
+bench-standin: deps
+	$(PY) bench/standin --full
 
 clean:
 	rm -rf $(VENV) pki *.kubeconfig .pytest_cache
