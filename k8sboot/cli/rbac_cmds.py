@@ -2,7 +2,7 @@
 
 Thin shell: authentication as `whoami` does it (k8sboot.authn, via auth_cmds' helpers), then the
 decision by `k8sboot.rbac` — the code the lab's kube-apiserver stand-in runs — over the bootstrap
-policy plus the RBAC objects of the files given with -f. YAML is read here; rbac.py stays stdlib.
+policy plus the RBAC objects of the files given with -f. YAML is read here; k8sboot.rbac stays stdlib.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def parse_target(target: str) -> tuple[str, str, str, bool | None, bool]:
     return resource, group, name, namespaced, False
 
 
-# --- what kubectl prints (pure; kubectl's client side, so not in rbac.py) ------------------------
+# --- what kubectl prints (pure; kubectl's client side, so not in k8sboot.rbac) ----------------
 
 
 def render_can_i(decision: rbac.Decision) -> str:

@@ -58,10 +58,11 @@ INVENTORY_PATH = Path("inventory/lab.yaml")
 
 # Where the lab installs the kube-apiserver stand-in in each host (at boot, not in the cache).
 STANDIN_LIB = "/usr/local/lib/k8sboot-standin"
-# Paths under the k8sboot package: the modules the stand-in imports, and its packages (every `*.py`
-# in them). The stand-in runs on the host's /usr/bin/python3 from these files alone.
-STANDIN_MODULES = ("__init__.py", "authn.py", "rbac.py", "tokens.py", "errors.py")
-STANDIN_PACKAGES = ("standin",)
+# Paths under the k8sboot package: the modules the stand-in imports, and the packages it imports
+# (every `*.py` in them: the stand-in, authn, rbac). The stand-in runs on the host's
+# /usr/bin/python3 from these files alone.
+STANDIN_MODULES = ("__init__.py", "tokens.py", "errors.py")
+STANDIN_PACKAGES = ("standin", "authn", "rbac")
 STANDIN_LAUNCHER = """\
 #!/usr/bin/python3
 # kube-apiserver STAND-IN installed by `k8sboot lab up`: not Kubernetes. See k8sboot/standin/.

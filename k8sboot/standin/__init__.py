@@ -29,9 +29,9 @@ keeps its objects in a local directory, not etcd. Exactly:
   subjects; verbs, apiGroups, resources/subresources, resourceNames, nonResourceURLs); a denial
   is a 403 with the API server's Status JSON (`pods is forbidden: User "system:anonymous" cannot
   list resource "pods" in API group "" in the namespace "default"`). A 401 carries Status reason
-  Unauthorized. Writes of RBAC objects pass RBAC's escalation check (escalation.py: a user
-  grants only what they hold, unless `escalate`/`bind` or system:masters), and are validated
-  as pkg/apis/rbac/validation does.
+  Unauthorized. Writes of RBAC objects pass RBAC's escalation check (k8sboot.rbac.escalation: a
+  user grants only what they hold, unless `escalate`/`bind` or system:masters), and are
+  validated as pkg/apis/rbac/validation does.
 * Stored objects (storage.py, a file store under /var/lib/kube-apiserver-standin, 0700, atomic
   writes; `K8SBOOT_STANDIN_DATA_DIR` sets another directory): Namespaces, ServiceAccounts,
   ClusterRoles, ClusterRoleBindings, Roles, RoleBindings, with create, get, list (label and
@@ -97,14 +97,13 @@ Modules: `flags` (the command line and its validation), `tls` (the two TLS backe
 termination), `api` (routing, discovery and the handlers), `resources` (the stored kinds: names,
 defaults, errors, patches, tables), `storage` (the store interface and the file store),
 `bootstrap` (what exists at start; the RBAC source over the store), `authorization` (the modes),
-`escalation`, `tokenrequest`,
-`impersonation`, `protobuf` (request bodies), `openapi`, `server` (one connection's request loop:
+`tokenrequest`, `impersonation`, `protobuf` (request bodies), `openapi`, `server` (one connection's request loop:
 admit, authenticate, impersonate, authorize, answer, log), `log`, and `main` (`kube-apiserver`'s
 entry point; also `python3 -m k8sboot.standin`).
 
 Runs on Debian bookworm's python3 with python3-cryptography 38 and python3-jwt 2.6 (no PyYAML):
-it imports the standard library, `k8sboot.authn`, `k8sboot.rbac`, `k8sboot.tokens` (key ids),
-`k8sboot.errors` and (optionally) OpenSSL only; the lab copies exactly those
+it imports the standard library, the packages `k8sboot.authn` and `k8sboot.rbac`, `k8sboot.tokens`
+(key ids), `k8sboot.errors` and (optionally) OpenSSL only; the lab copies exactly those
 (k8sboot/lab/plan.py STANDIN_MODULES, STANDIN_PACKAGES).
 """
 

@@ -16,8 +16,9 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from k8sboot import authn, rbac
+from k8sboot.rbac import escalation
 from k8sboot.standin import resources as res
-from k8sboot.standin import escalation, openapi, protobuf, tokenrequest
+from k8sboot.standin import openapi, protobuf, tokenrequest
 from k8sboot.standin.authorization import ModeChain
 from k8sboot.standin.bootstrap import StoreSource, ensure_namespace_content
 from k8sboot.standin.resources import NAMESPACES, SERVICE_ACCOUNTS, ResourceType
@@ -407,7 +408,7 @@ class Api:
 
     def _escalation(self, rt: ResourceType, namespace: str, obj: dict, user, current: dict | None = None
                     ) -> Answer | None:
-        """RBAC's escalation check on a write of an RBAC object (escalation.py)."""
+        """RBAC's escalation check on a write of an RBAC object (k8sboot/rbac/escalation.py)."""
         if rt.group != res.RBAC:
             return None
         refused = escalation.check_write(user, rt.kind, namespace, obj, self.authorizer, self._role_rules, current)

@@ -150,8 +150,8 @@ def kubectl(workdir: Path, lab_tools, *args: str, token: str | None = None) -> s
 
 
 def test_the_lab_installs_the_stand_in_package_with_what_it_imports(serving):
-    listed = serving.run("cd /usr/local/lib/k8sboot-standin/k8sboot && ls *.py standin/*.py").stdout.split()
-    for name in ("authn.py", "rbac.py", "tokens.py", "errors.py", "standin/__init__.py", "standin/api.py",
+    listed = serving.run("cd /usr/local/lib/k8sboot-standin/k8sboot && ls *.py */*.py").stdout.split()
+    for name in ("authn/__init__.py", "authn/x509.py", "rbac/__init__.py", "rbac/escalation.py", "tokens.py", "errors.py", "standin/__init__.py", "standin/api.py",
                  "standin/storage.py", "standin/tokenrequest.py"):
         assert name in listed
     assert "standin.py" not in listed

@@ -3,6 +3,7 @@ no traceback, and no token or key material on stderr."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -98,7 +99,7 @@ def assert_no_secret(result, *secrets: str):
 def test_whoami_admin_cert_prints_kubectl_auth_whoami_table(cluster):
     result = run("whoami", "--cert", "pki/admin.pem")
     assert result.exit_code == 0, result.output
-    fingerprint = authn.hashlib.sha256(cluster.admin.der).hexdigest()
+    fingerprint = hashlib.sha256(cluster.admin.der).hexdigest()
     assert result.stdout == (
         "ATTRIBUTE                                           VALUE\n"
         "Username                                            admin\n"

@@ -408,7 +408,7 @@ def test_standin_byte_code_is_hash_checked_against_the_very_source_it_ships_with
     sources = hosts.standin_sources()
     code = hosts.standin_bytecode(sources, root)
     tag = sys.implementation.cache_tag
-    assert {"standin/__init__.py", "standin/main.py", "authn.py", "__init__.py"} <= set(sources)
+    assert {"standin/__init__.py", "standin/main.py", "authn/__init__.py", "rbac/escalation.py", "__init__.py"} <= set(sources)
     assert set(code) == {hosts.standin_pyc_path(name, tag) for name in sources}
     assert f"standin/__pycache__/main.{tag}.pyc" in code
     for name, data in sources.items():

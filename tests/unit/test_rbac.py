@@ -496,17 +496,19 @@ def test_list_table_merges_verbs_of_one_resource_and_shows_names_and_subresource
 
 
 def test_rbac_imports_only_the_standard_library_and_nothing_from_k8sboot():
-    tree = ast.parse((ROOT / "k8sboot" / "rbac.py").read_text())
     roots = set()
-    for node in ast.walk(tree):
+    for node in (n for p in (ROOT / "k8sboot" / "rbac").glob("*.py") for n in ast.walk(ast.parse(p.read_text()))):
         if isinstance(node, ast.Import):
             roots.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
+                not node.module.startswith("k8sboot.rbac."):
             roots.add(node.module.split(".")[0])
     # k8sboot appears only under TYPE_CHECKING (for the UserInfo annotation)
     assert roots - set(sys.stdlib_module_names) <= {"k8sboot"}
     runtime = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                              "import k8sboot.rbac; print(sorted(m for m in sys.modules if m.startswith('k8sboot')))",
+                              "import k8sboot.rbac, k8sboot.rbac.escalation; "
+                              "print(sorted(m for m in sys.modules if m.startswith('k8sboot') and "
+                              "not m.startswith('k8sboot.rbac.')))",
                               str(ROOT)], capture_output=True, text=True, check=True)
     assert runtime.stdout.strip() == "['k8sboot', 'k8sboot.rbac']"
 
@@ -539,18 +541,20 @@ def test_check_object_says_what_makes_an_rbac_object_unusable(obj, problem):
 
 
 def test_rbac_alone_decides_under_the_lab_hosts_python(tmp_path):
-    """rbac.py and the package's empty __init__, alone, under /usr/bin/python3 (Debian's 3.11, no
+    """The rbac package and k8sboot's empty __init__, alone, under /usr/bin/python3 (Debian's 3.11, no
     PyYAML): what a lab host runs."""
     py = "/usr/bin/python3"
     if not Path(py).exists():
         pytest.skip("/usr/bin/python3 is not installed")
     lib = tmp_path / "lib" / "k8sboot"
     lib.mkdir(parents=True)
-    for name in ("__init__.py", "rbac.py"):
-        (lib / name).write_bytes((ROOT / "k8sboot" / name).read_bytes())
+    (lib / "rbac").mkdir()
+    for path in [ROOT / "k8sboot" / "__init__.py", *(ROOT / "k8sboot" / "rbac").glob("*.py")]:
+        (lib / path.relative_to(ROOT / "k8sboot")).write_bytes(path.read_bytes())
     code = (
         "import json\n"
         "from k8sboot import rbac\n"
+        "from k8sboot.rbac import escalation\n"
         "class U:\n    def __init__(s, n, g): s.username, s.groups = n, g\n"
         "a = rbac.Authorizer(rbac.StaticSource(rbac.bootstrap_policy()))\n"
         "bot = U('system:serviceaccount:authn-demo:bot', ('system:serviceaccounts', 'system:authenticated'))\n"

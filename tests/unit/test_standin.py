@@ -640,7 +640,8 @@ def test_header_names_are_case_insensitive_and_the_first_of_a_repeated_field_cou
 
 
 def test_the_stand_in_imports_only_what_the_lab_installs():
-    """Every k8sboot module the package imports is one the lab copies (plan.STANDIN_MODULES), and
+    """Every k8sboot module the package imports is one the lab copies (plan.STANDIN_MODULES and
+    STANDIN_PACKAGES), and
     those import nothing else of k8sboot; outside k8sboot: the standard library, cryptography,
     jwt and OpenSSL (Debian's python3-* packages)."""
     import ast
@@ -649,7 +650,9 @@ def test_the_stand_in_imports_only_what_the_lab_installs():
 
     pkg = Path(standin.__file__).parent.parent
     installed = {f"k8sboot.{m[:-3]}" for m in plan.STANDIN_MODULES if m != "__init__.py"}
-    files = sorted((pkg / "standin").glob("*.py")) + [pkg / m for m in plan.STANDIN_MODULES]
+    packages = tuple(f"k8sboot.{p}" for p in plan.STANDIN_PACKAGES)
+    files = [f for p in plan.STANDIN_PACKAGES for f in sorted((pkg / p).glob("*.py"))] + \
+        [pkg / m for m in plan.STANDIN_MODULES]
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
@@ -659,7 +662,7 @@ def test_the_stand_in_imports_only_what_the_lab_installs():
             for name in names:
                 root = name.split(".")[0]
                 if root == "k8sboot":
-                    assert name in installed or name.startswith("k8sboot.standin"), \
+                    assert name in installed or name in packages or name.startswith(tuple(f"{p}." for p in packages)), \
                         f"{path.name} imports {name}, which the lab does not install"
                 else:
                     assert root in sys.stdlib_module_names or root in ("cryptography", "jwt", "OpenSSL"), \

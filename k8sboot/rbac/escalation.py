@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from k8sboot import rbac
+from k8sboot.rbac.attributes import Attributes
+from k8sboot.rbac.authorizer import RulesResult
+from k8sboot.rbac.names import RBAC_GROUP
 
 MASTERS = "system:masters"
 FULL_AUTHORITY = [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}, {"verbs": ["*"], "nonResourceURLs": ["*"]}]
@@ -115,7 +117,7 @@ def compact_string(rule: dict) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
-def escalation_error(user: Any, owner: rbac.RulesResult, rules: list[dict]) -> str | None:
+def escalation_error(user: Any, owner: RulesResult, rules: list[dict]) -> str | None:
     """ConfirmNoEscalation's error text, None when the user's rules cover `rules`."""
     owner_rules = [dict(r) for r in owner.resource_rules] + [dict(r) for r in owner.non_resource_rules]
     missing = uncovered(owner_rules, rules)
@@ -144,7 +146,7 @@ def check_write(user: Any, kind: str, namespace: str, obj: dict, authorizer: Any
         if current is not None and current.get("rules") == obj.get("rules") and \
                 current.get("aggregationRule") == obj.get("aggregationRule"):
             return None
-        escalate = rbac.Attributes(verb="escalate", is_resource=True, api_group=rbac.RBAC_GROUP, resource=resource,
+        escalate = Attributes(verb="escalate", is_resource=True, api_group=RBAC_GROUP, resource=resource,
                                    namespace=namespace, name=name)
         if authorizer.authorize(user, escalate).allowed:
             return None
@@ -159,7 +161,7 @@ def check_write(user: Any, kind: str, namespace: str, obj: dict, authorizer: Any
         return None
     ref = obj.get("roleRef") or {}
     ref_resource = "clusterroles" if ref.get("kind") == "ClusterRole" else "roles"
-    bind = rbac.Attributes(verb="bind", is_resource=True, api_group=rbac.RBAC_GROUP, resource=ref_resource,
+    bind = Attributes(verb="bind", is_resource=True, api_group=RBAC_GROUP, resource=ref_resource,
                            namespace=namespace, name=ref.get("name", ""))
     if authorizer.authorize(user, bind).allowed:
         return None
