@@ -40,6 +40,9 @@ PKI_FILES: tuple[tuple[str, int], ...] = (
     ("kube-apiserver-kubelet-client.pem", 0o644),
     ("kube-apiserver-kubelet-client-key.pem", 0o600),
     ("encryption-config.yaml", 0o600),
+    ("etcd-ca.pem", 0o644),
+    ("apiserver-etcd-client.pem", 0o644),
+    ("apiserver-etcd-client-key.pem", 0o600),
 )
 REMOTE_PKI_DIR = "/var/lib/kubernetes"
 REMOTE_PKI_DIR_MODE = 0o700

@@ -27,6 +27,14 @@ PROXY = "kube-proxy"
 # k8sboot's own health client (the deploy's /readyz gate and the load balancer's health check):
 # a workstation credential, never in CONTROLLER_FILES.
 HEALTH_CLIENT = "k8sboot-health"
+# etcd's own PKI, under a CA of its own (kubeadm's layout, CIS 2.7): with --client-cert-auth etcd
+# trusts every cert its CA signed, so under the cluster CA admin.pem, every kubelet and kube-proxy
+# could read and write etcd directly.
+ETCD_CA = "etcd-ca"
+ETCD_SERVER = "etcd-server"                       # every member's serving cert (one for all)
+ETCD_PEER = "etcd-peer"                           # every member's peer cert, server and client
+APISERVER_ETCD_CLIENT = "apiserver-etcd-client"   # kube-apiserver's client cert to etcd
+ETCD_HEALTHCHECK_CLIENT = "etcd-healthcheck-client"   # the deploy gate's (workstation only)
 ENCRYPTION_CONFIG_FILE = "encryption-config.yaml"
 
 
@@ -84,6 +92,9 @@ CONTROLLER_FILES: tuple[RemoteFile, ...] = (
     _remote(cert_file(KUBELET_CLIENT), CERT_MODE),
     _remote(key_file(KUBELET_CLIENT), KEY_MODE),
     _remote(ENCRYPTION_CONFIG_FILE, KEY_MODE),
+    _remote(cert_file(ETCD_CA), CERT_MODE),
+    _remote(cert_file(APISERVER_ETCD_CLIENT), CERT_MODE),
+    _remote(key_file(APISERVER_ETCD_CLIENT), KEY_MODE),
 )
 
 # Keyed by local file name, for the flags module: `remote_path("ca.pem")`.
@@ -96,7 +107,7 @@ def remote_path(local_name: str) -> str:
 
 
 # Files that must never leave the workstation.
-NEVER_UPLOADED = frozenset({key_file(CA)})
+NEVER_UPLOADED = frozenset({key_file(CA), key_file(ETCD_CA)})
 
 
 # --- on each load balancer (`load_balancers:` hosts, HAProxy in TCP mode) ---------------------
@@ -116,3 +127,47 @@ LB_CA_MODE = CERT_MODE
 LB_HEALTH_PEM_PATH = f"{LB_PKI_DIR}/{cert_file(HEALTH_CLIENT)}"   # cert + key: the check's client cert
 LB_HEALTH_PEM_MODE = KEY_MODE
 LB_STATS_SOCKET = "/run/haproxy/admin.sock"      # `show servers state`: is every backend up
+
+
+# --- etcd on each controller (`k8sboot deploy-etcd`) --------------------------------------------
+#
+# One member per controller. Its TLS files live in /etc/etcd (0700, root's alone: etcd runs as
+# root from k8sboot's unit, as in the tutorial); its data in /var/lib/etcd/<cluster name>, 0700,
+# beside (never over) /var/lib/etcd/default, the data of the member Debian's own unit runs.
+
+ETCD_DIR = "/etc/etcd"
+ETCD_DIR_MODE = 0o700
+ETCD_UNIT_NAME = "etcd.service"
+ETCD_UNIT_PATH = f"/etc/systemd/system/{ETCD_UNIT_NAME}"   # overrides Debian's /lib/systemd/system one
+ETCD_PACKAGE = "etcd-server"
+ETCD_PACKAGE_BINARY = "/usr/bin/etcd"             # Debian's etcd-server package
+ETCD_UPLOADED_BINARY = "/usr/local/bin/etcd"      # `deploy-etcd --binary PATH`
+ETCD_DATA_ROOT = "/var/lib/etcd"
+ETCD_DATA_DIR_MODE = 0o700
+ETCD_DEBIAN_DEFAULT_DATA = f"{ETCD_DATA_ROOT}/default"   # Debian's default member: never ours
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+
+
+def etcd_data_dir(cluster_name: str) -> str:
+    return f"{ETCD_DATA_ROOT}/{cluster_name}"
+
+
+def _etcd(local_name: str, mode: int) -> RemoteFile:
+    return RemoteFile(local_name, f"{ETCD_DIR}/{local_name}", mode)
+
+
+# What every etcd member holds in ETCD_DIR. Never etcd-ca-key.pem.
+ETCD_FILES: tuple[RemoteFile, ...] = (
+    _etcd(cert_file(ETCD_CA), CERT_MODE),
+    _etcd(cert_file(ETCD_SERVER), CERT_MODE),
+    _etcd(key_file(ETCD_SERVER), KEY_MODE),
+    _etcd(cert_file(ETCD_PEER), CERT_MODE),
+    _etcd(key_file(ETCD_PEER), KEY_MODE),
+)
+_ETCD_BY_LOCAL = {f.local_name: f for f in ETCD_FILES}
+
+
+def etcd_path(local_name: str) -> str:
+    """Where an etcd PKI file lives on a member; KeyError for one that is never shipped there."""
+    return _ETCD_BY_LOCAL[local_name].path

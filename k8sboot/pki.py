@@ -56,6 +56,7 @@ _KEY_USAGE_NAMES = (
 )
 
 CA_NAME = layout.CA
+ETCD_CA_NAME = layout.ETCD_CA
 SERVICE_ACCOUNT_NAME = layout.SERVICE_ACCOUNT
 
 # Verbs of the gen-certs table.
@@ -80,6 +81,7 @@ class CertSpec:
     eku: tuple[str, ...] = ()
     dns_sans: tuple[str, ...] = ()
     ip_sans: tuple[IPAddress, ...] = ()
+    issuer: str = CA_NAME                      # the name of the CA that signs it (ca | etcd-ca)
 
     @property
     def cert_file(self) -> str:
@@ -126,6 +128,18 @@ class PkiSpec:
     leaves: tuple[CertSpec, ...]
     service_account: KeyPairSpec
     encryption_config_file: str = layout.ENCRYPTION_CONFIG_FILE
+    etcd_ca: CertSpec | None = None            # etcd's own CA (None: a spec built by hand, one CA)
+
+    @property
+    def authorities(self) -> tuple[CertSpec, ...]:
+        """Every CA of the PKI, the cluster CA first."""
+        return (self.ca,) + ((self.etcd_ca,) if self.etcd_ca is not None else ())
+
+    def authority(self, name: str) -> CertSpec:
+        for ca in self.authorities:
+            if ca.name == name:
+                return ca
+        raise KeyError(name)
 
     @property
     def renewable_names(self) -> tuple[str, ...]:
@@ -185,6 +199,16 @@ def apiserver_sans(inventory: Inventory) -> tuple[list[str], list[IPAddress]]:
     return _split_sans(values)
 
 
+def etcd_sans(inventory: Inventory) -> tuple[list[str], list[IPAddress]]:
+    """etcd-server.pem's and etcd-peer.pem's SANs: every member's name and internal IP (peers and
+    kube-apiserver dial the IP), 127.0.0.1 and localhost (etcdctl on a member)."""
+    values: list[str] = []
+    for host in inventory.controllers:
+        values += [host.name, str(host.internal_ip)]
+    values += ["127.0.0.1", "localhost"]
+    return _split_sans(values)
+
+
 def build_pki_spec(inventory: Inventory) -> PkiSpec:
     """One CertSpec per row of the DESIGN PKI table, one per worker included."""
     pki = inventory.pki
@@ -192,12 +216,14 @@ def build_pki_spec(inventory: Inventory) -> PkiSpec:
     days = pki.cert_validity_days
 
     def leaf(name: str, cn: str, orgs: Sequence[str] = (), eku: tuple[str, ...] = (CLIENT_AUTH,),
-             dns: Sequence[str] = (), ips: Sequence[IPAddress] = ()) -> CertSpec:
+             dns: Sequence[str] = (), ips: Sequence[IPAddress] = (), issuer: str = CA_NAME) -> CertSpec:
         own = tuple(("O", o) for o in orgs) + (("CN", cn),)
         return CertSpec(name=name, subject=build_subject(pki.subject, own), key_algorithm=alg,
-                        validity_days=days, eku=eku, dns_sans=tuple(dns), ip_sans=tuple(ips))
+                        validity_days=days, eku=eku, dns_sans=tuple(dns), ip_sans=tuple(ips),
+                        issuer=issuer)
 
     api_dns, api_ips = apiserver_sans(inventory)
+    etcd_dns, etcd_ips = etcd_sans(inventory)
     leaves = [
         leaf(layout.ADMIN, "admin", ["system:masters"]),
         leaf(layout.APISERVER, "kubernetes", eku=(SERVER_AUTH, CLIENT_AUTH), dns=api_dns, ips=api_ips),
@@ -213,8 +239,17 @@ def build_pki_spec(inventory: Inventory) -> PkiSpec:
         # system:authenticated, so it reads exactly the health endpoints and nothing else.
         # A workstation credential (and the LB's): never uploaded to the controllers.
         leaf(layout.HEALTH_CLIENT, "system:k8sboot-health"),
+        # etcd's PKI, signed by etcd-ca alone (see layout.ETCD_CA): one serving and one peer
+        # cert for every member (as kubernetes.pem serves every controller), kube-apiserver's
+        # client cert (no O: etcd has no groups) and k8sboot's health-check client.
+        leaf(layout.ETCD_SERVER, "etcd-server", eku=(SERVER_AUTH, CLIENT_AUTH), dns=etcd_dns, ips=etcd_ips,
+             issuer=ETCD_CA_NAME),
+        leaf(layout.ETCD_PEER, "etcd-peer", eku=(SERVER_AUTH, CLIENT_AUTH), dns=etcd_dns, ips=etcd_ips,
+             issuer=ETCD_CA_NAME),
+        leaf(layout.APISERVER_ETCD_CLIENT, "kube-apiserver-etcd-client", issuer=ETCD_CA_NAME),
+        leaf(layout.ETCD_HEALTHCHECK_CLIENT, "kube-etcd-healthcheck-client", issuer=ETCD_CA_NAME),
     ]
-    reserved = {spec.name for spec in leaves} | {CA_NAME, SERVICE_ACCOUNT_NAME}
+    reserved = {spec.name for spec in leaves} | {CA_NAME, ETCD_CA_NAME, SERVICE_ACCOUNT_NAME}
     for i, worker in enumerate(inventory.workers):
         if worker.name in reserved:
             raise PkiError(f"{inventory.where(f'workers[{i}].name')}: worker name '{worker.name}' "
@@ -224,8 +259,10 @@ def build_pki_spec(inventory: Inventory) -> PkiSpec:
                            eku=(CLIENT_AUTH, SERVER_AUTH), dns=[worker.name], ips=[worker.internal_ip]))
     ca = CertSpec(name=CA_NAME, subject=build_subject(pki.subject, (("CN", "Kubernetes"),)),
                   key_algorithm=alg, validity_days=pki.ca_validity_days, is_ca=True)
+    etcd_ca = CertSpec(name=ETCD_CA_NAME, subject=build_subject(pki.subject, (("CN", "etcd-ca"),)),
+                       key_algorithm=alg, validity_days=pki.ca_validity_days, is_ca=True, issuer=ETCD_CA_NAME)
     return PkiSpec(dir=pki.dir, ca=ca, leaves=tuple(leaves),
-                   service_account=KeyPairSpec(SERVICE_ACCOUNT_NAME, alg))
+                   service_account=KeyPairSpec(SERVICE_ACCOUNT_NAME, alg), etcd_ca=etcd_ca)
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -536,6 +573,10 @@ class PkiFacts:
     leaves: Mapping[str, PairFact]
     service_account: KeyPairFact
     encryption_config: bytes | None = None
+    etcd_ca: PairFact | None = None
+
+    def authority(self, name: str) -> PairFact | None:
+        return self.ca if name == CA_NAME else self.etcd_ca if name == ETCD_CA_NAME else None
 
 
 def parse_pair(cert_path: Path, cert_data: bytes | None,
@@ -735,40 +776,48 @@ def plan_pki(spec: PkiSpec, facts: PkiFacts, *, now: datetime, renew: Iterable[s
     actions: list[Action] = []
     warnings: list[str] = []
 
-    # The CA: created if missing, replaced only with --force-new-ca.
-    ca_fact = facts.ca
-    ca_hint = ("restore the CA files from a backup; only `k8sboot gen-certs --force-new-ca` "
-               "replaces the CA (and then reissues every leaf)")
-    new_ca = False
-    if force_new_ca:
-        actions.append(Action(CA_NAME, REISSUED if ca_fact.exists else CREATED,
-                              "--force-new-ca" if ca_fact.exists else ""))
-        new_ca = True
-    elif not ca_fact.exists:
-        issued = [f.cert_path.name for f in facts.leaves.values() if f.cert is not None]
-        if issued:
-            raise PkiError(f"reading {facts.dir}: {ca_fact.cert_path} and {ca_fact.key_path} are "
-                           f"missing, but certificates they issued exist ({', '.join(issued)})",
-                           hint=ca_hint)
-        actions.append(Action(CA_NAME, CREATED))
-        new_ca = True
-    else:
-        _check_pair_consistent(ca_fact, ca_hint, "the CA certificate")
-        if not is_ca_cert(ca_fact.cert):
-            raise PkiError(f"checking {ca_fact.cert_path}: not a CA certificate (no CA:TRUE)",
-                           hint=ca_hint)
-        differs = spec_differences(spec.ca, ca_fact.cert)
-        if differs:
-            warnings.append(f"{ca_fact.cert_path} differs from the inventory ({'; '.join(differs)}); "
-                            "kept: only --force-new-ca replaces the CA, and it reissues every leaf")
-        actions.append(Action(CA_NAME, UNCHANGED))
+    # Each CA (the cluster's, etcd's): created if missing, replaced only with --force-new-ca, which
+    # replaces every CA and reissues every leaf.
+    ca_facts: dict[str, PairFact] = {}
+    new_cas: set[str] = set()
+    for ca_spec in spec.authorities:
+        ca_fact = facts.authority(ca_spec.name) or PairFact(spec.dir / ca_spec.cert_file,
+                                                            spec.dir / ca_spec.key_file)
+        ca_facts[ca_spec.name] = ca_fact
+        ca_hint = ("restore the CA files from a backup; only `k8sboot gen-certs --force-new-ca` "
+                   "replaces the CA (and then reissues every leaf)")
+        if force_new_ca:
+            actions.append(Action(ca_spec.name, REISSUED if ca_fact.exists else CREATED,
+                                  "--force-new-ca" if ca_fact.exists else ""))
+            new_cas.add(ca_spec.name)
+        elif not ca_fact.exists:
+            issued = [facts.leaves[leaf.name].cert_path.name for leaf in spec.leaves
+                      if leaf.issuer == ca_spec.name and leaf.name in facts.leaves
+                      and facts.leaves[leaf.name].cert is not None]
+            if issued:
+                raise PkiError(f"reading {facts.dir}: {ca_fact.cert_path} and {ca_fact.key_path} are "
+                               f"missing, but certificates they issued exist ({', '.join(issued)})",
+                               hint=ca_hint)
+            actions.append(Action(ca_spec.name, CREATED))
+            new_cas.add(ca_spec.name)
+        else:
+            _check_pair_consistent(ca_fact, ca_hint, "the CA certificate")
+            if not is_ca_cert(ca_fact.cert):
+                raise PkiError(f"checking {ca_fact.cert_path}: not a CA certificate (no CA:TRUE)",
+                               hint=ca_hint)
+            differs = spec_differences(ca_spec, ca_fact.cert)
+            if differs:
+                warnings.append(f"{ca_fact.cert_path} differs from the inventory ({'; '.join(differs)}); "
+                                "kept: only --force-new-ca replaces the CA, and it reissues every leaf")
+            actions.append(Action(ca_spec.name, UNCHANGED))
 
     for leaf in spec.leaves:
         fact = facts.leaves[leaf.name]
+        ca_fact = ca_facts[leaf.issuer]
         if leaf.name in renew:
             actions.append(Action(leaf.name, RENEWED, "--renew"))
             continue
-        if new_ca:
+        if leaf.issuer in new_cas:
             actions.append(Action(leaf.name, REISSUED if fact.exists else CREATED,
                                   "new CA" if fact.exists else ""))
             continue
@@ -780,7 +829,7 @@ def plan_pki(spec: PkiSpec, facts: PkiFacts, *, now: datetime, renew: Iterable[s
             raise PkiError(
                 f"checking {fact.cert_path}: not signed by the CA in {ca_fact.cert_path} "
                 f"(its issuer: {format_subject(subject_of(fact.cert.issuer)) or 'empty'})",
-                hint=f"restore the ca.pem that issued it, or reissue it from this CA with "
+                hint=f"restore the {ca_fact.cert_path.name} that issued it, or reissue it from this CA with "
                      f"`k8sboot gen-certs --renew {leaf.name}`")
         differs = spec_differences(leaf, fact.cert)
         if differs:
@@ -791,17 +840,20 @@ def plan_pki(spec: PkiSpec, facts: PkiFacts, *, now: datetime, renew: Iterable[s
                             f"renew it with `k8sboot gen-certs --renew {leaf.name}`")
         actions.append(Action(leaf.name, UNCHANGED))
 
-    if not new_ca and not_after_of(ca_fact.cert) <= now:
-        stale = [a.name for a in actions if a.changes]
+    for ca_spec in spec.authorities:
+        ca_fact = ca_facts[ca_spec.name]
+        if ca_spec.name in new_cas or not_after_of(ca_fact.cert) > now:
+            continue
+        fix = "replace the CA with `k8sboot gen-certs --force-new-ca` (reissues every leaf)"
+        stale = [a.name for a in actions if a.changes and a.name in
+                 {leaf.name for leaf in spec.leaves if leaf.issuer == ca_spec.name}]
         if stale:
             raise PkiError(f"issuing {', '.join(stale)}: the CA in {ca_fact.cert_path} expired on "
                            f"{not_after_of(ca_fact.cert):%Y-%m-%d}, so they would be born expired",
-                           hint="replace the CA with `k8sboot gen-certs --force-new-ca` "
-                                "(reissues every leaf)")
+                           hint=fix)
         raise PkiError(f"checking {ca_fact.cert_path}: the CA expired on "
                        f"{not_after_of(ca_fact.cert):%Y-%m-%d}, so TLS refuses every certificate "
-                       "it signed", hint="replace the CA with `k8sboot gen-certs --force-new-ca` "
-                                         "(reissues every leaf), then deploy again")
+                       "it signed", hint=fix + ", then deploy again")
 
     sa, sa_fact = spec.service_account, facts.service_account
     if sa.name in renew:
@@ -874,8 +926,8 @@ def issue_pki(spec: PkiSpec, facts: PkiFacts, plan: PkiPlan, *, now: datetime) -
     for action in plan.actions:
         if not action.changes or action.name == ENCRYPTION_CONFIG_NAME:
             continue
-        if action.name == CA_NAME:
-            key_specs.append((CA_NAME, spec.ca.key_algorithm))
+        if action.name in {ca.name for ca in spec.authorities}:
+            key_specs.append((action.name, spec.authority(action.name).key_algorithm))
         elif action.name == spec.service_account.name:
             key_specs.append((action.name, spec.service_account.key_algorithm))
         else:
@@ -889,26 +941,37 @@ def issue_pki(spec: PkiSpec, facts: PkiFacts, plan: PkiPlan, *, now: datetime) -
         files.append(OutputFile(key_name, key_pem(key), layout.KEY_MODE))
         files.append(OutputFile(cert_name, cert_data, layout.CERT_MODE))
 
-    ca_action = plan.action(CA_NAME)
-    if ca_action.changes:
-        ca = Authority(issue_ca(spec.ca, keys[CA_NAME], now), keys[CA_NAME])
-        emit(spec.ca.key_file, ca.key, spec.ca.cert_file, cert_pem(ca.cert))
-    else:
-        ca = Authority(facts.ca.cert, facts.ca.key)
-    rows.append(PkiRow(spec.ca.cert_file, format_subject(subject_of(ca.cert.subject)), (),
-                       not_after_of(ca.cert), ca_action, spec.ca.key_file))
+    authorities: dict[str, Authority] = {}
+    ca_rows: dict[str, PkiRow] = {}
+    for ca_spec in spec.authorities:
+        ca_action = plan.action(ca_spec.name)
+        if ca_action.changes:
+            key = keys[ca_spec.name]
+            authority = Authority(issue_ca(ca_spec, key, now), key)
+            emit(ca_spec.key_file, authority.key, ca_spec.cert_file, cert_pem(authority.cert))
+        else:
+            ca_fact = facts.authority(ca_spec.name)
+            authority = Authority(ca_fact.cert, ca_fact.key)
+        authorities[ca_spec.name] = authority
+        ca_rows[ca_spec.name] = PkiRow(ca_spec.cert_file, format_subject(subject_of(authority.cert.subject)), (),
+                                       not_after_of(authority.cert), ca_action, ca_spec.key_file)
+    ca = authorities[CA_NAME]
+    rows.append(ca_rows.pop(CA_NAME))
 
     for leaf in spec.leaves:
+        if leaf.issuer in ca_rows:        # another CA's row goes right before the first cert it signs
+            rows.append(ca_rows.pop(leaf.issuer))
         action = plan.action(leaf.name)
         if action.changes:
             key = keys[leaf.name]
-            cert = issue_leaf(leaf, key.public_key(), ca, now)
+            cert = issue_leaf(leaf, key.public_key(), authorities[leaf.issuer], now)
             emit(leaf.key_file, key, leaf.cert_file, cert_pem(cert))
         else:
             cert = facts.leaves[leaf.name].cert
         rows.append(PkiRow(leaf.cert_file, format_subject(subject_of(cert.subject)), sans_of(cert),
                            not_after_of(cert), action, leaf.key_file))
 
+    rows.extend(ca_rows.values())         # a CA that signed nothing (never, with build_pki_spec)
     sa = spec.service_account
     action = plan.action(sa.name)
     if action.changes:
@@ -976,9 +1039,13 @@ def _cert_status(name: str, fact: PairFact, ca_cert: x509.Certificate | None, no
 
 def check_certs(spec: PkiSpec, facts: PkiFacts, now: datetime) -> tuple[CertStatus, ...]:
     """A status per cert of the spec (CA first) and the service-account pair; never raises."""
-    ca_cert = facts.ca.cert
-    out = [_cert_status(CA_NAME, facts.ca, ca_cert, now, is_ca=True)]
-    out += [_cert_status(leaf.name, facts.leaves[leaf.name], ca_cert, now) for leaf in spec.leaves]
+    out = []
+    ca_certs = {}
+    for ca_spec in spec.authorities:
+        fact = facts.authority(ca_spec.name) or PairFact(spec.dir / ca_spec.cert_file, spec.dir / ca_spec.key_file)
+        ca_certs[ca_spec.name] = fact.cert
+        out.append(_cert_status(ca_spec.name, fact, fact.cert, now, is_ca=True))
+    out += [_cert_status(leaf.name, facts.leaves[leaf.name], ca_certs[leaf.issuer], now) for leaf in spec.leaves]
     sa = facts.service_account
     out.append(CertStatus(
         spec.service_account.name, sa.public_path.name, present=sa.public is not None,

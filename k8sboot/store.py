@@ -167,6 +167,7 @@ def read_pki(spec: PkiSpec, *, require: bool = False,
                 if only is None or leaf.name in only},
         service_account=pki.parse_key_pair(sa_public, maybe(sa_public), sa_key, maybe(sa_key)),
         encryption_config=maybe(directory / spec.encryption_config_file),
+        etcd_ca=(pair(spec.etcd_ca.cert_file, spec.etcd_ca.key_file) if spec.etcd_ca is not None else None),
     )
 
 

@@ -49,20 +49,22 @@ for instance in "${HOSTS[@]}"; do
   scp -q "${SSH_OPTS[@]}" \
     ca.pem kubernetes.pem kubernetes-key.pem service-account.pem service-account-key.pem \
     kube-apiserver-kubelet-client.pem kube-apiserver-kubelet-client-key.pem \
-    encryption-config.yaml "$UNITS/$instance.kube-apiserver.service" \
+    encryption-config.yaml etcd-ca.pem apiserver-etcd-client.pem apiserver-etcd-client-key.pem "$UNITS/$instance.kube-apiserver.service" \
     "${instance}:~/"
 
   ssh "${SSH_OPTS[@]}" "$instance" "set -e; mv ${instance}.kube-apiserver.service kube-apiserver.service;"'
     mkdir -p /var/lib/kubernetes
     chmod 0700 /var/lib/kubernetes
-    chmod 0644 ca.pem kubernetes.pem service-account.pem kube-apiserver-kubelet-client.pem kube-apiserver.service
-    chmod 0600 kubernetes-key.pem service-account-key.pem kube-apiserver-kubelet-client-key.pem encryption-config.yaml
+    chmod 0644 ca.pem kubernetes.pem service-account.pem kube-apiserver-kubelet-client.pem kube-apiserver.service \
+      etcd-ca.pem apiserver-etcd-client.pem
+    chmod 0600 kubernetes-key.pem service-account-key.pem kube-apiserver-kubelet-client-key.pem encryption-config.yaml \
+      apiserver-etcd-client-key.pem
     chown root:root ca.pem kubernetes.pem kubernetes-key.pem service-account.pem service-account-key.pem \
       kube-apiserver-kubelet-client.pem kube-apiserver-kubelet-client-key.pem encryption-config.yaml \
-      kube-apiserver.service
+      etcd-ca.pem apiserver-etcd-client.pem apiserver-etcd-client-key.pem kube-apiserver.service
     mv ca.pem kubernetes.pem kubernetes-key.pem service-account.pem service-account-key.pem \
       kube-apiserver-kubelet-client.pem kube-apiserver-kubelet-client-key.pem encryption-config.yaml \
-      /var/lib/kubernetes/
+      etcd-ca.pem apiserver-etcd-client.pem apiserver-etcd-client-key.pem /var/lib/kubernetes/
     mv kube-apiserver.service /etc/systemd/system/kube-apiserver.service
     systemctl daemon-reload
     systemctl enable kube-apiserver 2>/dev/null

@@ -230,13 +230,16 @@ def _report_problems(spec, statuses) -> None:
         raise PkiError(f"checking {spec.dir}: the private key does not match the certificate for "
                        f"{', '.join(mismatched)}",
                        hint="reissue with `k8sboot gen-certs --renew NAME`")
-    ca = statuses[0] if statuses and statuses[0].is_ca else None
-    if ca is not None and ca.present and ca.issuer_ok is False:
-        raise PkiError(f"checking {spec.dir / ca.file}: not a self-signed CA certificate",
-                       hint="restore the CA files from a backup; only `k8sboot gen-certs "
-                            "--force-new-ca` replaces the CA (and then reissues every leaf)")
+    for ca in (s for s in statuses if s.is_ca):
+        if ca.present and ca.issuer_ok is False:
+            raise PkiError(f"checking {spec.dir / ca.file}: not a self-signed CA certificate",
+                           hint="restore the CA files from a backup; only `k8sboot gen-certs "
+                                "--force-new-ca` replaces the CA (and then reissues every leaf)")
     if foreign:
-        raise PkiError(f"checking {spec.dir}: not signed by {spec.dir / 'ca.pem'}: {', '.join(foreign)}",
+        issuers = {leaf.cert_file: spec.authority(leaf.issuer).cert_file for leaf in spec.leaves}
+        named = sorted({issuers.get(f, "ca.pem") for f in foreign})
+        raise PkiError(f"checking {spec.dir}: not signed by {' or '.join(str(spec.dir / n) for n in named)}: "
+                       f"{', '.join(foreign)}",
                        hint="reissue with `k8sboot gen-certs --renew NAME`")
 
 

@@ -38,8 +38,10 @@ from entry_point import K8SBOOT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LEAVES = ["admin", "kubernetes", "kube-apiserver-kubelet-client", "kube-controller-manager",
-          "kube-scheduler", "kube-proxy", "k8sboot-health", "worker-0"]
-ALL_FILES = sorted(["ca.pem", "ca-key.pem", "service-account.pem", "service-account-key.pem",
+          "kube-scheduler", "kube-proxy", "k8sboot-health", "etcd-server", "etcd-peer", "apiserver-etcd-client",
+          "etcd-healthcheck-client", "worker-0"]
+ALL_FILES = sorted(["ca.pem", "ca-key.pem", "etcd-ca.pem", "etcd-ca-key.pem", "service-account.pem",
+                    "service-account-key.pem",
                     "encryption-config.yaml", *(f"{n}.pem" for n in LEAVES),
                     *(f"{n}-key.pem" for n in LEAVES)])
 SIGKILL_TRIALS = 60
@@ -81,10 +83,13 @@ def load_key(path: Path):
 def assert_complete_and_valid(pki: Path) -> None:
     """Every file, no temp file or journal, every leaf issued by ca.pem, every key its cert's."""
     assert sorted(os.listdir(pki)) == ALL_FILES, sorted(os.listdir(pki))
-    out = openssl("verify", "-CAfile", str(pki / "ca.pem"), *(str(pki / f"{n}.pem") for n in LEAVES))
+    etcd = [n for n in LEAVES if "etcd" in n]
+    out = openssl("verify", "-CAfile", str(pki / "ca.pem"), *(str(pki / f"{n}.pem") for n in LEAVES if n not in etcd))
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = openssl("verify", "-CAfile", str(pki / "etcd-ca.pem"), *(str(pki / f"{n}.pem") for n in etcd))
     assert out.returncode == 0, out.stdout + out.stderr
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    for name in ["ca", *LEAVES]:
+    for name in ["ca", "etcd-ca", *LEAVES]:
         cert = x509.load_pem_x509_certificate((pki / f"{name}.pem").read_bytes())
         key = load_key(pki / f"{name}-key.pem")
         assert (cert.public_key().public_bytes(serialization.Encoding.DER, spki)

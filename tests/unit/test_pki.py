@@ -41,8 +41,10 @@ from k8sboot.model import KEY_ALGORITHMS
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
+ETCD_LEAVES = ["etcd-server", "etcd-peer", "apiserver-etcd-client", "etcd-healthcheck-client"]
 LEAVES = ["admin", "kubernetes", "kube-apiserver-kubelet-client", "kube-controller-manager",
-          "kube-scheduler", "kube-proxy", "k8sboot-health", "worker-0"]
+          "kube-scheduler", "kube-proxy", "k8sboot-health", *ETCD_LEAVES, "worker-0"]
+CAS = ["ca", "etcd-ca"]
 HEALTH_CN = "system:k8sboot-health"
 APISERVER_SANS = {
     "DNS:controller-0", "DNS:controller-1", "DNS:controller-2",
@@ -243,11 +245,26 @@ def test_service_account_pair_is_a_pkix_public_key_and_its_private_key(generated
     assert pki.key_matches(public, serialization.load_pem_private_key(private_pem, None))
 
 
-def test_openssl_verifies_every_leaf_against_ca_pem(generated_pki):
-    leaves = [str(generated_pki.path(f"{n}.pem")) for n in LEAVES]
-    out = openssl("verify", "-CAfile", str(generated_pki.path("ca.pem")), *leaves)
+def test_openssl_verifies_every_leaf_against_its_own_ca(generated_pki):
+    cluster = [str(generated_pki.path(f"{n}.pem")) for n in LEAVES if n not in ETCD_LEAVES]
+    out = openssl("verify", "-CAfile", str(generated_pki.path("ca.pem")), *cluster)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count(": OK") == len(LEAVES)
+    assert out.stdout.count(": OK") == len(cluster)
+    etcd = [str(generated_pki.path(f"{n}.pem")) for n in ETCD_LEAVES]
+    out = openssl("verify", "-CAfile", str(generated_pki.path("etcd-ca.pem")), *etcd)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count(": OK") == len(ETCD_LEAVES)
+
+
+def test_no_etcd_cert_verifies_under_ca_pem_and_no_cluster_cert_under_etcd_ca_pem(generated_pki):
+    """With --client-cert-auth etcd trusts whatever its CA signed: admin.pem, a kubelet's or
+    kube-proxy's cert must not be able to talk to etcd, nor etcd's certs to the API server."""
+    for ca, names in (("ca.pem", ETCD_LEAVES), ("etcd-ca.pem", [n for n in LEAVES if n not in ETCD_LEAVES])):
+        for name in names:
+            out = openssl("verify", "-CAfile", str(generated_pki.path(ca)), str(generated_pki.path(f"{name}.pem")))
+            assert out.returncode != 0 and "unable to get local issuer certificate" in out.stderr, (ca, name)
+    assert load_cert(generated_pki.path("etcd-ca.pem")).public_key().public_numbers() != \
+        load_cert(generated_pki.path("ca.pem")).public_key().public_numbers()
 
 
 def test_openssl_prints_the_tutorial_admin_subject(generated_pki):
@@ -368,7 +385,7 @@ def test_every_key_file_is_0600_every_cert_0644_and_the_dir_0700(tmp_path, clust
     for name, mode in modes.items():
         secret = name.endswith("-key.pem") or name == "encryption-config.yaml"
         assert mode == (0o600 if secret else 0o644), name
-    assert len(modes) == 2 * (len(LEAVES) + 2) + 1   # leaves, CA, SA pair, encryption config
+    assert len(modes) == 2 * (len(LEAVES) + len(CAS) + 1) + 1   # leaves, CAs, SA pair, encryption config
     assert not [n for n in modes if n.startswith(".")], "no temp file left behind"
 
 
@@ -453,7 +470,7 @@ def test_tls_client_refuses_a_name_missing_from_the_apiserver_sans(generated_pki
 def test_fresh_dir_plans_every_file_as_created(cluster_inventory):
     plan = plan_for(cluster_inventory)
     assert set(verbs(plan).values()) == {"created"}
-    assert list(verbs(plan)) == ["ca", *LEAVES, "service-account", "encryption-config"]
+    assert list(verbs(plan)) == [*CAS, *LEAVES, "service-account", "encryption-config"]
 
 
 def test_a_complete_pki_plans_everything_unchanged_and_issues_nothing(generated_pki):
@@ -463,7 +480,7 @@ def test_a_complete_pki_plans_everything_unchanged_and_issues_nothing(generated_
     assert set(verbs(plan).values()) == {"unchanged"}
     result = pki.issue_pki(spec, facts, plan, now=datetime.now(timezone.utc))
     assert result.files == () and not result.changed
-    assert [r.action.verb for r in result.rows] == ["unchanged"] * (len(LEAVES) + 3)
+    assert [r.action.verb for r in result.rows] == ["unchanged"] * (len(LEAVES) + len(CAS) + 2)
 
 
 def test_a_missing_leaf_is_issued_by_the_existing_ca(generated_pki):
@@ -479,12 +496,13 @@ def test_a_missing_leaf_is_issued_by_the_existing_ca(generated_pki):
                               load_cert(generated_pki.path("ca.pem")))
 
 
-def test_adding_a_controller_reissues_only_the_apiserver_cert_and_says_which_sans(generated_pki):
+def test_adding_a_controller_reissues_only_the_serving_and_peer_certs_and_says_which_sans(generated_pki):
     plan = plan_for(add_controller(generated_pki.inventory))
-    action = plan.action("kubernetes")
-    assert action.verb == "reissued"
-    assert action.describe() == "reissued (SANs changed: +DNS:controller-3 +IP:10.0.1.13)"
-    assert [a.name for a in plan.actions if a.changes] == ["kubernetes"]
+    for name in ("kubernetes", "etcd-server", "etcd-peer"):
+        action = plan.action(name)
+        assert action.verb == "reissued"
+        assert action.describe() == "reissued (SANs changed: +DNS:controller-3 +IP:10.0.1.13)"
+    assert [a.name for a in plan.actions if a.changes] == ["kubernetes", "etcd-server", "etcd-peer"]
 
 
 def test_a_changed_subject_default_reissues_every_leaf_but_keeps_the_ca_with_a_warning(generated_pki):
@@ -531,7 +549,7 @@ def test_renew_with_an_unknown_name_lists_the_valid_ones(generated_pki):
 
 def test_force_new_ca_reissues_the_ca_and_every_leaf_but_not_the_sa_key_or_encryption(generated_pki):
     v = verbs(plan_for(generated_pki.inventory, force_new_ca=True))
-    assert v["ca"] == "reissued" and all(v[n] == "reissued" for n in LEAVES)
+    assert v["ca"] == v["etcd-ca"] == "reissued" and all(v[n] == "reissued" for n in LEAVES)
     assert v["service-account"] == v["encryption-config"] == "unchanged"
 
 
@@ -645,7 +663,9 @@ def test_check_certs_reports_issuer_key_match_and_residual(generated_pki):
     spec = pki.build_pki_spec(generated_pki.inventory)
     now = datetime.now(timezone.utc)
     statuses = {s.name: s for s in pki.check_certs(spec, store.read_pki(spec), now)}
-    assert list(statuses) == ["ca", *LEAVES, "service-account"]
+    assert list(statuses) == [*CAS, *LEAVES, "service-account"]
+    assert statuses["etcd-ca"].is_ca and statuses["etcd-ca"].issuer_ok
+    assert statuses["etcd-server"].issuer_ok and statuses["apiserver-etcd-client"].issuer_ok
     admin = statuses["admin"]
     assert admin.issuer_ok and admin.key_match and admin.present and not admin.expiring
     assert admin.subject == "C=VN, O=system:masters, OU=k8s-scratch, CN=admin"
@@ -726,3 +746,76 @@ def test_check_certs_tells_a_missing_key_from_a_wrong_one(generated_pki):
     statuses = {s.name: s for s in pki.check_certs(spec, store.read_pki(spec), datetime.now(timezone.utc))}
     assert statuses["ca"].key_present is False and statuses["ca"].key_match is False
     assert statuses["admin"].key_present is True and statuses["admin"].key_match is False
+
+
+# --- etcd's own PKI (etcd-ca and the certs it signs) -------------------------------------------
+
+ETCD_SANS = {"DNS:controller-0", "DNS:controller-1", "DNS:controller-2", "IP:10.0.1.10", "IP:10.0.1.11",
+             "IP:10.0.1.12", "IP:127.0.0.1", "DNS:localhost"}
+
+
+def test_etcd_certs_are_signed_by_etcd_ca_with_kubeadms_identities_and_usages(generated_pki):
+    ca = load_cert(generated_pki.path("etcd-ca.pem"))
+    assert_ca(ca, subject=[("C", "VN"), ("OU", "k8s-scratch"), ("CN", "etcd-ca")])
+    for name, cn in (("etcd-server", "etcd-server"), ("etcd-peer", "etcd-peer")):
+        assert_leaf(load_cert(generated_pki.path(f"{name}.pem")), cn=cn, sans=ETCD_SANS,
+                    eku=("serverAuth", "clientAuth"), ca=ca)
+    assert_leaf(load_cert(generated_pki.path("apiserver-etcd-client.pem")), cn="kube-apiserver-etcd-client",
+                eku=("clientAuth",), ca=ca)
+    assert_leaf(load_cert(generated_pki.path("etcd-healthcheck-client.pem")), cn="kube-etcd-healthcheck-client",
+                eku=("clientAuth",), ca=ca)
+
+
+def test_openssl_accepts_etcd_server_and_peer_for_both_ends_and_the_clients_only_as_clients(generated_pki):
+    ca = str(generated_pki.path("etcd-ca.pem"))
+    for name in ("etcd-server", "etcd-peer"):
+        for purpose in ("sslserver", "sslclient"):
+            out = openssl("verify", "-CAfile", ca, "-purpose", purpose, str(generated_pki.path(f"{name}.pem")))
+            assert out.returncode == 0, (name, purpose, out.stderr)
+    for name in ("apiserver-etcd-client", "etcd-healthcheck-client"):
+        cert = str(generated_pki.path(f"{name}.pem"))
+        assert openssl("verify", "-CAfile", ca, "-purpose", "sslclient", cert).returncode == 0
+        assert openssl("verify", "-CAfile", ca, "-purpose", "sslserver", cert).returncode != 0
+
+
+def test_etcd_ca_key_is_never_uploaded_and_apiserver_gets_only_its_etcd_client_pair():
+    assert "etcd-ca-key.pem" in layout.NEVER_UPLOADED
+    shipped = {f.local_name for f in layout.CONTROLLER_FILES}
+    assert {"etcd-ca.pem", "apiserver-etcd-client.pem", "apiserver-etcd-client-key.pem"} <= shipped
+    assert not shipped & {"etcd-ca-key.pem", "etcd-server-key.pem", "etcd-peer-key.pem",
+                          "etcd-healthcheck-client-key.pem"}
+    on_members = {f.local_name for f in layout.ETCD_FILES}
+    assert on_members == {"etcd-ca.pem", "etcd-server.pem", "etcd-server-key.pem", "etcd-peer.pem",
+                          "etcd-peer-key.pem"}
+    assert all(f.path.startswith("/etc/etcd/") for f in layout.ETCD_FILES)
+    assert {f.local_name for f in layout.ETCD_FILES if f.is_secret} == {"etcd-server-key.pem", "etcd-peer-key.pem"}
+
+
+def test_an_existing_pki_without_etcds_gets_it_and_nothing_else_changes(generated_pki):
+    for name in ("etcd-ca", *ETCD_LEAVES):
+        generated_pki.path(f"{name}.pem").unlink()
+        generated_pki.path(f"{name}-key.pem").unlink()
+    v = verbs(plan_for(generated_pki.inventory))
+    assert {n for n, verb in v.items() if verb == "created"} == {"etcd-ca", *ETCD_LEAVES}
+    assert {n for n, verb in v.items() if verb != "created"} == {n for n in v if n not in ("etcd-ca", *ETCD_LEAVES)}
+    assert set(v[n] for n in v if n not in ("etcd-ca", *ETCD_LEAVES)) == {"unchanged"}
+
+
+def test_a_lost_etcd_ca_with_its_certs_still_there_is_refused(generated_pki):
+    generated_pki.path("etcd-ca.pem").unlink()
+    generated_pki.path("etcd-ca-key.pem").unlink()
+    with pytest.raises(PkiError, match=r"etcd-ca.pem and .*etcd-ca-key.pem are missing, but certificates they "
+                                       r"issued exist \(etcd-server.pem"):
+        plan_for(generated_pki.inventory)
+
+
+def test_an_etcd_cert_signed_by_the_cluster_ca_is_refused_naming_etcd_ca(generated_pki, tmp_path):
+    # etcd-server.pem replaced by a cert of the same spec from the cluster CA
+    spec = pki.build_pki_spec(generated_pki.inventory)
+    facts = store.read_pki(spec)
+    key = facts.leaves["etcd-server"].key
+    wrong = pki.issue_leaf(spec.leaf("etcd-server"), key.public_key(), pki.Authority(facts.ca.cert, facts.ca.key),
+                           datetime.now(timezone.utc))
+    generated_pki.path("etcd-server.pem").write_bytes(pki.cert_pem(wrong))
+    with pytest.raises(PkiError, match=r"etcd-server.pem: not signed by the CA in .*etcd-ca.pem"):
+        plan_for(generated_pki.inventory)

@@ -21,10 +21,13 @@ from k8sboot import console, store
 from k8sboot.cli import app
 from k8sboot.errors import ExitCode
 
+ETCD_LEAF_FILES = ["etcd-server.pem", "etcd-peer.pem", "apiserver-etcd-client.pem", "etcd-healthcheck-client.pem"]
 LEAF_FILES = ["admin.pem", "kubernetes.pem", "kube-apiserver-kubelet-client.pem",
               "kube-controller-manager.pem", "kube-scheduler.pem", "kube-proxy.pem", "k8sboot-health.pem",
-              "worker-0.pem"]
-ALL_ROWS = ["ca.pem", *LEAF_FILES, "service-account.pem", "encryption-config.yaml"]
+              *ETCD_LEAF_FILES, "worker-0.pem"]
+# etcd's CA is listed right before the certs it signs
+CLUSTER_LEAF_FILES = [n for n in LEAF_FILES if n not in ETCD_LEAF_FILES]
+ALL_ROWS = ["ca.pem", *LEAF_FILES[:7], "etcd-ca.pem", *LEAF_FILES[7:], "service-account.pem", "encryption-config.yaml"]
 
 runner = CliRunner()
 
@@ -104,8 +107,10 @@ def test_a_second_run_changes_no_byte_and_reports_unchanged_for_each(pki_dir):
 def test_gen_certs_output_passes_openssl_checks(pki_dir):
     out = openssl("x509", "-in", "pki/admin.pem", "-noout", "-subject")
     assert out.stdout == "subject=C = VN, O = system:masters, OU = k8s-scratch, CN = admin\n"
-    out = openssl("verify", "-CAfile", "pki/ca.pem", *(f"pki/{n}" for n in LEAF_FILES))
-    assert out.returncode == 0 and out.stdout.count(": OK") == len(LEAF_FILES), out.stdout + out.stderr
+    out = openssl("verify", "-CAfile", "pki/ca.pem", *(f"pki/{n}" for n in CLUSTER_LEAF_FILES))
+    assert out.returncode == 0 and out.stdout.count(": OK") == len(CLUSTER_LEAF_FILES), out.stdout + out.stderr
+    out = openssl("verify", "-CAfile", "pki/etcd-ca.pem", *(f"pki/{n}" for n in ETCD_LEAF_FILES))
+    assert out.returncode == 0 and out.stdout.count(": OK") == len(ETCD_LEAF_FILES), out.stdout + out.stderr
 
 
 def test_modes_of_every_file_and_the_dir(pki_dir):
@@ -124,7 +129,8 @@ def test_adding_a_controller_reissues_the_apiserver_cert_with_the_new_sans(exist
     assert "reissued (SANs changed: +DNS:controller-3 +IP:10.0.1.13)" in " ".join(result.stdout.split())
     after = snapshot(existing_pki)
     changed = sorted(n for n in after if after[n] != before.get(n))
-    assert changed == ["kubernetes-key.pem", "kubernetes.pem"]
+    assert changed == ["etcd-peer-key.pem", "etcd-peer.pem", "etcd-server-key.pem", "etcd-server.pem",
+                       "kubernetes-key.pem", "kubernetes.pem"]
     from certs_helpers import san_strings
     assert {"DNS:controller-3", "IP:10.0.1.13"} <= san_strings(load_cert(existing_pki / "kubernetes.pem"))
 
@@ -167,11 +173,13 @@ def test_renew_ca_points_at_force_new_ca(existing_pki):
 def test_force_new_ca_replaces_the_ca_and_reissues_every_leaf(existing_pki):
     old_ca = (existing_pki / "ca.pem").read_bytes()
     doc = gen_json("--force-new-ca")
-    assert actions(doc)["ca.pem"] == "reissued"
+    assert actions(doc)["ca.pem"] == actions(doc)["etcd-ca.pem"] == "reissued"
     assert all(actions(doc)[n] == "reissued" for n in LEAF_FILES)
     assert actions(doc)["service-account.pem"] == actions(doc)["encryption-config.yaml"] == "unchanged"
     assert (existing_pki / "ca.pem").read_bytes() != old_ca
-    out = openssl("verify", "-CAfile", "pki/ca.pem", *(f"pki/{n}" for n in LEAF_FILES))
+    out = openssl("verify", "-CAfile", "pki/ca.pem", *(f"pki/{n}" for n in CLUSTER_LEAF_FILES))
+    assert out.returncode == 0, out.stdout
+    out = openssl("verify", "-CAfile", "pki/etcd-ca.pem", *(f"pki/{n}" for n in ETCD_LEAF_FILES))
     assert out.returncode == 0, out.stdout
 
 
@@ -244,7 +252,8 @@ def test_certs_list_shows_subject_sans_issuer_key_match_and_residual(existing_pk
     result = run("certs", "list", "--json")
     assert result.exit_code == 0, result.output
     rows = {r["file"]: r for r in json.loads(result.stdout)}
-    assert list(rows) == ["ca.pem", *LEAF_FILES, "service-account.pem"]
+    assert list(rows) == ["ca.pem", "etcd-ca.pem", *LEAF_FILES, "service-account.pem"]
+    assert rows["etcd-server.pem"]["issuer_ok"] is True and rows["etcd-ca.pem"]["ca"] is True
     admin = rows["admin.pem"]
     assert admin["subject"] == "C=VN, O=system:masters, OU=k8s-scratch, CN=admin"
     assert admin["issuer_ok"] is True and admin["key_match"] is True
