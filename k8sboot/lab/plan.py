@@ -199,6 +199,9 @@ PACKAGES = (
     # In every root (one cache for all roles) but disabled there: only lb-0 enables it
     # (ROLE_LINKS), so no controller or worker ever runs it.
     "haproxy",
+    # etcd (`k8sboot deploy-etcd`): Debian's etcd-server (/usr/bin/etcd), the one deploy-etcd installs
+    # on a real Debian controller, and etcd-client (etcdctl, for the tests and for learners)
+    "etcd-server", "etcd-client",
 )
 SSHD_CONFIG = """\
 # k8sboot lab: key-only root login, fast logins, many parallel sessions (Fabric)
@@ -219,10 +222,11 @@ ROOTFS_FILES: tuple[tuple[str, int, str], ...] = (
     ("/etc/hosts", 0o644, "127.0.0.1 localhost\n"),
 )
 # Removed from the root: baked host keys (each host gets its own before boot), dbus's copy of
-# the machine id, apt's downloaded lists and packages.
+# the machine id, apt's downloaded lists and packages, and the data of the default member Debian's
+# etcd.service would run (none is made in a chroot; never let one be found there).
 ROOTFS_REMOVE_GLOBS = (
     "/etc/ssh/ssh_host_*", "/var/lib/dbus/machine-id", "/var/cache/apt/archives/*.deb",
-    "/var/lib/apt/lists/*",
+    "/var/lib/apt/lists/*", "/var/lib/etcd/default",
 )
 # Units useless or slow in a container.
 ROOTFS_MASK = (
@@ -232,7 +236,9 @@ ROOTFS_MASK = (
 )
 ROOTFS_ENABLE = ("ssh.service",)
 # Installed but not started at boot: haproxy's package enables itself; only lb-0 turns it on.
-ROOTFS_DISABLE = ("haproxy.service",)
+# Debian's etcd.service (a default member on localhost) likewise: `k8sboot deploy-etcd` installs
+# its own unit, /etc/systemd/system/etcd.service, and enables that.
+ROOTFS_DISABLE = ("haproxy.service", "etcd.service")
 RECIPE_VERSION = 1   # bump when the build steps in rootfs.py change meaning
 
 

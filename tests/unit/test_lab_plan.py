@@ -128,12 +128,20 @@ def test_recipe_has_what_the_stand_in_and_the_tests_need():
     assert "PasswordAuthentication no" in files["/etc/ssh/sshd_config.d/k8sboot-lab.conf"]
 
 
+def test_etcd_server_and_client_are_in_every_root_with_debians_etcd_service_disabled_and_no_default_data():
+    r = RootfsRecipe()
+    assert {"etcd-server", "etcd-client"} <= set(r.packages)
+    assert "etcd.service" in r.disable and "etcd.service" not in r.enable + r.mask
+    assert "/var/lib/etcd/default" in r.remove_globs
+    assert not any("etcd" in link for links in plan.ROLE_LINKS.values() for pair in links for link in pair)
+
+
 def test_haproxy_is_in_every_root_but_disabled_there_and_enabled_only_in_lb_0s():
     r = RootfsRecipe()
     assert "haproxy" in r.packages
     assert "haproxy.service" in r.disable and "haproxy.service" not in r.enable + r.mask
     assert replace(r, disable=()).hash != r.hash                  # part of what the cache is keyed by
-    assert '"disable":["haproxy.service"]' in r.to_json()
+    assert '"disable":["etcd.service","haproxy.service"]' in r.to_json()
     link = ("/etc/systemd/system/multi-user.target.wants/haproxy.service", "/lib/systemd/system/haproxy.service")
     lb, c0, w0 = (h for h in build_host_specs(1, 1, 1))
     assert plan.ROLE_LINKS.get(lb.role) == (link,)
