@@ -220,8 +220,8 @@ def component_request(component: Component, paths: Sequence[str], port: int, sec
     from k8sboot.remote import FactRequest
 
     hashed = tuple(paths)
-    others = (component.binary_path, *extra, component.restart_pending_path, component.journal_path,
-              *planmod.stray_paths_of(hashed))
+    others = (component.binary_path, *extra, *(d.path for d in component.extra_dirs),
+              component.restart_pending_path, component.journal_path, *planmod.stray_paths_of(hashed))
     return FactRequest(hashed=hashed, stat_only=tuple(dict.fromkeys(p for p in others if p not in hashed)),
                        port=port, sections=tuple(sections), unit=component.unit,
                        text_path=component.diff_path or component.unit_path, state_dir=component.state_dir.path)
@@ -304,6 +304,15 @@ class Job:
     stop_timeout: float = 0.0                # how long stopping the old process may take (its drain)
     load_balancers: tuple[Host, ...] = ()    # a rolling wave waits until these balance the host again
     lb_watch: "LbWatch | None" = None        # set by run_job while waves run
+    health_path: str = "/readyz"             # what `readyz` asks, for messages
+    tls_hint: str = (" (the serving cert kubernetes.pem does not cover this address: run gen-certs to "
+                     "reissue it with the inventory's controllers, then deploy again)")
+    # After the facts, before the plan: may replace `run.facts` (e.g. after installing a package)
+    # and returns why the host must not be deployed, or None.
+    before_plan: Callable[["HostRun", DeployOptions, Progress], str | None] | None = None
+    # Before a wave takes serving hosts down: why it must not (the roll stops there), or None.
+    before_wave: Callable[[Sequence[str]], str | None] | None = None
+    command: str = "deploy-apiserver"        # what to rerun, for messages
 
 
 @dataclass
@@ -357,6 +366,14 @@ def prepare_host(job: Job, host: Host, files: Callable[[str], tuple[DesiredFile,
             result.restart_reasons += ("restored the previous set left half-switched by an interrupted deploy",)
         run.facts = facts
         lap("facts")
+        if job.before_plan is not None:
+            why = job.before_plan(run, options, progress)
+            facts = run.facts
+            lap("facts")
+            if why:
+                result.outcome, result.message, result.code = FAILED, why, ExitCode.DEPLOY
+                result.state = _state(facts.service)
+                return run
         desired = files(name)
         if desired is None:
             result.message = "not deployed: the local preparation failed"
@@ -481,16 +498,15 @@ def _gate(job: Job, run: HostRun, svc: ServiceFact, options: DeployOptions, prog
                 return why
     if job.readyz is None:
         return None
-    progress(run.host.name, "waiting for /readyz")
+    progress(run.host.name, f"waiting for {job.health_path}")
     ready = health.wait_ready(run.host, job.readyz, options.ready_timeout)
     run.result.ready_seconds = ready.seconds
     if not ready.ready:
-        where = f"GET /readyz on {run.host.internal_ip}:{job.port}"
+        where = f"GET {job.health_path} on {run.host.internal_ip}:{job.port}"
         if ready.seconds < options.ready_timeout:       # an answer that waiting cannot change
             why = f"{where}: {ready.detail}"
             if "TLS verification failed" in ready.detail:
-                why += (" (the serving cert kubernetes.pem does not cover this address: run gen-certs to "
-                        "reissue it with the inventory's controllers, then deploy again)")
+                why += job.tls_hint
             return why
         return f"{where} did not answer 200 within {options.ready_timeout:g}s: {ready.detail}"
     if job.lb_watch is not None and run.waiting:
@@ -639,11 +655,18 @@ def run_job(job: Job, options: DeployOptions, *, n_controllers: int, connect: Co
         report.warning = warning
         by_name = {r.host.name: r for r in runs}
         failed = [r.host.name for r in runs if not r.result.ok]
+        refused: tuple[str, str] | None = None      # (host, why) when a wave was not allowed to start
         for i, wave in enumerate(waves):
             if failed:
                 report.stopped_by = failed[0]
                 break
             group = [by_name[n] for n in wave]
+            if job.before_wave is not None and any(r.facts.service.is_active for r in group):
+                why = job.before_wave(wave)
+                if why:
+                    report.stopped_by = wave[0]
+                    refused = (wave[0], why)
+                    break
             for r in group:
                 r.result.wave = i + 1
             wave_futures = [start_daemon(_switch_and_finish, job, r, options, report_progress,
@@ -659,6 +682,8 @@ def run_job(job: Job, options: DeployOptions, *, n_controllers: int, connect: Co
         for r in waiting:
             if r.result.outcome == STAGED:       # never reached: remove what was staged
                 _not_reached(r, report.stopped_by, report_progress)
+                if refused is not None and r.host.name == refused[0]:
+                    r.result.message = f"not restarted: {refused[1]}; the roll stops here (old files and process kept)"
         return report
     except (KeyboardInterrupt, Interrupted) as exc:
         # Ctrl-C / SIGTERM land here, in the main thread: stop every host where it stands. Closing
@@ -673,7 +698,7 @@ def run_job(job: Job, options: DeployOptions, *, n_controllers: int, connect: Co
         wait_for_futures(futures, timeout=10)   # the hosts' own cleanup, bounded
         stopped = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
         stopped.hint = ("each host holds the old or the new version of every file, never a partial one; "
-                        "rerun deploy-apiserver to converge")
+                        f"rerun {job.command} to converge")
         raise stopped from None
     finally:
         report.results = [r.result for r in runs] if runs else report.results
@@ -841,6 +866,170 @@ def deploy_lb(inventory: Inventory, options: DeployOptions, *, connect: Connecto
     return run_job(job, options, n_controllers=len(job.hosts),
                    connect=connect or ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys),
                    progress=progress)
+
+
+# --- deploy-etcd: the same engine, one etcd member per controller -----------------------------------
+
+
+EtcdProbe = Callable[[Host, str], "object"]     # (member, "health" | "members") -> probe.ProbeAnswer
+
+
+def etcd_prober(inventory: Inventory, timeout: float = 2.0) -> EtcdProbe:
+    """HTTPS to a member's client port from the workstation (through ssh.proxy_jump when set), with
+    etcd's CA and k8sboot's health-check client cert: GET /health, or the member list."""
+    from k8sboot import etcd, probe, remote
+
+    pki_dir = Path(inventory.pki.dir)
+    ca = pki_dir / layout.cert_file(layout.ETCD_CA)
+    cert = pki_dir / layout.cert_file(layout.ETCD_HEALTHCHECK_CLIENT)
+    key = pki_dir / layout.key_file(layout.ETCD_HEALTHCHECK_CLIENT)
+    for path in (ca, cert, key):
+        if not path.is_file():
+            raise PkiError(f"the etcd health gate needs {path}", hint=f"run: k8sboot gen-certs -i {inventory.path}")
+    dialer = getattr(remote, "tcp_dialer", None)
+    dial = dialer(inventory.ssh, _aliases(inventory)) if dialer is not None else None
+    extra = {"dial": dial} if dial is not None else {}
+
+    def ask(host: Host, what: str):
+        if what == "members":
+            return probe.request(str(host.internal_ip), layout.ETCD_CLIENT_PORT, "POST", etcd.MEMBER_LIST_PATH, ca,
+                                 cert=cert, key=key, body=b"{}", headers={"Content-Type": "application/json"},
+                                 timeout=timeout, **extra)
+        return probe.request(str(host.internal_ip), layout.ETCD_CLIENT_PORT, "GET", etcd.HEALTH_PATH, ca,
+                             cert=cert, key=key, timeout=timeout, **extra)
+
+    return ask
+
+
+def etcd_health(ask: EtcdProbe) -> health.ReadyzProbe:
+    """The per-member gate: 200 only for `{"health":"true"}` (a member without a leader answers 503,
+    or 200 with health false on some versions: both are not ready)."""
+    from k8sboot import etcd
+    from k8sboot.probe import ProbeAnswer
+
+    def readyz(host: Host):
+        answer = ask(host, "health")
+        ok, why = etcd.parse_health(answer.status, answer.body if answer.status is not None else answer.error)
+        if ok:
+            return answer
+        if answer.status is None:
+            return answer
+        return ProbeAnswer(answer.status if answer.status != 200 else 503, why)
+
+    return readyz
+
+
+def etcd_job(inventory: Inventory, options: DeployOptions, ask: EtcdProbe | None,
+             clock=time.monotonic, sleep=time.sleep) -> Job:
+    """One etcd member per selected controller: /etc/etcd's TLS files, the unit, the data dir;
+    Debian's etcd-server installed where the binary is missing (unless --binary); a restarted
+    member gated on a new MainPID with the rendered argv and GET /health {"health":"true"}; before
+    a wave takes a serving member down, the others must keep quorum (waited for, bounded)."""
+    from dataclasses import replace
+
+    from k8sboot import etcd
+    from k8sboot.errors import RemoteError
+    from k8sboot.plan import FileFact
+
+    hosts = select_hosts(inventory, options.hosts)
+    uploaded = options.binary is not None
+    comp = etcd.component(inventory, uploaded_binary=uploaded)
+    directory = etcd.templates_dir(options.templates)
+    data_dir = etcd.data_dir(inventory)
+    member_dir = f"{data_dir}/{etcd.DATA_DIR_MEMBER}"
+    request = component_request(comp, etcd.desired_paths(binary=uploaded), layout.ETCD_CLIENT_PORT,
+                                extra=(member_dir,))
+    rendered: dict[str, object] = {}
+
+    def prepare() -> dict[str, tuple[DesiredFile, ...]]:
+        from k8sboot.store import check_no_interrupted_write, read_optional
+
+        units = {h.name: etcd.render_etcd_unit(inventory, h, comp.binary_path, directory) for h in hosts}
+        rendered.update(units)
+        pki_dir = Path(inventory.pki.dir)
+        check_no_interrupted_write(pki_dir)
+        pki = {f.local_name: data for f in layout.ETCD_FILES
+               if (data := read_optional(pki_dir / f.local_name)) is not None}
+        binary = read_binary(options.binary) if uploaded else None
+        return {name: etcd.etcd_files(pki, unit.text, binary, pki_dir) for name, unit in units.items()}
+
+    def before_plan(run: HostRun, opts: DeployOptions, progress: Progress) -> str | None:
+        facts, name = run.facts, run.host.name
+        if not uploaded and not facts.file(comp.binary_path).exists:
+            if opts.dry_run:
+                files = dict(facts.files)
+                files[comp.binary_path] = FileFact(comp.binary_path, True, mode=0o755, owner="root", group="root")
+                run.facts = replace(facts, files=files)
+                run.result.restart_reasons += (f"would install Debian's {layout.ETCD_PACKAGE} with apt-get",)
+            else:
+                progress(name, f"installing Debian's {layout.ETCD_PACKAGE} with apt-get")
+                res = run.remote.exec(etcd.apt_install_script(), what=f"installing {layout.ETCD_PACKAGE}",
+                                      timeout=900)
+                if res.rc != 0:
+                    detail = res.out.partition(etcd.APT_INSTALL_MARK)[2].strip().splitlines()
+                    raise RemoteError(f"{name}: installing Debian's {layout.ETCD_PACKAGE} with apt-get failed: "
+                                      + (" | ".join(detail[-2:]) or f"exit {res.rc}"),
+                                      hint="pass --binary PATH with an etcd release binary "
+                                           "(it goes to /usr/local/bin/etcd)")
+                run.result.restart_reasons += (f"installed Debian's {layout.ETCD_PACKAGE}",)
+                run.facts = facts = run.remote.read_facts(request)
+        if not facts.file(member_dir).exists and ask is not None and len(inventory.controllers) > 1:
+            members = None
+            for other in inventory.controllers:
+                if other.name == name:
+                    continue
+                answer = ask(other, "members")
+                if answer.status == 200:
+                    members = etcd.parse_member_list(answer.body)
+                    if members is not None:
+                        break
+            why = etcd.check_join(run.host, members)
+            if why:
+                return f"{name}: {why}"
+        return None
+
+    def before_wave(wave: Sequence[str]) -> str | None:
+        names = [h.name for h in inventory.controllers]
+        deadline = clock() + min(options.ready_timeout, 30.0)
+        def healthy(h: Host) -> bool:
+            answer = ask(h, "health")
+            return etcd.parse_health(answer.status, answer.body)[0]
+
+        while True:
+            healthy_now = [h.name for h in inventory.controllers if healthy(h)]
+            why = etcd.check_quorum(healthy_now, names, wave)
+            if why is None or clock() >= deadline:
+                return why
+            sleep(0.25)
+
+    return Job(comp, tuple(hosts), request, layout.ETCD_CLIENT_PORT, prepare,
+               expected_flags=lambda name: rendered[name].flags,
+               readyz=etcd_health(ask) if ask is not None else None,
+               health_path=etcd.HEALTH_PATH,
+               tls_hint=(" (etcd-server.pem does not cover this address: run gen-certs to reissue it with the "
+                         "inventory's controllers, then deploy-etcd again)"),
+               before_plan=before_plan, before_wave=before_wave if ask is not None else None,
+               command="deploy-etcd")
+
+
+def deploy_etcd(inventory: Inventory, options: DeployOptions, *, connect: Connector | None = None,
+                progress: Progress = lambda h, m: None, ask: EtcdProbe | None = None,
+                warn: Callable[[str], None] = lambda message: None) -> DeployReport:
+    """deploy-etcd: one etcd member per selected controller, on the deploy engine."""
+    select_hosts(inventory, options.hosts)
+    check_identity_file(inventory)
+    if options.binary is not None and not Path(options.binary).is_file():
+        read_binary(options.binary)     # raises, naming the cause
+    from k8sboot import etcd
+
+    for h in inventory.controllers:
+        etcd.build_etcd_flags(inventory, h)     # extra_flags errors before anything is dialled
+    if ask is None:
+        ask = etcd_prober(inventory)
+    job = etcd_job(inventory, options, ask)
+    return run_job(job, options, n_controllers=len(inventory.controllers),
+                   connect=connect or ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys),
+                   progress=progress, warn=warn)
 
 
 class OpenConnections:

@@ -24,6 +24,7 @@ from k8sboot.model import (
     KEY_ALGORITHMS,
     ApiserverSpec,
     ClusterSpec,
+    EtcdSpec,
     Host,
     Inventory,
     PkiSettings,
@@ -198,6 +199,7 @@ class _Reader:
             _Field("cluster", _cluster, required=True),
             _Field("pki", _pki, default=None),
             _Field("apiserver", _apiserver, default=None),
+            _Field("etcd", _etcd, default=None),
             _Field("ssh", _ssh, default=None),
             _Field("controllers", _hosts, required=True),
             _Field("workers", _hosts, default=()),
@@ -213,6 +215,13 @@ class _Reader:
         pki = top["pki"] or _pki_defaults()
         apiserver = top["apiserver"] or ApiserverSpec(etcd_servers=())
         ssh = top["ssh"] or SshSettings()
+        etcd = top["etcd"] or EtcdSpec()
+        if etcd.data_dir is None and f"/var/lib/etcd/{cluster.name}" == "/var/lib/etcd/default":
+            line = self.lines.get("cluster.name")
+            raise InventoryError(
+                f"{self.path}{':' + str(line) if line else ''}: cluster.name: 'default' would put etcd's data in "
+                "/var/lib/etcd/default, the data dir of the member Debian's etcd-server package runs",
+                hint="name the cluster otherwise, or set etcd.data_dir (e.g. /var/lib/etcd/k8s)")
         if pki.cert_validity_days > pki.ca_validity_days:
             line = self.lines.get("pki.cert_validity_days")
             raise InventoryError(
@@ -221,7 +230,7 @@ class _Reader:
                 hint="a leaf cannot be valid longer than the CA that signs it")
         return Inventory(path=self.path, cluster=cluster, pki=pki, apiserver=apiserver, ssh=ssh,
                          controllers=controllers, workers=workers, load_balancers=load_balancers,
-                         lines=dict(self.lines))
+                         etcd=etcd, lines=dict(self.lines))
 
     def _check_unique(self, root, controllers, workers, load_balancers=()) -> None:
         groups = [("controllers", controllers), ("workers", workers), ("load_balancers", load_balancers)]
@@ -541,6 +550,30 @@ def _apiserver(r: _Reader, node: yaml.Node, kp: str) -> ApiserverSpec:
         r.fail(node, f"{kp}.authorization_mode", "must name at least one mode", hint="e.g. [Node, RBAC]")
     v["shutdown_delay_seconds"] = v.pop("shutdown_delay_duration")
     return ApiserverSpec(**v)
+
+
+_ETCD_DEFAULT_DATA = "/var/lib/etcd/default"
+
+
+def _etcd_data_dir(r: _Reader, node: yaml.Node, kp: str) -> str:
+    value = _str(r, node, kp)
+    norm = "/" + "/".join(p for p in value.split("/") if p not in ("", "."))
+    if not value.startswith("/") or ".." in value.split("/"):
+        r.fail(node, kp, f"'{value}' must be an absolute path without '..'", hint="e.g. /var/lib/etcd/k8s")
+    if norm == _ETCD_DEFAULT_DATA:
+        r.fail(node, kp, f"'{value}' is the data dir of the member Debian's etcd-server package runs",
+               hint="use a directory of its own, e.g. /var/lib/etcd/<cluster name> (the default)")
+    if norm.count("/") < 2:
+        r.fail(node, kp, f"'{value}' is too close to the root for a data dir", hint="e.g. /var/lib/etcd/k8s")
+    return norm
+
+
+def _etcd(r: _Reader, node: yaml.Node, kp: str) -> EtcdSpec:
+    v = r.mapping(node, kp, (
+        _Field("data_dir", _etcd_data_dir, default=None),
+        _Field("extra_flags", _extra_flags, default=()),
+    ))
+    return EtcdSpec(**v)
 
 
 def _user(r: _Reader, node: yaml.Node, kp: str) -> str:

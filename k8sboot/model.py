@@ -64,6 +64,14 @@ class ApiserverSpec:
 
 
 @dataclass(frozen=True)
+class EtcdSpec:
+    """The inventory's optional `etcd:` section (one member per controller, `k8sboot deploy-etcd`)."""
+
+    data_dir: str | None = None                     # None: /var/lib/etcd/<cluster name>
+    extra_flags: tuple[tuple[str, str], ...] = ()   # may add flags; may not touch TLS, names or URLs
+
+
+@dataclass(frozen=True)
 class SshSettings:
     # None: not in the inventory, so ~/.ssh/config (or config_file) decides for each host, as
     # with ssh(1); then root and 22. The remote layer resolves them (`remote.ssh_endpoint`).
@@ -97,6 +105,7 @@ class Inventory:
     controllers: tuple[Host, ...]
     workers: tuple[Host, ...] = ()
     load_balancers: tuple[Host, ...] = ()         # HAProxy hosts in front of every controller's secure port
+    etcd: EtcdSpec = EtcdSpec()
     # 1-based line of each key path, for messages about a valid file ("controllers[1].name": 14)
     lines: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
 

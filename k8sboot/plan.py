@@ -106,6 +106,7 @@ class Component:
     check_command: str | None = None
     check_kind: str = ""                  # the kind of DesiredFile `check_command` validates
     diff_path: str | None = None          # the file shown as a diff (default: the unit)
+    extra_dirs: tuple[DesiredDir, ...] = ()   # more directories made if missing (etcd's data dir)
 
     @property
     def journal_path(self) -> str:
@@ -318,12 +319,12 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
         if reasons:
             changes.append(FileChange(want, reasons, upload, existed=fact.exists))
 
-    state_dir = component.state_dir
     dirs: list[DirChange] = []
-    dfact = facts.file(state_dir.path)
-    if not dfact.exists:
-        dirs.append(DirChange(state_dir, ("missing",)))
-    else:
+    for state_dir in (component.state_dir, *component.extra_dirs):
+        dfact = facts.file(state_dir.path)
+        if not dfact.exists:
+            dirs.append(DirChange(state_dir, ("missing",)))
+            continue
         reasons = []
         if dfact.kind != "directory":
             reasons.append(f"not a directory ({dfact.kind})")

@@ -66,13 +66,17 @@ _pids = itertools.count(100)
 class FakeHost:
     """The state of one controller: files (content, mode, owner, group) and the unit."""
 
-    def __init__(self, name: str, *, binary: bool = True):
+    def __init__(self, name: str, *, binary: bool = True, unit_path: str = layout.UNIT_PATH,
+                 binary_path: str = layout.BINARY_PATH, pki_dir: str = layout.REMOTE_PKI_DIR):
         self.name = name
+        self.unit_path, self.binary_path, self.pki_dir = unit_path, binary_path, pki_dir
         self.files: dict[str, tuple[bytes, int, str, str]] = {}
         self.dirs: dict[str, tuple[int, str, str]] = {"/etc/systemd/system": (0o755, "root", "root"),
                                                       "/usr/local/bin": (0o755, "root", "root")}
+        self.executed: list[str] = []     # scripts run with `exec` (e.g. apt-get)
+        self.apt_ok = True                # what an apt-get install of the binary does
         if binary:
-            self.files[layout.BINARY_PATH] = (b"#!stand-in\n", 0o755, "root", "root")
+            self.files[binary_path] = (b"#!stand-in\n", 0o755, "root", "root")
         self.loaded_unit: bytes | None = None
         self.enabled = False
         self.active = "inactive"
@@ -88,28 +92,30 @@ class FakeHost:
     def start(self):
         self.commands.append("restart")
         if self.loaded_unit is None:    # like systemd >= 246: a never-loaded unit is read from disk
-            self.loaded_unit = self.files.get(layout.UNIT_PATH, (None,))[0]
+            self.loaded_unit = self.files.get(self.unit_path, (None,))[0]
         unit = self.loaded_unit
         argv = parse_unit_exec_start(unit.decode()) if unit else None
         missing = []
         if argv:
             for _, value in parse_argv_flags(argv):
-                if value.startswith(layout.REMOTE_PKI_DIR) and value not in self.files:
+                if value.startswith(self.pki_dir) and value not in self.files:
                     missing.append(value)
-        if not argv or missing or layout.BINARY_PATH not in self.files:
+        if not argv or missing or argv[0] not in self.files:
             self.active, self.sub, self.pid = "activating", "auto-restart", 0
             self.journal = [f"kube-apiserver: open {m}: no such file or directory" for m in missing] or ["failed"]
         else:
             self.active, self.sub, self.pid = "active", "running", next(_pids)
             self.argv = tuple(argv)
             self.started += 1
+            if getattr(self, "data_dir", None):      # etcd: a started member has data
+                self.dirs[f"{self.data_dir}/member"] = (0o700, "root", "root")
 
     def service(self) -> ServiceFact:
         return ServiceFact(load_state="loaded" if self.loaded_unit else "not-found", active_state=self.active,
                            sub_state=self.sub, unit_file_state="enabled" if self.enabled else "disabled",
                            result="success" if self.active == "active" else "exit-code", main_pid=self.pid,
                            n_restarts=0, active_enter_usec=self.started,
-                           need_daemon_reload=self.files.get(layout.UNIT_PATH, (None,))[0] != self.loaded_unit
+                           need_daemon_reload=self.files.get(self.unit_path, (None,))[0] != self.loaded_unit
                            and self.loaded_unit is not None,
                            listening=self.active == "active",
                            argv=getattr(self, "argv", None) if self.active == "active" else None)
@@ -132,18 +138,30 @@ class FakeRemote:
             h.locked = True
             self._locked = True
         files = {}
-        for path in (*request.hashed, *request.stat_only, layout.UNIT_PATH):
+        for path in (*request.hashed, *request.stat_only, h.unit_path):
             if path in h.files:
                 data, mode, owner, group = h.files[path]
                 files[path] = FileFact(path, True, hashlib.sha256(data).hexdigest() if path in request.hashed
                                        else None, mode, owner, group)
-        d = layout.REMOTE_PKI_DIR
-        if d in h.dirs:
-            mode, owner, group = h.dirs[d]
-            files[d] = FileFact(d, True, None, mode, owner, group, kind="directory")
-        unit = h.files.get(layout.UNIT_PATH)
+        for d in (request.state_dir, *request.stat_only):
+            if d in h.dirs:
+                mode, owner, group = h.dirs[d]
+                files[d] = FileFact(d, True, None, mode, owner, group, kind="directory")
+        unit = h.files.get(h.unit_path)
         return HostFacts(files=files, service=h.service(), unit_text=unit[0].decode() if unit else None,
                          sections={name: "" for name, _ in request.sections})
+
+    def exec(self, script, *, stdin=None, timeout=120.0, what="running a command"):
+        from k8sboot.remote import CommandResult
+
+        h = self.host
+        h.executed.append(script)
+        if "apt-get install" in script:
+            h.commands.append("apt-get install")
+            if not h.apt_ok:
+                return CommandResult(3, b"@@k8sboot:apt\nE: Unable to locate package etcd-server\n", b"")
+            h.files[h.binary_path] = (b"#!etcd\n", 0o755, "root", "root")
+        return CommandResult(0, b"", b"")
 
     def stage(self, plan):
         self._stage(plan)
@@ -182,14 +200,14 @@ class FakeRemote:
             h.files[c.file.path] = (data, c.file.mode, c.file.owner, c.file.group)
         if plan.daemon_reload:
             h.commands.append("daemon-reload")
-            h.loaded_unit = h.files.get(layout.UNIT_PATH, (None,))[0]
+            h.loaded_unit = h.files.get(h.unit_path, (None,))[0]
         if plan.enable:
             h.commands.append("enable")
             h.enabled = True
         if plan.mark_pending:
-            h.files[planmod.RESTART_PENDING] = (b"", 0o600, "root", "root")
+            h.files[plan.component.restart_pending_path] = (b"", 0o600, "root", "root")
         if plan.restart:
-            h.files.pop(planmod.RESTART_PENDING, None)
+            h.files.pop(plan.component.restart_pending_path, None)
             h.start()
             if wait is not None:
                 return h.service()
@@ -211,7 +229,7 @@ class FakeRemote:
             elif not c.existed:
                 h.files.pop(f.path, None)
         if plan.unit_changed:
-            h.loaded_unit = h.files.get(layout.UNIT_PATH, (None,))[0]
+            h.loaded_unit = h.files.get(h.unit_path, (None,))[0]
         h.start()
         return h.service() if wait is not None else None
 

@@ -397,9 +397,78 @@ def deploy_lb_cmd(
         raise typer.Exit(int(code))
 
 
+DEPLOY_ETCD_EPILOG = """\
+\b
+Examples:
+  k8sboot deploy-etcd -i inventory/lab.yaml                  # one member per controller
+  k8sboot deploy-etcd -i inventory/cluster.yaml --dry-run    # the unit diff per host, touches nothing
+  k8sboot deploy-etcd -i inventory/cluster.yaml --binary ./etcd   # an etcd release, to /usr/local/bin/etcd
+\b
+Per controller, with the same engine as deploy-apiserver: etcd's CA, serving and peer certs in
+/etc/etcd (0700), the unit /etc/systemd/system/etcd.service (it overrides Debian's), the data dir
+/var/lib/etcd/<cluster name> (0700). Where /usr/bin/etcd is missing, Debian's etcd-server is
+installed with apt-get (its own etcd.service is never started). A first deploy starts every
+member at once (they need each other for quorum); a change restarts one member at a time, each
+gated on a new process with the rendered flags answering GET /health {"health":"true"} (the
+etcd-healthcheck-client cert), and no member goes down unless the others keep quorum. A second
+run changes nothing. Run it before deploy-apiserver.
+\b
+Exit codes: 0 every member ended active and healthy; 9 some did not (or the roll stopped to keep
+quorum); 7/6/17 as for deploy-apiserver.
+"""
+
+
+def deploy_etcd_cmd(
+    inventory: Path = inventory_option,
+    hosts: str | None = typer.Option(None, "--hosts", metavar="A,B", help="Only these controllers' members."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Read facts, print the unit diff; change nothing."),
+    rollback_on_failure: bool = typer.Option(False, "--rollback-on-failure",
+                                             help="Keep the previous files; if a member fails to come up, put "
+                                                  "them back and restart it."),
+    binary: Path | None = typer.Option(None, "--binary", metavar="PATH",
+                                       help="Upload this etcd binary to /usr/local/bin/etcd (0755) instead of "
+                                            "using Debian's etcd-server."),
+    accept_new_host_keys: bool = typer.Option(False, "--accept-new-host-keys",
+                                              help="Trust unknown host keys on first use (a changed key is still "
+                                                   "refused)."),
+    lock_wait: float = typer.Option(30.0, "--lock-wait", metavar="SECONDS",
+                                    help="How long to wait for another deploy's lock on a host."),
+    wait: float = typer.Option(90.0, "--wait", metavar="SECONDS", help="How long to wait for etcd to come up."),
+    templates: Path | None = typer.Option(None, "--templates", metavar="DIR",
+                                          help="Your own template dir (with etcd.service.j2)."),
+    strategy: str | None = typer.Option(None, "--strategy", metavar="rolling|parallel",
+                                        help="How serving members restart (default: rolling when one serves, "
+                                             "all at once on a first deploy)."),
+    ready_timeout: float = typer.Option(120.0, "--ready-timeout", metavar="SECONDS",
+                                        help="How long a restarted member may take to be healthy."),
+    json_: bool = json_option,
+) -> None:
+    """Deploy one etcd member per controller, idempotently, restarting one member at a time."""
+    from k8sboot import console
+    from k8sboot.deploy import DeployOptions, deploy_etcd
+    from k8sboot.errors import ExitCode, K8sbootError
+    from k8sboot.inventory import load_inventory
+    from k8sboot.rollout import STRATEGIES
+
+    if strategy is not None and strategy not in STRATEGIES:
+        raise K8sbootError(f"--strategy {strategy}: not one of {', '.join(STRATEGIES)}", code=ExitCode.USAGE)
+    inv = load_inventory(inventory)
+    options = DeployOptions(hosts=_split_hosts(hosts), dry_run=dry_run, rollback_on_failure=rollback_on_failure,
+                            binary=binary, accept_new_host_keys=accept_new_host_keys, lock_wait=lock_wait,
+                            wait=wait, templates=templates, strategy=strategy, max_unavailable=1,
+                            ready_timeout=ready_timeout)
+    with _ProgressView(console, enabled=True) as view:
+        report = deploy_etcd(inv, options, progress=view.update, warn=lambda m: console.warn(m))
+    _print_deploy_report(console, report, json_, command="deploy-etcd")
+    code = report.exit_code()
+    if code:
+        raise typer.Exit(int(code))
+
+
 def register(app: typer.Typer) -> None:
     app.command("render-apiserver", epilog=RENDER_EPILOG)(render_apiserver)
     app.command("deploy-apiserver", epilog=DEPLOY_EPILOG)(deploy_apiserver)
     app.command("deploy-lb", epilog=DEPLOY_LB_EPILOG)(deploy_lb_cmd)
+    app.command("deploy-etcd", epilog=DEPLOY_ETCD_EPILOG)(deploy_etcd_cmd)
     app.command("verify", epilog=VERIFY_EPILOG)(verify_cmd)
     app.command("audit", epilog=AUDIT_EPILOG)(audit_cmd)

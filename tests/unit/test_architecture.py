@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[2] / "k8sboot"
 
 # Pure core: no printing, no SSH, no subprocess, no terminal UI.
 PURE = ["model", "layout", "errors", "pki", "authn", "flags", "plan", "audit", "kubeconfig", "tokens", "rollout",
-        "lb"]
+        "lb", "etcd"]
 EFFECTS = {"fabric", "paramiko", "invoke", "subprocess", "rich", "typer", "k8sboot.console",
            "k8sboot.store", "k8sboot.remote", "k8sboot.lab"}
 # The only importers of the SSH stack.

@@ -1,0 +1,301 @@
+"""etcd on the controllers, as data (pure): one member per controller, its flags, its unit, its files.
+
+`build_etcd_flags(inventory, host)` computes the member's command line (the tutorial's flags: the
+member's name, TLS for clients and peers from etcd's own CA with client-cert-auth on both, URLs on
+the internal IP and 127.0.0.1, the initial cluster from the inventory's controllers, the data dir)
+and merges `etcd.extra_flags` under the same rules as `apiserver.extra_flags`: a flag may be added
+or a tuning value changed, but none of what makes the member who it is (name, URLs, cluster, data
+dir) or what secures it (TLS files, client/peer cert auth, no auto-TLS) may be changed or dropped.
+`render_etcd_unit` formats them through `templates/etcd.service.j2`; `etcd_files` turns the unit
+and the PKI bytes into the `DesiredFile`s a member holds, so the deploy engine installs them as it
+installs kube-apiserver's.
+
+`--initial-cluster-state` is always `new`: etcd reads every `--initial-cluster*` flag only while a
+member's data dir is empty, so a member bootstrapped with the others keeps `new` for ever (a flip
+to `existing` would restart every member once for nothing). A member that must JOIN a running
+cluster (the cluster does not list it) needs `etcdctl member add` first and `existing`:
+`check_join` says so and the deploy refuses it, rather than start a second cluster.
+
+Also here: the answer of a member's `/health` (`parse_health`), the quorum arithmetic of a roll
+(`check_quorum`) and the member list of the v3 JSON gateway (`parse_member_list`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from k8sboot import flags as flagmod
+from k8sboot import layout, render
+from k8sboot.errors import InventoryError, PkiError
+from k8sboot.model import Host, Inventory
+from k8sboot.plan import KIND_BINARY, KIND_PKI, KIND_UNIT, Component, DesiredDir, DesiredFile
+
+ETCD_TEMPLATE = "etcd.service.j2"
+HEALTH_PATH = "/health"
+MEMBER_LIST_PATH = "/v3/cluster/member/list"     # etcd >= 3.4's gRPC gateway (POST, JSON)
+INITIAL_CLUSTER_STATE = "new"
+
+# Flags k8sboot computes that extra_flags may not change or drop: identity and URLs come from the
+# inventory, TLS from the PKI layout (CIS 2.1-2.6: cert/key files, client-cert-auth, no auto-tls,
+# peer TLS, peer client auth, no peer auto-tls).
+PROTECTED_FLAGS: tuple[str, ...] = (
+    "name", "data-dir", "initial-cluster", "initial-cluster-state", "initial-cluster-token",
+    "initial-advertise-peer-urls", "listen-peer-urls", "listen-client-urls", "advertise-client-urls",
+    "cert-file", "key-file", "peer-cert-file", "peer-key-file", "trusted-ca-file", "peer-trusted-ca-file",
+    "client-cert-auth", "peer-client-cert-auth", "auto-tls", "peer-auto-tls",
+)
+_HINTS = {
+    "data-dir": "set etcd.data_dir instead",
+    "name": "the member's name is the controller's name in the inventory",
+    "auto-tls": "etcd's auto-TLS makes self-signed certs nobody verifies (CIS 2.4); k8sboot ships etcd-server.pem",
+    "peer-auto-tls": "etcd's peer auto-TLS makes self-signed certs nobody verifies (CIS 2.6); k8sboot ships "
+                     "etcd-peer.pem",
+}
+
+DATA_DIR_MEMBER = "member"          # what etcd writes inside its data dir once it has bootstrapped
+
+
+def data_dir(inventory: Inventory) -> str:
+    return inventory.etcd.data_dir or layout.etcd_data_dir(inventory.cluster.name)
+
+
+def _url(ip, port: int) -> str:
+    host = f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+    return f"https://{host}:{port}"
+
+
+def peer_url(host: Host) -> str:
+    return _url(host.internal_ip, layout.ETCD_PEER_PORT)
+
+
+def client_url(host: Host) -> str:
+    return _url(host.internal_ip, layout.ETCD_CLIENT_PORT)
+
+
+def initial_cluster(inventory: Inventory) -> str:
+    return ",".join(f"{h.name}={peer_url(h)}" for h in inventory.controllers)
+
+
+def build_etcd_flags(inventory: Inventory, host: Host) -> flagmod.Flags:
+    """The etcd member's flags on `host`, in the tutorial's order, with `etcd.extra_flags` merged."""
+    path = layout.etcd_path
+    loopback = _url(ipaddress.ip_address("::1" if isinstance(host.internal_ip, ipaddress.IPv6Address)
+                                         else "127.0.0.1"), layout.ETCD_CLIENT_PORT)
+    flags: list[tuple[str, str]] = [
+        ("name", host.name),
+        ("cert-file", path(layout.cert_file(layout.ETCD_SERVER))),
+        ("key-file", path(layout.key_file(layout.ETCD_SERVER))),
+        ("peer-cert-file", path(layout.cert_file(layout.ETCD_PEER))),
+        ("peer-key-file", path(layout.key_file(layout.ETCD_PEER))),
+        ("trusted-ca-file", path(layout.cert_file(layout.ETCD_CA))),
+        ("peer-trusted-ca-file", path(layout.cert_file(layout.ETCD_CA))),
+        ("peer-client-cert-auth", "true"),
+        ("client-cert-auth", "true"),
+        ("initial-advertise-peer-urls", peer_url(host)),
+        ("listen-peer-urls", peer_url(host)),
+        ("listen-client-urls", f"{client_url(host)},{loopback}"),
+        ("advertise-client-urls", client_url(host)),
+        ("initial-cluster-token", f"etcd-{inventory.cluster.name}"),
+        ("initial-cluster", initial_cluster(inventory)),
+        ("initial-cluster-state", INITIAL_CLUSTER_STATE),
+        ("data-dir", data_dir(inventory)),
+    ]
+    index = {name: i for i, (name, _) in enumerate(flags)}
+    for name, value in inventory.etcd.extra_flags:
+        key_path = f"etcd.extra_flags.{name}"
+        where = inventory.where(key_path)
+        if name in PROTECTED_FLAGS:
+            current = flags[index[name]][1] if name in index else None
+            if current is not None and value == current:
+                continue
+            what = "drop" if value == "" else "override" if current is not None else "set"
+            raise InventoryError(
+                f"{where}: {key_path}: would {what} --{name}"
+                + (f" (k8sboot renders --{name}={current})" if current is not None else ""),
+                hint=_HINTS.get(name, "identity, URLs and TLS of each member come from the inventory and the PKI "
+                                      "layout; remove this key"))
+        if name in index:
+            if value == "":
+                raise InventoryError(
+                    f"{where}: {key_path}: an empty value would drop --{name}, which k8sboot always renders",
+                    hint=f"remove the key, or give --{name} a value")
+            flags[index[name]] = (name, value)
+        else:
+            index[name] = len(flags)
+            flags.append((name, value))
+    return tuple(flags)
+
+
+@dataclass(frozen=True)
+class RenderedEtcdUnit:
+    host: Host
+    flags: flagmod.Flags
+    text: str
+
+
+def templates_dir(override: Path | None = None) -> Path:
+    """A user's template dir (`--templates`) holding etcd.service.j2, else the packaged one."""
+    from k8sboot.errors import TemplateError
+
+    directory = Path(override).expanduser() if override is not None else render.packaged_templates_dir()
+    if override is not None and not directory.is_dir():
+        raise TemplateError(f"--templates: {directory} is not a directory")
+    if not (directory / ETCD_TEMPLATE).is_file():
+        packaged = render.packaged_templates_dir() / ETCD_TEMPLATE
+        raise TemplateError(f"--templates: {directory} has no {ETCD_TEMPLATE}" if override is not None
+                            else f"the packaged template {ETCD_TEMPLATE} is missing from {directory}",
+                            hint=f"copy {packaged} there and edit it" if override is not None
+                            else "reinstall k8sboot, or pass --templates DIR with your own copy")
+    return directory
+
+
+def render_etcd_unit(inventory: Inventory, host: Host, binary_path: str = layout.ETCD_PACKAGE_BINARY,
+                     directory: Path | None = None) -> RenderedEtcdUnit:
+    flags = build_etcd_flags(inventory, host)
+    context = {
+        "host": {"name": host.name, "internal_ip": str(host.internal_ip)},
+        "cluster_name": inventory.cluster.name,
+        "binary_path": binary_path,
+        "exec_args": [flagmod.systemd_escape_arg(a) for a in flagmod.flags_to_argv(flags)],
+    }
+    text = render.render_template(directory or templates_dir(), ETCD_TEMPLATE, context)
+    return RenderedEtcdUnit(host, flags, text)
+
+
+# --- the component and its files ---------------------------------------------------------------
+
+ETCD_DIR = DesiredDir(layout.ETCD_DIR, layout.ETCD_DIR_MODE)
+BINARY_HINT = (f"k8sboot installs Debian's {layout.ETCD_PACKAGE} when it is missing; elsewhere pass --binary PATH "
+               "with an etcd release binary")
+
+
+def component(inventory: Inventory, *, uploaded_binary: bool = False) -> Component:
+    return Component(name="etcd", unit=layout.ETCD_UNIT_NAME, state_dir=ETCD_DIR,
+                     binary_path=layout.ETCD_UPLOADED_BINARY if uploaded_binary else layout.ETCD_PACKAGE_BINARY,
+                     binary_hint=BINARY_HINT, unit_path=layout.ETCD_UNIT_PATH,
+                     extra_dirs=(DesiredDir(data_dir(inventory), layout.ETCD_DATA_DIR_MODE),))
+
+
+def desired_paths(*, binary: bool) -> tuple[str, ...]:
+    paths = [f.path for f in layout.ETCD_FILES] + [layout.ETCD_UNIT_PATH]
+    if binary:
+        paths.append(layout.ETCD_UPLOADED_BINARY)
+    return tuple(paths)
+
+
+def etcd_files(pki_files: Mapping[str, bytes], unit_text: str, binary: bytes | None = None,
+               pki_dir: Path | None = None) -> tuple[DesiredFile, ...]:
+    """What every member holds: etcd's CA, serving and peer pairs, the unit, optionally the binary.
+    PkiError (naming the file) when one is missing: run gen-certs."""
+    missing = [f.local_name for f in layout.ETCD_FILES if f.local_name not in pki_files]
+    if missing:
+        where = ", ".join(str((pki_dir or Path("pki")) / m) for m in missing)
+        raise PkiError(f"the local PKI has no etcd files: missing {where}",
+                       hint="run `k8sboot gen-certs -i INV` (it adds etcd's CA and certs to an existing PKI "
+                            "and changes nothing else)")
+    out = [DesiredFile(f.path, pki_files[f.local_name], f.mode, f.owner, f.group, KIND_PKI) for f in layout.ETCD_FILES]
+    out.append(DesiredFile(layout.ETCD_UNIT_PATH, unit_text.encode(), layout.UNIT_MODE, kind=KIND_UNIT))
+    if binary is not None:
+        out.append(DesiredFile(layout.ETCD_UPLOADED_BINARY, binary, layout.BINARY_MODE, kind=KIND_BINARY))
+    return tuple(out)
+
+
+# --- Debian's package --------------------------------------------------------------------------
+
+APT_INSTALL_MARK = "@@k8sboot:apt"
+
+
+def apt_install_script() -> str:
+    """Install Debian's etcd-server without letting its postinst start Debian's own etcd.service
+    (a default member on localhost, data in /var/lib/etcd/default): a policy-rc.d that denies
+    every start while apt runs (only when the host has none). On failure: the last lines of
+    apt's output after APT_INSTALL_MARK, exit 3."""
+    pkg = layout.ETCD_PACKAGE
+    return f"""\
+set -u
+command -v apt-get >/dev/null 2>&1 || {{ echo {APT_INSTALL_MARK}; echo "apt-get not found: not a Debian host"; exit 3; }}
+pol=/usr/sbin/policy-rc.d; made=0
+if [ ! -e "$pol" ]; then printf '#!/bin/sh\\nexit 101\\n' > "$pol" && chmod 755 "$pol" && made=1; fi
+trap '[ "$made" = 1 ] && rm -f "$pol"' EXIT
+export DEBIAN_FRONTEND=noninteractive
+log=$(mktemp)
+if ! apt-get install -y -q --no-install-recommends {pkg} >"$log" 2>&1; then
+  apt-get update -q >>"$log" 2>&1
+  if ! apt-get install -y -q --no-install-recommends {pkg} >>"$log" 2>&1; then
+    echo {APT_INSTALL_MARK}; grep -E '^(E|W):' "$log" | tail -n 3; tail -n 1 "$log"; rm -f "$log"; exit 3
+  fi
+fi
+rm -f "$log"
+"""
+
+
+# --- health, quorum, members -------------------------------------------------------------------
+
+
+def parse_health(status: int | None, body: str) -> tuple[bool, str]:
+    """(healthy, why) from a member's GET /health answer: `{"health":"true"}` and 200 only."""
+    if status is None:
+        return False, body or "no answer"
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if status == 200 and isinstance(doc, dict) and doc.get("health") == "true":
+        return True, "healthy"
+    reason = doc.get("reason") if isinstance(doc, dict) else None
+    return False, f"HTTP {status}: " + (f"{body.strip()[:200]}" if not reason else f"health false ({reason})")
+
+
+def quorum(members: int) -> int:
+    return members // 2 + 1
+
+
+def check_quorum(healthy: Sequence[str], members: Sequence[str], going_down: Sequence[str]) -> str | None:
+    """Why taking `going_down` out would lose quorum, or None."""
+    left = [m for m in healthy if m not in going_down]
+    need = quorum(len(members))
+    if len(left) >= need:
+        return None
+    sick = [m for m in members if m not in healthy]
+    return (f"taking etcd down on {', '.join(going_down)} would leave {len(left)} of {len(members)} members healthy "
+            f"and quorum needs {need}" + (f" (not healthy now: {', '.join(sick)})" if sick else ""))
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str                  # '' for a member added but never started
+    peer_urls: tuple[str, ...]
+
+
+def parse_member_list(body: str) -> tuple[Member, ...] | None:
+    """The members in the v3 gateway's answer to POST /v3/cluster/member/list; None if not one."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("members"), list):
+        return None
+    return tuple(Member(str(m.get("name", "")), tuple(m.get("peerURLs") or ())) for m in doc["members"]
+                 if isinstance(m, dict))
+
+
+def check_join(host: Host, members: Sequence[Member] | None) -> str | None:
+    """Why `host`, whose data dir is empty, must not start with `--initial-cluster-state=new`, given
+    the member list of the running cluster (None: no member answered, the cluster is being born)."""
+    if members is None:
+        return None
+    url = peer_url(host)
+    for m in members:
+        if url in m.peer_urls:
+            if not m.name:
+                return None        # a bootstrap member that never started: `new` completes it
+            return (f"its etcd data dir is empty but the running cluster knows member {m.name} at {url}: its data "
+                    "is lost, and starting it would not rejoin (remove it with `etcdctl member remove ID`, add it "
+                    "back with `etcdctl member add`; deploy-etcd does not do that yet)")
+    return (f"it has no etcd data and the running cluster does not list {url}: it must join with `etcdctl member "
+            f"add {host.name} --peer-urls={url}` and --initial-cluster-state=existing, which deploy-etcd does not "
+            "do yet; it refuses rather than start a second cluster")
