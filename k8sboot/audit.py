@@ -1,7 +1,7 @@
 """CIS Kubernetes Benchmark checks that concern authentication, as pure functions (`check_*`).
 
-Inputs are already-read values: a kube-apiserver flag list (rendered, or parsed from a host's
-unit), file observations (mode/owner), certificate summaries and the time `now`. Each check
+Inputs are already-read values: a kube-apiserver or etcd flag list (rendered, or parsed from a
+host's unit), file observations (mode/owner), certificate summaries and the time `now`. Each check
 returns `Finding`s (PASS/WARN/FAIL with the CIS ID, the reason and the fix) and never raises for a
 failed check. IDs as in kube-bench's cis-1.9..1.12 (`1.2.30` exists in cis-1.11/1.12 only).
 """
@@ -97,6 +97,78 @@ def check_flags(flags: Iterable[tuple[str, str]], subject: str) -> list[Finding]
         ("--service-account-extend-token-expiration is not set: the default (true) extends injected tokens "
          "up to a year" if ext is None else f"--service-account-extend-token-expiration={ext}"),
         "add to the inventory: apiserver.extra_flags: {service-account-extend-token-expiration: false}")
+    return out
+
+
+_TRUE = ("1", "t", "T", "TRUE", "true", "True")      # what Go's strconv.ParseBool reads as true
+_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def check_etcd_flags(flags: Iterable[tuple[str, str]], subject: str, *, apiserver_client_ca: str | None = None,
+                     ca_digests: Mapping[str, str | None] | None = None) -> list[Finding]:
+    """CIS 2.1-2.7 on one etcd member's command line (kube-bench's cis-1.9+ etcd.yaml).
+
+    2.1-2.6 are Automated: a miss is a FAIL. 2.7 (a CA for etcd of its own) is Manual in the
+    benchmark: a shared CA is a WARN, as kube-bench reports Manual checks, and a missing
+    --trusted-ca-file a FAIL. `apiserver_client_ca`: the API server's --client-ca-file;
+    `ca_digests`: sha256 by path of the CA files, when known, so that the same CA under two
+    names is seen too."""
+    f = _flags_dict(flags)
+    out: list[Finding] = []
+    fix_tls = "k8sboot renders it from the PKI layout; remove any override of the unit and run k8sboot deploy-etcd"
+
+    def add(cis: str, ok: bool, title: str, reason_ok: str, reason_bad: str, fix: str, bad: str = FAIL):
+        out.append(Finding(cis, PASS if ok else bad, subject, title, reason_ok if ok else reason_bad,
+                           "" if ok else fix))
+
+    def pair(cis: str, cert: str, key: str, what: str) -> None:
+        missing = _present(f, cert, key)
+        add(cis, not missing, f"--{cert} and --{key} are set", f"{what} over TLS with {f.get(cert)}",
+            f"missing {', '.join('--' + m for m in missing)}: {what} in clear text", fix_tls)
+
+    def is_true(cis: str, name: str, title_what: str, bad_what: str) -> None:
+        value = f.get(name)
+        add(cis, value in _TRUE, f"--{name} is true", f"--{name}={value}: {title_what}",
+            (f"--{name} is not set (etcd's default is false)" if value is None else f"--{name}={value}")
+            + f": {bad_what}", f"set --{name}=true ({fix_tls})")
+
+    def not_true(cis: str, name: str, what: str) -> None:
+        value = f.get(name)
+        ok = value is None or value in _FALSE
+        add(cis, ok, f"--{name} is not true", f"--{name} is not set" if value is None else f"--{name}={value}",
+            f"--{name}={value}: etcd {what} with a self-signed certificate that no one verifies",
+            f"remove --{name} ({fix_tls})")
+
+    pair("2.1", "cert-file", "key-file", "clients reach etcd")
+    is_true("2.2", "client-cert-auth", "clients need a certificate signed by --trusted-ca-file",
+            "any client that reaches port 2379 reads and writes every object, Secrets included")
+    not_true("2.3", "auto-tls", "serves clients")
+    pair("2.4", "peer-cert-file", "peer-key-file", "members replicate")
+    is_true("2.5", "peer-client-cert-auth", "peers need a certificate signed by --peer-trusted-ca-file",
+            "anyone who reaches port 2380 can join the cluster as a peer")
+    not_true("2.6", "peer-auto-tls", "talks to its peers")
+
+    trusted = f.get("trusted-ca-file")
+    digests = ca_digests or {}
+    title = "a unique Certificate Authority is used for etcd"
+    if not trusted:
+        add("2.7", False, title, "", "--trusted-ca-file is not set: client certificates are not verified", fix_tls)
+    elif apiserver_client_ca is None:
+        add("2.7", False, title, "", f"--trusted-ca-file={trusted}, but the API server's --client-ca-file is not "
+            "known here: cannot compare", "run k8sboot audit --remote on the controllers", bad=WARN)
+    else:
+        same_path = trusted == apiserver_client_ca
+        a, b = digests.get(trusted), digests.get(apiserver_client_ca)
+        same_ca = same_path or (a is not None and a == b)
+        add("2.7", not same_ca, title,
+            f"--trusted-ca-file={trusted} is not the API server's --client-ca-file ({apiserver_client_ca})"
+            + (", and their contents differ" if a is not None and b is not None else ""),
+            f"--trusted-ca-file={trusted} is " + ("the API server's --client-ca-file" if same_path else
+                                                  f"the same CA as the API server's --client-ca-file "
+                                                  f"{apiserver_client_ca}")
+            + ": every certificate the Kubernetes CA signs (admin, kubelets, kube-proxy) can read and write etcd",
+            "give etcd a CA of its own: k8sboot gen-certs issues pki/etcd-ca.pem, k8sboot deploy-etcd uses it",
+            bad=WARN)   # CIS marks 2.7 Manual: kube-bench reports WARN
     return out
 
 

@@ -3,7 +3,8 @@
 Per host, one command reads everything (`remote.read_facts` with extra sections): the tutorial's
 grep of the unit, `systemctl show -p ExecStart`, the running process's `/proc/PID/cmdline`,
 `is-enabled`/`is-active`, sha256/mode/owner of every deployed file and the remote ca.pem. The
-comparison (`check_host`) is pure; `--probe` adds HTTPS requests to the secure port.
+comparison (`check_host`) is pure; `--probe` adds HTTPS requests to the secure port. Each
+controller's etcd member is checked too (`verify_etcd`), when one is deployed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from k8sboot import flags as flagmod
 from k8sboot import layout
 from k8sboot import plan as planmod
+from k8sboot import verify_etcd
 from k8sboot.errors import ExitCode, K8sbootError
 from k8sboot.model import Host, Inventory
 from k8sboot.plan import DesiredFile, HostFacts
@@ -373,9 +375,10 @@ class VerifyOptions:
     probe_timeout: float = 5.0
 
 
-def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> VerifyReport:
+def verify(inventory: Inventory, options: VerifyOptions, *, connect=None, etcd_ask=None) -> VerifyReport:
     """Every host in parallel. As in deploy, the hosts are dialled and their facts read while the
-    units are rendered and the local PKI read (a local error closes every connection)."""
+    units are rendered and the local PKI read (a local error closes every connection). `etcd_ask`:
+    the HTTPS to etcd members (`verify_etcd.asker`, by default over verify's dialer)."""
     from k8sboot import deploy as deploymod
     from k8sboot import render
     from k8sboot.store import read_optional
@@ -394,14 +397,19 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> Ver
         connect = deploymod.ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys)
     opened = deploymod.OpenConnections(connect)
     local = deploymod.LocalWork()
-    dial = _probe_dialer(inventory, options) if options.probe else None   # None: dial directly
+    dial = _probe_dialer(inventory, options)     # None: dial directly (--probe and etcd's HTTPS)
+    etcd_request = verify_etcd.fact_request(inventory)
+    if etcd_ask is None:
+        etcd_ask = verify_etcd.asker(inventory, dial, options.probe_timeout)
+    etcd_deployed: dict[str, bool] = {}
 
     def prepare() -> dict:
         pki = deploymod.read_local_pki(inventory)
         units = {h.name: render.render_unit(inventory, h, templates) for h in hosts}
         return {"pki": pki, "units": units,
                 "desired": {h.name: planmod.build_desired_files(pki, units[h.name].text) for h in hosts},
-                "have_admin": read_optional(admin_cert) is not None and read_optional(admin_key) is not None}
+                "have_admin": read_optional(admin_cert) is not None and read_optional(admin_key) is not None,
+                "etcd": verify_etcd.read_local(inventory, options.templates)}
 
     def one(host: Host) -> HostVerification:
         t0 = time.monotonic()
@@ -410,6 +418,7 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> Ver
         try:
             remote = opened.connect(host)
             facts = remote.read_facts(request)
+            etcd_facts = remote.read_facts(etcd_request)
             remote.close()
             remote = None
             ready = local.get()
@@ -419,6 +428,9 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> Ver
             desired = ready["desired"][host.name]
             result.checks, result.grep_output = check_host(host.name, desired, ready["units"][host.name].flags,
                                                            facts, ready["pki"][layout.cert_file(layout.CA)])
+            etcd_deployed[host.name] = verify_etcd.deployed(etcd_facts)
+            if etcd_deployed[host.name]:
+                result.checks += verify_etcd.verify_member(inventory, host, etcd_facts, ready["etcd"], etcd_ask)
         except K8sbootError as exc:
             result.error, result.hint, result.code = exc.message, exc.hint, int(exc.code)
         finally:
@@ -447,7 +459,11 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None) -> Ver
             opened.abort()
             wait_for_futures(futures, timeout=1)
             raise
-        return VerifyReport([f.result() for f in futures])
+        report = VerifyReport([f.result() for f in futures])
+        controllers = [h for h in report.hosts if h.kind == "controller" and not h.error]
+        if controllers and not any(etcd_deployed.values()):
+            controllers[0].checks += verify_etcd.not_deployed(controllers[0].host)
+        return report
     finally:
         if dial is not None:
             dial.close()
@@ -514,13 +530,14 @@ class AuditReport:
 
 def run_audit(inventory: Inventory, *, remote: bool = False, hosts: tuple[str, ...] = (), now=None,
               templates: Path | None = None, accept_new_host_keys: bool = False, connect=None) -> AuditReport:
-    """Audit the rendered flags, the layout's planned files and the local PKI; with `remote`, also
-    each controller's actual unit flags, file modes and owners, and the SA key's sameness."""
+    """Audit the rendered flags (kube-apiserver's, and etcd's for CIS 2.1-2.7), the layout's planned
+    files and the local PKI; with `remote`, also each controller's actual unit flags (both units),
+    file modes and owners, and the SA key's sameness. A host without an etcd unit is one WARN."""
     from datetime import datetime, timezone
 
     from k8sboot import audit
     from k8sboot import deploy as deploymod
-    from k8sboot import render
+    from k8sboot import etcd, render
     from k8sboot.remote import FactRequest
 
     now = now or datetime.now(timezone.utc)
@@ -533,6 +550,11 @@ def run_audit(inventory: Inventory, *, remote: bool = False, hosts: tuple[str, .
     findings += audit.check_files(audit.planned_remote_files(), "layout (planned)")
     findings += audit.check_certs(read_cert_summaries(Path(inventory.pki.dir)), now)
     findings += audit.check_consistency(rendered)
+    local_digests = _local_ca_digests(Path(inventory.pki.dir))
+    for h in selected:
+        findings += audit.check_etcd_flags(etcd.build_etcd_flags(inventory, h), f"{h.name} (rendered)",
+                                           apiserver_client_ca=dict(rendered[h.name]).get("client-ca-file"),
+                                           ca_digests=local_digests)
     report = AuditReport(findings)
     if not remote:
         return report
@@ -541,13 +563,16 @@ def run_audit(inventory: Inventory, *, remote: bool = False, hosts: tuple[str, .
     paths = tuple(f.path for f in layout.CONTROLLER_FILES) + (layout.UNIT_PATH,)
     request = FactRequest(hashed=paths, stat_only=(CA_KEY_REMOTE,))
 
+    etcd_request = FactRequest(hashed=(layout.ETCD_UNIT_PATH, ETCD_CA_REMOTE), unit=layout.ETCD_UNIT_NAME,
+                               text_path=layout.ETCD_UNIT_PATH, state_dir=layout.ETCD_DIR)
+
     def one(host: Host):
         r = None
         try:
             r = connect(host)
-            return host, r.read_facts(request), None
+            return host, r.read_facts(request), r.read_facts(etcd_request), None
         except K8sbootError as exc:
-            return host, None, HostVerification(host.name, error=exc.message, hint=exc.hint, code=int(exc.code))
+            return host, None, None, HostVerification(host.name, error=exc.message, hint=exc.hint, code=int(exc.code))
         finally:
             if r is not None:
                 r.close()
@@ -555,7 +580,7 @@ def run_audit(inventory: Inventory, *, remote: bool = False, hosts: tuple[str, .
     with ThreadPoolExecutor(max_workers=max(1, len(selected)), thread_name_prefix="audit") as pool:
         results = list(pool.map(one, selected))
     remote_flags, sa_keys = {}, {}
-    for host, facts, err in results:
+    for host, facts, etcd_facts, err in results:
         if err is not None:
             report.errors.append(err)
             continue
@@ -582,6 +607,39 @@ def run_audit(inventory: Inventory, *, remote: bool = False, hosts: tuple[str, .
             findings.append(audit.Finding("k8sboot.ca-key", audit.FAIL, subject, "no CA key on controllers",
                                           f"{CA_KEY_REMOTE} is present", f"remove it: rm {CA_KEY_REMOTE}"))
         sa_keys[host.name] = facts.file(layout.remote_path(layout.cert_file(layout.SERVICE_ACCOUNT))).sha256
+        client_ca = dict(remote_flags.get(host.name, rendered.get(host.name, ()))).get("client-ca-file")
+        findings += _audit_remote_etcd(subject, etcd_facts, client_ca,
+                                       {**{p: facts.file(p).sha256 for p in facts.files}, ETCD_CA_REMOTE:
+                                        etcd_facts.file(ETCD_CA_REMOTE).sha256})
     if remote_flags or sa_keys:
         findings += audit.check_consistency(remote_flags, sa_keys)
     return report
+
+
+ETCD_CA_REMOTE = layout.etcd_path(layout.cert_file(layout.ETCD_CA))
+
+
+def _local_ca_digests(pki_dir: Path) -> dict[str, str | None]:
+    """sha256 of the local cluster CA and etcd CA, by the path each has on a controller."""
+    from k8sboot.store import read_optional
+
+    out = {}
+    for local, remote_path in ((layout.cert_file(layout.CA), layout.remote_path(layout.cert_file(layout.CA))),
+                               (layout.cert_file(layout.ETCD_CA), ETCD_CA_REMOTE)):
+        data = read_optional(pki_dir / local)
+        out[remote_path] = hashlib.sha256(data).hexdigest() if data is not None else None
+    return out
+
+
+def _audit_remote_etcd(subject: str, facts: HostFacts, client_ca: str | None, digests) -> list:
+    """CIS 2.1-2.7 on a host's etcd unit as deployed; one WARN when the host has none."""
+    from k8sboot import audit
+
+    argv = flagmod.parse_unit_exec_start(facts.unit_text) if facts.file(layout.ETCD_UNIT_PATH).exists and \
+        facts.unit_text is not None else None
+    if argv is None:
+        return [audit.Finding("k8sboot.etcd", audit.WARN, subject, "etcd deployed",
+                              f"etcd: not deployed ({layout.ETCD_UNIT_PATH} missing or without ExecStart)",
+                              "k8sboot deploy-etcd -i INV")]
+    return audit.check_etcd_flags(flagmod.parse_argv_flags(argv), subject,
+                                  apiserver_client_ca=client_ca, ca_digests=digests)

@@ -114,3 +114,96 @@ def test_merge_subjects_groups_identical_findings():
 def test_worst():
     assert A.worst([]) == A.PASS
     assert A.worst(A.check_flags(rendered(), "x")) == A.FAIL
+
+
+# --- CIS 2 (etcd), outcomes from the benchmark's text: 2.1-2.6 Automated (a miss FAILs), 2.7 Manual ---
+
+def etcd_rendered():
+    from k8sboot.etcd import build_etcd_flags
+
+    inv = make_inventory()
+    return build_etcd_flags(inv, inv.controllers[0])
+
+
+APISERVER_CA = "/var/lib/kubernetes/ca.pem"
+ETCD_IDS = ["2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "2.7"]
+
+
+def etcd_check(flags, **kw):
+    kw.setdefault("apiserver_client_ca", APISERVER_CA)
+    return by_id(A.check_etcd_flags(flags, "c0", **kw))
+
+
+def without(flags, *names):
+    return tuple((k, v) for k, v in flags if k not in names)
+
+
+def test_the_rendered_etcd_member_passes_2_1_to_2_7():
+    got = etcd_check(etcd_rendered(), ca_digests={APISERVER_CA: "a" * 64, "/etc/etcd/etcd-ca.pem": "b" * 64})
+    assert list(got) == ETCD_IDS
+    assert {f.status for f in got.values()} == {A.PASS}, [f for f in got.values() if f.status != A.PASS]
+    assert "contents differ" in got["2.7"].reason
+
+
+@pytest.mark.parametrize("change,cis,status", [
+    # 2.1 / 2.4: both files set (kube-bench: bin_op and)
+    (lambda f: without(f, "cert-file"), "2.1", A.FAIL),
+    (lambda f: without(f, "key-file"), "2.1", A.FAIL),
+    (lambda f: without(f, "peer-cert-file"), "2.4", A.FAIL),
+    (lambda f: without(f, "peer-key-file"), "2.4", A.FAIL),
+    # 2.2 / 2.5: set to true; etcd's default is false, so absent fails
+    (lambda f: without(f, "client-cert-auth"), "2.2", A.FAIL),
+    (lambda f: without(f, "client-cert-auth") + (("client-cert-auth", "false"),), "2.2", A.FAIL),
+    (lambda f: without(f, "peer-client-cert-auth"), "2.5", A.FAIL),
+    (lambda f: without(f, "peer-client-cert-auth") + (("peer-client-cert-auth", "True"),), "2.5", A.PASS),
+    # 2.3 / 2.6: not set, or set to false
+    (lambda f: f + (("auto-tls", "true"),), "2.3", A.FAIL),
+    (lambda f: f + (("auto-tls", "false"),), "2.3", A.PASS),
+    (lambda f: f + (("peer-auto-tls", "true"),), "2.6", A.FAIL),
+    (lambda f: f + (("peer-auto-tls", "false"),), "2.6", A.PASS),
+    # 2.7: Manual in CIS: a CA shared with the API server's client CA is a WARN; no CA at all a FAIL
+    (lambda f: without(f, "trusted-ca-file") + (("trusted-ca-file", APISERVER_CA),), "2.7", A.WARN),
+    (lambda f: without(f, "trusted-ca-file"), "2.7", A.FAIL),
+])
+def test_etcd_checks_table(change, cis, status):
+    got = etcd_check(change(etcd_rendered()))[cis]
+    assert got.status == status
+    assert bool(got.fix) == (status != A.PASS)
+
+
+def test_bare_boolean_flags_on_a_command_line_count_as_set():
+    """`etcd --client-cert-auth --auto-tls` as ps shows it: the bare flag is true (Go's bool flags)."""
+    from k8sboot.flags import parse_argv_flags
+
+    flags = parse_argv_flags(["/usr/bin/etcd", "--cert-file=/c", "--key-file=/k", "--client-cert-auth",
+                              "--auto-tls", "--peer-auto-tls=false"])
+    got = etcd_check(flags)
+    assert [got[i].status for i in ("2.1", "2.2", "2.3", "2.6")] == [A.PASS, A.PASS, A.FAIL, A.PASS]
+    assert "self-signed" in got["2.3"].reason and "remove --auto-tls" in got["2.3"].fix
+
+
+def test_the_same_ca_under_another_name_is_seen_by_its_digest():
+    got = etcd_check(etcd_rendered(), ca_digests={APISERVER_CA: "a" * 64, "/etc/etcd/etcd-ca.pem": "a" * 64})["2.7"]
+    assert got.status == A.WARN and "same CA" in got.reason and "admin" in got.reason
+    assert "etcd-ca.pem" in got.fix
+    unknown = etcd_check(etcd_rendered(), apiserver_client_ca=None)["2.7"]
+    assert unknown.status == A.WARN and "cannot compare" in unknown.reason
+
+
+def test_run_audit_checks_every_rendered_member_beside_the_api_server(tmp_path):
+    from deploy_helpers import write_fake_pki
+
+    from k8sboot.verify import run_audit
+
+    pki = tmp_path / "pki"
+    write_fake_pki(pki)
+    (pki / "etcd-ca.pem").write_bytes(b"another CA\n")
+    report = run_audit(make_inventory(pki=pki), now=NOW)
+    etcd = [f for f in report.findings if f.id in ETCD_IDS]
+    assert len(etcd) == 3 * 7 and {f.status for f in etcd} == {A.PASS}
+    assert {f.subject for f in etcd} == {"controller-0 (rendered)", "controller-1 (rendered)",
+                                         "controller-2 (rendered)"}
+    assert {"1.2.23", "1.2.26"} <= {f.id for f in report.findings}
+    (pki / "etcd-ca.pem").write_bytes((pki / "ca.pem").read_bytes())     # one CA for both
+    seven = [f for f in run_audit(make_inventory(pki=pki), now=NOW).findings if f.id == "2.7"]
+    assert {f.status for f in seven} == {A.WARN}
