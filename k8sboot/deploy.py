@@ -684,6 +684,8 @@ def run_job(job: Job, options: DeployOptions, *, n_controllers: int, connect: Co
                 _not_reached(r, report.stopped_by, report_progress)
                 if refused is not None and r.host.name == refused[0]:
                     r.result.message = f"not restarted: {refused[1]}; the roll stops here (old files and process kept)"
+                    r.result.hint = ("make the other members healthy first, then rerun; --strategy parallel "
+                                     "restarts every member at once instead (unavailable meanwhile)")
         return report
     except (KeyboardInterrupt, Interrupted) as exc:
         # Ctrl-C / SIGTERM land here, in the main thread: stop every host where it stands. Closing
@@ -938,7 +940,7 @@ def etcd_job(inventory: Inventory, options: DeployOptions, ask: EtcdProbe | None
     data_dir = etcd.data_dir(inventory)
     member_dir = f"{data_dir}/{etcd.DATA_DIR_MEMBER}"
     request = component_request(comp, etcd.desired_paths(binary=uploaded), layout.ETCD_CLIENT_PORT,
-                                extra=(member_dir,))
+                                extra=(member_dir, layout.ETCD_DEBIAN_DEFAULT_DATA))
     rendered: dict[str, object] = {}
 
     def prepare() -> dict[str, tuple[DesiredFile, ...]]:
@@ -973,6 +975,16 @@ def etcd_job(inventory: Inventory, options: DeployOptions, ask: EtcdProbe | None
                                            "(it goes to /usr/local/bin/etcd)")
                 run.result.restart_reasons += (f"installed Debian's {layout.ETCD_PACKAGE}",)
                 run.facts = facts = run.remote.read_facts(request)
+        if facts.service.is_active and not facts.file(layout.ETCD_UNIT_PATH).exists:
+            # Debian's own etcd.service runs (the package's default member on localhost): no member
+            # of this cluster serves here, so nothing is kept up by waiting for a wave
+            run.facts = facts = replace(facts, service=replace(facts.service, active_state="inactive",
+                                                               sub_state="dead"))
+            run.result.restart_reasons += ("Debian's own etcd.service ran here (its default member): replaced "
+                                           "by this cluster's",)
+        if facts.file(layout.ETCD_DEBIAN_DEFAULT_DATA).exists and not facts.file(layout.ETCD_UNIT_PATH).exists:
+            run.result.restart_reasons += (f"{layout.ETCD_DEBIAN_DEFAULT_DATA} (the data of Debian's default "
+                                           "member) is left as it is: never used, never deleted",)
         if not facts.file(member_dir).exists and ask is not None and len(inventory.controllers) > 1:
             members = None
             for other in inventory.controllers:

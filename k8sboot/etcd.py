@@ -255,7 +255,10 @@ def quorum(members: int) -> int:
 
 
 def check_quorum(healthy: Sequence[str], members: Sequence[str], going_down: Sequence[str]) -> str | None:
-    """Why taking `going_down` out would lose quorum, or None."""
+    """Why taking `going_down` out would lose quorum, or None. A single member has no quorum to
+    keep: etcd is unavailable while it restarts, whatever the order."""
+    if len(members) <= 1:
+        return None
     left = [m for m in healthy if m not in going_down]
     need = quorum(len(members))
     if len(left) >= need:

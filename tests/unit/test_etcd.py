@@ -227,6 +227,11 @@ def test_quorum_is_kept_by_the_healthy_members_that_stay(healthy, down, ok):
         assert why.startswith(f"taking etcd down on {', '.join(down)} would leave ")
 
 
+def test_a_single_member_has_no_quorum_to_keep():
+    assert etcd.check_quorum([], ["a"], ["a"]) is None
+    assert "quorum needs 2" in etcd.check_quorum(["a", "b"], ["a", "b"], ["a"])   # two members: never one at a time
+
+
 def test_join_is_refused_unless_the_cluster_lists_the_member_as_never_started():
     inv = inventory()
     c2 = inv.controller("controller-2")
@@ -316,6 +321,7 @@ def test_a_roll_that_would_lose_quorum_stops_before_taking_any_member_down(clust
     assert r0.outcome == D.NOT_REACHED and not r0.restarted
     assert r0.message.startswith("not restarted: taking etcd down on controller-0 would leave 1 of 3 members "
                                  "healthy and quorum needs 2 (not healthy now: controller-2)")
+    assert "--strategy parallel" in r0.hint
     assert {n: h.pid for n, h in hosts.items()} == pids, "no member was restarted"
     assert all("heartbeat" not in h.files[layout.ETCD_UNIT_PATH][0].decode() for h in hosts.values())
 
@@ -355,6 +361,21 @@ def test_binary_option_uploads_etcd_to_usr_local_bin_and_the_unit_runs_it(cluste
         assert h.files[layout.ETCD_UPLOADED_BINARY][:2] == (b"\x7fELF etcd\n", 0o755)
         assert "ExecStart=/usr/local/bin/etcd" in h.files[layout.ETCD_UNIT_PATH][0].decode()
         assert "apt-get install" not in h.commands
+
+
+def test_debians_running_default_member_is_replaced_at_once_and_its_data_left_alone(cluster):
+    pki, hosts = cluster
+    for h in hosts.values():          # Debian's etcd.service runs (no unit of ours yet), with its data
+        h.active, h.sub, h.pid, h.loaded_unit = "active", "running", 7, b"[Service]\nExecStart=/usr/bin/etcd\n"
+        h.dirs[layout.ETCD_DEBIAN_DEFAULT_DATA] = (0o700, "etcd", "etcd")
+    report = run(inventory(pki=pki), hosts)
+    assert report.ok and report.waves == [], [r.message for r in report.results]   # nothing of ours served
+    for h in hosts.values():
+        assert h.dirs[layout.ETCD_DEBIAN_DEFAULT_DATA] == (0o700, "etcd", "etcd")
+        assert h.pid != 7 and h.active == "active"
+    reasons = by_host(report)["controller-0"].restart_reasons
+    assert any("Debian's own etcd.service ran here" in r for r in reasons)
+    assert any("/var/lib/etcd/default (the data of Debian's default member) is left as it is" in r for r in reasons)
 
 
 def test_a_host_that_would_have_to_join_a_running_cluster_is_refused(cluster):
