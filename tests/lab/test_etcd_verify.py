@@ -1,0 +1,92 @@
+"""verify and audit --remote on real etcd: three lab controllers with deploy-etcd's members (Debian's
+etcd) and deploy-apiserver's unit. verify reads each member's unit, files and argv over SSH and asks
+every member's /health and member list over HTTPS from the workstation; audit --remote reads the
+deployed etcd units for CIS 2.1-2.7.
+
+Runs in order; the hosts are reset at the start and at the end (`host.reset()`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from k8sboot.errors import ExitCode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
+from deploy_helpers import LabEnv  # noqa: E402
+
+pytestmark = pytest.mark.lab
+
+ETCD_CHECKS = {"etcd health", "etcd member list", "etcd is-enabled", "etcd is-active",
+               "file /etc/systemd/system/etcd.service", "file /etc/etcd/etcd-server-key.pem", "dir /etc/etcd"}
+
+
+@pytest.fixture(scope="module")
+def env(lab_hosts, tmp_path_factory):
+    hosts = list(lab_hosts)[:3]
+    assert len(hosts) == 3, "these tests need 3 lab controllers"
+    for h in hosts:
+        h.reset()
+    e = LabEnv(hosts, tmp_path_factory.mktemp("etcd-verify"))
+    e.gen_certs()
+    res = e.k8sboot("deploy-etcd", "-i", e.inventory, "--json", "--wait", "60")
+    assert res.exit_code == 0, res.output
+    res, _ = e.deploy()
+    assert res.exit_code == 0, res.output
+    yield e
+    for h in hosts:
+        h.reset()
+
+
+def verify(env, *args):
+    res = env.k8sboot("verify", "-i", env.inventory, "--json", *args)
+    return res, json.loads(res.stdout)
+
+
+def checks_of(doc, host):
+    return {c["check"]: c for c in next(h for h in doc["hosts"] if h["host"] == host)["checks"]}
+
+
+def test_verify_after_deploy_etcd_is_all_ok_with_every_member_checked(env):
+    res, doc = verify(env)
+    assert res.exit_code == 0, [(h["host"], c) for h in doc["hosts"] for c in h["checks"] if c["status"] != "OK"]
+    for h in env.hosts:
+        got = checks_of(doc, h.name)
+        assert ETCD_CHECKS <= set(got), sorted(got)
+        assert all(c["status"] == "OK" for k, c in got.items() if k.startswith("etcd") or "/etc/etcd" in k)
+        assert got["etcd member list"]["detail"] == "3 members = the inventory's controllers"
+        assert any(k.startswith("etcd process ") and got[k]["status"] == "OK" for k in got)
+        assert "etcd" not in got        # no "not deployed" line
+
+
+def test_audit_remote_passes_2_1_to_2_7_on_every_member(env):
+    res = env.k8sboot("audit", "-i", env.inventory, "--remote", "--json")
+    doc = json.loads(res.stdout)
+    etcd = [f for f in doc["findings"] if f["id"] in {"2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "2.7"}]
+    remote = [f for f in etcd if f["subject"].endswith("(remote)")]
+    assert len(remote) == 3 * 7 and all(f["status"] == "PASS" for f in etcd), [f for f in etcd if f["status"] != "PASS"]
+    assert not [f for f in doc["findings"] if f["id"] == "k8sboot.etcd"]
+
+
+def test_a_stopped_member_is_named_and_verify_exits_10(env):
+    stopped = env.hosts[1]
+    env.ssh(stopped, "systemctl stop etcd.service")
+    try:
+        res, doc = verify(env)
+        assert res.exit_code == ExitCode.DRIFT, res.output
+        got = checks_of(doc, stopped.name)
+        assert got["etcd is-active"]["status"] == "DRIFT" and got["etcd health"]["status"] == "DRIFT"
+        assert "refused" in got["etcd health"]["detail"].lower(), got["etcd health"]
+        for other in (env.hosts[0], env.hosts[2]):      # the other two keep quorum and still list it
+            mine = checks_of(doc, other.name)
+            assert mine["etcd health"]["status"] == "OK" and mine["etcd member list"]["status"] == "OK"
+        res = env.k8sboot("verify", "-i", env.inventory)
+        assert res.exit_code == ExitCode.DRIFT and stopped.name in res.output and "etcd health" in res.output
+    finally:
+        env.ssh(stopped, "systemctl start etcd.service")
+    res, doc = verify(env)
+    assert res.exit_code == 0, [(h["host"], c) for h in doc["hosts"] for c in h["checks"] if c["status"] != "OK"]
