@@ -463,6 +463,10 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None, etcd_a
         controllers = [h for h in report.hosts if h.kind == "controller" and not h.error]
         if controllers and not any(etcd_deployed.values()):
             controllers[0].checks += verify_etcd.not_deployed(controllers[0].host)
+        elif controllers:
+            for h in controllers:
+                if not etcd_deployed.get(h.host, True):
+                    h.checks += verify_etcd.missing_member(h.host)
         return report
     finally:
         if dial is not None:

@@ -110,8 +110,15 @@ def check_members(host: str, inventory: Inventory, status: int | None, body: str
     if members is None:
         why = f"HTTP {status}: {body.strip()[:200]}" if status is not None else body
         return [Check(host, "etcd member list", DRIFT, f"POST {etcd.MEMBER_LIST_PATH}: {why}", expected, "")]
-    got = {m.name or f"(unstarted {', '.join(m.peer_urls)})": m for m in members}
-    problems = [f"{n} missing" for n in want if n not in got]
+    by_url = {u: n for n, u in want.items()}
+    got, unstarted = {}, []
+    for m in members:
+        name = m.name or next((by_url[u] for u in m.peer_urls if u in by_url), "")
+        unstarted += [] if m.name else [name or f"a member at {', '.join(m.peer_urls) or 'no URL'}"]
+        if name:
+            got[name] = m
+    problems = [f"{n} added but never started" for n in unstarted]
+    problems += [f"{n} missing" for n in want if n not in got]
     problems += [f"{n} not in the inventory ({', '.join(m.peer_urls)})" for n, m in got.items() if n not in want]
     problems += [f"{n}: peer URLs {', '.join(m.peer_urls) or 'none'} (expected {want[n]})"
                  for n, m in got.items() if n in want and tuple(m.peer_urls) != (want[n],)]
@@ -124,6 +131,14 @@ def not_deployed(host: str) -> list:
     from k8sboot.verify import Check
 
     return [Check(host, "etcd", WARN, NOT_DEPLOYED)]
+
+
+def missing_member(host: str) -> list:
+    """A controller without an etcd unit while others have one: its member is missing."""
+    from k8sboot.verify import Check
+
+    return [Check(host, "etcd", DRIFT, f"{layout.ETCD_UNIT_PATH} is missing while other controllers run etcd: "
+                  "run k8sboot deploy-etcd", layout.ETCD_UNIT_PATH, "missing")]
 
 
 # --- the reading side ----------------------------------------------------------------------------

@@ -317,3 +317,36 @@ def test_audit_remote_without_etcd_warns_once_per_host_and_keeps_its_exit_code(i
     assert "not deployed" in etcd[0].reason and "deploy-etcd" in etcd[0].fix
     merged = [f for f in A.merge_subjects(report.findings) if f.id == "k8sboot.etcd"]
     assert len(merged) == 1 and merged[0].subject == "controller-0, controller-1, controller-2 (remote)"
+
+
+def test_member_list_names_a_member_added_but_never_started_by_its_peer_url(inv):
+    body = json.dumps({"members": [
+        {"name": "controller-0", "peerURLs": ["https://10.240.0.10:2380"]},
+        {"name": "controller-1", "peerURLs": ["https://10.240.0.11:2380"]},
+        {"peerURLs": ["https://10.240.0.12:2380"]}, {"peerURLs": ["https://10.7.7.7:2380"]}]})
+    got = VE.check_members("controller-0", inv, 200, body)[0]
+    assert got.status == V.DRIFT
+    assert got.detail == ("controller-2 added but never started; a member at https://10.7.7.7:2380 added but "
+                          "never started")
+    assert VE.check_members("controller-0", inv, 200, "<html>")[0].status == V.DRIFT
+
+
+def test_a_controller_without_its_member_while_the_others_run_etcd_is_drift(inv, hosts, members):
+    api, etcd = hosts
+    del etcd["controller-2"].files[layout.ETCD_UNIT_PATH]
+    report = run_verify(inv, api, etcd, members)
+    assert report.exit_code() == ExitCode.DRIFT
+    got = etcd_checks(report.hosts[2])
+    assert got["etcd"].status == V.DRIFT and "etcd.service is missing" in got["etcd"].detail
+    assert not any(c.status == VE.WARN for h in report.hosts for c in h.checks)
+
+
+def test_cli_audit_json_and_table_carry_the_etcd_checks(inv):
+    runner = CliRunner()
+    res = runner.invoke(app, ["audit", "-i", str(inv.path), "--json"])
+    doc = json.loads(res.stdout)
+    etcd = {f["id"]: f["status"] for f in doc["findings"] if f["id"].startswith("2.")}
+    assert etcd == {i: "PASS" for i in ("2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "2.7")}
+    res = runner.invoke(app, ["audit", "-i", str(inv.path)], env={"COLUMNS": "300"})
+    assert "2.7" in res.output and "controller-0, controller-1, controller-2 (rendered)" in res.output
+    assert "Traceback" not in res.output
