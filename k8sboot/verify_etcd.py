@@ -13,6 +13,8 @@ one WARN line and checks nothing else of etcd.
 
 from __future__ import annotations
 
+import base64
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +38,10 @@ def fact_request(inventory: Inventory):
     from k8sboot.deploy import component_request
 
     comp = etcd.component(inventory)
+    cmdline = (f"pid=$(systemctl show -p MainPID --value {comp.unit}); "
+               f"if [ \"${{pid:-0}}\" -gt 0 ]; then base64 -w0 /proc/$pid/cmdline; fi")
     return component_request(comp, etcd.desired_paths(binary=False), layout.ETCD_CLIENT_PORT,
-                             extra=(layout.ETCD_UPLOADED_BINARY,))
+                             sections=(("cmdline", cmdline),), extra=(layout.ETCD_UPLOADED_BINARY,))
 
 
 def deployed(facts: HostFacts) -> bool:
@@ -49,6 +53,17 @@ def binary_of(facts: HostFacts) -> str:
     argv = flagmod.parse_unit_exec_start(facts.unit_text) if facts.unit_text else None
     return layout.ETCD_UPLOADED_BINARY if argv and argv[0] == layout.ETCD_UPLOADED_BINARY else \
         layout.ETCD_PACKAGE_BINARY
+
+
+def running_argv(facts: HostFacts) -> list[str] | None:
+    """The member's /proc/PID/cmdline, read with the facts (the `cmdline` section)."""
+    raw = facts.sections.get("cmdline", "").strip()
+    if not facts.service.main_pid or not raw:
+        return None
+    try:
+        return flagmod.parse_proc_cmdline(base64.b64decode(raw))
+    except ValueError:
+        return None
 
 
 def check_etcd_host(host: str, desired: Sequence[DesiredFile], expected: flagmod.Flags, binary: str,
@@ -78,8 +93,8 @@ def check_etcd_host(host: str, desired: Sequence[DesiredFile], expected: flagmod
                         svc.unit_file_state or "unknown", "enabled", svc.unit_file_state))
     checks.append(Check(host, "etcd is-active", OK if svc.is_active else DRIFT,
                         f"{svc.active_state}/{svc.sub_state}", "active", svc.active_state))
-    if svc.is_active and svc.argv:
-        argv = list(svc.argv)
+    argv = running_argv(facts)
+    if svc.is_active and argv:
         diff = diff_flags(expected, flagmod.parse_argv_flags(argv))
         if argv[:1] != [binary]:
             diff.insert(0, f"binary {argv[:1]} (expected {binary})")

@@ -136,7 +136,15 @@ class BothUnits:
 
     def read_facts(self, request, *, lock_wait=None):
         if request.unit == layout.ETCD_UNIT_NAME:
-            return self.etcd.read_facts(request, lock_wait=lock_wait)
+            facts = self.etcd.read_facts(request, lock_wait=lock_wait)
+            # the facts script's `cmdline` section, as a real host answers it (the running member's
+            # /proc/PID/cmdline): a real service section carries no argv
+            facts = replace(facts, service=replace(facts.service, argv=None))
+            if any(name == "cmdline" for name, _ in request.sections) and facts.service.main_pid:
+                argv = self.etcd.host.argv
+                facts = replace(facts, sections={**facts.sections, "cmdline": base64.b64encode(
+                    b"\0".join(a.encode() for a in argv) + b"\0").decode()})
+            return facts
         facts = self.api.read_facts(request, lock_wait=lock_wait)
         if not request.sections or facts.unit_text is None:
             return facts
