@@ -70,7 +70,7 @@ Examples:
   k8sboot audit -i inventory/cluster.yaml --json
 \b
 CIS Kubernetes Benchmark checks that concern authentication: 1.2.1, 1.2.2, 1.2.4, 1.2.5,
-1.2.21-1.2.26, 1.2.30, 1.1.19-1.1.21, 5.1.7; plus certs in system:masters other than admin,
+1.2.21-1.2.26, 1.2.30, 1.1.19-1.1.21, 5.1.7; etcd's 2.1-2.7 on each member; plus certs in system:masters other than admin,
 leaves expiring within 30 days, and an issuer that differs between controllers. Exit 14 on FAIL.
 """
 
@@ -299,13 +299,15 @@ def verify_cmd(
                 rows.append((h.host, f"{hidden} more checks", "OK", "files sha256/mode/owner, other flags "
                              "(--all shows them)"))
         console.table(("host", "check", "status", "detail"), rows, title="verify",
-                      styles={"OK": "green", "DRIFT": "bold red", "SKIP": "dim"})
+                      styles={"OK": "green", "DRIFT": "bold red", "SKIP": "dim", "WARN": "yellow"})
         for h in report.hosts:
             if h.error:
                 console.error(h.error if h.error.startswith(h.host) else f"{h.host}: {h.error}", h.hint)
-        drifted = [h.host for h in report.hosts if h.drifted]
+        drifted = [h for h in report.hosts if h.drifted]
         if drifted:
-            console.info(f"drift on {', '.join(drifted)}: run `k8sboot deploy-apiserver -i {inventory}` to repair")
+            console.info(f"drift on {', '.join(h.host for h in drifted)}: run "
+                         + " and ".join(f"`k8sboot {cmd} -i {inventory}`" for cmd in _repairs(drifted))
+                         + " to repair")
         elif not any(h.error for h in report.hosts):
             n_lb = sum(1 for h in report.hosts if h.kind != "controller")
             console.info(f"no drift on {len(report.hosts) - n_lb} controller(s)"
@@ -313,6 +315,22 @@ def verify_cmd(
     code = report.exit_code()
     if code:
         raise typer.Exit(int(code))
+
+
+def _repairs(drifted) -> list[str]:
+    """The commands that put drifted hosts back: by what drifted (etcd checks, an LB, the API server)."""
+    commands = []
+    for h in drifted:
+        bad = [c.check for c in h.checks if c.status == "DRIFT"]
+        if h.kind != "controller":
+            commands.append("deploy-lb")
+            continue
+        if any(c.startswith("etcd") or "etcd" in c for c in bad):
+            commands.append("deploy-etcd")
+        if any(not (c.startswith("etcd") or "etcd" in c) for c in bad) or not bad:
+            commands.append("deploy-apiserver")
+    order = ("deploy-etcd", "deploy-apiserver", "deploy-lb")
+    return [c for c in order if c in commands]
 
 
 def audit_cmd(
@@ -324,7 +342,7 @@ def audit_cmd(
     templates: Path | None = typer.Option(None, "--templates", metavar="DIR", help="Your own template dir."),
     json_: bool = json_option,
 ) -> None:
-    """CIS Benchmark authentication checks on the rendered flags, the PKI and (--remote) the hosts."""
+    """CIS Benchmark authentication and etcd checks on the rendered flags, the PKI and (--remote) the hosts."""
     from k8sboot import console
     from k8sboot.inventory import load_inventory
     from k8sboot.verify import run_audit
@@ -338,8 +356,8 @@ def audit_cmd(
         from k8sboot.audit import merge_subjects
 
         rows = [(f.id, f.status, f.subject, f.reason, f.fix or "-") for f in merge_subjects(report.findings)]
-        console.table(("CIS", "status", "where", "reason", "fix"), rows, title="audit (CIS Kubernetes Benchmark, "
-                      "authentication)",
+        console.table(("CIS", "status", "where", "reason", "fix"), rows, title="audit (CIS Kubernetes Benchmark: "
+                      "authentication and etcd)",
                       styles={"PASS": "green", "WARN": "yellow", "FAIL": "bold red"})
         for h in report.errors:
             console.error(h.error if h.error.startswith(h.host) else f"{h.host}: {h.error}", h.hint)

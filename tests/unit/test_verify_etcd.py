@@ -358,3 +358,18 @@ def test_cli_audit_json_and_table_carry_the_etcd_checks(inv):
     res = runner.invoke(app, ["audit", "-i", str(inv.path)], env={"COLUMNS": "300"})
     assert "2.7" in res.output and "controller-0, controller-1, controller-2 (rendered)" in res.output
     assert "Traceback" not in res.output
+
+
+def test_the_drift_line_names_the_command_that_repairs_what_drifted():
+    from types import SimpleNamespace as NS
+
+    from k8sboot.cli.deploy_cmds import _repairs
+
+    def host(kind, *drifted):
+        return NS(kind=kind, checks=[NS(check=c, status="DRIFT") for c in drifted])
+
+    assert _repairs([host("controller", "etcd is-active", "file /etc/etcd/etcd-server.pem")]) == ["deploy-etcd"]
+    assert _repairs([host("controller", "file /var/lib/kubernetes/ca.pem")]) == ["deploy-apiserver"]
+    assert _repairs([host("controller", "etcd health", "is-active"),
+                     host("load balancer", "file /etc/haproxy/haproxy.cfg")]) == ["deploy-etcd", "deploy-apiserver",
+                                                                                  "deploy-lb"]
