@@ -64,6 +64,7 @@ demo: deps
 	$(K8SBOOT) lab up --controllers 3 --lb
 	$(K8SBOOT) gen-certs -i inventory/lab.yaml
 	$(K8SBOOT) kubeconfig admin -i inventory/lab.yaml
+	$(K8SBOOT) deploy-etcd -i inventory/lab.yaml
 	$(K8SBOOT) deploy-apiserver --inventory inventory/lab.yaml
 	$(K8SBOOT) deploy-lb -i inventory/lab.yaml
 	$(K8SBOOT) verify -i inventory/lab.yaml --host controller-0 --probe
@@ -90,9 +91,13 @@ demo-offline: venv
 test: deps bench-deps
 	@# under CI, clear what a killed earlier run may have left (mounts, netns, bridge) first
 	@if [ "$${CI:-}" = true ] && [ "$$(id -u)" = 0 ]; then $(K8SBOOT) lab down --force >/dev/null 2>&1 || true; fi
+	@# etcd 3.4 for the stand-in's EtcdStore tests: Debian's etcd-server/etcd-client unpacked into .venv
+	@# (apt-get download + dpkg-deb -x, never installed: installing would start a system etcd here)
+	$(PY) tests/etcd_helpers.py
 	$(PY) -m pytest
 
 test-unit: venv
+	$(PY) tests/etcd_helpers.py
 	$(PY) -m pytest tests/unit
 
 bench: deps bench-deps
