@@ -425,3 +425,67 @@ def test_cli_deploy_etcd_is_listed_and_its_user_errors_are_one_line(tmp_path):
     assert "etcd.extra_flags.peer-auto-tls: would set --peer-auto-tls" in res.stderr
     res = runner.invoke(app, ["deploy-etcd", "-i", str(inv), "--strategy", "sideways"])
     assert res.exit_code == ExitCode.USAGE and "Traceback" not in res.output
+
+
+# --- the rendered flags run a real etcd (Debian's 3.4, unpacked by tests/etcd_helpers.py) ----------
+
+
+def test_the_rendered_flags_run_a_real_three_member_etcd_that_the_gate_and_the_quorum_check_read(tmp_path):
+    """Three members on 127.0.0.2-4 with the flags deploy-etcd renders (paths moved into tmp_path,
+    and without the shared 127.0.0.1 client URL, which three members on one machine cannot all
+    bind), PKI from gen-certs: the workstation's health gate sees each healthy, the member list
+    through the v3 gateway is the inventory, and with one member gone the quorum check refuses
+    to take another."""
+    import etcd_helpers
+    from typer.testing import CliRunner
+
+    from k8sboot import flags as flagmod
+    from k8sboot.cli import app
+
+    try:
+        bins = etcd_helpers.ensure_etcd_binaries()
+    except etcd_helpers.EtcdUnavailable as exc:
+        pytest.skip(f"no etcd binary: {exc}")
+    inv_path = tmp_path / "inv.yaml"
+    inv_path.write_text(f"cluster:\n  name: loop\n  api_endpoint: https://127.0.0.2:6443\n  service_cidr: 10.32.0.0/24\n"
+                        f"pki:\n  dir: {tmp_path / 'pki'}\n  key_algorithm: ecdsa-p256\ncontrollers:\n"
+                        + "".join(f"  - {{name: controller-{i}, address: 127.0.0.{i + 2}}}\n" for i in range(3)))
+    assert CliRunner().invoke(app, ["gen-certs", "-i", str(inv_path)]).exit_code == 0
+    from k8sboot.inventory import load_inventory
+
+    inv = load_inventory(inv_path)
+    procs = {}
+    try:
+        for h in inv.controllers:
+            argv = [a.replace(layout.ETCD_DIR + "/", f"{tmp_path / 'pki'}/")
+                    .replace(etcd.data_dir(inv), str(tmp_path / f"data-{h.name}"))
+                    .replace(",https://127.0.0.1:2379", "")
+                    for a in flagmod.flags_to_argv(etcd.build_etcd_flags(inv, h))]
+            log = (tmp_path / f"{h.name}.log").open("w")
+            procs[h.name] = subprocess.Popen([str(bins.etcd), *argv], stdout=log, stderr=subprocess.STDOUT)
+        ask = D.etcd_prober(inv)
+        gate = D.etcd_health(ask)
+        from k8sboot import health
+
+        for h in inv.controllers:
+            ready = health.wait_ready(h, gate, 30)
+            assert ready.ready, (h.name, ready.detail, (tmp_path / f"{h.name}.log").read_text()[-2000:])
+        listed = etcd.parse_member_list(ask(inv.controllers[1], "members").body)
+        assert sorted((m.name, m.peer_urls) for m in listed) == [
+            (f"controller-{i}", (f"https://127.0.0.{i + 2}:2380",)) for i in range(3)]
+        procs["controller-2"].terminate()
+        procs["controller-2"].wait(10)
+        healthy = [h.name for h in inv.controllers if etcd.parse_health(ask(h, "health").status,
+                                                                          ask(h, "health").body)[0]]
+        assert healthy == ["controller-0", "controller-1"]
+        assert etcd.check_quorum(healthy, [h.name for h in inv.controllers], ["controller-0"]) == (
+            "taking etcd down on controller-0 would leave 1 of 3 members healthy and quorum needs 2 "
+            "(not healthy now: controller-2)")
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
