@@ -118,15 +118,7 @@ def build_etcd_flags(inventory: Inventory, host: Host) -> flagmod.Flags:
                 + (f" (k8sboot renders --{name}={current})" if current is not None else ""),
                 hint=_HINTS.get(name, "identity, URLs and TLS of each member come from the inventory and the PKI "
                                       "layout; remove this key"))
-        if name in index:
-            if value == "":
-                raise InventoryError(
-                    f"{where}: {key_path}: an empty value would drop --{name}, which k8sboot always renders",
-                    hint=f"remove the key, or give --{name} a value")
-            flags[index[name]] = (name, value)
-        else:
-            index[name] = len(flags)
-            flags.append((name, value))
+        flagmod.set_extra_flag(flags, index, name, value, where, key_path)
     return tuple(flags)
 
 
@@ -139,18 +131,7 @@ class RenderedEtcdUnit:
 
 def templates_dir(override: Path | None = None) -> Path:
     """A user's template dir (`--templates`) holding etcd.service.j2, else the packaged one."""
-    from k8sboot.errors import TemplateError
-
-    directory = Path(override).expanduser() if override is not None else render.packaged_templates_dir()
-    if override is not None and not directory.is_dir():
-        raise TemplateError(f"--templates: {directory} is not a directory")
-    if not (directory / ETCD_TEMPLATE).is_file():
-        packaged = render.packaged_templates_dir() / ETCD_TEMPLATE
-        raise TemplateError(f"--templates: {directory} has no {ETCD_TEMPLATE}" if override is not None
-                            else f"the packaged template {ETCD_TEMPLATE} is missing from {directory}",
-                            hint=f"copy {packaged} there and edit it" if override is not None
-                            else "reinstall k8sboot, or pass --templates DIR with your own copy")
-    return directory
+    return render.template_dir_with(ETCD_TEMPLATE, override)
 
 
 def render_etcd_unit(inventory: Inventory, host: Host, binary_path: str = layout.ETCD_PACKAGE_BINARY,

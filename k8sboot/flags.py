@@ -144,16 +144,22 @@ def _merge_extra_flags(inventory: Inventory, flags: list[tuple[str, str]]) -> li
                 hint="a Go duration such as 15s, 1m30s or 500ms"
                      + (", or set apiserver.shutdown_delay_duration instead" if name == "shutdown-delay-duration"
                         else ""))
-        if name in index:
-            if value == "":
-                raise InventoryError(
-                    f"{where}: {key_path}: an empty value would drop --{name}, which k8sboot always renders",
-                    hint=f"remove the key, or give --{name} a value")
-            flags[index[name]] = (name, value)
-        else:
-            index[name] = len(flags)
-            flags.append((name, value))
+        set_extra_flag(flags, index, name, value, where, key_path)
     return flags
+
+
+def set_extra_flag(flags: list, index: dict, name: str, value: str, where: str, key_path: str) -> None:
+    """An inventory extra flag laid over the rendered ones: it replaces the rendered value in place
+    (an empty value may not drop a flag k8sboot always renders), or is appended."""
+    if name in index:
+        if value == "":
+            raise InventoryError(
+                f"{where}: {key_path}: an empty value would drop --{name}, which k8sboot always renders",
+                hint=f"remove the key, or give --{name} a value")
+        flags[index[name]] = (name, value)
+    else:
+        index[name] = len(flags)
+        flags.append((name, value))
 
 
 _AUTH_HINTS = {

@@ -38,7 +38,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from k8sboot import layout, pki, render
-from k8sboot.errors import InventoryError, PkiError, TemplateError
+from k8sboot.errors import InventoryError, PkiError
 from k8sboot.model import Host, Inventory
 from k8sboot.plan import KIND_PKI, DesiredDir, DesiredFile
 
@@ -205,20 +205,7 @@ def lb_templates_dir(override: Path | None = None) -> Path:
 
     The inventory's `apiserver.templates` is the API server unit's alone.
     """
-    if override is not None:
-        path = Path(override).expanduser()
-        if not path.is_dir():
-            raise TemplateError(f"--templates: {path} is not a directory")
-        directory = path
-    else:
-        directory = render.packaged_templates_dir()
-    if not (directory / HAPROXY_TEMPLATE).is_file():
-        packaged = render.packaged_templates_dir() / HAPROXY_TEMPLATE
-        raise TemplateError(f"--templates: {directory} has no {HAPROXY_TEMPLATE}" if override is not None
-                            else f"the packaged template {HAPROXY_TEMPLATE} is missing from {directory}",
-                            hint=f"copy {packaged} there and edit it" if override is not None
-                            else "reinstall k8sboot, or pass --templates DIR with your own copy")
-    return directory
+    return render.template_dir_with(HAPROXY_TEMPLATE, override)
 
 
 def render_haproxy_config(inventory: Inventory, templates_dir: Path | None = None, *,

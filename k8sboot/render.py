@@ -21,6 +21,21 @@ from k8sboot.model import Host, Inventory
 UNIT_TEMPLATE = "kube-apiserver.service.j2"
 
 
+def template_dir_with(template: str, override: Path | None = None) -> Path:
+    """A user's template dir (`--templates`) holding `template`, else the packaged one; a missing
+    dir or template is one TemplateError with the hint to copy the packaged file there."""
+    directory = Path(override).expanduser() if override is not None else packaged_templates_dir()
+    if override is not None and not directory.is_dir():
+        raise TemplateError(f"--templates: {directory} is not a directory")
+    if not (directory / template).is_file():
+        packaged = packaged_templates_dir() / template
+        raise TemplateError(f"--templates: {directory} has no {template}" if override is not None
+                            else f"the packaged template {template} is missing from {directory}",
+                            hint=f"copy {packaged} there and edit it" if override is not None
+                            else "reinstall k8sboot, or pass --templates DIR with your own copy")
+    return directory
+
+
 def packaged_templates_dir() -> Path:
     """`k8sboot/templates` when installed with package data, else `<checkout>/templates`."""
     here = Path(__file__).resolve().parent
