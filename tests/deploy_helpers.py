@@ -303,6 +303,23 @@ ssh:
 WATCHED = tuple(f.path for f in layout.CONTROLLER_FILES) + (layout.UNIT_PATH,)
 
 
+def fresh_lab_env(lab_hosts, tmp_path_factory, name: str, count: int = 3):
+    """A module's LabEnv on `count` controllers with fresh roots and a new PKI; the roots are reset
+    again when the module is done (use as `yield from` in a module-scoped fixture)."""
+    hosts = list(lab_hosts)[:count]
+    assert len(hosts) == count, f"these tests need {count} lab controllers"
+    for h in hosts:
+        h.reset()
+    e = LabEnv(hosts, tmp_path_factory.mktemp(name))
+    e.gen_certs()
+    return e
+
+
+def reset_hosts(env) -> None:
+    for h in env.hosts:
+        h.reset()
+
+
 class LabEnv:
     """One test module's view of the shared lab: its own inventory and PKI in a temp dir."""
 

@@ -15,22 +15,16 @@ from k8sboot import layout
 from k8sboot.errors import ExitCode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
-from deploy_helpers import LabEnv, expected_files  # noqa: E402
+from deploy_helpers import expected_files, fresh_lab_env, reset_hosts  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def env(lab_hosts, tmp_path_factory):
-    hosts = list(lab_hosts)[:3]
-    assert len(hosts) == 3, "these tests need 3 lab controllers"
-    for h in hosts:
-        h.reset()
-    e = LabEnv(hosts, tmp_path_factory.mktemp("deploy"))
-    e.gen_certs()
+    e = fresh_lab_env(lab_hosts, tmp_path_factory, "deploy")
     yield e
-    for h in hosts:
-        h.reset()
+    reset_hosts(e)
 
 
 def by_host(doc):

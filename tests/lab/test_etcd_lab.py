@@ -19,7 +19,7 @@ import pytest
 from k8sboot import layout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
-from deploy_helpers import LabEnv  # noqa: E402
+from deploy_helpers import LabEnv, fresh_lab_env, reset_hosts  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
@@ -30,15 +30,9 @@ SAMPLE_BOUND_S = 120                     # the quorum sampler never runs longer 
 
 @pytest.fixture(scope="module")
 def env(lab_hosts, tmp_path_factory):
-    hosts = list(lab_hosts)[:3]
-    assert len(hosts) == 3, "these tests need 3 lab controllers"
-    for h in hosts:
-        h.reset()
-    e = LabEnv(hosts, tmp_path_factory.mktemp("etcd"))
-    e.gen_certs()
+    e = fresh_lab_env(lab_hosts, tmp_path_factory, "etcd")
     yield e
-    for h in hosts:
-        h.reset()
+    reset_hosts(e)
 
 
 def etcd_inventory(env: LabEnv, name: str, extra_flags: dict | None = None) -> Path:

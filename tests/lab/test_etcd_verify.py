@@ -17,7 +17,7 @@ import pytest
 from k8sboot.errors import ExitCode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
-from deploy_helpers import LabEnv  # noqa: E402
+from deploy_helpers import fresh_lab_env, reset_hosts  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
@@ -27,19 +27,13 @@ ETCD_CHECKS = {"etcd health", "etcd member list", "etcd is-enabled", "etcd is-ac
 
 @pytest.fixture(scope="module")
 def env(lab_hosts, tmp_path_factory):
-    hosts = list(lab_hosts)[:3]
-    assert len(hosts) == 3, "these tests need 3 lab controllers"
-    for h in hosts:
-        h.reset()
-    e = LabEnv(hosts, tmp_path_factory.mktemp("etcd-verify"))
-    e.gen_certs()
+    e = fresh_lab_env(lab_hosts, tmp_path_factory, "etcd-verify")
     res = e.k8sboot("deploy-etcd", "-i", e.inventory, "--json", "--wait", "60")
     assert res.exit_code == 0, res.output
     res, _ = e.deploy()
     assert res.exit_code == 0, res.output
     yield e
-    for h in hosts:
-        h.reset()
+    reset_hosts(e)
 
 
 def verify(env, *args):

@@ -12,23 +12,18 @@ from k8sboot import layout
 from k8sboot.errors import ExitCode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
-from deploy_helpers import LabEnv  # noqa: E402
+from deploy_helpers import fresh_lab_env, reset_hosts  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def env(lab_hosts, tmp_path_factory):
-    hosts = list(lab_hosts)[:3]
-    for h in hosts:
-        h.reset()
-    e = LabEnv(hosts, tmp_path_factory.mktemp("verify"))
-    e.gen_certs()
+    e = fresh_lab_env(lab_hosts, tmp_path_factory, "verify")
     res, _ = e.deploy()
     assert res.exit_code == 0, res.output
     yield e
-    for h in hosts:
-        h.reset()
+    reset_hosts(e)
 
 
 def verify(env, *args):
