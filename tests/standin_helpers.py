@@ -143,14 +143,20 @@ def backends():
 
 
 class Running:
-    def __init__(self, pki: Path, backend: str, ready_delay: float = 0.0, store_dir: Path | None = None, **over):
+    """The stand-in in this process on a free port. Its objects: a FileStore in `store_dir` (a new
+    temp dir by default), or, with `etcd=True`, wherever its flags say, as the binary opens them
+    (--etcd-servers and the --etcd-* TLS files: pass them in `over`)."""
+
+    def __init__(self, pki: Path, backend: str, ready_delay: float = 0.0, store_dir: Path | None = None,
+                 etcd: bool = False, **over):
         flags = standin.parse_flags(base_argv(pki, **over))
         assert standin.validate_flags(flags) == []
         self.pki = pki
-        self.store_dir = store_dir or Path(tempfile.mkdtemp(prefix="standin-store-"))
+        self.store_dir = None if etcd else store_dir or Path(tempfile.mkdtemp(prefix="standin-store-"))
         self.server = standin.build_server(flags, standin.load_config(flags), port=0,
                                            tls_backend="ssl" if backend == "python-ssl" else "pyopenssl",
-                                           ready_delay=ready_delay, store=standin.FileStore(str(self.store_dir)))
+                                           ready_delay=ready_delay,
+                                           store=None if etcd else standin.FileStore(str(self.store_dir)))
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()

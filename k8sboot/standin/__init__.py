@@ -4,8 +4,8 @@ No real kube-apiserver binary can be downloaded where the lab runs, so `k8sboot 
 this package on every lab host, launched by `/usr/local/bin/kube-apiserver`. It does what the
 tutorial needs a server to do (authentication, a few stored kinds, TokenRequest, RBAC) the way
 the real binary does it, and answers everything else as the real server answers what it does
-not serve. It runs no controllers, no admission chain beyond namespace existence, no watch, and
-keeps its objects in a local directory, not etcd. Exactly:
+not serve. It runs no controllers, no admission chain beyond namespace existence and no watch; it
+keeps its objects in etcd, as the real server does. Exactly:
 
 * It parses the real binary's flags (pflag rules: `--flag=value` and `--flag value`; bools as
   `--anonymous-auth` or `--anonymous-auth=false`, never consuming the next argument; repeatable
@@ -32,8 +32,15 @@ keeps its objects in a local directory, not etcd. Exactly:
   Unauthorized. Writes of RBAC objects pass RBAC's escalation check (k8sboot.rbac.escalation: a
   user grants only what they hold, unless `escalate`/`bind` or system:masters), and are
   validated as pkg/apis/rbac/validation does.
-* Stored objects (storage.py, a file store under /var/lib/kube-apiserver-standin, 0700, atomic
-  writes; `K8SBOOT_STANDIN_DATA_DIR` sets another directory): Namespaces, ServiceAccounts,
+* Stored objects in etcd (etcdstore.py: --etcd-servers, tried in order with failover, over
+  HTTPS with --etcd-cafile and the --etcd-certfile/--etcd-keyfile client pair, under
+  --etcd-prefix with upstream's keys, resourceVersion = etcd's mod_revision, every write one
+  Txn); a storage failure is the real 500 `Internal error occurred: ...` naming the server.
+  Authentication's ServiceAccount lookup and RBAC read a cache that is read again whenever
+  etcd's revision has moved (one round trip per request), and serve what was last read while
+  etcd is down, as the real server's informers do. With `K8SBOOT_STANDIN_DATA_DIR` (tests) the
+  objects go to a local file store instead (storage.py, 0700, atomic writes) and no etcd is
+  dialled. The kinds: Namespaces, ServiceAccounts,
   ClusterRoles, ClusterRoleBindings, Roles, RoleBindings, with create, get, list (label and
   metadata.name/namespace field selectors; the Table kubectl asks for), update (PUT, with
   resourceVersion conflicts), patch (merge and strategic merge patch: `kubectl apply`) and
@@ -62,7 +69,13 @@ keeps its objects in a local directory, not etcd. Exactly:
 * Every request is logged to stderr (the journal) with its identity and decision.
 * Health and graceful restarts, as the real server (k8s.io/apiserver's healthz handler and
   lifecycle signals). `/livez`, `/healthz`, `/readyz` answer `ok`; `?verbose` lists the real 1.32
-  check names (`[+]ping ok` ... `readyz check passed`; no etcd checks: there is no etcd); a failing
+  check names (`[+]ping ok`, `[+]log ok`, `[+]etcd ok`, `[+]etcd-readiness ok` (readyz only) ...
+  `readyz check passed`; no etcd checks on a file store). The etcd check reads `<prefix>/health`
+  within --etcd-healthcheck-timeout, at most once per half that time (upstream's rate limit).
+  While etcd cannot take the objects a control plane starts with, the server still starts and
+  `poststarthook/start-system-namespaces-controller` and `poststarthook/rbac/bootstrap-roles`
+  fail every health endpoint until a retry (every second) succeeds (the real server's hook gives
+  up and exits after a while; the stand-in keeps trying). A failing
   endpoint always lists them, `[-]<check> failed: reason withheld`, then `readyz check failed`, HTTP
   500 (the reasons go to the journal at --v=2). On SIGTERM or SIGINT: /readyz fails at once
   (`[-]shutdown failed`) while /livez stays ok and every request is still served for
@@ -95,7 +108,7 @@ forces a backend. A server certificate is required (the real binary would self-s
 Modules: `flags` (the command line and its validation), `tls` (the two TLS backends), `http`
 (HTTP/1.1 as Go's net/http reads it), `lifecycle` (health checks, ready delay, graceful
 termination), `api` (routing, discovery and the handlers), `resources` (the stored kinds: names,
-defaults, errors, patches, tables), `storage` (the store interface and the file store),
+defaults, errors, patches, tables), `storage` (the store interface and the file store), `etcdstore` (the store on etcd),
 `bootstrap` (what exists at start; the RBAC source over the store), `authorization` (the modes),
 `tokenrequest`, `impersonation`, `protobuf` (request bodies), `openapi`, `server` (one connection's request loop:
 admit, authenticate, impersonate, authorize, answer, log), `log`, and `main` (`kube-apiserver`'s

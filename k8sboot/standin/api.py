@@ -168,9 +168,9 @@ class Api:
         self.authorizer = ModeChain(authorization_modes, self.authorizer_source)
 
     def service_account_uid(self, namespace: str, name: str) -> str | None:
-        """authn's `service_accounts` lookup: the stored ServiceAccount's uid, or None."""
-        sa = self.store.get(SERVICE_ACCOUNTS.name, namespace, name)
-        return sa["metadata"].get("uid") if sa else None
+        """authn's `service_accounts` lookup: the stored ServiceAccount's uid, or None (read as the
+        real server reads it, from a cache kept current with the store: bootstrap.StoreSource)."""
+        return self.authorizer_source.service_account_uid(namespace, name)
 
     def handle(self, attrs: rbac.Attributes, request: Request, user: authn.UserInfo,
                result: authn.AuthResult, now: datetime) -> Answer:
@@ -286,8 +286,9 @@ class Api:
             fields = res.parse_field_selector(query.get("fieldSelector", [""])[0])
         except res.SelectorError as exc:
             return Answer(400, res.bad_request(str(exc)))
-        revision = str(self.store.revision)
-        items = [o for o in self.store.list(rt.name, namespace if rt.namespaced and namespace else None)
+        listed, at = self.store.list_with_revision(rt.name, namespace if rt.namespaced and namespace else None)
+        revision = str(at)
+        items = [o for o in listed
                  if res.labels_match(labels, o["metadata"].get("labels") or {}) and res.fields_match(fields, o)]
         if res.wants_table(request.accept):
             return Answer(200, res.table(rt, items, now, revision, _include_object(request)))

@@ -10,17 +10,22 @@
   `rbac.authorization.kubernetes.io/autoupdate: "true"` get the rules or subjects they lack added
   back (upstream's reconcile); others are left as the user made them.
 
-`StoreSource` is the rbac.Source over the store: what the authorizer reads on every request.
+`StoreSource` is the rbac.Source over the store (what the authorizer reads on every request) and
+the ServiceAccount lookup, cached as the real server's informers are.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from contextlib import contextmanager
 from datetime import datetime
 
 from k8sboot import rbac
+from k8sboot.standin.log import log, quote
 from k8sboot.standin.resources import (NAMESPACES, SERVICE_ACCOUNTS, SYSTEM_NAMESPACES, TYPES,
                                        prepare_create, prepare_update)
-from k8sboot.standin.storage import AlreadyExists, Store
+from k8sboot.standin.storage import AlreadyExists, Store, StorageIOError
 
 _BY_KIND = {t.kind: t for t in TYPES}
 
@@ -72,28 +77,86 @@ def ensure_system_objects(store: Store, now: datetime) -> list[str]:
 
 
 class StoreSource:
-    """rbac.Source over the store. ClusterRoles with an aggregationRule get the rules of the roles
-    they select (the clusterrole-aggregation controller's result), recomputed when the store has
-    changed since the last request."""
+    """rbac.Source over the store, and the ServiceAccount lookup of token authentication: what
+    the real server reads from its informers' caches on every request, kept here the same way.
 
-    def __init__(self, store: Store):
+    A list is read again only when the store's revision has moved past the one it was read at;
+    `pinned()` makes one request ask the revision once (with etcd: one round trip per request in
+    the steady state, not one per list). When the store cannot be read (etcd down), the lists
+    last read are used, as an informer serves its cache while its watch is broken; a list never
+    read is empty, as an informer that has not synced (the real server then denies, 403, all but
+    system:masters). ClusterRoles with an aggregationRule get the rules of the roles they select
+    (the clusterrole-aggregation controller's result)."""
+
+    WARN_EVERY = 10.0                  # seconds between two log lines about an unreadable store
+
+    def __init__(self, store: Store, clock=time.monotonic):
         self.store = store
-        self._cache: tuple[int, list[dict]] | None = None
+        self.clock = clock
+        self._lists: dict[tuple[str, str], tuple[int, list[dict]]] = {}
+        self._aggregated: tuple[int, list[dict]] | None = None
+        self._local = threading.local()
+        self._warned_at: float | None = None
+
+    @contextmanager
+    def pinned(self):
+        """Within it (one request, one thread), the store's revision is read at most once."""
+        self._local.pinned, self._local.revision = True, None
+        try:
+            yield self
+        finally:
+            self._local.pinned, self._local.revision = False, None
+
+    def _revision(self) -> int:
+        local = self._local
+        if getattr(local, "pinned", False):
+            if local.revision is None:
+                local.revision = self.store.revision
+            return local.revision
+        return self.store.revision
+
+    def _list(self, resource: str, namespace: str = "") -> tuple[int, list[dict]]:
+        key = (resource, namespace)
+        cached = self._lists.get(key)
+        try:
+            revision = self._revision()
+            if cached is not None and cached[0] >= revision:
+                return cached
+            items, listed_at = self.store.list_with_revision(resource, namespace or None)
+        except StorageIOError as exc:
+            self._warn(exc)
+            return cached if cached is not None else (0, [])
+        fresh = (listed_at, items)
+        self._lists[key] = fresh
+        return fresh
+
+    def _warn(self, exc: StorageIOError) -> None:
+        now = self.clock()
+        if self._warned_at is None or now - self._warned_at >= self.WARN_EVERY:
+            self._warned_at = now
+            log(f'"Cannot read the store: RBAC and ServiceAccount lookups answer from what was last read" '
+                f'err={quote(str(exc))}', level="W")
 
     def cluster_roles(self) -> list[dict]:
-        revision = self.store.revision
-        cached = self._cache
-        if cached is None or cached[0] != revision:
-            cached = (revision, rbac.aggregate_cluster_roles(self.store.list("clusterroles")))
-            self._cache = cached
-        return list(cached[1])
+        revision, roles = self._list("clusterroles")
+        aggregated = self._aggregated
+        if aggregated is None or aggregated[0] != revision:
+            aggregated = (revision, rbac.aggregate_cluster_roles(roles))
+            self._aggregated = aggregated
+        return list(aggregated[1])
 
     def cluster_role_bindings(self) -> list[dict]:
-        return self.store.list("clusterrolebindings")
+        return list(self._list("clusterrolebindings")[1])
 
     def roles(self, namespace: str) -> list[dict]:
-        return self.store.list("roles", namespace)
+        return list(self._list("roles", namespace)[1])
 
     def role_bindings(self, namespace: str) -> list[dict]:
-        return self.store.list("rolebindings", namespace)
+        return list(self._list("rolebindings", namespace)[1])
 
+    def service_account_uid(self, namespace: str, name: str) -> str | None:
+        """The uid of ServiceAccount namespace/name as last read, or None."""
+        for sa in self._list(SERVICE_ACCOUNTS.name, namespace)[1]:
+            if sa["metadata"].get("name") == name:
+                return sa["metadata"].get("uid")
+        return None

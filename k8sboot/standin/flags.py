@@ -29,8 +29,8 @@ FLAG_TYPES: dict[str, str] = {
     "delete-collection-workers": INT, "enable-garbage-collector": BOOL, "encryption-provider-config": STRING,
     "encryption-provider-config-automatic-reload": BOOL, "etcd-cafile": STRING, "etcd-certfile": STRING,
     "etcd-compaction-interval": STRING, "etcd-count-metric-poll-period": STRING,
-    "etcd-db-metric-poll-interval": STRING, "etcd-healthcheck-timeout": STRING, "etcd-keyfile": STRING,
-    "etcd-prefix": STRING, "etcd-readycheck-timeout": STRING, "etcd-servers": SLICE,
+    "etcd-db-metric-poll-interval": STRING, "etcd-healthcheck-timeout": DURATION, "etcd-keyfile": STRING,
+    "etcd-prefix": STRING, "etcd-readycheck-timeout": DURATION, "etcd-servers": SLICE,
     "etcd-servers-overrides": SLICE, "lease-reuse-duration-seconds": INT, "storage-backend": STRING,
     "storage-media-type": STRING, "watch-cache": BOOL, "watch-cache-sizes": SLICE,
     # secure serving
@@ -165,6 +165,11 @@ class Flags:
     def service_account_max_token_expiration(self) -> float:
         """--service-account-max-token-expiration in seconds (0: no cap, the default)."""
         return self.get("service-account-max-token-expiration", 0.0)
+
+    @property
+    def etcd_healthcheck_timeout(self) -> float:
+        """--etcd-healthcheck-timeout in seconds (default 2s): the etcd check's deadline."""
+        return self.get("etcd-healthcheck-timeout", 2.0) or 2.0
 
     @property
     def request_timeout(self) -> float:

@@ -15,9 +15,10 @@ from k8sboot.standin.log import log, quote
 if TYPE_CHECKING:
     from k8sboot.standin.server import StandinServer
 
-# The real 1.32 server's checks, in its order (`kubectl get --raw '/readyz?verbose'`), without
-# `etcd` and `etcd-readiness`: the stand-in has no etcd, so it claims no etcd check. /livez and
-# /healthz list the same checks minus the readiness-only ones (informer-sync, shutdown).
+# The real 1.32 server's checks, in its order (`kubectl get --raw '/readyz?verbose'`). /livez and
+# /healthz list the same checks minus the readiness-only ones (etcd-readiness, informer-sync,
+# shutdown). `etcd` and `etcd-readiness` are there only when the objects are in etcd
+# (--etcd-servers); a stand-in on a local file store (K8SBOOT_STANDIN_DATA_DIR) claims no etcd check.
 
 _HOOKS_AND_AUTOREGISTER = (
     *(f"poststarthook/{h}" for h in (
@@ -40,6 +41,14 @@ HEALTH_CHECKS = {
     "healthz": ("ping", "log", *_HOOKS_AND_AUTOREGISTER),
     "readyz": ("ping", "log", "informer-sync", *_HOOKS_AND_AUTOREGISTER, "shutdown"),
 }
+ETCD_HEALTH_CHECKS = {
+    "livez": ("ping", "log", "etcd", *_HOOKS_AND_AUTOREGISTER),
+    "healthz": ("ping", "log", "etcd", *_HOOKS_AND_AUTOREGISTER),
+    "readyz": ("ping", "log", "etcd", "etcd-readiness", "informer-sync", *_HOOKS_AND_AUTOREGISTER, "shutdown"),
+}
+# The post-start hooks that write the objects a new control plane has (bootstrap.py): they wait
+# for the store, and fail /livez, /readyz and /healthz until they are done.
+BOOTSTRAP_HOOKS = ("poststarthook/start-system-namespaces-controller", "poststarthook/rbac/bootstrap-roles")
 # What a real server is still doing in its first seconds after a restart (the hooks that wait for
 # caches and the bootstrap policy): /readyz names them until K8SBOOT_STANDIN_READY_DELAY has passed.
 STARTING_HOOKS = ("poststarthook/start-apiextensions-controllers", "poststarthook/crd-informer-synced",
@@ -59,13 +68,15 @@ def health_endpoint(path: str) -> tuple[str, str | None] | None:
     return name, (check or None)
 
 
-def health_answer(endpoint: str, failing: dict, query: str = "", check: str | None = None) -> tuple[int, str]:
+def health_answer(endpoint: str, failing: dict, query: str = "", check: str | None = None,
+                  checks: tuple[str, ...] | None = None) -> tuple[int, str]:
     """The real healthz handler's answer (k8s.io/apiserver/pkg/server/healthz) for `endpoint`
     given the failing checks ({name: reason}): `ok`; with `?verbose` one `[+]name ok` line per
     check and `<endpoint> check passed`; on failure always the lines, `[-]name failed: reason
     withheld` (the reason goes to the log only: the endpoint is public), `<endpoint> check
-    failed` and HTTP 500. `?exclude=name` skips a check. `/<endpoint>/<check>` answers for one."""
-    checks = HEALTH_CHECKS[endpoint]
+    failed` and HTTP 500. `?exclude=name` skips a check. `/<endpoint>/<check>` answers for one.
+    `checks`: the endpoint's checks (default: HEALTH_CHECKS, a server without etcd)."""
+    checks = checks if checks is not None else HEALTH_CHECKS[endpoint]
     if check is not None:
         if check not in checks:
             return 404, "404 page not found\n"
@@ -127,8 +138,11 @@ class Lifecycle:
     InFlightRequestsDrained (bounded by --request-timeout) and the process exits."""
 
     def __init__(self, shutdown_delay: float = 0.0, send_retry_after: bool = False,
-                 request_timeout: float = 60.0, ready_delay: float = 0.0, clock=time.monotonic):
+                 request_timeout: float = 60.0, ready_delay: float = 0.0, clock=time.monotonic,
+                 storage_health: "StorageHealth | None" = None):
         self.shutdown_delay = shutdown_delay
+        self.storage_health = storage_health
+        self.bootstrap_pending: str | None = None     # why the bootstrap hooks have not finished
         self.send_retry_after = send_retry_after
         self.request_timeout = request_timeout
         self.ready_delay = ready_delay
@@ -144,11 +158,26 @@ class Lifecycle:
         """The port is open: the ready delay starts now."""
         self.ready_at = self.clock() + self.ready_delay
 
+    def checks(self, endpoint: str) -> tuple[str, ...]:
+        """The checks `endpoint` lists, in the real server's order."""
+        return (ETCD_HEALTH_CHECKS if self.storage_health is not None else HEALTH_CHECKS)[endpoint]
+
     def failing(self, endpoint: str) -> dict:
-        """{check: reason} of the checks `endpoint` fails now (/livez and /healthz: none)."""
-        if endpoint != "readyz":
-            return {}
+        """{check: reason} of the checks `endpoint` fails now: etcd (every endpoint), the bootstrap
+        hooks while the store has not taken the start-up objects (every endpoint), the ready delay
+        and shutdown (/readyz only)."""
         out = {}
+        if self.storage_health is not None:
+            ok, reason = self.storage_health.check()
+            if not ok:
+                out["etcd"] = reason
+                if endpoint == "readyz":
+                    out["etcd-readiness"] = reason
+        pending = self.bootstrap_pending
+        if pending is not None:
+            out.update((hook, pending) for hook in BOOTSTRAP_HOOKS)
+        if endpoint != "readyz":
+            return out
         if self.ready_at is None or self.clock() < self.ready_at:
             out.update((hook, "not finished") for hook in STARTING_HOOKS)
         if self.shutdown_initiated.is_set():
@@ -186,6 +215,29 @@ class Lifecycle:
         """True once no admitted request is in flight; False when `timeout` passed first."""
         with self._lock:
             return self._lock.wait_for(lambda: self._in_flight == 0, timeout)
+
+
+class StorageHealth:
+    """kube-apiserver's `etcd` check over a store's health(): rate-limited as upstream's
+    (storagebackend/factory/etcd3.go newETCD3Check: at most one probe per half the health-check
+    timeout, a caller in between gets the last result), so health probes from a load balancer
+    never become a load on etcd."""
+
+    def __init__(self, probe, interval: float, clock=time.monotonic):
+        self.probe = probe                   # () -> (ok, reason)
+        self.interval = interval
+        self.clock = clock
+        self._last: tuple[float, tuple[bool, str]] | None = None
+        self._lock = threading.Lock()
+
+    def check(self) -> tuple[bool, str]:
+        with self._lock:
+            last = self._last
+            if last is not None and self.clock() - last[0] < self.interval:
+                return last[1]
+            result = self.probe()
+            self._last = (self.clock(), result)
+            return result
 
 
 def _graceful_termination(server: "StandinServer") -> None:

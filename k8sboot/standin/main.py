@@ -24,8 +24,8 @@ The Kubernetes API server validates and configures data for the api objects. THI
 not Kubernetes: for the k8sboot lab it implements kube-apiserver's flags, Stage-1 authentication
 (x509 client certificates, ServiceAccount tokens checked against stored ServiceAccounts,
 anonymous), impersonation, RBAC with the bootstrap policy, and stores Namespaces,
-ServiceAccounts, ClusterRoles, ClusterRoleBindings, Roles and RoleBindings in a local directory
-(not etcd); TokenRequest, self-subject reviews, discovery, health. It runs no controllers and
+ServiceAccounts, ClusterRoles, ClusterRoleBindings, Roles and RoleBindings in etcd, as the real
+server keys them; TokenRequest, self-subject reviews, discovery, health. It runs no controllers and
 serves no watch. Anything else is answered 404/405 as the real server answers what it does not
 serve, naming the stand-in.
 
@@ -40,17 +40,24 @@ Flags used by the stand-in (every kube-apiserver 1.32 flag is accepted):
       --service-account-issuer stringArray, --service-account-key-file stringArray,
       --service-account-signing-key-file string, --api-audiences strings,
       --service-account-max-token-expiration duration
-      --etcd-servers strings (required, never dialled)
+      --etcd-servers strings (required), --etcd-cafile, --etcd-certfile, --etcd-keyfile string,
+      --etcd-prefix string (default "/registry"), --etcd-healthcheck-timeout duration (default 2s)
       --shutdown-delay-duration duration (default 0s), --shutdown-send-retry-after,
       --request-timeout duration (default 1m0s: also bounds the drain at shutdown)
       --version version[=true]
 
 Environment:
-  K8SBOOT_STANDIN_DATA_DIR=<dir>  where objects are stored (default /var/lib/kube-apiserver-standin,
-                                  created 0700)
+  K8SBOOT_STANDIN_DATA_DIR=<dir>  keep objects in this local directory (created 0700) instead of
+                                  etcd (tests); no etcd is dialled and /readyz has no etcd check
   K8SBOOT_STANDIN_READY_DELAY=<seconds>  (k8sboot lab) keeps /readyz failing that long after the
                                   port opens
 """
+
+
+def _store_name(server) -> str:
+    store = server.api.store
+    servers = getattr(store, "servers", None)
+    return "etcd " + ",".join(servers) if servers else f"files {getattr(store, 'directory', '?')}"
 
 
 def _fail(message: str) -> int:
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         f'anonymousAuth={str(flags.anonymous_auth).lower()} issuers={json.dumps(flags.service_account_issuers)} '
         f'audiences={json.dumps(list(config.audiences))} saKeys={len(config.service_account_keys)} '
         f'shutdownDelayDuration="{format_seconds(flags.shutdown_delay)}" '
-        f'shutdownSendRetryAfter={str(flags.shutdown_send_retry_after).lower()}')
+        f'shutdownSendRetryAfter={str(flags.shutdown_send_retry_after).lower()} store={quote(_store_name(server))}')
     if ready_delay:
         log(f'"Ready delay (k8sboot lab): /readyz fails until it has passed" '
             f'{READY_DELAY_ENV}={quote(os.environ[READY_DELAY_ENV])} delay="{format_seconds(ready_delay)}" '

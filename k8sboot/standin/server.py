@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import socketserver
 import ssl
@@ -22,10 +23,10 @@ from k8sboot.standin.authorization import DEFAULT as DEFAULT_MODES
 from k8sboot.standin.bootstrap import ensure_system_objects
 from k8sboot.standin.flags import Flags
 from k8sboot.standin.http import BadRequest, BodyTooLarge, HTTPHandler, read_chunked_body
-from k8sboot.standin.lifecycle import (HEALTH_CHECKS, RETRY_AFTER_MESSAGE, Lifecycle, health_answer,
-                                       health_endpoint)
+from k8sboot.standin.lifecycle import (BOOTSTRAP_HOOKS, RETRY_AFTER_MESSAGE, Lifecycle, StorageHealth,
+                                       health_answer, health_endpoint)
 from k8sboot.standin.log import log, new_audit_id, quote
-from k8sboot.standin.storage import StorageError, Store, open_store
+from k8sboot.standin.storage import DIR_ENV, StorageError, Store, open_store
 from k8sboot.standin.tokenrequest import load_signer
 from k8sboot.standin.tls import TLSBackend, _Reader, _Writer, make_tls
 
@@ -177,7 +178,8 @@ class StandinHandler(HTTPHandler):
             self._refuse(refused)
             return
         try:
-            self._serve_admitted()
+            with self.server.api.authorizer_source.pinned():
+                self._serve_admitted()
         finally:
             lifecycle.done(path, agent)
 
@@ -274,40 +276,97 @@ class StandinHandler(HTTPHandler):
         if target is None:
             return None
         endpoint, check = target
-        failing = self.server.lifecycle.failing(endpoint)
-        code, text = health_answer(endpoint, failing, urlsplit(self.path).query, check)
+        lifecycle = self.server.lifecycle
+        failing = lifecycle.failing(endpoint)
+        checks = lifecycle.checks(endpoint)
+        code, text = health_answer(endpoint, failing, urlsplit(self.path).query, check, checks)
         if code == 500 and check is None and self.server.verbosity >= 2:
             # the real server's V(2) line, which carries the reasons the public body withholds
-            log(f"{','.join(n for n in HEALTH_CHECKS[endpoint] if n in failing)} check failed: {endpoint} "
-                + " ".join(f"[-]{n} failed: {failing[n]}" for n in HEALTH_CHECKS[endpoint] if n in failing))
+            log(f"{','.join(n for n in checks if n in failing)} check failed: {endpoint} "
+                + " ".join(f"[-]{n} failed: {failing[n]}" for n in checks if n in failing))
         return code, text
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
 
 
 
+def open_configured_store(flags: Flags) -> Store:
+    """Where the objects live: etcd from --etcd-servers, --etcd-cafile, --etcd-certfile,
+    --etcd-keyfile and --etcd-prefix, as the real server; or, when K8SBOOT_STANDIN_DATA_DIR is set
+    (tests, a second stand-in on a workstation), a local file store, and then no etcd is dialled."""
+    directory = os.environ.get(DIR_ENV)
+    try:
+        if directory:
+            log(f'"Objects in a local directory, not etcd: --etcd-servers is not used" {DIR_ENV}={quote(directory)}',
+                level="W")
+            return open_store(directory)
+        from k8sboot.standin.etcdstore import DEFAULT_PREFIX, EtcdStore    # http.client: only when used
+
+        return EtcdStore(flags.get("etcd-servers") or [], flags.get("etcd-cafile"), flags.get("etcd-certfile"),
+                         flags.get("etcd-keyfile"), prefix=flags.get("etcd-prefix") or DEFAULT_PREFIX,
+                         health_timeout=flags.etcd_healthcheck_timeout)
+    except StorageError as exc:
+        raise StartupError(f"opening the stand-in's object store: {exc}") from exc
+
+
 def build_server(flags: Flags, config: authn.AuthenticatorConfig, port: int | None = None,
                  tls_backend: str | None = None, clock=None, ready_delay: float = 0.0,
                  store: Store | None = None) -> StandinServer:
     """The server, listening (its ready delay starts now); serve_forever serves it. `store`: the
-    objects (default: storage.open_store(), the file store), made complete at start
-    (bootstrap.ensure_system_objects: system namespaces, default ServiceAccounts, RBAC policy)."""
+    objects (default: open_configured_store, etcd from the flags). The objects a new control plane
+    has are made at start (bootstrap.ensure_system_objects: system namespaces, default
+    ServiceAccounts, RBAC policy); while the store cannot take them (etcd down), the server
+    starts anyway with the bootstrap hooks failing its health checks, and keeps trying
+    (start_bootstrap)."""
     clock = clock or (lambda: datetime.now(timezone.utc))
-    try:
-        store = store if store is not None else open_store()
-        made = ensure_system_objects(store, clock())
-    except StorageError as exc:
-        raise StartupError(f"opening the stand-in's object store: {exc}") from exc
-    if made:
-        log(f'"Created at start, as a new control plane has them" count={len(made)} objects={json.dumps(made)}')
+    store = store if store is not None else open_configured_store(flags)
+    health = getattr(store, "health", None)
+    storage_health = StorageHealth(health, flags.etcd_healthcheck_timeout / 2) if health is not None else None
     api = Api(store, load_token_settings(flags, config),
               authorization_modes=tuple(flags.get("authorization-mode") or DEFAULT_MODES))
     tls = make_tls(flags.get("tls-cert-file"), flags.get("tls-private-key-file"), flags.get("client-ca-file"),
                    tls_backend)
     address = (flags.bind_address, flags.secure_port if port is None else port)
     lifecycle = Lifecycle(shutdown_delay=flags.shutdown_delay, send_retry_after=flags.shutdown_send_retry_after,
-                          request_timeout=flags.request_timeout, ready_delay=ready_delay)
+                          request_timeout=flags.request_timeout, ready_delay=ready_delay,
+                          storage_health=storage_health)
+    if not _bootstrap_once(store, clock, lifecycle):
+        _start_bootstrap_retries(store, clock, lifecycle)
     return StandinServer(address, tls, config, api, clock=clock, verbosity=flags.verbosity, lifecycle=lifecycle)
+
+
+BOOTSTRAP_RETRY = 1.0            # seconds between two tries of the bootstrap hooks while the store is down
+
+
+def _bootstrap_once(store: Store, clock, lifecycle: Lifecycle, quiet: bool = False) -> bool:
+    """The bootstrap hooks' work; True when done (then they pass the health checks)."""
+    try:
+        made = ensure_system_objects(store, clock())
+    except StorageError as exc:
+        if lifecycle.bootstrap_pending is None or not quiet:
+            log(f'"Post-start hooks cannot write the start-up objects yet; retrying" '
+                f'hooks={json.dumps(list(BOOTSTRAP_HOOKS))} err={quote(str(exc))}', level="W")
+        lifecycle.bootstrap_pending = "not finished"
+        return False
+    if made:
+        log(f'"Created at start, as a new control plane has them" count={len(made)} objects={json.dumps(made)}')
+    if lifecycle.bootstrap_pending is not None:
+        log(f'"Post-start hooks finished" hooks={json.dumps(list(BOOTSTRAP_HOOKS))}')
+    lifecycle.bootstrap_pending = None
+    return True
+
+
+def _start_bootstrap_retries(store: Store, clock, lifecycle: Lifecycle) -> threading.Thread:
+    def retry():
+        tries = 0
+        while not lifecycle.shutdown_initiated.wait(BOOTSTRAP_RETRY):
+            tries += 1
+            if _bootstrap_once(store, clock, lifecycle, quiet=tries % 10 != 0):
+                return
+
+    thread = threading.Thread(target=retry, name="bootstrap-hooks", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_token_settings(flags: Flags, config: authn.AuthenticatorConfig) -> TokenSettings:

@@ -2,8 +2,10 @@
 
 The interface is what an API server asks of etcd, no more: get / list / create / update / delete
 an object by (resource, namespace, name), each write stamping the next resourceVersion of one
-counter for the whole store, each write atomic. The next step puts a real etcd behind the same
-five calls, so nothing above this module knows where objects live.
+counter for the whole store, each write atomic. etcdstore.EtcdStore is the same interface on a
+real etcd (what the stand-in uses, from its --etcd-* flags); nothing above these modules knows
+where objects live. The file store serves tests and a stand-in started with
+K8SBOOT_STANDIN_DATA_DIR (which then claims no etcd check).
 
 `FileStore(directory)`: objects as JSON files, `<dir>/<resource>/<namespace or "_cluster">/<name>.json`
 (the name percent-encoded), and the counter in `<dir>/revision`. The directory is created
@@ -52,6 +54,7 @@ class Store(Protocol):
 
     def get(self, resource: str, namespace: str, name: str) -> dict | None: ...
     def list(self, resource: str, namespace: str | None = None) -> list[dict]: ...
+    def list_with_revision(self, resource: str, namespace: str | None = None) -> tuple[list[dict], int]: ...
     def create(self, resource: str, namespace: str, name: str, obj: dict) -> dict: ...
     def update(self, resource: str, namespace: str, name: str, obj: dict,
                resource_version: str | None = None) -> dict: ...
@@ -88,10 +91,14 @@ class FileStore:
     def list(self, resource: str, namespace: str | None = None) -> list[dict]:
         """Objects of `resource` (in `namespace`; None: every namespace) in etcd's key order:
         namespace, then name."""
+        return self.list_with_revision(resource, namespace)[0]
+
+    def list_with_revision(self, resource: str, namespace: str | None = None) -> tuple[list[dict], int]:
+        """(the objects, the revision they were read at: the list's resourceVersion)."""
         with self._lock:
             keys = sorted(k for k in self._objects
                           if k[0] == resource and (namespace is None or k[1] == namespace))
-            return [copy.deepcopy(self._objects[k]) for k in keys]
+            return [copy.deepcopy(self._objects[k]) for k in keys], self._revision
 
     # --- writes ---------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/etcd_help
 
 import etcd_helpers  # noqa: E402
 from etcd_helpers import EtcdProcess, EtcdUnavailable, free_port, issue_etcd_pki  # noqa: E402
-from standin_helpers import base_argv, make_pki  # noqa: E402
+from standin_helpers import Running, base_argv, make_pki  # noqa: E402
 
 from k8sboot import standin  # noqa: E402
 from k8sboot.standin import etcdstore, resources as res  # noqa: E402
@@ -448,43 +448,168 @@ def test_etcdstore_runs_under_debians_python(etcd):
     assert etcd.get_json("/registry/namespaces/debian")["kvs"][0]["mod_revision"] == rv(made)
 
 
-# --- the stand-in's API over it (handed the store as a test may; start-up still opens FileStore) -------
+# --- the stand-in on it, opened from its --etcd-* flags as the binary opens it -------------------------
 
 
-def test_the_stand_in_serves_its_objects_from_etcd_and_answers_500_when_etcd_is_down(own_etcd, tmp_path):
+@pytest.fixture
+def standin_pki(tmp_path):
     pki = tmp_path / "standin-pki"
     pki.mkdir()
     make_pki(pki)
-    flags = standin.parse_flags(base_argv(pki))
-    server = standin.build_server(flags, standin.load_config(flags), port=0, tls_backend="ssl",
-                                  store=store_on(own_etcd))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        def call(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-            ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-            ctx.load_cert_chain(pki / "admin.pem", pki / "admin-key.pem")
-            conn = http.client.HTTPSConnection("127.0.0.1", server.server_address[1], context=ctx, timeout=10)
-            conn.request(method, path, body=json.dumps(body).encode() if body else None,
-                         headers={"Content-Type": "application/json"})
-            r = conn.getresponse()
-            out = r.status, json.loads(r.read())
-            conn.close()
-            return out
+    return pki
 
-        code, made = call("POST", "/api/v1/namespaces", {"metadata": {"name": "demo"}})
+
+def on_etcd(member: EtcdProcess, pki: Path, ca: str | None = None, **over) -> Running:
+    """The stand-in with --etcd-servers, --etcd-cafile, --etcd-certfile and --etcd-keyfile naming
+    `member` and the client pair etcd trusts (`ca`: another --etcd-cafile)."""
+    return Running(pki, "python-ssl", etcd=True, **{
+        "etcd-servers": member.url, "etcd-cafile": ca or member.pki.ca, "etcd-certfile": member.pki.client,
+        "etcd-keyfile": member.pki.client_key, **over})
+
+
+def health(server: Running, endpoint: str) -> tuple[int, list[str]]:
+    code, body = server.request("GET", f"/{endpoint}?verbose", cert="admin")
+    return code, body.splitlines()
+
+
+def wait_for(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.fixture(autouse=True)
+def no_file_store(monkeypatch):
+    monkeypatch.delenv(standin.storage.DIR_ENV, raising=False)
+
+
+def test_the_stand_in_keeps_its_objects_in_the_etcd_its_flags_name(own_etcd, standin_pki):
+    server = on_etcd(own_etcd, standin_pki)
+    try:
+        code, made = server.request("POST", "/api/v1/namespaces", cert="admin", body=b'{"metadata":{"name":"demo"}}')
         assert code == 201
         [kv] = own_etcd.get_json("/registry/namespaces/demo")["kvs"]
         assert made["metadata"]["resourceVersion"] == str(kv["mod_revision"])
-        assert own_etcd.get_json("/registry/serviceaccounts/demo/default")["kvs"]      # the controller's
-        code, listed = call("GET", "/api/v1/namespaces")
+        assert json.loads(kv["value"])["metadata"]["uid"] == made["metadata"]["uid"]
+        assert own_etcd.get_json("/registry/serviceaccounts/demo/default")["kvs"]       # the controller's
+        assert own_etcd.get_json("/registry/clusterroles/cluster-admin")["kvs"]        # the bootstrap policy
+        code, listed = server.request("GET", "/api/v1/namespaces", cert="admin")
         assert code == 200 and "demo" in [i["metadata"]["name"] for i in listed["items"]]
         assert int(listed["metadata"]["resourceVersion"]) > int(made["metadata"]["resourceVersion"])
-        assert own_etcd.get_json("/registry/clusterroles/cluster-admin")["kvs"]       # the bootstrap policy
+        # the checks the real 1.32 server lists with etcd, in its order
+        code, lines = health(server, "readyz")
+        assert code == 200 and lines[:5] == ["[+]ping ok", "[+]log ok", "[+]etcd ok", "[+]etcd-readiness ok",
+                                             "[+]informer-sync ok"] and lines[-1] == "readyz check passed"
+        code, lines = health(server, "livez")
+        assert code == 200 and lines[:3] == ["[+]ping ok", "[+]log ok", "[+]etcd ok"]
+        assert "[+]etcd-readiness ok" not in lines
+    finally:
+        server.stop()
+
+
+def test_with_etcd_down_the_stand_in_is_unready_naming_etcd_and_answers_500_yet_authenticates_from_its_cache(
+        own_etcd, standin_pki):
+    server = on_etcd(own_etcd, standin_pki, v="2")
+    try:
+        server.service_account("demo", "bot")
+        code, tok = server.request("POST", "/api/v1/namespaces/demo/serviceaccounts/bot/token", cert="admin",
+                                   body=b'{"spec":{"expirationSeconds":600}}')
+        assert code == 201
+        token = tok["status"]["token"]
+        assert server.whoami(bearer=token)[0] == 201
         own_etcd.stop()
-        code, status = call("GET", "/api/v1/namespaces/demo")
+        assert wait_for(lambda: health(server, "readyz")[0] == 500)
+        code, lines = health(server, "readyz")
+        assert "[-]etcd failed: reason withheld" in lines and "[-]etcd-readiness failed: reason withheld" in lines
+        assert lines[-1] == "readyz check failed" and "[+]ping ok" in lines
+        code, lines = health(server, "livez")
+        assert code == 500 and "[-]etcd failed: reason withheld" in lines
+        code, status = server.request("GET", "/api/v1/namespaces/demo", cert="admin")
         assert code == 500 and status["reason"] == "InternalError"
         assert status["message"].startswith(f"Internal error occurred: etcd {own_etcd.url}: dial tcp ")
+        # as the real server's informers: the ServiceAccount last read still backs its token
+        code, review = server.whoami(bearer=token)
+        assert code == 201 and review["status"]["userInfo"]["username"] == "system:serviceaccount:demo:bot"
+        own_etcd.start()
+        assert wait_for(lambda: health(server, "readyz")[0] == 200)
+        assert server.request("GET", "/api/v1/namespaces/demo", cert="admin")[0] == 200
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
+
+
+def test_a_stand_in_started_before_etcd_serves_unready_then_bootstraps_when_etcd_comes(own_etcd, standin_pki,
+                                                                                       capfd):
+    own_etcd.stop()
+    server = on_etcd(own_etcd, standin_pki)
+    try:
+        code, lines = health(server, "readyz")
+        assert code == 500
+        for check in ("etcd", "poststarthook/start-system-namespaces-controller", "poststarthook/rbac/bootstrap-roles"):
+            assert f"[-]{check} failed: reason withheld" in lines
+        assert "retrying" in capfd.readouterr().err
+        own_etcd.start()
+        assert wait_for(lambda: health(server, "readyz")[0] == 200)
+        assert own_etcd.get_json("/registry/namespaces/kube-system")["kvs"]
+        assert own_etcd.get_json("/registry/clusterrolebindings/cluster-admin")["kvs"]
+        assert "Post-start hooks finished" in capfd.readouterr().err
+    finally:
+        server.stop()
+
+
+def test_a_wrong_etcd_cafile_makes_the_stand_in_unready_and_its_log_says_why(own_etcd, standin_pki, capfd):
+    server = on_etcd(own_etcd, standin_pki, ca=own_etcd.pki.other_ca, v="2")
+    try:
+        code, lines = health(server, "readyz")
+        assert code == 500 and "[-]etcd failed: reason withheld" in lines
+        err = capfd.readouterr().err
+        assert re.search(r"\[-\]etcd failed: error getting data from etcd: https://127\.0\.0\.1:\d+: .*certificate",
+                         err), err[-3000:]
+        assert not own_etcd.get_json("/registry/namespaces/default").get("kvs")      # nothing was written
+    finally:
+        server.stop()
+
+
+def test_rbac_written_through_one_stand_in_binds_at_once_on_another_sharing_its_etcd(own_etcd, standin_pki):
+    """Two API servers, one etcd (a control plane of two controllers): each answers from its
+    cache, read again whenever etcd's revision has moved, so a grant or a revocation made on
+    one holds on the other for the very next request."""
+    one, two = on_etcd(own_etcd, standin_pki), on_etcd(own_etcd, standin_pki)
+    try:
+        one.service_account("demo", "bot")
+        code, tok = one.request("POST", "/api/v1/namespaces/demo/serviceaccounts/bot/token", cert="admin",
+                                body=b'{"spec":{}}')
+        token = tok["status"]["token"]
+        assert two.request("GET", "/api/v1/namespaces/demo/serviceaccounts", bearer=token)[0] == 403
+        binding = {"metadata": {"name": "bot-view"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                   "kind": "ClusterRole", "name": "view"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "bot", "namespace": "demo"}]}
+        code, _ = one.request("POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/demo/rolebindings",
+                              cert="admin", body=json.dumps(binding).encode())
+        assert code == 201
+        assert two.request("GET", "/api/v1/namespaces/demo/serviceaccounts", bearer=token)[0] == 200
+        assert one.request("DELETE", "/apis/rbac.authorization.k8s.io/v1/namespaces/demo/rolebindings/bot-view",
+                           cert="admin")[0] == 200
+        assert two.request("GET", "/api/v1/namespaces/demo/serviceaccounts", bearer=token)[0] == 403
+        # deleting the ServiceAccount through one: its token is 401 on the other at once
+        assert one.request("DELETE", "/api/v1/namespaces/demo/serviceaccounts/bot", cert="admin")[0] == 200
+        assert two.whoami(bearer=token)[0] == 401
+    finally:
+        one.stop()
+        two.stop()
+
+
+def test_objects_survive_a_restart_of_both_the_stand_in_and_etcd(own_etcd, standin_pki):
+    server = on_etcd(own_etcd, standin_pki)
+    uid = server.service_account("demo", "bot")
+    server.stop()
+    own_etcd.stop()
+    own_etcd.start()
+    again = on_etcd(own_etcd, standin_pki)
+    try:
+        code, sa = again.request("GET", "/api/v1/namespaces/demo/serviceaccounts/bot", cert="admin")
+        assert code == 200 and sa["metadata"]["uid"] == uid
+    finally:
+        again.stop()
