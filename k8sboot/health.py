@@ -94,7 +94,9 @@ def _detail(answer) -> str:
         return answer.error or "no answer"
     failing = [ln.strip() for ln in (answer.body or "").splitlines() if ln.strip().startswith("[-]")]
     if failing:
-        return f"HTTP {answer.status}: " + "; ".join(failing[:3])
+        etcd = any(ln.startswith(("[-]etcd failed", "[-]etcd-readiness failed")) for ln in failing)
+        return f"HTTP {answer.status}: " + "; ".join(failing[:3]) + (
+            " (the API server cannot read etcd: its --etcd-* flags, or the members: k8sboot verify)" if etcd else "")
     first = (answer.body or "").strip().splitlines()[:1]
     return f"HTTP {answer.status}" + (f": {first[0][:200]}" if first else "")
 

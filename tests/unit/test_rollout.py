@@ -114,3 +114,19 @@ def test_the_gate_gives_up_at_once_on_an_answer_waiting_cannot_change():
     assert not ready.ready and ready.seconds < 5 and "IP address mismatch" in ready.detail
     forbidden = ProbeAnswer(403, '{"kind":"Status","reason":"Forbidden"}')
     assert not health.wait_ready(host("c0", "10.0.0.10"), lambda h: forbidden, 120, sleep=lambda s: None).ready
+
+
+def test_the_gate_says_the_api_server_cannot_read_etcd_when_its_etcd_check_fails():
+    """A wrong --etcd-cafile or an etcd that is down: /readyz fails `etcd` (reasons withheld, as
+    the real healthz handler writes it); the gate's reason must point at etcd, not at the host."""
+    from k8sboot import health
+    from k8sboot.probe import ProbeAnswer
+
+    body = ("[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\n[-]etcd-readiness failed: reason withheld\n"
+            "[+]informer-sync ok\n[+]shutdown ok\nreadyz check failed\n")
+    clock = iter(range(1000))
+    ready = health.wait_ready(host("c0", "10.0.0.10"), lambda h: ProbeAnswer(500, body), 5,
+                              clock=lambda: next(clock), sleep=lambda s: None)
+    assert not ready.ready and ready.status == 500
+    assert ready.detail.startswith("HTTP 500: [-]etcd failed: reason withheld; [-]etcd-readiness failed")
+    assert "cannot read etcd" in ready.detail
