@@ -13,6 +13,7 @@ One host failing never stops the others. Progress goes to a callback (the CLI dr
 
 from __future__ import annotations
 
+import shlex
 import signal
 import threading
 import time
@@ -57,6 +58,8 @@ ROLLED_BACK = "rolled back"
 ERROR = "error"
 DRY_RUN = "dry run"
 STAGED = "staged"               # between the phases only: staged, waiting for its wave
+PLANNED = "planned"             # between the phases only: planned, waiting for every host's plan
+REFUSED = "refused"             # a check before the first change on any host said no: nothing changed
 NOT_REACHED = "not reached"     # the roll stopped before this host: old files, old process
 
 
@@ -99,6 +102,8 @@ class DeployReport:
     warning: str | None = None       # said before acting: the change takes the whole API down
     notes: list[str] = field(default_factory=list)      # e.g. a load balancer that could not be asked
     stopped_by: str | None = None    # the host whose failure stopped the roll
+    checks: dict = field(default_factory=dict)       # what was checked before any change (e.g. "etcd")
+    refusal: "Refusal | None" = None  # why no host was changed (each host with changes is REFUSED)
 
     def by_outcome(self) -> dict[str, list[str]]:
         """new / old / rolled back / failed: which hosts run which set after the deploy."""
@@ -106,7 +111,7 @@ class DeployReport:
         for r in self.results:
             if r.outcome in (DEPLOYED, UNCHANGED):
                 out["new"].append(r.host)
-            elif r.outcome in (NOT_REACHED, DRY_RUN):
+            elif r.outcome in (NOT_REACHED, DRY_RUN, REFUSED):
                 out["old"].append(r.host)
             elif r.outcome == ROLLED_BACK:
                 out["rolled back"].append(r.host)
@@ -128,6 +133,8 @@ class DeployReport:
         failed = [r for r in self.results if not r.ok]
         if not failed:
             return ExitCode.OK
+        if self.refusal is not None:
+            return ExitCode(self.refusal.code)      # nothing was changed anywhere: the refusal's own code
         codes = {r.code for r in failed}
         if len(codes) == 1 and all(r.outcome == ERROR for r in failed):
             code = codes.pop()
@@ -312,6 +319,15 @@ class Job:
     before_plan: Callable[["HostRun", DeployOptions, Progress], str | None] | None = None
     # Before a wave takes serving hosts down: why it must not (the roll stops there), or None.
     before_wave: Callable[[Sequence[str]], str | None] | None = None
+    # After every host's plan, before the first change on any (also in --dry-run, where it only
+    # reports): (runs, the runs with changes, report, warn) -> why no host may change, or None. Set,
+    # it makes every host with changes wait for the others' plans; hosts with nothing to change
+    # never trigger it.
+    before_changes: Callable[[Sequence["HostRun"], Sequence["HostRun"], "DeployReport", Callable[[str], None]],
+                             "Refusal | None"] | None = None
+    # Per host, after `before_changes` let it go, before its first change (e.g. a package install);
+    # may replace `run.facts` (the plan is then made again).
+    before_install: Callable[["HostRun", DeployOptions, Progress], None] | None = None
     command: str = "deploy-apiserver"        # what to rerun, for messages
 
 
@@ -326,6 +342,19 @@ class HostRun:
     plan: HostPlan | None = None
     waiting: bool = False                    # staged; switches in a wave
     t0: float = 0.0
+    desired: tuple[DesiredFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a deploy changed no host at all (a check before the first change)."""
+
+    message: str
+    hint: str | None
+    code: ExitCode
+
+    def to_json(self) -> dict:
+        return {"message": self.message, "hint": self.hint, "code": int(self.code)}
 
 
 class _Laps:
@@ -371,7 +400,8 @@ def prepare_host(job: Job, host: Host, files: Callable[[str], tuple[DesiredFile,
             facts = run.facts
             lap("facts")
             if why:
-                result.outcome, result.message, result.code = FAILED, why, ExitCode.DEPLOY
+                result.outcome, result.message = FAILED, why
+                result.code = result.code or ExitCode.DEPLOY      # the hook may have set its own
                 result.state = _state(facts.service)
                 return run
         desired = files(name)
@@ -380,39 +410,21 @@ def prepare_host(job: Job, host: Host, files: Callable[[str], tuple[DesiredFile,
             return run
         if clock() - lap.mark > 0.001:
             lap("local")          # waited for the rendering / PKI reading still running
-        plan = planmod.build_host_plan(desired, facts, no_restart=options.no_restart, host=name,
-                                       component=job.component)
-        run.plan = plan
-        result.files_changed = plan.files_changed
-        result.unit_changed = plan.unit_changed
-        result.unit_diff = plan.unit_diff
-        result.restart_reasons = plan.restart_reasons + result.restart_reasons
-        result.state = _state(facts.service)
-        result.pid_before = facts.service.main_pid
-        candidate = rollout.Candidate(name, facts.service.is_active, plan.takes_down)
-        run.waiting = rollout.waits_for_wave(candidate, options.strategy) and not plan.problems
+        run.desired = desired
+        restart_reasons = result.restart_reasons
+        _plan(job, run, options)
+        result.restart_reasons += restart_reasons
+        plan = run.plan
         if plan.problems:
             result.outcome, result.message = FAILED, "; ".join(plan.problems)
             result.code = ExitCode.DEPLOY
             return run
-        if options.dry_run:
-            result.outcome, result.ok = DRY_RUN, True
-            result.restarted = plan.restart
-            result.message = _summary(plan, would=True)
-            return run
-        if not plan.has_changes:
-            result.outcome, result.ok = UNCHANGED, True
-            result.message = "already up to date"
-            return run
-        if run.waiting:
-            progress(name, f"staging {len(plan.uploads)} file(s)")
-            run.remote.stage(plan)
-            lap("stage")
-            result.outcome, result.ok = STAGED, True
-            progress(name, "staged; waiting for its wave")
+        if job.before_changes is not None and plan.has_changes and not options.dry_run:
+            result.outcome, result.ok = PLANNED, True
+            progress(name, "planned; waiting for the other hosts' plans")
             keep_open = True
             return run
-        switch_host(job, run, options, progress, clock, staged=False)
+        keep_open = _proceed(job, run, options, progress, clock)
         return run
     except K8sbootError as exc:
         _fail_from(result, exc)
@@ -420,6 +432,81 @@ def prepare_host(job: Job, host: Host, files: Callable[[str], tuple[DesiredFile,
     finally:
         if not keep_open:
             _finish(run, clock, progress)
+
+
+def _plan(job: Job, run: HostRun, options: DeployOptions) -> None:
+    """The host's plan from its facts and desired files, and what the result shows of it."""
+    facts, result = run.facts, run.result
+    plan = planmod.build_host_plan(run.desired, facts, no_restart=options.no_restart, host=run.host.name,
+                                   component=job.component)
+    run.plan = plan
+    result.files_changed = plan.files_changed
+    result.unit_changed = plan.unit_changed
+    result.unit_diff = plan.unit_diff
+    result.restart_reasons = plan.restart_reasons
+    result.state = _state(facts.service)
+    result.pid_before = facts.service.main_pid
+    candidate = rollout.Candidate(run.host.name, facts.service.is_active, plan.takes_down)
+    run.waiting = rollout.waits_for_wave(candidate, options.strategy) and not plan.problems
+
+
+def _proceed(job: Job, run: HostRun, options: DeployOptions, progress: Progress, clock) -> bool:
+    """After the plan (and any check before changes): report a dry run or no change, stage for a
+    wave, or install at once. True when the connection stays open (staged, waiting for its wave)."""
+    plan, result, name = run.plan, run.result, run.host.name
+    if options.dry_run:
+        result.outcome, result.ok = DRY_RUN, True
+        result.restarted = plan.restart
+        result.message = _summary(plan, would=True)
+        return False
+    if not plan.has_changes:
+        result.outcome, result.ok = UNCHANGED, True
+        result.message = "already up to date"
+        return False
+    if run.waiting:
+        lap = _Laps(result, clock)
+        progress(name, f"staging {len(plan.uploads)} file(s)")
+        run.remote.stage(plan)
+        lap("stage")
+        result.outcome, result.ok = STAGED, True
+        progress(name, "staged; waiting for its wave")
+        return True
+    switch_host(job, run, options, progress, clock, staged=False)
+    return False
+
+
+def _resume_held(job: Job, run: HostRun, options: DeployOptions, progress: Progress) -> None:
+    """A host held after its plan, let go by `before_changes`: its own step before changes, then on."""
+    keep_open = False
+    try:
+        if job.before_install is not None:
+            facts = run.facts
+            job.before_install(run, options, progress)
+            if run.facts is not facts:
+                # the result's reasons are the plan's, then the hooks' own: keep the hooks'
+                extra = run.result.restart_reasons[len(run.plan.restart_reasons):]
+                _plan(job, run, options)
+                run.result.restart_reasons += extra
+                if run.plan.problems:
+                    run.result.outcome, run.result.ok = FAILED, False
+                    run.result.message, run.result.code = "; ".join(run.plan.problems), ExitCode.DEPLOY
+                    return
+        keep_open = _proceed(job, run, options, progress, time.monotonic)
+    except K8sbootError as exc:
+        _fail_from(run.result, exc)
+    finally:
+        if not keep_open:
+            _finish(run, time.monotonic, progress)
+
+
+def _refuse(run: HostRun, refusal: Refusal, *, dry_run: bool, progress: Progress) -> None:
+    result = run.result
+    result.outcome, result.ok, result.code = REFUSED, False, int(refusal.code)
+    result.restarted = False
+    result.message = ("would be refused: " if dry_run else "not changed: ") + refusal.message
+    result.hint = refusal.hint
+    if run.remote is not None:
+        _finish(run, time.monotonic, progress)
 
 
 def _finish(run: HostRun, clock, progress: Progress) -> None:
@@ -582,8 +669,11 @@ def health_checker(inventory: Inventory, port: int) -> health.ReadyzProbe:
 
 def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector | None = None,
            progress: Progress = lambda h, m: None, readyz: health.ReadyzProbe | None = None,
-           warn: Callable[[str], None] = lambda message: None) -> DeployReport:
-    """deploy-apiserver: the rendered unit and the PKI files on every selected controller."""
+           warn: Callable[[str], None] = lambda message: None,
+           etcd_ask: Callable[[str], "object"] | None = None) -> DeployReport:
+    """deploy-apiserver: the rendered unit and the PKI files on every selected controller; before
+    the first change on any, its etcd is checked (`etcd_gate`; `etcd_ask`: URL -> GET /health
+    answer, by default `apiserver_etcd_prober`'s)."""
     from k8sboot import render
 
     # the quick local checks before dialling anything; the slower local work runs while dialling
@@ -595,6 +685,7 @@ def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector |
     if readyz is None and not options.dry_run:
         readyz = health_checker(inventory, secure_port(inventory, hosts[0]))
     job = apiserver_job(inventory, options, hosts, templates, readyz)
+    job.before_changes = etcd_gate(inventory, etcd_ask)
     if options.strategy == rollout.PARALLEL and not options.dry_run:
         warning = rollout.outage_warning(len(inventory.controllers), len(hosts), options.strategy,
                                          options.max_unavailable)
@@ -603,6 +694,80 @@ def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector |
     return run_job(job, options, n_controllers=len(inventory.controllers),
                    connect=connect or ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys),
                    progress=progress, warn=warn)
+
+
+def apiserver_etcd_prober(inventory: Inventory, timeout: float = 2.0) -> EtcdProber:
+    """etcd as kube-apiserver will see it: etcd's CA and the API server's own apiserver-etcd-client
+    pair from the local PKI (the files deploy-apiserver ships), from the workstation."""
+    return etcd_prober(inventory, timeout, client=layout.APISERVER_ETCD_CLIENT)
+
+
+def etcd_servers(inventory: Inventory) -> tuple[str, ...]:
+    """The --etcd-servers kube-apiserver is rendered with (apiserver.etcd_servers, after extra_flags)."""
+    from k8sboot import flags as flagmod
+
+    value = dict(flagmod.build_apiserver_flags(inventory, inventory.controllers[0])).get("etcd-servers", "")
+    return tuple(u.strip() for u in value.split(",") if u.strip())
+
+
+def check_apiserver_etcd(inventory: Inventory, ask: Callable[[str], "object"], timeout: float = 2.0):
+    """One round of parallel GET /health, one per --etcd-servers URL, and the local client pair
+    against etcd's CA (offline) -> etcd.StorageCheck."""
+    from k8sboot import etcd
+    from k8sboot.store import read_optional
+
+    pki_dir = Path(inventory.pki.dir)
+    ca = pki_dir / layout.cert_file(layout.ETCD_CA)
+    cert = pki_dir / layout.cert_file(layout.APISERVER_ETCD_CLIENT)
+    urls = etcd_servers(inventory)
+    asked = {u: start_daemon(ask, u, name=f"etcd-check-{u}") for u in urls if u.lower().startswith("https://")}
+    _wait(list(asked.values()))
+    servers = []
+    for url in urls:
+        if url not in asked:
+            servers.append(etcd.ServerHealth(url, False, "not asked: a plain http:// URL (k8sboot's etcd serves "
+                                                         "https with client certificates only)", probed=False))
+            continue
+        answer = asked[url].result()
+        ok, why = etcd.explain_answer(answer.status, answer.body if answer.status is not None else answer.error,
+                                      ca=str(ca), cert=str(cert), timeout=timeout)
+        servers.append(etcd.ServerHealth(url, ok, why))
+    ca_pem, cert_pem = read_optional(ca), read_optional(cert)
+    pair = (etcd.check_client_pair(ca_pem, cert_pem, str(ca), str(cert))
+            if ca_pem is not None and cert_pem is not None else None)
+    return etcd.StorageCheck(tuple(servers), pair)
+
+
+def etcd_gate(inventory: Inventory, ask: Callable[[str], "object"] | None = None, timeout: float = 2.0):
+    """deploy-apiserver's `before_changes`: its etcd, as the API server will reach it. One line per
+    --etcd-servers URL that is not healthy; a quorum of them healthy: a warning and the deploy goes
+    on (kube-apiserver fails over among them); fewer: no host is changed (ETCD_UNAVAILABLE)."""
+
+    def before_changes(runs, changing, report: DeployReport, warn: Callable[[str], None]) -> Refusal | None:
+        prober = None
+        asking = ask
+        if asking is None:
+            prober = apiserver_etcd_prober(inventory, timeout)
+            asking = prober.url
+        try:
+            check = check_apiserver_etcd(inventory, asking, timeout)
+        finally:
+            if prober is not None:
+                prober.close()
+        report.checks["etcd"] = check.to_json()
+        for line in check.lines():
+            warn(line)
+        if check.available:
+            if check.probed and len(check.healthy) < len(check.probed):
+                warn(f"etcd: {check.summary()}: deploying on (kube-apiserver fails over among --etcd-servers)")
+            return None
+        return Refusal(f"etcd is not available to kube-apiserver: {check.summary()}; no kube-apiserver was "
+                       "restarted (it would not become ready without its storage)",
+                       hint=f"bring etcd back first: k8sboot deploy-etcd -i {inventory.path}, check it with "
+                            f"k8sboot verify -i {inventory.path}, then rerun deploy-apiserver",
+                       code=ExitCode.ETCD_UNAVAILABLE)
+
+    return before_changes
 
 
 def run_job(job: Job, options: DeployOptions, *, n_controllers: int, connect: Connector,
@@ -640,6 +805,20 @@ def run_job(job: Job, options: DeployOptions, *, n_controllers: int, connect: Co
             raise
         _wait(futures)
         runs = [f.result() for f in futures]
+        if job.before_changes is not None:
+            changing = [r for r in runs if r.plan is not None and r.plan.has_changes
+                        and r.result.outcome in (PLANNED, DRY_RUN)]
+            refusal = job.before_changes(runs, changing, report, warn) if changing else None
+            if refusal is not None:
+                report.refusal = refusal
+                for r in changing:
+                    _refuse(r, refusal, dry_run=options.dry_run, progress=report_progress)
+            held = [r for r in runs if r.result.outcome == PLANNED]
+            futures = [start_daemon(_resume_held, job, r, options, report_progress, name=f"deploy-{r.host.name}",
+                                    limit=limit) for r in held]
+            _wait(futures)
+            for f in futures:
+                f.result()
         waiting = [r for r in runs if r.waiting and r.result.outcome in (STAGED, DRY_RUN)]
         candidates = [rollout.Candidate(r.host.name, r.facts.service.is_active, True) for r in waiting]
         waves = rollout.build_waves(candidates, options.max_unavailable)
@@ -874,33 +1053,70 @@ def deploy_lb(inventory: Inventory, options: DeployOptions, *, connect: Connecto
 
 
 EtcdProbe = Callable[[Host, str], "object"]     # (member, "health" | "members") -> probe.ProbeAnswer
+MARKER_SECTION = "etcd-marker"                  # the facts' copy of the data dir's k8sboot-member.json
 
 
-def etcd_prober(inventory: Inventory, timeout: float = 2.0) -> EtcdProbe:
-    """HTTPS to a member's client port from the workstation (through ssh.proxy_jump when set), with
-    etcd's CA and k8sboot's health-check client cert: GET /health, or the member list."""
-    from k8sboot import etcd, probe, remote
+class EtcdProber:
+    """HTTPS to etcd members' client ports from the workstation, with etcd's CA and a client pair of
+    the local PKI (k8sboot's etcd-healthcheck-client by default): GET /health, or the v3 member list
+    (POST). Through `dial` when given (the caller's, left open), else through ssh.proxy_jump when
+    set, with a jump dialer of its own that `close()` closes."""
 
-    pki_dir = Path(inventory.pki.dir)
-    ca = pki_dir / layout.cert_file(layout.ETCD_CA)
-    cert = pki_dir / layout.cert_file(layout.ETCD_HEALTHCHECK_CLIENT)
-    key = pki_dir / layout.key_file(layout.ETCD_HEALTHCHECK_CLIENT)
-    for path in (ca, cert, key):
-        if not path.is_file():
-            raise PkiError(f"the etcd health gate needs {path}", hint=f"run: k8sboot gen-certs -i {inventory.path}")
-    dialer = getattr(remote, "tcp_dialer", None)
-    dial = dialer(inventory.ssh, _aliases(inventory)) if dialer is not None else None
-    extra = {"dial": dial} if dial is not None else {}
+    def __init__(self, inventory: Inventory, timeout: float = 2.0, *, dial=None,
+                 client: str = layout.ETCD_HEALTHCHECK_CLIENT):
+        pki_dir = Path(inventory.pki.dir)
+        self.ca = pki_dir / layout.cert_file(layout.ETCD_CA)
+        self.cert = pki_dir / layout.cert_file(client)
+        self.key = pki_dir / layout.key_file(client)
+        for path in (self.ca, self.cert, self.key):
+            if not path.is_file():
+                raise PkiError(f"asking etcd needs {path}", hint=f"run: k8sboot gen-certs -i {inventory.path}")
+        self.timeout = timeout
+        self._own = None
+        if dial is None:
+            from k8sboot import remote
 
-    def ask(host: Host, what: str):
+            dial = self._own = remote.tcp_dialer(inventory.ssh, _aliases(inventory))
+        self.dial = dial
+
+    def at(self, address: str, port: int, what: str = "health"):
+        """`what` ("health" | "members") of the member at address:port -> probe.ProbeAnswer."""
+        from k8sboot import etcd, probe
+
+        extra = {"dial": self.dial} if self.dial is not None else {}
         if what == "members":
-            return probe.request(str(host.internal_ip), layout.ETCD_CLIENT_PORT, "POST", etcd.MEMBER_LIST_PATH, ca,
-                                 cert=cert, key=key, body=b"{}", headers={"Content-Type": "application/json"},
-                                 timeout=timeout, **extra)
-        return probe.request(str(host.internal_ip), layout.ETCD_CLIENT_PORT, "GET", etcd.HEALTH_PATH, ca,
-                             cert=cert, key=key, timeout=timeout, **extra)
+            return probe.request(address, port, "POST", etcd.MEMBER_LIST_PATH, self.ca, cert=self.cert,
+                                 key=self.key, body=b"{}", headers={"Content-Type": "application/json"},
+                                 timeout=self.timeout, **extra)
+        return probe.request(address, port, "GET", etcd.HEALTH_PATH, self.ca, cert=self.cert, key=self.key,
+                             timeout=self.timeout, **extra)
 
-    return ask
+    def url(self, url: str, what: str = "health"):
+        """The same for an --etcd-servers URL (https://ADDRESS:PORT, 2379 when no port)."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        return self.at(parts.hostname or "", parts.port or layout.ETCD_CLIENT_PORT, what)
+
+    def __call__(self, host: Host, what: str):
+        return self.at(str(host.internal_ip), layout.ETCD_CLIENT_PORT, what)
+
+    def close(self) -> None:
+        if self._own is not None:
+            self._own.close()
+            self._own = None
+
+    def __enter__(self) -> "EtcdProber":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def etcd_prober(inventory: Inventory, timeout: float = 2.0, *, dial=None,
+                client: str = layout.ETCD_HEALTHCHECK_CLIENT) -> EtcdProber:
+    """See `EtcdProber` (PkiError when the local PKI lacks etcd's CA or the client pair)."""
+    return EtcdProber(inventory, timeout, dial=dial, client=client)
 
 
 def etcd_health(ask: EtcdProbe) -> health.ReadyzProbe:
@@ -939,9 +1155,12 @@ def etcd_job(inventory: Inventory, options: DeployOptions, ask: EtcdProbe | None
     directory = etcd.templates_dir(options.templates)
     data_dir = etcd.data_dir(inventory)
     member_dir = f"{data_dir}/{etcd.DATA_DIR_MEMBER}"
-    request = component_request(comp, etcd.desired_paths(binary=uploaded), layout.ETCD_CLIENT_PORT,
+    marker = etcd.marker_path(inventory)
+    request = component_request(comp, (*etcd.desired_paths(binary=uploaded), marker), layout.ETCD_CLIENT_PORT,
+                                sections=((MARKER_SECTION, f"cat -- {shlex.quote(marker)} 2>/dev/null"),),
                                 extra=(member_dir, layout.ETCD_DEBIAN_DEFAULT_DATA))
     rendered: dict[str, object] = {}
+    packages: set[str] = set()       # hosts that get Debian's package before their first change
 
     def prepare() -> dict[str, tuple[DesiredFile, ...]]:
         from k8sboot.store import check_no_interrupted_write, read_optional
@@ -953,39 +1172,30 @@ def etcd_job(inventory: Inventory, options: DeployOptions, ask: EtcdProbe | None
         pki = {f.local_name: data for f in layout.ETCD_FILES
                if (data := read_optional(pki_dir / f.local_name)) is not None}
         binary = read_binary(options.binary) if uploaded else None
-        return {name: etcd.etcd_files(pki, unit.text, binary, pki_dir) for name, unit in units.items()}
+        return {name: (*etcd.etcd_files(pki, unit.text, binary, pki_dir),
+                       etcd.marker_file(inventory, inventory.controller(name)))
+                for name, unit in units.items()}
 
     def before_plan(run: HostRun, opts: DeployOptions, progress: Progress) -> str | None:
         facts, name = run.facts, run.host.name
+        unit_text = facts.unit_text if facts.file(layout.ETCD_UNIT_PATH).exists else None
+        why = etcd.check_data_dir(inventory, run.host, has_member=facts.file(member_dir).exists,
+                                  marker=facts.sections.get(MARKER_SECTION, ""), unit_text=unit_text)
+        if why:
+            run.result.code = ExitCode.ETCD_FOREIGN_DATA
+            run.result.hint = etcd.foreign_data_hint(inventory, run.host)
+            return f"{name}: {why}"
         if not uploaded and not facts.file(comp.binary_path).exists:
+            # planned as if installed; installed (before_install) only once no host refused
+            files = dict(facts.files)
+            files[comp.binary_path] = FileFact(comp.binary_path, True, mode=0o755, owner="root", group="root")
+            run.facts = replace(facts, files=files)
             if opts.dry_run:
-                files = dict(facts.files)
-                files[comp.binary_path] = FileFact(comp.binary_path, True, mode=0o755, owner="root", group="root")
-                run.facts = replace(facts, files=files)
                 run.result.restart_reasons += (f"would install Debian's {layout.ETCD_PACKAGE} with apt-get",)
             else:
-                progress(name, f"installing Debian's {layout.ETCD_PACKAGE} with apt-get")
-                res = run.remote.exec(etcd.apt_install_script(), what=f"installing {layout.ETCD_PACKAGE}",
-                                      timeout=900)
-                if res.rc != 0:
-                    detail = res.out.partition(etcd.APT_INSTALL_MARK)[2].strip().splitlines()
-                    raise RemoteError(f"{name}: installing Debian's {layout.ETCD_PACKAGE} with apt-get failed: "
-                                      + (" | ".join(detail[-2:]) or f"exit {res.rc}"),
-                                      hint="pass --binary PATH with an etcd release binary "
-                                           "(it goes to /usr/local/bin/etcd)")
-                run.result.restart_reasons += (f"installed Debian's {layout.ETCD_PACKAGE}",)
-                run.facts = facts = run.remote.read_facts(request)
-        if facts.service.is_active and not facts.file(layout.ETCD_UNIT_PATH).exists:
-            # Debian's own etcd.service runs (the package's default member on localhost): no member
-            # of this cluster serves here, so nothing is kept up by waiting for a wave
-            run.facts = facts = replace(facts, service=replace(facts.service, active_state="inactive",
-                                                               sub_state="dead"))
-            run.result.restart_reasons += ("Debian's own etcd.service ran here (its default member): replaced "
-                                           "by this cluster's",)
-        if facts.file(layout.ETCD_DEBIAN_DEFAULT_DATA).exists and not facts.file(layout.ETCD_UNIT_PATH).exists:
-            run.result.restart_reasons += (f"{layout.ETCD_DEBIAN_DEFAULT_DATA} (the data of Debian's default "
-                                           "member) is left as it is: never used, never deleted",)
-        if not facts.file(member_dir).exists and ask is not None and len(inventory.controllers) > 1:
+                packages.add(name)
+        adjust(run)
+        if not run.facts.file(member_dir).exists and ask is not None and len(inventory.controllers) > 1:
             members = None
             for other in inventory.controllers:
                 if other.name == name:
@@ -999,6 +1209,44 @@ def etcd_job(inventory: Inventory, options: DeployOptions, ask: EtcdProbe | None
             if why:
                 return f"{name}: {why}"
         return None
+
+    def before_install(run: HostRun, opts: DeployOptions, progress: Progress) -> None:
+        name = run.host.name
+        if name not in packages:
+            return
+        progress(name, f"installing Debian's {layout.ETCD_PACKAGE} with apt-get")
+        res = run.remote.exec(etcd.apt_install_script(), what=f"installing {layout.ETCD_PACKAGE}", timeout=900)
+        if res.rc != 0:
+            detail = res.out.partition(etcd.APT_INSTALL_MARK)[2].strip().splitlines()
+            raise RemoteError(f"{name}: installing Debian's {layout.ETCD_PACKAGE} with apt-get failed: "
+                              + (" | ".join(detail[-2:]) or f"exit {res.rc}"),
+                              hint="pass --binary PATH with an etcd release binary (it goes to /usr/local/bin/etcd)")
+        run.result.restart_reasons += (f"installed Debian's {layout.ETCD_PACKAGE}",)
+        run.facts = run.remote.read_facts(request)
+        adjust(run, again=True)
+
+    def adjust(run: HostRun, again: bool = False) -> None:
+        """Debian's own etcd.service and its default member's data, as the plan must see them."""
+        facts = run.facts
+        if facts.service.is_active and not facts.file(layout.ETCD_UNIT_PATH).exists:
+            # Debian's own etcd.service runs (the package's default member on localhost): no member
+            # of this cluster serves here, so nothing is kept up by waiting for a wave
+            run.facts = facts = replace(facts, service=replace(facts.service, active_state="inactive",
+                                                               sub_state="dead"))
+            if not again:
+                run.result.restart_reasons += ("Debian's own etcd.service ran here (its default member): "
+                                               "replaced by this cluster's",)
+        if (not again and facts.file(layout.ETCD_DEBIAN_DEFAULT_DATA).exists
+                and not facts.file(layout.ETCD_UNIT_PATH).exists):
+            run.result.restart_reasons += (f"{layout.ETCD_DEBIAN_DEFAULT_DATA} (the data of Debian's default "
+                                           "member) is left as it is: never used, never deleted",)
+
+    def before_changes(runs, changing, report: DeployReport, warn: Callable[[str], None]) -> Refusal | None:
+        foreign = [r.host.name for r in runs if r.result.code == ExitCode.ETCD_FOREIGN_DATA]
+        if not foreign:
+            return None
+        return Refusal(f"the etcd data dir on {', '.join(foreign)} is another cluster's; no member is changed "
+                       "until that is resolved", hint=None, code=ExitCode.ETCD_FOREIGN_DATA)
 
     def before_wave(wave: Sequence[str]) -> str | None:
         names = [h.name for h in inventory.controllers]
@@ -1021,7 +1269,7 @@ def etcd_job(inventory: Inventory, options: DeployOptions, ask: EtcdProbe | None
                tls_hint=(" (etcd-server.pem does not cover this address: run gen-certs to reissue it with the "
                          "inventory's controllers, then deploy-etcd again)"),
                before_plan=before_plan, before_wave=before_wave if ask is not None else None,
-               command="deploy-etcd")
+               before_changes=before_changes, before_install=before_install, command="deploy-etcd")
 
 
 def deploy_etcd(inventory: Inventory, options: DeployOptions, *, connect: Connector | None = None,
@@ -1036,12 +1284,17 @@ def deploy_etcd(inventory: Inventory, options: DeployOptions, *, connect: Connec
 
     for h in inventory.controllers:
         etcd.build_etcd_flags(inventory, h)     # extra_flags errors before anything is dialled
+    prober = None
     if ask is None:
-        ask = etcd_prober(inventory)
-    job = etcd_job(inventory, options, ask)
-    return run_job(job, options, n_controllers=len(inventory.controllers),
-                   connect=connect or ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys),
-                   progress=progress, warn=warn)
+        ask = prober = etcd_prober(inventory)
+    try:
+        job = etcd_job(inventory, options, ask)
+        return run_job(job, options, n_controllers=len(inventory.controllers),
+                       connect=connect or ssh_connector(inventory, accept_new_host_keys=options.accept_new_host_keys),
+                       progress=progress, warn=warn)
+    finally:
+        if prober is not None:
+            prober.close()
 
 
 class OpenConnections:

@@ -33,6 +33,8 @@ class ExitCode(IntEnum):
     PREREQ = 16            # a required tool or privilege is missing on this machine
     LOCKED = 17            # another k8sboot run holds the lock
     OBJECTS = 18           # can-i -f: a file of RBAC objects cannot be read or holds a bad object
+    ETCD_UNAVAILABLE = 19  # deploy-apiserver refused before any change: its etcd has no healthy quorum
+    ETCD_FOREIGN_DATA = 20  # deploy-etcd refused before any change: a member's data dir is another cluster's
     INTERNAL = 70          # a bug: printed with a traceback
     INTERRUPTED = 130      # SIGINT
     TERMINATED = 143       # SIGTERM

@@ -283,3 +283,170 @@ def check_join(host: Host, members: Sequence[Member] | None) -> str | None:
     return (f"it has no etcd data and the running cluster does not list {url}: it must join with `etcdctl member "
             f"add {host.name} --peer-urls={url}` and --initial-cluster-state=existing, which deploy-etcd does not "
             "do yet; it refuses rather than start a second cluster")
+
+
+# --- the API server's etcd, before deploy-apiserver restarts anything ----------------------------
+
+
+@dataclass(frozen=True)
+class ServerHealth:
+    """One `--etcd-servers` URL as the workstation found it, with the API server's own client pair."""
+
+    url: str
+    healthy: bool
+    why: str                   # "healthy", or what is wrong in a user's words
+    probed: bool = True        # False: not asked (an http:// URL: k8sboot's members serve https only)
+
+    def to_json(self) -> dict:
+        return {"url": self.url, "healthy": self.healthy, "why": self.why, "probed": self.probed}
+
+
+def explain_answer(status: int | None, text: str, *, ca: str, cert: str, timeout: float) -> tuple[bool, str]:
+    """(healthy, why) for a member's GET /health answer (`text`: the body, or the error when there
+    was no answer), in the words a user acts on: which side of TLS refused what, refused, no leader."""
+    if status is not None:
+        ok, why = parse_health(status, text)
+        if not ok and "NO LEADER" in why.upper():
+            return False, f"no leader: the member sees no quorum ({why})"
+        return ok, why
+    low = text.lower()
+    if "tls verification failed" in low and ("mismatch" in low or "doesn't match" in low):
+        return False, f"TLS: its serving certificate does not name this address ({text})"
+    if "tls verification failed" in low:
+        return False, f"TLS: unknown CA: its serving certificate is not signed by {ca} ({text.split(': ', 1)[-1]})"
+    if "alert" in low and any(w in low for w in ("bad certificate", "unknown ca", "certificate required",
+                                                 "certificate unknown", "decrypt error")):
+        return False, (f"TLS: the member refused the client certificate {cert} (not signed by the etcd CA it "
+                       "trusts)")
+    if "refused" in low:
+        return False, "connection refused (is etcd running there?)"
+    if "timed out" in low or "timeout" in low:
+        return False, f"no answer within {timeout:g}s"
+    return False, text or "no answer"
+
+
+def check_client_pair(ca_pem: bytes, cert_pem: bytes, ca_name: str, cert_name: str) -> str | None:
+    """Why etcd (trusting `ca_pem`) would refuse the client cert `cert_pem`, or None. Offline: the
+    signature only; a file that is not a certificate is left to the probe."""
+    from k8sboot import pki
+    from k8sboot.errors import K8sbootError
+
+    try:
+        ca, cert = pki.parse_cert(ca_pem, ca_name), pki.parse_cert(cert_pem, cert_name)
+    except K8sbootError:
+        return None
+    if not pki.is_directly_issued_by(cert, ca):
+        return (f"{cert_name} is not signed by {ca_name}: etcd will refuse the API server's connections "
+                "with it")
+    return None
+
+
+@dataclass(frozen=True)
+class StorageCheck:
+    """deploy-apiserver's look at its etcd before restarting anything: every `--etcd-servers` URL's
+    GET /health with etcd's CA and the API server's apiserver-etcd-client pair. A quorum of the
+    URLs healthy: the deploy goes on (kube-apiserver fails over among them); fewer: it refuses."""
+
+    servers: tuple[ServerHealth, ...]
+    pair_problem: str | None = None
+
+    @property
+    def probed(self) -> tuple[ServerHealth, ...]:
+        return tuple(s for s in self.servers if s.probed)
+
+    @property
+    def healthy(self) -> tuple[ServerHealth, ...]:
+        return tuple(s for s in self.probed if s.healthy)
+
+    @property
+    def needed(self) -> int:
+        return quorum(len(self.probed)) if self.probed else 0
+
+    @property
+    def available(self) -> bool:
+        return not self.probed or len(self.healthy) >= self.needed
+
+    def lines(self) -> list[str]:
+        """One line per server that is not healthy (and the pair, when etcd would refuse it)."""
+        out = [f"etcd {s.url}: {s.why}" for s in self.servers if not s.healthy]
+        if self.pair_problem:
+            out.append(self.pair_problem)
+        return out
+
+    def summary(self) -> str:
+        return (f"{len(self.healthy)} of {len(self.probed)} --etcd-servers healthy"
+                + (f", quorum needs {self.needed}" if len(self.probed) > 1 else ""))
+
+    def to_json(self) -> dict:
+        return {"available": self.available, "healthy": len(self.healthy), "servers": len(self.probed),
+                "needed": self.needed, "pair_problem": self.pair_problem,
+                "members": [s.to_json() for s in self.servers]}
+
+
+# --- a member's data dir: ours, or another cluster's -------------------------------------------
+
+DATA_DIR_MARKER = "k8sboot-member.json"    # written by deploy-etcd into the data dir with the member's files
+
+
+def marker_path(inventory: Inventory) -> str:
+    return f"{data_dir(inventory)}/{DATA_DIR_MARKER}"
+
+
+def cluster_token(inventory: Inventory) -> str:
+    return dict(build_etcd_flags(inventory, inventory.controllers[0]))["initial-cluster-token"]
+
+
+def render_marker(inventory: Inventory, host: Host) -> bytes:
+    """Who made the data dir: cluster, initial-cluster-token, member. Stable for a member's life
+    (the member set is left out: adding a controller changes no existing member's data)."""
+    doc = {"cluster": inventory.cluster.name, "initial_cluster_token": cluster_token(inventory),
+           "member": host.name, "written_by": "k8sboot deploy-etcd"}
+    return (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
+
+
+def marker_file(inventory: Inventory, host: Host) -> DesiredFile:
+    """The marker as a file of the set; k8sboot's record only: etcd never reads it, so writing it
+    restarts nothing (etcd logs one "found invalid file/dir" warning for it at start)."""
+    from k8sboot.plan import KIND_RECORD
+
+    return DesiredFile(marker_path(inventory), render_marker(inventory, host), layout.KEY_MODE, kind=KIND_RECORD)
+
+
+def check_data_dir(inventory: Inventory, host: Host, *, has_member: bool, marker: str,
+                   unit_text: str | None) -> str | None:
+    """Why `host`'s data dir is another cluster's, or None (empty, ours, or ours from before the
+    marker: a member/ dir under k8sboot's own unit with this cluster's token and data dir). etcd
+    reads --initial-cluster* only while a data dir is empty: on another cluster's data it would
+    join that cluster, or fail with "cluster ID mismatch"."""
+    where = data_dir(inventory)
+    want = json.loads(render_marker(inventory, host))
+    fields = ("cluster", "initial_cluster_token", "member")
+    if marker.strip():
+        try:
+            got = json.loads(marker)
+        except ValueError:
+            got = None
+        if isinstance(got, dict) and all(got.get(k) == want[k] for k in fields):
+            return None
+        seen = (", ".join(f"{k} {got.get(k, '?')}" for k in fields) if isinstance(got, dict)
+                else "unreadable")
+        return (f"the etcd data dir {where} was made for another cluster or member ({DATA_DIR_MARKER}: {seen}; "
+                f"this inventory: " + ", ".join(f"{k} {want[k]}" for k in fields) + ")")
+    if not has_member:
+        return None
+    if unit_text:
+        argv = flagmod.parse_unit_exec_start(unit_text)
+        flags = dict(flagmod.parse_argv_flags(argv)) if argv else {}
+        if (flags.get("initial-cluster-token") == want["initial_cluster_token"] and flags.get("data-dir") == where
+                and flags.get("name") == host.name):
+            return None       # deployed before the marker existed: the plan writes it
+    return (f"the etcd data dir {where} holds a member (member/) that this cluster's deploy-etcd did not make "
+            f"(no {DATA_DIR_MARKER}, and no etcd unit of ours with --initial-cluster-token="
+            f"{want['initial_cluster_token']} and --data-dir={where})")
+
+
+def foreign_data_hint(inventory: Inventory, host: Host) -> str:
+    where = data_dir(inventory)
+    return (f"etcd would ignore --initial-cluster on it and join that cluster or fail with \"cluster ID mismatch\": "
+            f"move it away on {host.name} (mv {where} {where}.old), or set etcd.data_dir in {inventory.path} to "
+            "another directory; then rerun deploy-etcd")

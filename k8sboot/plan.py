@@ -30,6 +30,8 @@ KIND_PKI = "pki"
 KIND_UNIT = "unit"
 KIND_BINARY = "binary"
 KIND_CONFIG = "config"
+KIND_RECORD = "record"      # k8sboot's own record beside a program's data (etcd's data-dir marker):
+                            # the program never reads it, so writing it restarts nothing
 
 
 # --- desired state -------------------------------------------------------------------------------
@@ -344,7 +346,7 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
             problems.append(f"{component.binary_path} is not executable (mode {_mode(binary.mode)})")
 
     svc = facts.service
-    content_changed = [c for c in changes if c.upload]
+    content_changed = [c for c in changes if c.upload and c.file.kind != KIND_RECORD]
     unit_changed = any(c.file.kind == KIND_UNIT for c in content_changed)
     stale_load = svc.need_daemon_reload and not unit_changed
     # A unit systemd has never loaded needs no daemon-reload: since v246 systemd looks on disk again

@@ -186,25 +186,15 @@ Ask = Callable[[Host, str], object]     # (member, "health" | "members") -> prob
 
 def asker(inventory: Inventory, dial, timeout: float) -> Ask | None:
     """HTTPS to a member's client port with etcd's CA and the health-check client cert, through
-    `dial` (verify's, jump host aware); None when the local PKI lacks one of them."""
-    from k8sboot import probe
+    `dial` (verify's, jump host aware, closed by verify): deploy's `EtcdProber`; None when the
+    local PKI lacks one of them."""
+    from k8sboot.deploy import etcd_prober
+    from k8sboot.errors import PkiError
 
-    pki_dir = Path(inventory.pki.dir)
-    ca = pki_dir / layout.cert_file(layout.ETCD_CA)
-    cert = pki_dir / layout.cert_file(layout.ETCD_HEALTHCHECK_CLIENT)
-    key = pki_dir / layout.key_file(layout.ETCD_HEALTHCHECK_CLIENT)
-    if not all(p.is_file() for p in (ca, cert, key)):
+    try:
+        return etcd_prober(inventory, timeout, dial=dial)
+    except PkiError:
         return None
-
-    def ask(host: Host, what: str):
-        if what == "members":
-            return probe.request(str(host.internal_ip), layout.ETCD_CLIENT_PORT, "POST", etcd.MEMBER_LIST_PATH,
-                                 ca, cert=cert, key=key, body=b"{}", headers={"Content-Type": "application/json"},
-                                 timeout=timeout, dial=dial)
-        return probe.request(str(host.internal_ip), layout.ETCD_CLIENT_PORT, "GET", etcd.HEALTH_PATH, ca,
-                             cert=cert, key=key, timeout=timeout, dial=dial)
-
-    return ask
 
 
 def verify_member(inventory: Inventory, host: Host, facts: HostFacts, local: LocalEtcd, ask: Ask | None) -> list:

@@ -149,7 +149,18 @@ class FakeRemote:
                 files[d] = FileFact(d, True, None, mode, owner, group, kind="directory")
         unit = h.files.get(h.unit_path)
         return HostFacts(files=files, service=h.service(), unit_text=unit[0].decode() if unit else None,
-                         sections={name: "" for name, _ in request.sections})
+                         sections={name: self._section(command) for name, command in request.sections})
+
+    def _section(self, command: str) -> str:
+        """`cat -- PATH 2>/dev/null` answers the file's content (empty when missing); others ''."""
+        import re
+        import shlex
+
+        m = re.fullmatch(r"cat -- (\S+) 2>/dev/null", command)
+        if m is None:
+            return ""
+        data = self.host.files.get(shlex.split(m.group(1))[0])
+        return data[0].decode() if data else ""
 
     def exec(self, script, *, stdin=None, timeout=120.0, what="running a command"):
         from k8sboot.remote import CommandResult
@@ -264,13 +275,25 @@ def fake_readyz(hosts: dict[str, FakeHost]):
     return readyz
 
 
+def healthy_etcd(asked: list | None = None):
+    """deploy-apiserver's etcd check over no network: every --etcd-servers URL answers
+    {"health":"true"}; each URL asked is appended to `asked`, if given."""
+    from k8sboot.probe import ProbeAnswer
+
+    def ask(url):
+        if asked is not None:
+            asked.append(url)
+        return ProbeAnswer(200, '{"health":"true","reason":""}')
+    return ask
+
+
 def planned_unit(inventory, name="controller-0") -> str:
     from k8sboot.render import render_unit
     return render_unit(inventory, inventory.controller(name)).text
 
 
 __all__ = ["make_inventory", "fake_pki_files", "write_fake_pki", "FakeHost", "FakeRemote", "fake_connector",
-           "planned_unit", "planmod"]
+           "healthy_etcd", "planned_unit", "planmod"]
 
 
 # --- lab (tests/lab): an inventory for the shared lab hosts, a PKI, the CLI, SSH checks ---------

@@ -42,8 +42,14 @@ new process with the rendered flags answering GET /readyz 200 over HTTPS (the k8
 client cert) before the next wave. The first host that fails stops the roll: hosts not reached keep
 their old files and process. A second run with nothing changed touches nothing.
 \b
+Before the first change on any host (and in --dry-run), when some host has something to change,
+every --etcd-servers URL is asked GET /health from the workstation with etcd's CA and the API
+server's own apiserver-etcd-client pair: one line per member that is unreachable or unhealthy; a
+quorum of them healthy and the deploy goes on; fewer, and no host is changed (exit 19).
+\b
 Exit codes: 0 every host ended active and as intended; 9 some host did not; 7 every failure was an
-unknown/changed host key; 6 every failure was a connection failure; 17 a host was locked.
+unknown/changed host key; 6 every failure was a connection failure; 17 a host was locked; 19 etcd
+had no healthy quorum for kube-apiserver, nothing was changed.
 """
 
 VERIFY_EPILOG = """\
@@ -217,6 +223,8 @@ def _print_deploy_report(console, report, json_: bool, command: str = "deploy-ap
         console.json_out({"ok": report.ok, "dry_run": report.dry_run, "exit_code": int(report.exit_code()),
                           "strategy": report.strategy, "waves": report.waves, "warning": report.warning,
                           "stopped_by": report.stopped_by, "sets": report.by_outcome(), "notes": report.notes,
+                          "checks": report.checks,
+                          "refusal": report.refusal.to_json() if report.refusal is not None else None,
                           "hosts": [r.to_json() for r in report.results]})
         return
     if report.dry_run:
@@ -241,6 +249,8 @@ def _print_deploy_report(console, report, json_: bool, command: str = "deploy-ap
                   title=title, styles={"failed": "bold red", "error": "bold red", "rolled back": "yellow",
                                        "deployed": "green", "up to date": "green", "not reached": "yellow"})
     for r in report.results:
+        if r.outcome == "refused":
+            continue            # said once, below
         if not r.ok:
             console.error(r.message if r.message.startswith(r.host) else f"{r.host}: {r.message}", r.hint)
             for line in r.journal:
@@ -249,6 +259,10 @@ def _print_deploy_report(console, report, json_: bool, command: str = "deploy-ap
             console.info(f"{r.host}: {r.message}")
     for note in report.notes:
         console.warn(note)
+    if report.refusal is not None:
+        console.error(("--dry-run: the deploy would be refused: " if report.dry_run else "")
+                      + report.refusal.message, report.refusal.hint)
+        return
     if not report.dry_run and report.nothing_changed:
         console.info("already up to date: nothing uploaded, nothing restarted")
     elif not report.dry_run and not report.ok and len(report.results) > 1:
@@ -431,8 +445,13 @@ gated on a new process with the rendered flags answering GET /health {"health":"
 etcd-healthcheck-client cert), and no member goes down unless the others keep quorum. A second
 run changes nothing. Run it before deploy-apiserver.
 \b
+A member's data dir made by another cluster (another cluster name, initial-cluster-token or member
+name in the k8sboot-member.json deploy-etcd writes there, or a member/ dir that no unit of this
+cluster made) is refused before any member is changed: etcd would join that cluster or fail with
+"cluster ID mismatch".
+\b
 Exit codes: 0 every member ended active and healthy; 9 some did not (or the roll stopped to keep
-quorum); 7/6/17 as for deploy-apiserver.
+quorum); 20 a data dir is another cluster's, nothing was changed; 7/6/17 as for deploy-apiserver.
 """
 
 

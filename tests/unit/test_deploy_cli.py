@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -20,7 +21,8 @@ from k8sboot.cli import app
 from k8sboot.errors import ExitCode, K8sbootError, PkiError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
-from deploy_helpers import FakeHost, fake_connector, fake_readyz, make_inventory, write_fake_pki  # noqa: E402
+from deploy_helpers import (FakeHost, fake_connector, fake_readyz, healthy_etcd, make_inventory,  # noqa: E402
+                            write_fake_pki)
 
 NAMES = ("controller-0", "controller-1", "controller-2")
 
@@ -34,7 +36,8 @@ def lab(tmp_path):
 
 
 def run(inv, fakes, **opts):
-    return D.deploy(inv, D.DeployOptions(wait=2, **opts), connect=fake_connector(fakes), readyz=fake_readyz(fakes))
+    return D.deploy(inv, D.DeployOptions(wait=2, **opts), connect=fake_connector(fakes), readyz=fake_readyz(fakes),
+                    etcd_ask=healthy_etcd())
 
 
 def by_host(report):
@@ -129,7 +132,7 @@ def test_incomplete_local_pki_fails_before_any_change_and_lets_every_host_go(lab
     opened: list = []
     with pytest.raises(PkiError, match="service-account-key.pem"):
         D.deploy(make_inventory(pki=pki), D.DeployOptions(wait=2), connect=fake_connector(hosts, opened),
-                 readyz=fake_readyz(hosts))
+                 readyz=fake_readyz(hosts), etcd_ask=healthy_etcd())
     assert all(h.commands == [] and h.uploads == [] and not h.locked for h in hosts.values())
     assert all(r.closed for r in opened)
 
@@ -221,7 +224,8 @@ def test_parallel_bound_is_respected(lab):
             active.remove(host.name)
         return base(host)
 
-    D.deploy(make_inventory(pki=pki), D.DeployOptions(parallel=1, wait=2), connect=connect, readyz=fake_readyz(hosts))
+    D.deploy(make_inventory(pki=pki), D.DeployOptions(parallel=1, wait=2), connect=connect, readyz=fake_readyz(hosts),
+             etcd_ask=healthy_etcd())
     assert max(peak) == 1
 
 
@@ -269,7 +273,8 @@ def test_interrupt_closes_every_connection_and_ends_at_once_with_interrupted(lab
     threading.Thread(target=interrupt, daemon=True).start()
     t0 = time.monotonic()
     with pytest.raises(Interrupted) as info:
-        D.deploy(make_inventory(pki=pki), D.DeployOptions(wait=2), connect=connect, readyz=fake_readyz(hosts))
+        D.deploy(make_inventory(pki=pki), D.DeployOptions(wait=2), connect=connect, readyz=fake_readyz(hosts),
+                 etcd_ask=healthy_etcd())
     assert time.monotonic() - t0 < 5
     assert info.value.code == ExitCode.INTERRUPTED and "rerun" in info.value.hint
     assert len(remotes) == 3 and all(r.closed and getattr(r, "aborted", False) for r in remotes)
@@ -287,6 +292,8 @@ def cli(lab, monkeypatch):
     inv_path.write_text(INVENTORY_YAML.format(pki=pki, anonymous="false", extra=""))
     monkeypatch.setattr(D, "ssh_connector", lambda inventory, **kw: fake_connector(hosts))
     monkeypatch.setattr(D, "health_checker", lambda inventory, port: fake_readyz(hosts))
+    monkeypatch.setattr(D, "apiserver_etcd_prober",
+                        lambda inventory, timeout=2.0: SimpleNamespace(url=healthy_etcd(), close=lambda: None))
     runner = CliRunner()
 
     def invoke(*args):

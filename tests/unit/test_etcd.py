@@ -257,7 +257,11 @@ def test_first_deploy_starts_every_member_at_once_with_its_files_and_data_dir(cl
     for name, h in hosts.items():
         r = by_host(report)[name]
         assert r.outcome == D.DEPLOYED and r.restarted and r.wave is None and r.state == "active/running"
-        assert sorted(h.uploads) == sorted([f.local_name for f in layout.ETCD_FILES] + [layout.ETCD_UNIT_NAME])
+        assert sorted(h.uploads) == sorted([f.local_name for f in layout.ETCD_FILES]
+                                           + [layout.ETCD_UNIT_NAME, etcd.DATA_DIR_MARKER])
+        marker = json.loads(h.files[f"{DATA_DIR}/{etcd.DATA_DIR_MARKER}"][0])
+        assert marker["member"] == name and marker["initial_cluster_token"] == "etcd-k8s-test"
+        assert h.files[f"{DATA_DIR}/{etcd.DATA_DIR_MARKER}"][1] == 0o600
         assert h.dirs[layout.ETCD_DIR] == (0o700, "root", "root")
         assert h.dirs[DATA_DIR] == (0o700, "root", "root")
         assert h.files["/etc/etcd/etcd-server-key.pem"][1] == h.files["/etc/etcd/etcd-peer-key.pem"][1] == 0o600

@@ -29,7 +29,8 @@ from k8sboot.flags import tutorial_grep
 from k8sboot.inventory import load_inventory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
-from deploy_helpers import INVENTORY_YAML, FakeHost, FakeRemote, fake_connector, fake_readyz  # noqa: E402
+from deploy_helpers import (INVENTORY_YAML, FakeHost, FakeRemote, fake_connector, fake_readyz,  # noqa: E402
+                            healthy_etcd)
 
 NAMES = ("controller-0", "controller-1", "controller-2")
 IPS = {"controller-0": "10.240.0.10", "controller-1": "10.240.0.11", "controller-2": "10.240.0.12"}
@@ -175,7 +176,8 @@ def hosts(inv):
     """Three controllers with kube-apiserver and etcd deployed by k8sboot (on the fakes)."""
     api = {n: FakeHost(n) for n in NAMES}
     etcd = {n: etcd_host(n) for n in NAMES}
-    assert D.deploy(inv, D.DeployOptions(wait=2), connect=fake_connector(api), readyz=fake_readyz(api)).exit_code() == 0
+    assert D.deploy(inv, D.DeployOptions(wait=2), connect=fake_connector(api), readyz=fake_readyz(api),
+                    etcd_ask=healthy_etcd()).exit_code() == 0
     report = D.deploy_etcd(inv, D.DeployOptions(wait=2), connect=fake_connector(etcd),
                            ask=lambda h, what: fake_health(etcd, h))
     assert report.exit_code() == 0, [r.message for r in report.results]
@@ -287,7 +289,8 @@ def test_an_edited_unit_a_loose_key_and_a_changed_flag_are_drift(inv, hosts, mem
 
 def test_no_etcd_anywhere_is_one_warn_line_and_changes_nothing_else(inv, members):
     api = {n: FakeHost(n) for n in NAMES}
-    D.deploy(inv, D.DeployOptions(wait=2), connect=fake_connector(api), readyz=fake_readyz(api))
+    D.deploy(inv, D.DeployOptions(wait=2), connect=fake_connector(api), readyz=fake_readyz(api),
+             etcd_ask=healthy_etcd())
     asked = []
     none = {n: etcd_host(n) for n in NAMES}      # no etcd unit, no data: never deployed
     report = V.verify(inv, V.VerifyOptions(), connect=connector(api, none),
@@ -318,7 +321,8 @@ def test_audit_remote_passes_2_1_to_2_7_on_deployed_members_and_fails_an_edited_
 
 def test_audit_remote_without_etcd_warns_once_per_host_and_keeps_its_exit_code(inv):
     api = {n: FakeHost(n) for n in NAMES}
-    D.deploy(inv, D.DeployOptions(wait=2), connect=fake_connector(api), readyz=fake_readyz(api))
+    D.deploy(inv, D.DeployOptions(wait=2), connect=fake_connector(api), readyz=fake_readyz(api),
+             etcd_ask=healthy_etcd())
     report = V.run_audit(inv, remote=True, connect=fake_connector(api))
     etcd = [f for f in report.findings if f.id == "k8sboot.etcd" or (f.id.startswith("2.") and "remote" in f.subject)]
     assert [(f.id, f.status) for f in etcd] == [("k8sboot.etcd", A.WARN)] * 3
