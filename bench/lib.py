@@ -275,14 +275,15 @@ class Goal:
     def met(self) -> bool | None:
         return None if self.measured is None else self.measured <= self.limit
 
-    def row(self) -> list[str]:
+    def row(self, verdicts: Mapping[bool | None, str] | None = None) -> list[str]:
         fmt = fmt_ratio if self.unit == "×" else fmt_seconds
-        verdict = {None: "not measured", True: "met", False: "**missed**"}[self.met]
+        verdict = (verdicts or {None: "not measured", True: "met", False: "**missed**"})[self.met]
         return [self.text, f"≤ {fmt(self.limit)}", fmt(self.measured), verdict]
 
 
-def goals_table(goals: Sequence[Goal]) -> str:
-    return md_table(["goal (issue 5)", "limit", "measured", "verdict"], [g.row() for g in goals],
+def goals_table(goals: Sequence[Goal], heading: str = "goal (issue 5)",
+                verdicts: Mapping[bool | None, str] | None = None) -> str:
+    return md_table([heading, "limit", "measured", "verdict"], [g.row(verdicts) for g in goals],
                     align=["l", "r", "r", "l"])
 
 
@@ -365,6 +366,44 @@ def git_describe(repo: Path = REPO) -> str:
         return rev + ("+uncommitted changes" if dirty else "") if rev else "?"
     except (OSError, subprocess.TimeoutExpired):
         return "?"
+
+
+# --- the other benchmark scripts, and the lab's other users ----------------------------------------
+
+
+def load_script(name: str, path: Path):
+    """A benchmark script without a .py suffix (bench/run), imported as module `name`."""
+    import importlib.util
+    from importlib.machinery import SourceFileLoader
+
+    loader = SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
+
+
+def wait_for_lab(others: Callable[[], list[str]], wait: float, log: Callable[[str], None],
+                 adopt_idle_after: float | None = None, poll: float = 15) -> str | None:
+    """Wait (at most `wait` s) until `others()` finds no other user of the lab; None when it is free,
+    else what still uses it. With adopt_idle_after, a lab that is up with no lease and no lab test
+    running is nobody's: after that many seconds it counts as free."""
+    deadline = time.monotonic() + wait
+    idle_since = None
+    while (signs := others()):
+        if adopt_idle_after is not None and all(x.startswith("a lab is up") for x in signs):
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since > adopt_idle_after:
+                log("a lab is up, but nobody holds a lease on it: using it")
+                return None
+        else:
+            idle_since = None
+        if time.monotonic() > deadline:
+            return "\n  ".join(signs)
+        log("waiting for the lab: " + "; ".join(signs))
+        time.sleep(poll)
+    return None
 
 
 # --- the lab inventory and what the peers read ---------------------------------------------------
@@ -460,24 +499,109 @@ def ensure_ansible_venv(venv: Path = ANSIBLE_VENV, log: Callable[[str], None] | 
     return playbook
 
 
+def close_control_masters(control_dir: Path) -> None:
+    """Close the SSH masters Ansible left running (ControlPersist), so the next run starts cold."""
+    import shutil
+
+    for sock in sorted(Path(control_dir).glob("*")):
+        if sock.is_socket():
+            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "bench-master"],
+                           capture_output=True, timeout=30)
+    shutil.rmtree(control_dir, ignore_errors=True)
+
+
+def run_ansible_playbook(ansible_playbook: Path, inventory: Path, playbook: Path, forks: int,
+                         extra_vars: Mapping[str, str], *, cwd: Path | None = None, timeout: float = 3600) -> Timed:
+    """ansible-playbook as the peers run it (peers/ansible/ansible.cfg: pipelining, ControlPersist),
+    with a fresh ANSIBLE_SSH_CONTROL_PATH_DIR, whose masters are closed afterwards (untimed): every
+    run starts cold, as a k8sboot command does."""
+    import tempfile
+
+    control_dir = Path(tempfile.mkdtemp(prefix="ansible-cp-", dir="/tmp"))
+    env = {"ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+           "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
+           "ANSIBLE_LOCAL_TEMP": str(control_dir / "tmp"),
+           "ANSIBLE_NOCOLOR": "1"}
+    argv = [str(ansible_playbook), "-i", str(inventory), "--forks", str(forks), str(playbook)]
+    for key, value in extra_vars.items():
+        argv += ["-e", f"{key}={value}"]
+    try:
+        return run_timed(argv, cwd=cwd, env=env, timeout=timeout, what=f"ansible-playbook {playbook.name}")
+    finally:
+        close_control_masters(control_dir)
+
+
 # --- what a deploy left on a host: one ssh command, parsed, compared --------------------------------
 
 
-def snapshot_command() -> str:
+@dataclass(frozen=True)
+class HostJob:
+    """What one deploy job leaves on every controller: its files (remote path, local file, mode),
+    its directories (the first one is listed whole: nothing else may be in it), its unit, its
+    service, and the names that must never be found on a host (CA keys, workstation-only keys)."""
+
+    service: str
+    unit_path: str
+    files: tuple[tuple[str, str, int], ...]
+    dirs: tuple[tuple[str, int], ...]
+    never: tuple[str, ...] = ("ca-key.pem",)
+    unit_mode: int = UNIT_MODE
+
+    @property
+    def listed_dir(self) -> str:
+        return self.dirs[0][0]
+
+
+# deploy-apiserver's job (DESIGN.md "On each controller")
+APISERVER_JOB = HostJob(
+    service="kube-apiserver", unit_path=UNIT_PATH,
+    files=tuple((f"{REMOTE_PKI_DIR}/{name}", name, mode) for name, mode in PKI_FILES),
+    dirs=((REMOTE_PKI_DIR, REMOTE_PKI_DIR_MODE),))
+
+# deploy-etcd's job (k8sboot.layout's etcd part; bench/etcd compares them before it starts):
+# etcd's CA, serving and peer pairs in /etc/etcd (0700), the unit, the data dir (0700, the
+# cluster's name under /var/lib/etcd); never etcd's CA key nor the workstation's health-check pair.
+ETCD_DIR = "/etc/etcd"
+ETCD_DIR_MODE = 0o700
+ETCD_FILES: tuple[tuple[str, int], ...] = (
+    ("etcd-ca.pem", 0o644),
+    ("etcd-server.pem", 0o644),
+    ("etcd-server-key.pem", 0o600),
+    ("etcd-peer.pem", 0o644),
+    ("etcd-peer-key.pem", 0o600),
+)
+ETCD_UNIT_PATH = "/etc/systemd/system/etcd.service"
+ETCD_DATA_DIR_MODE = 0o700
+
+
+def etcd_job(data_dir: str) -> HostJob:
+    """data_dir: the member's, /var/lib/etcd/<cluster name> unless the inventory's etcd.data_dir says."""
+    return HostJob(
+        service="etcd", unit_path=ETCD_UNIT_PATH,
+        files=tuple((f"{ETCD_DIR}/{name}", name, mode) for name, mode in ETCD_FILES),
+        dirs=((ETCD_DIR, ETCD_DIR_MODE), (data_dir, ETCD_DATA_DIR_MODE)),
+        never=("ca-key.pem", "etcd-ca-key.pem", "etcd-healthcheck-client-key.pem", "etcd-healthcheck-client.pem"))
+
+
+def snapshot_command(job: HostJob = APISERVER_JOB) -> str:
     """One shell command printing what the deploy job leaves on a controller:
     `F <path> <mode-octal> <owner>:<group> <sha256>` per target (or `F <path> missing`),
-    `D <dir> <mode> <owner>:<group>`, `L <every name in the dir>`, `S active|... enabled|...`,
-    `CAKEY present|absent`."""
-    paths = [f"{REMOTE_PKI_DIR}/{name}" for name, _ in PKI_FILES] + [UNIT_PATH]
+    `D <dir> <mode> <owner>:<group>` per directory, `L <every name in the first dir>`,
+    `S active|... enabled|...`, `CAKEY present|absent` (any of the job's `never` names)."""
+    paths = [path for path, _, _ in job.files] + [job.unit_path]
+    dirs = [d for d, _ in job.dirs]
+    names = " -o ".join(f"-name {shlex.quote(n)}" for n in job.never)
+    find = f"find / -xdev -name {shlex.quote(job.never[0])}" if len(job.never) == 1 else \
+        f"find / -xdev \\( {names} \\)"
     return (
         f"for f in {' '.join(paths)}; do "
         'if [ -f "$f" ]; then echo "F $f $(stat -c \'%a %U:%G\' "$f") $(sha256sum < "$f" | cut -d" " -f1)"; '
         'else echo "F $f missing"; fi; done; '
-        f'if [ -d {REMOTE_PKI_DIR} ]; then echo "D {REMOTE_PKI_DIR} $(stat -c \'%a %U:%G\' {REMOTE_PKI_DIR})"; '
-        f'else echo "D {REMOTE_PKI_DIR} missing"; fi; '
-        f'echo "L $(ls -A {REMOTE_PKI_DIR} 2>/dev/null | tr "\\n" " ")"; '
-        'echo "S $(systemctl is-active kube-apiserver 2>/dev/null) $(systemctl is-enabled kube-apiserver 2>/dev/null)"; '
-        'if find / -xdev -name ca-key.pem -print -quit 2>/dev/null | grep -q .; then echo "CAKEY present"; '
+        f"for d in {' '.join(dirs)}; do "
+        'if [ -d "$d" ]; then echo "D $d $(stat -c \'%a %U:%G\' "$d")"; else echo "D $d missing"; fi; done; '
+        f'echo "L $(ls -A {job.listed_dir} 2>/dev/null | tr "\\n" " ")"; '
+        f'echo "S $(systemctl is-active {job.service} 2>/dev/null) $(systemctl is-enabled {job.service} 2>/dev/null)"; '
+        f'if {find} -print -quit 2>/dev/null | grep -q .; then echo "CAKEY present"; '
         'else echo "CAKEY absent"; fi'
     )
 
@@ -485,16 +609,18 @@ def snapshot_command() -> str:
 @dataclass(frozen=True)
 class HostState:
     files: dict[str, tuple[str, str, str] | None]   # path -> (mode octal, owner:group, sha256) or None
-    pki_dir: tuple[str, str] | None                 # (mode, owner:group)
+    pki_dir: tuple[str, str] | None                 # the first (listed) dir: (mode, owner:group)
     active: str
     enabled: str
     ca_key_present: bool
-    listing: tuple[str, ...] | None = None          # every name in /var/lib/kubernetes (None: not read)
+    listing: tuple[str, ...] | None = None          # every name in the first dir (None: not read)
+    dirs: dict[str, tuple[str, str] | None] = field(default_factory=dict)    # every dir -> (mode, owner)
+    service: str = APISERVER_JOB.service
 
 
 def parse_snapshot(text: str) -> HostState:
     files: dict[str, tuple[str, str, str] | None] = {}
-    pki_dir = None
+    dirs: dict[str, tuple[str, str] | None] = {}
     active = enabled = "?"
     ca_key = False
     listing: tuple[str, ...] | None = None
@@ -505,7 +631,7 @@ def parse_snapshot(text: str) -> HostState:
         if parts[0] == "F" and len(parts) >= 3:
             files[parts[1]] = None if parts[2] == "missing" else (parts[2], parts[3], parts[4])
         elif parts[0] == "D" and len(parts) >= 3:
-            pki_dir = None if parts[2] == "missing" else (parts[2], parts[3])
+            dirs[parts[1]] = None if parts[2] == "missing" else (parts[2], parts[3])
         elif parts[0] == "S":
             active = parts[1] if len(parts) > 1 else "?"
             enabled = parts[2] if len(parts) > 2 else "?"
@@ -513,7 +639,8 @@ def parse_snapshot(text: str) -> HostState:
             listing = tuple(sorted(parts[1:]))
         elif parts[0] == "CAKEY":
             ca_key = parts[1:2] == ["present"]
-    return HostState(files, pki_dir, active, enabled, ca_key, listing)
+    first = next(iter(dirs.values()), None)
+    return HostState(files, first, active, enabled, ca_key, listing, dirs)
 
 
 def sha256_file(path: Path) -> str:
@@ -522,14 +649,16 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def expected_state(pki_dir: Path, unit_file: Path) -> HostState:
+def expected_state(pki_dir: Path, unit_file: Path, job: HostJob = APISERVER_JOB) -> HostState:
     """What every tool must leave: the local bytes, the layout's modes, root:root, active, enabled."""
     files: dict[str, tuple[str, str, str] | None] = {}
-    for name, mode in PKI_FILES:
-        files[f"{REMOTE_PKI_DIR}/{name}"] = (f"{mode:o}", "root:root", sha256_file(pki_dir / name))
-    files[UNIT_PATH] = (f"{UNIT_MODE:o}", "root:root", sha256_file(unit_file))
-    return HostState(files, (f"{REMOTE_PKI_DIR_MODE:o}", "root:root"), "active", "enabled", False,
-                     tuple(sorted(name for name, _ in PKI_FILES)))
+    for path, name, mode in job.files:
+        files[path] = (f"{mode:o}", "root:root", sha256_file(pki_dir / name))
+    files[job.unit_path] = (f"{job.unit_mode:o}", "root:root", sha256_file(unit_file))
+    dirs = {d: (f"{mode:o}", "root:root") for d, mode in job.dirs}
+    listed = tuple(sorted(path.rsplit("/", 1)[1] for path, _, _ in job.files
+                          if path.rsplit("/", 1)[0] == job.listed_dir))
+    return HostState(files, dirs[job.listed_dir], "active", "enabled", False, listed, dirs, job.service)
 
 
 def state_differences(got: HostState, want: HostState) -> list[str]:
@@ -543,18 +672,22 @@ def state_differences(got: HostState, want: HostState) -> list[str]:
         for label, gv, wv in (("mode", g[0], w[0]), ("owner", g[1], w[1]), ("sha256", g[2], w[2])):
             if gv != wv:
                 diffs.append(f"{path}: {label} {gv[:16]} != {wv[:16]}")
-    if got.pki_dir != want.pki_dir:
-        diffs.append(f"{REMOTE_PKI_DIR}: {got.pki_dir} != {want.pki_dir}")
+    want_dirs = want.dirs or {REMOTE_PKI_DIR: want.pki_dir}
+    got_dirs = got.dirs or {REMOTE_PKI_DIR: got.pki_dir}
+    for d, w in want_dirs.items():
+        if got_dirs.get(d) != w:
+            diffs.append(f"{d}: {got_dirs.get(d)} != {w}")
     if got.active != want.active:
-        diffs.append(f"kube-apiserver is {got.active}, not {want.active}")
+        diffs.append(f"{want.service} is {got.active}, not {want.active}")
     if got.enabled != want.enabled:
-        diffs.append(f"kube-apiserver is {got.enabled}, not {want.enabled}")
+        diffs.append(f"{want.service} is {got.enabled}, not {want.enabled}")
     if got.ca_key_present:
-        diffs.append("ca-key.pem found on the host")
+        diffs.append("ca-key.pem found on the host" if want.service == APISERVER_JOB.service else
+                     "a CA key or the workstation's health-check pair found on the host")
     if want.listing is not None and got.listing is not None and got.listing != want.listing:
         extra = sorted(set(got.listing) - set(want.listing))
         if extra:
-            diffs.append(f"{REMOTE_PKI_DIR}: unexpected entries {extra}")
+            diffs.append(f"{next(iter(want_dirs))}: unexpected entries {extra}")
     return diffs
 
 
