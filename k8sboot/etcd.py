@@ -308,6 +308,9 @@ def explain_answer(status: int | None, text: str, *, ca: str, cert: str, timeout
         ok, why = parse_health(status, text)
         if not ok and "NO LEADER" in why.upper():
             return False, f"no leader: the member sees no quorum ({why})"
+        if not ok and status == 503 and '"health":"false"' in text.replace(" ", ""):
+            # etcd 3.4 says no more than this when it has no leader or its reads time out
+            return False, f"unhealthy ({why}): it has no leader or cannot reach a quorum of members"
         return ok, why
     low = text.lower()
     if "tls verification failed" in low and ("mismatch" in low or "doesn't match" in low):
