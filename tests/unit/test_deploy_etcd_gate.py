@@ -401,3 +401,65 @@ def test_real_etcd_an_api_server_pair_from_another_ca_is_refused_by_the_members(
     for u in real_etcd.urls:
         assert (f"etcd {u}: TLS: the member refused the client certificate {pki / 'apiserver-etcd-client.pem'} "
                 "(not signed by the etcd CA it trusts)") in warnings, warnings
+
+
+# --- the prober: a dial given is used and left open; a jump dialer of its own is closed ---------------
+
+
+class _Dial:
+    def __init__(self):
+        self.dialled: list[tuple[str, int]] = []
+        self.closed = False
+
+    def __call__(self, address, port, timeout):
+        self.dialled.append((address, port))
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    def close(self):
+        self.closed = True
+
+
+def _prober_pki(tmp_path):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    for name in ("etcd-ca.pem", "etcd-healthcheck-client.pem", "etcd-healthcheck-client-key.pem",
+                 "apiserver-etcd-client.pem", "apiserver-etcd-client-key.pem"):
+        (pki / name).write_text("x")
+    return parse_inventory(inventory_text(pki), Path("inv.yaml"))
+
+
+def test_etcd_prober_dials_through_a_given_dial_and_leaves_it_open(tmp_path, monkeypatch):
+    import ssl
+
+    from k8sboot import probe
+
+    monkeypatch.setattr(probe, "_context", lambda *a, **kw: ssl.create_default_context())   # the files are fakes
+    inv = _prober_pki(tmp_path)
+    dial = _Dial()
+    with D.etcd_prober(inv, dial=dial) as prober:
+        answer = prober(inv.controller("controller-1"), "health")
+        assert answer.status is None and "refused" in answer.error.lower()
+        assert prober.url("https://10.240.0.12:2379").status is None
+    assert dial.dialled == [("10.240.0.11", 2379), ("10.240.0.12", 2379)]
+    assert not dial.closed, "the caller's dial is the caller's to close"
+
+
+def test_etcd_prober_closes_the_jump_dialer_it_opened(tmp_path, monkeypatch):
+    from k8sboot import remote
+
+    inv = _prober_pki(tmp_path)
+    opened: list[_Dial] = []
+    monkeypatch.setattr(remote, "tcp_dialer", lambda ssh, aliases=None, **kw: opened.append(_Dial()) or opened[-1])
+    prober = D.apiserver_etcd_prober(inv)
+    assert str(prober.cert).endswith("apiserver-etcd-client.pem")
+    prober.close()
+    assert len(opened) == 1 and opened[0].closed
+
+
+def test_etcd_prober_names_a_missing_pki_file():
+    from k8sboot.errors import PkiError
+
+    inv = parse_inventory(inventory_text("/nonexistent/pki"), Path("inv.yaml"))
+    with pytest.raises(PkiError, match="asking etcd needs /nonexistent/pki/etcd-ca.pem") as err:
+        D.etcd_prober(inv)
+    assert "gen-certs" in err.value.hint
