@@ -288,6 +288,7 @@ def generate_keys(algorithms: Sequence[str]) -> list[PrivateKey]:
     if workers < 2:
         return [generate_key(a) for a in algorithms]
     import queue
+    import signal
     import threading
 
     todo: queue.SimpleQueue = queue.SimpleQueue()
@@ -306,8 +307,15 @@ def generate_keys(algorithms: Sequence[str]) -> list[PrivateKey]:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 done.put((i, None, exc))
 
-    for n in range(workers):
-        threading.Thread(target=work, name=f"k8sboot-keygen-{n}", daemon=True).start()
+    # SIGINT/SIGTERM held back while the workers start: a handler raising inside Thread.start()
+    # leaves a half-started thread that prints a traceback at exit. The workers inherit the mask,
+    # so the signals, delivered once it is lifted, always land in this thread, below.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        for n in range(workers):
+            threading.Thread(target=work, name=f"k8sboot-keygen-{n}", daemon=True).start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     keys: list[PrivateKey | None] = [None] * len(algorithms)
     try:
         for _ in algorithms:
