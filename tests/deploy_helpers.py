@@ -4,6 +4,7 @@ fake of `k8sboot.remote.Remote` that behaves like a controller with systemd and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 from pathlib import Path
@@ -447,3 +448,52 @@ def expected_files(env: LabEnv, host, inventory: Path | None = None,
     if binary is not None:
         out[layout.BINARY_PATH] = (hashlib.sha256(binary.read_bytes()).hexdigest(), "755", "root", "root")
     return out
+
+
+# --- a real etcd cluster on loopback (Debian's 3.4, unpacked by tests/etcd_helpers.py) ------------
+
+
+@contextlib.contextmanager
+def loopback_etcd(tmp_path: Path, apiserver_section: str = ""):
+    """Three members on 127.0.0.2-4 with the flags deploy-etcd renders (paths moved into tmp_path,
+    without the shared 127.0.0.1 client URL, which three members on one machine cannot all bind),
+    a gen-certs PKI in tmp_path/pki; yields (inventory, {name: Popen}) and kills them after.
+    pytest.skip when the etcd binaries cannot be had."""
+    import subprocess
+
+    import pytest
+    from typer.testing import CliRunner
+
+    import etcd_helpers
+    from k8sboot import etcd
+    from k8sboot import flags as flagmod
+    from k8sboot.cli import app
+    from k8sboot.inventory import load_inventory
+
+    try:
+        bins = etcd_helpers.ensure_etcd_binaries()
+    except etcd_helpers.EtcdUnavailable as exc:
+        pytest.skip(f"no etcd binary: {exc}")
+    inv_path = tmp_path / "inv.yaml"
+    inv_path.write_text(f"cluster:\n  name: loop\n  api_endpoint: https://127.0.0.2:6443\n  service_cidr: 10.32.0.0/24\n"
+                        f"pki:\n  dir: {tmp_path / 'pki'}\n  key_algorithm: ecdsa-p256\n{apiserver_section}controllers:\n"
+                        + "".join(f"  - {{name: controller-{i}, address: 127.0.0.{i + 2}}}\n" for i in range(3)))
+    res = CliRunner().invoke(app, ["gen-certs", "-i", str(inv_path)])
+    assert res.exit_code == 0, res.output
+    inv = load_inventory(inv_path)
+    procs: dict = {}
+    try:
+        for h in inv.controllers:
+            argv = [a.replace(layout.ETCD_DIR + "/", f"{tmp_path / 'pki'}/")
+                    .replace(etcd.data_dir(inv), str(tmp_path / f"data-{h.name}"))
+                    .replace(",https://127.0.0.1:2379", "")
+                    for a in flagmod.flags_to_argv(etcd.build_etcd_flags(inv, h))]
+            with (tmp_path / f"{h.name}.log").open("w") as log:
+                procs[h.name] = subprocess.Popen([str(bins.etcd), *argv], stdout=log, stderr=subprocess.STDOUT)
+        yield inv, procs
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()          # throwaway members: no graceful leader transfer to wait for
+        for p in procs.values():
+            p.wait(10)

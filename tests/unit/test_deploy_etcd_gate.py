@@ -12,7 +12,6 @@ three-member etcd 3.4 on 127.0.0.2-4 with a gen-certs PKI (Debian's binaries, te
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -276,36 +275,14 @@ def test_help_lists_the_new_exit_codes():
 
 @pytest.fixture
 def real_etcd(tmp_path):
-    """Three members with the flags deploy-etcd renders (paths moved into tmp_path, without the shared
-    127.0.0.1 client URL), a gen-certs PKI, and an inventory whose --etcd-servers are the three."""
-    import etcd_helpers
+    """Three real members on 127.0.0.2-4 (`loopback_etcd`), healthy, and an inventory whose
+    --etcd-servers are the three."""
+    from deploy_helpers import loopback_etcd
 
-    from k8sboot import flags as flagmod
-    from k8sboot.inventory import load_inventory
+    from k8sboot import health
 
-    try:
-        bins = etcd_helpers.ensure_etcd_binaries()
-    except etcd_helpers.EtcdUnavailable as exc:
-        pytest.skip(f"no etcd binary: {exc}")
     urls = [f"https://127.0.0.{i + 2}:2379" for i in range(3)]
-    inv_path = tmp_path / "inv.yaml"
-    inv_path.write_text(f"cluster:\n  name: loop\n  api_endpoint: https://127.0.0.2:6443\n  service_cidr: 10.32.0.0/24\n"
-                        f"pki:\n  dir: {tmp_path / 'pki'}\n  key_algorithm: ecdsa-p256\n"
-                        f"apiserver:\n  etcd_servers: [{', '.join(urls)}]\ncontrollers:\n"
-                        + "".join(f"  - {{name: controller-{i}, address: 127.0.0.{i + 2}}}\n" for i in range(3)))
-    assert CliRunner().invoke(app, ["gen-certs", "-i", str(inv_path)]).exit_code == 0
-    inv = load_inventory(inv_path)
-    procs: dict[str, subprocess.Popen] = {}
-    try:
-        for h in inv.controllers:
-            argv = [a.replace(layout.ETCD_DIR + "/", f"{tmp_path / 'pki'}/")
-                    .replace(etcd.data_dir(inv), str(tmp_path / f"data-{h.name}"))
-                    .replace(",https://127.0.0.1:2379", "")
-                    for a in flagmod.flags_to_argv(etcd.build_etcd_flags(inv, h))]
-            log = (tmp_path / f"{h.name}.log").open("w")
-            procs[h.name] = subprocess.Popen([str(bins.etcd), *argv], stdout=log, stderr=subprocess.STDOUT)
-        from k8sboot import health
-
+    with loopback_etcd(tmp_path, f"apiserver:\n  etcd_servers: [{', '.join(urls)}]\n") as (inv, procs):
         with D.etcd_prober(inv) as ask:
             for h in inv.controllers:
                 ready = health.wait_ready(h, D.etcd_health(ask), 30)
@@ -316,12 +293,6 @@ def real_etcd(tmp_path):
             procs[name].wait(10)
 
         yield SimpleNamespace(inv=inv, urls=urls, stop=stop, pki=tmp_path / "pki")
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()          # throwaway members: no graceful leader transfer to wait for
-        for p in procs.values():
-            p.wait(10)
 
 
 def deploy_real(inv, warnings):

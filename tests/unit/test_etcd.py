@@ -440,37 +440,13 @@ def test_the_rendered_flags_run_a_real_three_member_etcd_that_the_gate_and_the_q
     bind), PKI from gen-certs: the workstation's health gate sees each healthy, the member list
     through the v3 gateway is the inventory, and with one member gone the quorum check refuses
     to take another."""
-    import etcd_helpers
-    from typer.testing import CliRunner
+    from deploy_helpers import loopback_etcd
 
-    from k8sboot import flags as flagmod
-    from k8sboot.cli import app
+    from k8sboot import health
 
-    try:
-        bins = etcd_helpers.ensure_etcd_binaries()
-    except etcd_helpers.EtcdUnavailable as exc:
-        pytest.skip(f"no etcd binary: {exc}")
-    inv_path = tmp_path / "inv.yaml"
-    inv_path.write_text(f"cluster:\n  name: loop\n  api_endpoint: https://127.0.0.2:6443\n  service_cidr: 10.32.0.0/24\n"
-                        f"pki:\n  dir: {tmp_path / 'pki'}\n  key_algorithm: ecdsa-p256\ncontrollers:\n"
-                        + "".join(f"  - {{name: controller-{i}, address: 127.0.0.{i + 2}}}\n" for i in range(3)))
-    assert CliRunner().invoke(app, ["gen-certs", "-i", str(inv_path)]).exit_code == 0
-    from k8sboot.inventory import load_inventory
-
-    inv = load_inventory(inv_path)
-    procs = {}
-    try:
-        for h in inv.controllers:
-            argv = [a.replace(layout.ETCD_DIR + "/", f"{tmp_path / 'pki'}/")
-                    .replace(etcd.data_dir(inv), str(tmp_path / f"data-{h.name}"))
-                    .replace(",https://127.0.0.1:2379", "")
-                    for a in flagmod.flags_to_argv(etcd.build_etcd_flags(inv, h))]
-            log = (tmp_path / f"{h.name}.log").open("w")
-            procs[h.name] = subprocess.Popen([str(bins.etcd), *argv], stdout=log, stderr=subprocess.STDOUT)
+    with loopback_etcd(tmp_path) as (inv, procs):
         ask = D.etcd_prober(inv)
         gate = D.etcd_health(ask)
-        from k8sboot import health
-
         for h in inv.controllers:
             ready = health.wait_ready(h, gate, 30)
             assert ready.ready, (h.name, ready.detail, (tmp_path / f"{h.name}.log").read_text()[-2000:])
@@ -485,11 +461,3 @@ def test_the_rendered_flags_run_a_real_three_member_etcd_that_the_gate_and_the_q
         assert etcd.check_quorum(healthy, [h.name for h in inv.controllers], ["controller-0"]) == (
             "taking etcd down on controller-0 would leave 1 of 3 members healthy and quorum needs 2 "
             "(not healthy now: controller-2)")
-    finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
