@@ -343,6 +343,7 @@ class HostRun:
     waiting: bool = False                    # staged; switches in a wave
     t0: float = 0.0
     desired: tuple[DesiredFile, ...] = ()
+    work_before_changes: bool = False        # a hook has work for `before_install` (e.g. a package)
 
 
 @dataclass(frozen=True)
@@ -419,7 +420,7 @@ def prepare_host(job: Job, host: Host, files: Callable[[str], tuple[DesiredFile,
             result.outcome, result.message = FAILED, "; ".join(plan.problems)
             result.code = ExitCode.DEPLOY
             return run
-        if job.before_changes is not None and plan.has_changes and not options.dry_run:
+        if job.before_changes is not None and (plan.has_changes or run.work_before_changes) and not options.dry_run:
             result.outcome, result.ok = PLANNED, True
             progress(name, "planned; waiting for the other hosts' plans")
             keep_open = True
@@ -806,7 +807,7 @@ def run_job(job: Job, options: DeployOptions, *, n_controllers: int, connect: Co
         _wait(futures)
         runs = [f.result() for f in futures]
         if job.before_changes is not None:
-            changing = [r for r in runs if r.plan is not None and r.plan.has_changes
+            changing = [r for r in runs if r.plan is not None and (r.plan.has_changes or r.work_before_changes)
                         and r.result.outcome in (PLANNED, DRY_RUN)]
             refusal = job.before_changes(runs, changing, report, warn) if changing else None
             if refusal is not None:
@@ -1194,6 +1195,7 @@ def etcd_job(inventory: Inventory, options: DeployOptions, ask: EtcdProbe | None
                 run.result.restart_reasons += (f"would install Debian's {layout.ETCD_PACKAGE} with apt-get",)
             else:
                 packages.add(name)
+                run.work_before_changes = True
         adjust(run)
         if not run.facts.file(member_dir).exists and ask is not None and len(inventory.controllers) > 1:
             members = None

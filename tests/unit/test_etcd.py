@@ -344,6 +344,19 @@ def test_a_missing_binary_is_installed_from_debians_package_and_a_failure_names_
     assert "--binary PATH" in bad.hint
 
 
+def test_a_binary_gone_from_a_deployed_member_is_installed_again_even_with_nothing_else_to_change(cluster):
+    pki, hosts = cluster
+    inv = inventory(pki=pki)
+    run(inv, hosts)
+    del hosts["controller-1"].files[layout.ETCD_PACKAGE_BINARY]
+    report = run(inv, hosts)
+    assert report.ok, [r.message for r in report.results]
+    assert hosts["controller-1"].commands[-1] == "apt-get install"
+    assert layout.ETCD_PACKAGE_BINARY in hosts["controller-1"].files
+    assert "installed Debian's etcd-server" in by_host(report)["controller-1"].restart_reasons
+    assert "apt-get install" not in hosts["controller-0"].commands
+
+
 def test_dry_run_says_it_would_install_the_package_and_changes_nothing(cluster):
     pki, _ = cluster
     hosts = {n: etcd_host(n, binary=False) for n in NAMES}
