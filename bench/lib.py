@@ -546,6 +546,7 @@ class HostJob:
     dirs: tuple[tuple[str, int], ...]
     never: tuple[str, ...] = ("ca-key.pem",)
     unit_mode: int = UNIT_MODE
+    host_files: tuple[tuple[str, int], ...] = ()    # (remote path, mode): bytes that differ per host
 
     @property
     def listed_dir(self) -> str:
@@ -574,9 +575,11 @@ ETCD_UNIT_PATH = "/etc/systemd/system/etcd.service"
 ETCD_DATA_DIR_MODE = 0o700
 
 
-def etcd_job(data_dir: str) -> HostJob:
-    """data_dir: the member's, /var/lib/etcd/<cluster name> unless the inventory's etcd.data_dir says."""
+def etcd_job(data_dir: str, marker: str | None = None) -> HostJob:
+    """data_dir: the member's, /var/lib/etcd/<cluster name> unless the inventory's etcd.data_dir says;
+    marker: the name of the record deploy-etcd writes there (0600), when this k8sboot writes one."""
     return HostJob(
+        host_files=((f"{data_dir}/{marker}", 0o600),) if marker else (),
         service="etcd", unit_path=ETCD_UNIT_PATH,
         files=tuple((f"{ETCD_DIR}/{name}", name, mode) for name, mode in ETCD_FILES),
         dirs=((ETCD_DIR, ETCD_DIR_MODE), (data_dir, ETCD_DATA_DIR_MODE)),
@@ -588,7 +591,7 @@ def snapshot_command(job: HostJob = APISERVER_JOB) -> str:
     `F <path> <mode-octal> <owner>:<group> <sha256>` per target (or `F <path> missing`),
     `D <dir> <mode> <owner>:<group>` per directory, `L <every name in the first dir>`,
     `S active|... enabled|...`, `CAKEY present|absent` (any of the job's `never` names)."""
-    paths = [path for path, _, _ in job.files] + [job.unit_path]
+    paths = [path for path, _, _ in job.files] + [path for path, _ in job.host_files] + [job.unit_path]
     dirs = [d for d, _ in job.dirs]
     names = " -o ".join(f"-name {shlex.quote(n)}" for n in job.never)
     find = f"find / -xdev -name {shlex.quote(job.never[0])}" if len(job.never) == 1 else \
@@ -649,11 +652,15 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def expected_state(pki_dir: Path, unit_file: Path, job: HostJob = APISERVER_JOB) -> HostState:
-    """What every tool must leave: the local bytes, the layout's modes, root:root, active, enabled."""
+def expected_state(pki_dir: Path, unit_file: Path, job: HostJob = APISERVER_JOB,
+                   host_files: Mapping[str, Path] | None = None) -> HostState:
+    """What every tool must leave: the local bytes, the layout's modes, root:root, active, enabled.
+    host_files: the local file of each of the job's per-host files (remote path -> local path)."""
     files: dict[str, tuple[str, str, str] | None] = {}
     for path, name, mode in job.files:
         files[path] = (f"{mode:o}", "root:root", sha256_file(pki_dir / name))
+    for path, mode in job.host_files:
+        files[path] = (f"{mode:o}", "root:root", sha256_file((host_files or {})[path]))
     files[job.unit_path] = (f"{job.unit_mode:o}", "root:root", sha256_file(unit_file))
     dirs = {d: (f"{mode:o}", "root:root") for d, mode in job.dirs}
     listed = tuple(sorted(path.rsplit("/", 1)[1] for path, _, _ in job.files

@@ -14,16 +14,18 @@
 # waits for the old process to be gone, so that a restart is under way before the next host), then
 # waits for the cluster once at the end.
 #
-# usage: kthw_etcd.sh [--control-master] -F SSH_CONFIG -p PKI_DIR -u UNITS_DIR -d DATA_DIR HOST...
+# usage: kthw_etcd.sh [--control-master] -F SSH_CONFIG -p PKI_DIR -u UNITS_DIR -d DATA_DIR [-r RECORD] HOST...
 #   SSH_CONFIG  `Host controller-N` blocks (bench/lib.py ssh-config INVENTORY)
 #   PKI_DIR     the output of `k8sboot gen-certs`
 #   UNITS_DIR   UNITS_DIR/HOST.etcd.service, rendered by k8sboot (bench/etcd writes them)
 #   DATA_DIR    the member's data dir, /var/lib/etcd/<cluster name>
+#   RECORD      the name of the record deploy-etcd writes into the data dir (k8sboot-member.json,
+#               0600): UNITS_DIR/HOST.RECORD is shipped there too, so the end state is the same
 #   --control-master   one multiplexed connection per host (ControlMaster auto, ControlPersist),
 #                      closed at the end of the run
 set -euo pipefail
 
-CM=0 CFG="" PKI="" UNITS="" DATA=""
+CM=0 CFG="" PKI="" UNITS="" DATA="" RECORD=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --control-master) CM=1; shift ;;
@@ -31,13 +33,15 @@ while [ $# -gt 0 ]; do
     -p) PKI=$2; shift 2 ;;
     -u) UNITS=$2; shift 2 ;;
     -d) DATA=$2; shift 2 ;;
+    -r) RECORD=$2; shift 2 ;;
     --) shift; break ;;
     -*) echo "kthw_etcd.sh: unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
 done
 [ -n "$CFG" ] && [ -n "$PKI" ] && [ -n "$UNITS" ] && [ -n "$DATA" ] && [ $# -gt 0 ] || {
-  echo "usage: kthw_etcd.sh [--control-master] -F SSH_CONFIG -p PKI_DIR -u UNITS_DIR -d DATA_DIR HOST..." >&2; exit 2; }
+  echo "usage: kthw_etcd.sh [--control-master] -F SSH_CONFIG -p PKI_DIR -u UNITS_DIR -d DATA_DIR [-r RECORD] HOST..." >&2
+  exit 2; }
 
 HOSTS=("$@")
 CFG=$(realpath "$CFG") PKI=$(realpath "$PKI") UNITS=$(realpath "$UNITS")
@@ -54,13 +58,17 @@ fi
 
 cd "$PKI"
 for instance in "${HOSTS[@]}"; do
+  record=()
+  [ -z "$RECORD" ] || record=("$UNITS/$instance.$RECORD")
   scp -q "${SSH_OPTS[@]}" \
     etcd-ca.pem etcd-server.pem etcd-server-key.pem etcd-peer.pem etcd-peer-key.pem "$UNITS/$instance.etcd.service" \
-    "${instance}:~/"
+    "${record[@]}" "${instance}:~/"
 
-  ssh "${SSH_OPTS[@]}" "$instance" "set -e; DATA=$DATA; mv ${instance}.etcd.service etcd.service;"'
+  ssh "${SSH_OPTS[@]}" "$instance" "set -e; DATA=$DATA; RECORD=$RECORD; mv ${instance}.etcd.service etcd.service;
+    [ -z \"\$RECORD\" ] || mv ${instance}.\$RECORD \$RECORD;"'
     mkdir -p /etc/etcd "$DATA"
     chmod 0700 /etc/etcd "$DATA"
+    if [ -n "$RECORD" ]; then chmod 0600 "$RECORD"; chown root:root "$RECORD"; mv "$RECORD" "$DATA/$RECORD"; fi
     chmod 0644 etcd-ca.pem etcd-server.pem etcd-peer.pem etcd.service
     chmod 0600 etcd-server-key.pem etcd-peer-key.pem
     chown root:root etcd-ca.pem etcd-server.pem etcd-server-key.pem etcd-peer.pem etcd-peer-key.pem etcd.service
