@@ -76,15 +76,23 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
+def default_etcd_servers(inventory: Inventory) -> tuple[str, ...]:
+    """Without apiserver.etcd_servers: every controller's etcd member, as `k8sboot deploy-etcd`
+    runs them (https://<internal_ip>:2379), so no API server depends on one member alone."""
+    from k8sboot import etcd
+
+    if not inventory.controllers:
+        raise InventoryError(f"{inventory.where('apiserver')}: apiserver.etcd_servers: kube-apiserver needs at "
+                             "least one etcd server (--etcd-servers) and there is no controller to run one",
+                             hint="e.g. etcd_servers: [https://10.0.1.10:2379]")
+    return tuple(etcd.client_url(h) for h in inventory.controllers)
+
+
 def build_apiserver_flags(inventory: Inventory, host: Host) -> Flags:
     """The kube-apiserver flags for `host`, in DESIGN.md order, with `extra_flags` merged."""
     pki = layout.remote_path
     cluster, api = inventory.cluster, inventory.apiserver
-    if not api.etcd_servers:
-        raise InventoryError(
-            f"{inventory.where('apiserver')}: apiserver.etcd_servers: kube-apiserver needs at least one "
-            "etcd server (--etcd-servers)",
-            hint="e.g. etcd_servers: [https://10.0.1.10:2379]")
+    etcd_servers = api.etcd_servers or default_etcd_servers(inventory)
     ca = pki(layout.cert_file(layout.CA))
     flags: list[tuple[str, str]] = [
         ("advertise-address", str(host.internal_ip)),
@@ -98,7 +106,7 @@ def build_apiserver_flags(inventory: Inventory, host: Host) -> Flags:
         ("etcd-cafile", pki(layout.cert_file(layout.ETCD_CA))),
         ("etcd-certfile", pki(layout.cert_file(layout.APISERVER_ETCD_CLIENT))),
         ("etcd-keyfile", pki(layout.key_file(layout.APISERVER_ETCD_CLIENT))),
-        ("etcd-servers", ",".join(api.etcd_servers)),
+        ("etcd-servers", ",".join(etcd_servers)),
         ("kubelet-certificate-authority", ca),
         ("kubelet-client-certificate", pki(layout.cert_file(layout.KUBELET_CLIENT))),
         ("kubelet-client-key", pki(layout.key_file(layout.KUBELET_CLIENT))),

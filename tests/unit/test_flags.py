@@ -110,12 +110,17 @@ def test_audiences_flag_only_when_they_differ_from_the_issuer():
     assert "api-audiences" not in dict(flags_of(inv))
 
 
-def test_no_etcd_servers_is_an_inventory_error():
+def test_without_etcd_servers_every_controller_s_etcd_member_is_dialled():
+    """The members `k8sboot deploy-etcd` runs, one per controller, on its internal IP: an API
+    server then survives the loss of any one of them (KTHW lists all three the same way)."""
     from dataclasses import replace
     inv = make_inventory()
     inv = replace(inv, apiserver=replace(inv.apiserver, etcd_servers=()))
+    assert dict(flags_of(inv))["etcd-servers"] == ",".join(
+        f"https://{h.internal_ip}:2379" for h in inv.controllers)
+    assert len(inv.controllers) == 3
     with pytest.raises(InventoryError, match="etcd_servers"):
-        flags_of(inv)
+        build_apiserver_flags(replace(inv, controllers=()), inv.controllers[0])
 
 
 def test_tutorial_grep_on_the_rendered_unit_prints_the_three_flags():

@@ -227,7 +227,8 @@ def test_inventory_is_a_valid_full_inventory_for_the_lab(tmp_path):
     assert inv.cluster.api_endpoint == "https://10.240.0.10:6443"
     assert str(inv.cluster.service_cidr) == "10.32.0.0/24" and inv.cluster.cluster_domain == "cluster.local"
     assert inv.pki.dir == Path("pki") and inv.apiserver.anonymous_auth is False
-    assert inv.apiserver.etcd_servers == ("https://10.240.0.10:2379",)
+    assert inv.apiserver.etcd_servers == ("https://10.240.0.10:2379", "https://10.240.0.11:2379",
+                                          "https://10.240.0.12:2379")
     assert inv.ssh.user == "root" and inv.ssh.sudo is False
     assert inv.ssh.identity_file == Path("/var/lib/k8sboot/lab/id_ed25519")
     assert inv.ssh.known_hosts == Path("/run/k8sboot-lab/known_hosts")
@@ -246,7 +247,8 @@ def test_inventory_with_the_load_balancer_dials_it_and_keeps_the_issuer_on_contr
         ("lb-0", "10.240.0.5", "10.240.0.5")]
     assert [h.name for h in inv.controllers] == ["controller-0", "controller-1", "controller-2"]
     assert inv.apiserver.shutdown_delay_seconds == 3
-    assert inv.apiserver.etcd_servers == ("https://10.240.0.10:2379",)
+    assert inv.apiserver.etcd_servers == ("https://10.240.0.10:2379", "https://10.240.0.11:2379",
+                                          "https://10.240.0.12:2379")
     assert "load_balancers:\n  - {name: lb-0, address: 10.240.0.5, internal_ip: 10.240.0.5}\n" in text
     assert "  api_endpoint: https://10.240.0.5:6443\n" in text
 
