@@ -48,6 +48,7 @@ class DeployOptions:
     strategy: str | None = None           # rolling | parallel; None: rolling when a serving host restarts
     max_unavailable: int = 1              # hosts a rolling wave takes down at once
     ready_timeout: float = 120.0          # bound on "until /readyz answers 200" (a real API server: 5-60 s)
+    etcd_check: bool = True               # deploy-apiserver: ask etcd before the first change (etcd_gate)
 
 
 # outcomes
@@ -686,7 +687,11 @@ def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector |
     if readyz is None and not options.dry_run:
         readyz = health_checker(inventory, secure_port(inventory, hosts[0]))
     job = apiserver_job(inventory, options, hosts, templates, readyz)
-    job.before_changes = etcd_gate(inventory, etcd_ask)
+    if options.etcd_check:
+        job.before_changes = etcd_gate(inventory, etcd_ask)
+    elif not options.dry_run:
+        warn("etcd not checked (--no-etcd-check): a restarted API server that cannot read etcd stops the roll "
+             "at its health gate")
     if options.strategy == rollout.PARALLEL and not options.dry_run:
         warning = rollout.outage_warning(len(inventory.controllers), len(hosts), options.strategy,
                                          options.max_unavailable)

@@ -23,7 +23,7 @@ from k8sboot import flags as flagmod
 from k8sboot import layout
 from k8sboot import plan as planmod
 from k8sboot import verify_etcd
-from k8sboot.errors import ExitCode, K8sbootError
+from k8sboot.errors import ExitCode, K8sbootError, PkiError
 from k8sboot.model import Host, Inventory
 from k8sboot.plan import DesiredFile, HostFacts
 
@@ -363,6 +363,29 @@ def check_probe(host: str, anonymous_auth: bool, anon, bogus, admin) -> list[Che
     return out
 
 
+READYZ_VERBOSE = "/readyz?verbose"
+ETCD_CHECKS = ("[-]etcd failed", "[-]etcd-readiness failed")
+
+
+def check_readyz(host: str, answer) -> list[Check]:
+    """The running API server's own word (`GET /readyz?verbose` as the health identity): ready,
+    or which checks fail. A failing `etcd` check says that the server cannot read its storage:
+    its --etcd-* flags or the members (the etcd checks of this report say which)."""
+    if answer.status is None:
+        return [Check(host, "API server /readyz", DRIFT, f"no answer: {answer.error}", "200", "")]
+    lines = [ln.strip() for ln in (answer.body or "").splitlines()]
+    failing = [ln for ln in lines if ln.startswith("[-]")]
+    if answer.status == 200:
+        etcd = "etcd ok" if "[+]etcd ok" in lines else "no etcd check listed"
+        return [Check(host, "API server /readyz", OK, f"ready, {sum(ln.startswith('[+]') for ln in lines)} checks "
+                      f"passed ({etcd})", "200", "200")]
+    detail = f"HTTP {answer.status}: " + ("; ".join(failing[:4]) or (lines[:1] or [""])[0][:200])
+    if any(ln.startswith(ETCD_CHECKS) for ln in failing):
+        detail += (" — the API server cannot read etcd: check its --etcd-servers, --etcd-cafile, "
+                   "--etcd-certfile/--etcd-keyfile and the etcd members (k8sboot deploy-etcd)")
+    return [Check(host, "API server /readyz", DRIFT, detail, "200", str(answer.status))]
+
+
 # --- over SSH ------------------------------------------------------------------------------------
 
 
@@ -375,10 +398,13 @@ class VerifyOptions:
     probe_timeout: float = 5.0
 
 
-def verify(inventory: Inventory, options: VerifyOptions, *, connect=None, etcd_ask=None) -> VerifyReport:
+def verify(inventory: Inventory, options: VerifyOptions, *, connect=None, etcd_ask=None,
+           readyz=None) -> VerifyReport:
     """Every host in parallel. As in deploy, the hosts are dialled and their facts read while the
     units are rendered and the local PKI read (a local error closes every connection). `etcd_ask`:
-    the HTTPS to etcd members (`verify_etcd.asker`, by default over verify's dialer)."""
+    the HTTPS to etcd members (`verify_etcd.asker`, by default over verify's dialer); `readyz`:
+    Host -> the answer of a running API server's /readyz?verbose (by default HTTPS as the
+    health identity, over verify's dialer)."""
     from k8sboot import deploy as deploymod
     from k8sboot import render
     from k8sboot.store import read_optional
@@ -409,7 +435,22 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None, etcd_a
         return {"pki": pki, "units": units,
                 "desired": {h.name: planmod.build_desired_files(pki, units[h.name].text) for h in hosts},
                 "have_admin": read_optional(admin_cert) is not None and read_optional(admin_key) is not None,
-                "etcd": verify_etcd.read_local(inventory, options.templates)}
+                "etcd": verify_etcd.read_local(inventory, options.templates),
+                "readyz": readyz if readyz is not None else readyz_probe()}
+
+    def readyz_probe():
+        from k8sboot import health
+
+        try:
+            ca, cert, key = health.credentials(inventory)
+        except PkiError:
+            return None                  # no client cert to read /readyz with: gen-certs says so elsewhere
+        from k8sboot import probe
+
+        def ask(host: Host):
+            return probe.request(str(host.internal_ip), port, "GET", READYZ_VERBOSE, ca, cert=cert, key=key,
+                                 timeout=options.probe_timeout, dial=dial)
+        return ask
 
     def one(host: Host) -> HostVerification:
         t0 = time.monotonic()
@@ -431,6 +472,8 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None, etcd_a
             etcd_deployed[host.name] = verify_etcd.deployed(etcd_facts)
             if etcd_deployed[host.name]:
                 result.checks += verify_etcd.verify_member(inventory, host, etcd_facts, ready["etcd"], etcd_ask)
+            if facts.service.is_active and ready["readyz"] is not None:
+                result.checks += check_readyz(host.name, ready["readyz"](host))
         except K8sbootError as exc:
             result.error, result.hint, result.code = exc.message, exc.hint, int(exc.code)
         finally:

@@ -147,6 +147,10 @@ def deploy_apiserver(
                                         help="Controllers a rolling wave restarts at once."),
     ready_timeout: float = typer.Option(120.0, "--ready-timeout", metavar="SECONDS",
                                         help="How long a restarted controller may take to answer /readyz 200."),
+    no_etcd_check: bool = typer.Option(False, "--no-etcd-check",
+                                       help="Do not ask etcd before changing hosts (when etcd's client port "
+                                            "cannot be reached from here); the health gate still stops the "
+                                            "roll at the first API server that does not turn ready."),
     json_: bool = json_option,
 ) -> None:
     """Push the PKI files and the kube-apiserver unit to every controller, idempotently, without an outage."""
@@ -164,7 +168,7 @@ def deploy_apiserver(
                             rollback_on_failure=rollback_on_failure, binary=binary,
                             accept_new_host_keys=accept_new_host_keys, lock_wait=lock_wait, wait=wait,
                             templates=templates, strategy=strategy, max_unavailable=max_unavailable,
-                            ready_timeout=ready_timeout)
+                            ready_timeout=ready_timeout, etcd_check=not no_etcd_check)
     with _ProgressView(console, enabled=True) as view:
         report = deploy(inv, options, progress=view.update, warn=lambda m: console.warn(m))
     _print_deploy_report(console, report, json_)

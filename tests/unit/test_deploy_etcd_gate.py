@@ -120,6 +120,18 @@ def test_no_quorum_refuses_before_any_host_changes_with_its_own_exit_code_and_a_
     assert report.by_outcome()["old"] == list(NAMES)
 
 
+def test_no_etcd_check_deploys_without_asking_etcd_and_says_so(site):
+    """--no-etcd-check (etcd's client port cannot be reached from the workstation): etcd is not
+    asked, the deploy goes on, and a warning says that only the health gate guards the roll."""
+    inv, hosts = site
+    members = Members(m0=REFUSED, m1=REFUSED, m2=REFUSED)
+    warnings: list[str] = []
+    report = run(inv, hosts, members, warnings, etcd_check=False)
+    assert members.asked == [] and "etcd" not in report.checks
+    assert report.exit_code() == ExitCode.OK and all(r.outcome == D.DEPLOYED for r in report.results)
+    assert any("--no-etcd-check" in w and "health gate" in w for w in warnings), warnings
+
+
 def test_one_of_three_healthy_is_no_quorum(site):
     inv, hosts = site
     report = run(inv, hosts, Members(m1=REFUSED, m2=REFUSED))

@@ -132,3 +132,26 @@ def test_verify_reads_facts_while_rendering_and_a_local_error_lets_every_host_go
     with pytest.raises(PkiError, match="kubernetes-key.pem"):
         verify(inventory, VerifyOptions(), connect=fake_connector(hosts, opened))
     assert all(r.closed for r in opened) and all(h.commands == [] for h in hosts.values())
+
+
+def test_readyz_check_names_etcd_when_the_api_server_cannot_read_it():
+    """What a real 1.32 kube-apiserver answers on /readyz?verbose (k8s.io/apiserver healthz) with
+    etcd down: the failing checks, reasons withheld, `readyz check failed`, HTTP 500."""
+    from k8sboot.verify import check_readyz
+
+    down = ("[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\n[-]etcd-readiness failed: reason withheld\n"
+            "[+]informer-sync ok\n[+]poststarthook/rbac/bootstrap-roles ok\n[+]shutdown ok\nreadyz check failed\n")
+    [c] = check_readyz("controller-0", ProbeAnswer(500, down))
+    assert c.status == DRIFT and c.check == "API server /readyz"
+    assert c.detail.startswith("HTTP 500: [-]etcd failed: reason withheld; [-]etcd-readiness failed: reason withheld")
+    assert "cannot read etcd" in c.detail and "--etcd-cafile" in c.detail
+
+    up = "[+]ping ok\n[+]log ok\n[+]etcd ok\n[+]etcd-readiness ok\n[+]shutdown ok\nreadyz check passed\n"
+    [c] = check_readyz("controller-0", ProbeAnswer(200, up))
+    assert c.status == OK and "etcd ok" in c.detail
+
+    shutting = "[+]ping ok\n[+]etcd ok\n[-]shutdown failed: reason withheld\nreadyz check failed\n"
+    [c] = check_readyz("controller-0", ProbeAnswer(500, shutting))
+    assert c.status == DRIFT and "[-]shutdown failed" in c.detail and "cannot read etcd" not in c.detail
+    [c] = check_readyz("controller-0", ProbeAnswer(None, error="ConnectionRefusedError: [Errno 111] Connection refused"))
+    assert c.status == DRIFT and "Connection refused" in c.detail

@@ -197,9 +197,16 @@ def connector(api, etcd):
     return lambda host: BothUnits(api[host.name], etcd[host.name])
 
 
-def run_verify(inv, api, etcd, members, stopped=()):
+def ready_api(host):
+    """The API servers' /readyz?verbose: ready, etcd ok (these tests are about the members)."""
+    from k8sboot.probe import ProbeAnswer
+
+    return ProbeAnswer(200, "[+]ping ok\n[+]log ok\n[+]etcd ok\n[+]etcd-readiness ok\nreadyz check passed\n")
+
+
+def run_verify(inv, api, etcd, members, stopped=(), readyz=ready_api):
     ask = VE.asker(inv, dialer(members, stopped), 2.0)
-    return V.verify(inv, V.VerifyOptions(), connect=connector(api, etcd), etcd_ask=ask)
+    return V.verify(inv, V.VerifyOptions(), connect=connector(api, etcd), etcd_ask=ask, readyz=readyz)
 
 
 def etcd_checks(host_result):
@@ -226,6 +233,29 @@ def test_each_member_is_asked_over_https_with_the_health_check_cert_and_all_is_o
         [m.clients for m in members.values()]
     doc = report.to_json()
     assert any(c["check"] == "etcd health" for c in doc["hosts"][0]["checks"])
+
+
+def test_the_api_servers_own_etcd_check_is_read_and_a_failing_one_is_drift_naming_etcd(inv, hosts, members):
+    """verify asks each running API server's /readyz?verbose: an API server that cannot read etcd
+    (wrong --etcd-cafile, say) while every member is healthy is drift, and the line says etcd."""
+    from k8sboot.probe import ProbeAnswer
+
+    asked = []
+
+    def unready_on_1(host):
+        asked.append(host.name)
+        if host.name == "controller-1":
+            return ProbeAnswer(500, "[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\n"
+                                    "[-]etcd-readiness failed: reason withheld\nreadyz check failed\n")
+        return ready_api(host)
+
+    report = run_verify(inv, *hosts, members, readyz=unready_on_1)
+    assert tuple(sorted(asked)) == NAMES and report.exit_code() == ExitCode.DRIFT
+    by = {h.host: {c.check: c for c in h.checks} for h in report.hosts}
+    assert by["controller-0"]["API server /readyz"].status == V.OK
+    bad = by["controller-1"]["API server /readyz"]
+    assert bad.status == V.DRIFT and "[-]etcd failed" in bad.detail and "cannot read etcd" in bad.detail
+    assert by["controller-1"]["etcd health"].status == V.OK           # the member itself is fine
 
 
 def test_a_stopped_member_is_named_and_verify_exits_10(inv, hosts, members):
@@ -293,7 +323,7 @@ def test_no_etcd_anywhere_is_one_warn_line_and_changes_nothing_else(inv, members
              etcd_ask=healthy_etcd())
     asked = []
     none = {n: etcd_host(n) for n in NAMES}      # no etcd unit, no data: never deployed
-    report = V.verify(inv, V.VerifyOptions(), connect=connector(api, none),
+    report = V.verify(inv, V.VerifyOptions(), connect=connector(api, none), readyz=ready_api,
                       etcd_ask=lambda h, what: asked.append(h.name))
     assert report.exit_code() == ExitCode.OK and asked == []
     warns = [(h.host, c) for h in report.hosts for c in h.checks if c.status == VE.WARN]
