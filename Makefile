@@ -120,6 +120,11 @@ bench-availability: deps bench-deps
 	$(PY) bench/availability --full
 bench-standin: deps
 	$(PY) bench/standin --full
+# issue 12: deploy-etcd's first deploy and no-change rerun against the KTHW etcd loop and Ansible
+# (3 and 10 controllers, the same end state checked after each tool)
+.PHONY: bench-etcd
+bench-etcd: deps bench-deps
+	$(PY) bench/etcd --full
 
 clean:
 	rm -rf $(VENV) pki *.kubeconfig .pytest_cache
