@@ -330,6 +330,11 @@ class Job:
     # may replace `run.facts` (the plan is then made again).
     before_install: Callable[["HostRun", DeployOptions, Progress], None] | None = None
     command: str = "deploy-apiserver"        # what to rerun, for messages
+    # Seconds between the first starts of hosts installed at once, in inventory order (host i waits
+    # i x this before its install): etcd members of a new cluster started in the same instant
+    # stall one another (each asks the others' peer ports, bound but not serving yet, and waits up
+    # to 1 s for each), while starts a few tens of ms apart form the cluster at once.
+    start_stagger: float = 0.0
 
 
 @dataclass
@@ -473,8 +478,19 @@ def _proceed(job: Job, run: HostRun, options: DeployOptions, progress: Progress,
         result.outcome, result.ok = STAGED, True
         progress(name, "staged; waiting for its wave")
         return True
+    delay = start_delay(job, run)
+    if delay:
+        time.sleep(delay)
     switch_host(job, run, options, progress, clock, staged=False)
     return False
+
+
+def start_delay(job: Job, run: HostRun) -> float:
+    """How long `run`'s host waits before its install: `job.start_stagger` x its place among the
+    job's hosts, for a first start only (a restart of a serving member is in a wave of its own)."""
+    if not job.start_stagger or not run.plan.restart or run.facts.service.is_active:
+        return 0.0
+    return job.hosts.index(run.host) * job.start_stagger
 
 
 def _resume_held(job: Job, run: HostRun, options: DeployOptions, progress: Progress) -> None:
@@ -1143,6 +1159,11 @@ def etcd_health(ask: EtcdProbe) -> health.ReadyzProbe:
     return readyz
 
 
+# Measured with ten real etcd 3.4 members on loopback: started in the same instant they were all
+# healthy after 1.5-6.4 s; 20-50 ms apart, after 0.5-0.8 s.
+ETCD_START_STAGGER = 0.03
+
+
 def etcd_job(inventory: Inventory, options: DeployOptions, ask: EtcdProbe | None,
              clock=time.monotonic, sleep=time.sleep) -> Job:
     """One etcd member per selected controller: /etc/etcd's TLS files, the unit, the data dir;
@@ -1276,7 +1297,8 @@ def etcd_job(inventory: Inventory, options: DeployOptions, ask: EtcdProbe | None
                tls_hint=(" (etcd-server.pem does not cover this address: run gen-certs to reissue it with the "
                          "inventory's controllers, then deploy-etcd again)"),
                before_plan=before_plan, before_wave=before_wave if ask is not None else None,
-               before_changes=before_changes, before_install=before_install, command="deploy-etcd")
+               before_changes=before_changes, before_install=before_install, command="deploy-etcd",
+               start_stagger=ETCD_START_STAGGER)
 
 
 def deploy_etcd(inventory: Inventory, options: DeployOptions, *, connect: Connector | None = None,
