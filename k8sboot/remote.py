@@ -366,21 +366,27 @@ _configs: dict[str, object] = {}
 _config_lock = threading.Lock()
 
 
-def _fabric_config(ssh: SshSettings):
-    """One Fabric Config per ssh config file per process (loading ssh_config costs time)."""
+def _fabric_config(ssh: SshSettings, *, own: bool = False):
+    """One Fabric Config per ssh config file per process (parsing ssh_config costs time); `own`:
+    a new Config over the same parsed ssh_config, for one Connection. invoke's Config re-merges
+    its whole dict when a value is set through it, and fabric's clone() parses the ssh_config
+    files again into the shared SSHConfig: a Connection's config, read in its host's thread, must
+    not be another host's (seen once at 10 hosts: "No attribute or config key found")."""
     from fabric import Config
 
     key = str(ssh.config_file or "")
+    overrides = {"run": {"in_stream": False}, "load_ssh_configs": True}
     with _config_lock:
         cfg = _configs.get(key)
         if cfg is None:
-            overrides = {"run": {"in_stream": False}, "load_ssh_configs": True}
             if ssh.config_file is not None:
                 cfg = Config(runtime_ssh_path=str(Path(ssh.config_file).expanduser()), overrides=overrides)
             else:
                 cfg = Config(overrides=overrides)
             _configs[key] = cfg
+    if not own:
         return cfg
+    return Config(overrides=overrides, ssh_config=cfg.base_ssh_config)     # read-only from here on
 
 
 def ssh_endpoint(ssh: SshSettings, address: str, user: str | None = None,
@@ -507,7 +513,7 @@ def _open_connection(ssh: SshSettings, address: str, port: int | None, user: str
         via = Jump(via_user, hop.address, via_port)
         gateway = _open_connection(ssh, via.address, via.port, via.user, name=via.address,
                                    accept_new=accept_new, jumps=jumps[:-1])
-    conn = Connection(address, user=user, port=port, config=_fabric_config(ssh), gateway=gateway,
+    conn = Connection(address, user=user, port=port, config=_fabric_config(ssh, own=True), gateway=gateway,
                       connect_timeout=max(1, int(round(ssh.connect_timeout))),
                       connect_kwargs=_connect_kwargs(ssh))
     if not jumps:

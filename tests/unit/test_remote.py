@@ -422,3 +422,23 @@ def test_connect_dials_the_port_the_ssh_config_names_when_the_inventory_has_none
     with pytest.raises(ConnectError) as info:
         remote.connect(Host("c-0", "127.0.0.1", ipaddress.ip_address("127.0.0.1")), ssh)
     assert info.value.message == f"c-0 (127.0.0.1:{port}): connection refused"
+
+
+def test_each_connection_gets_its_own_fabric_config_over_one_parsed_ssh_config(tmp_path):
+    """Hosts are dialled in parallel threads: a Connection's config must be its own (invoke's
+    Config re-merges itself when written to), while the ssh_config is parsed once and shared."""
+    from k8sboot.model import SshSettings
+    from k8sboot.remote import _fabric_config
+
+    config = tmp_path / "ssh_config"
+    config.write_text("Host c-*\n  User deployer\n  Port 2222\n")
+    ssh = SshSettings(config_file=config, known_hosts=tmp_path / "known_hosts")
+    one, two = _fabric_config(ssh, own=True), _fabric_config(ssh, own=True)
+    assert one is not two and one is not _fabric_config(ssh)
+    assert one.base_ssh_config is two.base_ssh_config is _fabric_config(ssh).base_ssh_config
+    assert one.base_ssh_config.lookup("c-0")["user"] == "deployer"
+    rules = len(_fabric_config(ssh).base_ssh_config._config)
+    _fabric_config(ssh, own=True)
+    assert len(_fabric_config(ssh).base_ssh_config._config) == rules      # not parsed again
+    one.connect_kwargs["look_for_keys"] = False                           # a write to one config
+    assert "look_for_keys" not in two.connect_kwargs
