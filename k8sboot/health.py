@@ -89,9 +89,17 @@ def _permanent(answer) -> bool:
     return (answer.status is None and answer.error.startswith("TLS verification failed")) or answer.status in (401, 403)
 
 
+FORBIDDEN_HINT = ("the API server denies the health identity /readyz: its RBAC policy is not loaded, as when "
+                  "it has not read etcd since it started (it then authorizes only system:masters: check "
+                  "etcd and its --etcd-* flags, k8sboot verify), or the system:public-info-viewer binding "
+                  "was removed")
+
+
 def _detail(answer) -> str:
     if answer.status is None:
         return answer.error or "no answer"
+    if answer.status == 403:
+        return f"HTTP 403: {FORBIDDEN_HINT}"
     failing = [ln.strip() for ln in (answer.body or "").splitlines() if ln.strip().startswith("[-]")]
     if failing:
         etcd = any(ln.startswith(("[-]etcd failed", "[-]etcd-readiness failed")) for ln in failing)

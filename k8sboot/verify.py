@@ -373,6 +373,10 @@ def check_readyz(host: str, answer) -> list[Check]:
     its --etcd-* flags or the members (the etcd checks of this report say which)."""
     if answer.status is None:
         return [Check(host, "API server /readyz", DRIFT, f"no answer: {answer.error}", "200", "")]
+    if answer.status == 403:
+        from k8sboot.health import FORBIDDEN_HINT
+
+        return [Check(host, "API server /readyz", DRIFT, f"HTTP 403: {FORBIDDEN_HINT}", "200", "403")]
     lines = [ln.strip() for ln in (answer.body or "").splitlines()]
     failing = [ln for ln in lines if ln.startswith("[-]")]
     if answer.status == 200:

@@ -38,7 +38,9 @@ keeps its objects in etcd, as the real server does. Exactly:
   Txn); a storage failure is the real 500 `Internal error occurred: ...` naming the server.
   Authentication's ServiceAccount lookup and RBAC read a cache that is read again whenever
   etcd's revision has moved (one round trip per request), and serve what was last read while
-  etcd is down, as the real server's informers do. With `K8SBOOT_STANDIN_DATA_DIR` (tests) the
+  etcd is down, as the real server's informers do; before
+  anything was ever read (started with etcd unreachable, or a wrong --etcd-cafile) there is no
+  policy, so only system:masters is authorized (a 403 for everyone else, /readyz included). With `K8SBOOT_STANDIN_DATA_DIR` (tests) the
   objects go to a local file store instead (storage.py, 0700, atomic writes) and no etcd is
   dialled. The kinds: Namespaces, ServiceAccounts,
   ClusterRoles, ClusterRoleBindings, Roles, RoleBindings, with create, get, list (label and

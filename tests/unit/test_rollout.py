@@ -130,3 +130,10 @@ def test_the_gate_says_the_api_server_cannot_read_etcd_when_its_etcd_check_fails
     assert not ready.ready and ready.status == 500
     assert ready.detail.startswith("HTTP 500: [-]etcd failed: reason withheld; [-]etcd-readiness failed")
     assert "cannot read etcd" in ready.detail
+    # an API server that has not read etcd since it started has no RBAC policy: it denies the
+    # health identity (403, at once: waiting does not help while etcd stays unreadable)
+    denied = ProbeAnswer(403, '{"kind":"Status","message":"forbidden: User \\"system:k8sboot-health\\" cannot '
+                              'get path \\"/readyz\\"","reason":"Forbidden","code":403}')
+    ready = health.wait_ready(host("c0", "10.0.0.10"), lambda h: denied, 5, sleep=lambda s: None)
+    assert not ready.ready and ready.detail.startswith("HTTP 403: the API server denies the health identity")
+    assert "etcd" in ready.detail and "system:masters" in ready.detail
