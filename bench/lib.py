@@ -698,6 +698,146 @@ def state_differences(got: HostState, want: HostState) -> list[str]:
     return diffs
 
 
+
+# --- etcd for the API server benches ------------------------------------------------------------------
+#
+# The lab's stand-in keeps its objects in etcd, as kube-apiserver does: without etcd it starts but
+# never turns ready, and `k8sboot deploy-apiserver` refuses to change a host while fewer than a quorum
+# of its --etcd-servers are healthy. So every bench that deploys the API server first runs etcd,
+# untimed and the same for every tool (set-up, like the PKI): `k8sboot deploy-etcd` on the first
+# min(3, N) controllers only (etcd advises 3-7 members; a member per controller at 30 hosts would be
+# absurd and slow), from an inventory listing just those, and the API server's inventory names
+# exactly those members in apiserver.etcd_servers (k8sboot's default is every controller's member).
+
+ETCD_MEMBERS = 3
+ETCD_REGISTRY_PREFIX = "/registry"           # the stand-in's --etcd-prefix (kube-apiserver's default)
+
+
+def etcd_client_url(host: Mapping) -> str:
+    """A controller's etcd client URL as deploy-etcd serves it: https://<internal_ip>:2379."""
+    ip = str(host.get("internal_ip") or host["address"])
+    return f"https://[{ip}]:2379" if ":" in ip else f"https://{ip}:2379"
+
+
+def etcd_inventories(text: str, members: int = ETCD_MEMBERS) -> tuple[str, str, tuple[str, ...]]:
+    """The lab inventory's text -> (the API server's inventory: apiserver.etcd_servers = the client
+    URLs of the first min(members, N) controllers; the etcd inventory: the same with only those
+    controllers; their names). Pure: YAML in, YAML out (the lab's comments are not kept)."""
+    import yaml
+
+    data = yaml.safe_load(text)
+    controllers = list(data.get("controllers") or ())
+    if not controllers:
+        raise BenchError("the lab inventory has no controllers")
+    chosen = controllers[:max(1, min(members, len(controllers)))]
+    apiserver = dict(data.get("apiserver") or {})
+    apiserver["etcd_servers"] = [etcd_client_url(h) for h in chosen]
+    api = {**data, "apiserver": apiserver}
+    etcd = {**api, "controllers": chosen}
+    names = tuple(str(h["name"]) for h in chosen)
+    head = ("# Written by bench/ from the lab inventory: the API server's etcd is the members on "
+            f"{', '.join(names)} (k8sboot deploy-etcd -i <the etcd inventory>).\n")
+
+    def dump(doc) -> str:
+        return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+    return dump(api), dump(etcd), names
+
+
+def etcd_clear_command(prefix: str = ETCD_REGISTRY_PREFIX) -> str:
+    """Run on a member: delete every object the API server stored (`etcdctl del --prefix`), so that a
+    first deploy on wiped hosts starts from an empty store, as one on reset hosts (a new etcd) does."""
+    return ("ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/etcd-ca.pem "
+            "--cert=/etc/etcd/etcd-server.pem --key=/etc/etcd/etcd-server-key.pem --command-timeout=10s "
+            f"del --prefix {shlex.quote(prefix)} >/dev/null")
+
+
+@dataclass
+class ApiserverEtcd:
+    """etcd for an API-server bench: `prepare()` once the lab is up (rewrites the lab inventory, the
+    API server's, in place with the explicit etcd_servers, and writes the etcd inventory beside it),
+    `deploy()` before the API server is first deployed and after every host reset, untimed."""
+
+    k8sboot: Sequence[str]                  # argv of the k8sboot being measured
+    inventory: Path                         # the lab inventory, used as the API server's
+    cwd: Path                               # where the inventory's relative pki.dir is
+    members: tuple[str, ...] = ()
+
+    @property
+    def etcd_inventory(self) -> Path:
+        return self.inventory.with_name(self.inventory.stem + "-etcd.yaml")
+
+    def prepare(self, members: int = ETCD_MEMBERS) -> tuple[str, ...]:
+        api, etcd, self.members = etcd_inventories(Path(self.inventory).read_text(), members)
+        Path(self.inventory).write_text(api)
+        self.etcd_inventory.write_text(etcd)
+        return self.members
+
+    def deploy(self, timeout: float = 600) -> float:
+        """`k8sboot deploy-etcd -i <etcd inventory>` (untimed set-up: the seconds are for the log)."""
+        return run_timed([*self.k8sboot, "deploy-etcd", "-i", str(self.etcd_inventory)], cwd=self.cwd,
+                         timeout=timeout, what="k8sboot deploy-etcd (set-up, untimed)").seconds
+
+
+# verify checks each controller's etcd member against the inventory (one member per controller):
+# with etcd on the first 3 of more controllers it reports the others' missing members and the
+# members' smaller cluster as drift. These checks are about that set-up, not the API server's job.
+ETCD_CHECK_PATHS = ("/etc/etcd", "/var/lib/etcd", ETCD_UNIT_PATH)
+
+
+def drift_beyond_etcd(verify_json: Mapping) -> list[str]:
+    """`k8sboot verify --json` -> the drifted checks that are not etcd's (host: check: detail)."""
+    out = []
+    for h in verify_json.get("hosts") or ():
+        if h.get("error"):
+            out.append(f"{h.get('host')}: {h['error']}")
+        for c in h.get("checks") or ():
+            if c.get("status") != "DRIFT":
+                continue
+            name = str(c.get("check", ""))
+            target = name.split(" ", 1)[1] if name.startswith(("file ", "dir ")) else ""
+            if name.startswith("etcd") or any(target.startswith(p) for p in ETCD_CHECK_PATHS):
+                continue
+            out.append(f"{h.get('host')}: {name}: {c.get('detail', '')}")
+    return out
+
+
+def apiservers_not_ready(addresses: Sequence[str], pki_dir: Path, timeout: float = 60,
+                         port: int = 6443) -> list[str]:
+    """Wait (at most `timeout` s) until every address answers GET /readyz 200 (the k8sboot-health
+    client cert, the cluster CA); the ones that never did, with their last answer. Part of the
+    end state every tool must leave: an API server that serves, with its etcd."""
+    import http.client
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(pki_dir / "ca.pem"))
+    ctx.load_cert_chain(str(pki_dir / "k8sboot-health.pem"), str(pki_dir / "k8sboot-health-key.pem"))
+    last = {a: "no answer" for a in addresses}
+    waiting = list(addresses)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        for a in list(waiting):
+            conn = http.client.HTTPSConnection(a, port, context=ctx, timeout=3)
+            try:
+                conn.request("GET", "/readyz?verbose")
+                resp = conn.getresponse()
+                body = resp.read().decode(errors="replace")
+                if resp.status == 200:
+                    waiting.remove(a)
+                else:
+                    failed = [x.strip() for x in body.splitlines() if x.startswith("[-]")]
+                    last[a] = f"HTTP {resp.status} {' '.join(failed)[:200]}"
+            except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+                last[a] = f"{type(exc).__name__}: {exc}"[:200]
+            finally:
+                conn.close()
+        if waiting and time.monotonic() > deadline:
+            break
+        if waiting:
+            time.sleep(0.2)
+    return [f"{a}: /readyz {last[a]}" for a in waiting]
+
+
 if __name__ == "__main__":
     # Reproduce a peer by hand:  python3 bench/lib.py ssh-config inventory/lab.yaml > ssh_config
     #                            python3 bench/lib.py ansible-inventory inventory/lab.yaml > hosts.ini
