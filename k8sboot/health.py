@@ -84,9 +84,12 @@ def wait_ready(host: Host, readyz: ReadyzProbe, timeout: float, *, interval: flo
 
 def _permanent(answer) -> bool:
     """An answer waiting cannot change: the serving cert does not verify for this address (a
-    missing SAN, another CA), or the gate's own credential is refused. A starting server refuses
-    connections or answers 500; it never presents another certificate."""
-    return (answer.status is None and answer.error.startswith("TLS verification failed")) or answer.status in (401, 403)
+    missing SAN, another CA), or the gate's own credential is refused (401). A starting server
+    refuses connections or answers 500; it never presents another certificate. A 403 is waited
+    out: a server that has not loaded its RBAC policy yet (it is still reading etcd, or API
+    servers starting together are still writing the bootstrap policy) denies all but
+    system:masters for a while."""
+    return (answer.status is None and answer.error.startswith("TLS verification failed")) or answer.status == 401
 
 
 FORBIDDEN_HINT = ("the API server denies the health identity /readyz: its RBAC policy is not loaded, as when "

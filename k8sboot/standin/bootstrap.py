@@ -25,7 +25,7 @@ from k8sboot import rbac
 from k8sboot.standin.log import log, quote
 from k8sboot.standin.resources import (NAMESPACES, SERVICE_ACCOUNTS, SYSTEM_NAMESPACES, TYPES,
                                        prepare_create, prepare_update)
-from k8sboot.standin.storage import AlreadyExists, Store, StorageIOError
+from k8sboot.standin.storage import AlreadyExists, Conflict, Store, StorageIOError
 
 _BY_KIND = {t.kind: t for t in TYPES}
 
@@ -48,12 +48,21 @@ def _union(have: list | None, want: list | None) -> list | None:
 
 def ensure_system_objects(store: Store, now: datetime) -> list[str]:
     """Make what is missing (see the module docstring); returns what was created or reconciled,
-    e.g. ["namespaces/default", "clusterroles/admin (reconciled)"]."""
+    e.g. ["namespaces/default", "clusterroles/admin (reconciled)"]. Safe to run by several API
+    servers on one etcd at once (every controller starting together): an object another made
+    first, or changed meanwhile, is left to it."""
     done = []
+
+    def create(resource: str, name: str, obj: dict) -> None:
+        try:
+            store.create(resource, "", name, obj)
+            done.append(f"{resource}/{name}")
+        except AlreadyExists:
+            pass                 # another API server on the same etcd made it first: as good
+
     for name in SYSTEM_NAMESPACES:
         if store.get(NAMESPACES.name, "", name) is None:
-            store.create(NAMESPACES.name, "", name, prepare_create(NAMESPACES, {"metadata": {"name": name}}, "", now))
-            done.append(f"namespaces/{name}")
+            create(NAMESPACES.name, name, prepare_create(NAMESPACES, {"metadata": {"name": name}}, "", now))
     for ns in store.list(NAMESPACES.name):
         ensure_namespace_content(store, ns["metadata"]["name"], now)
     for wanted in rbac.bootstrap_policy():
@@ -61,8 +70,7 @@ def ensure_system_objects(store: Store, now: datetime) -> list[str]:
         name = wanted["metadata"]["name"]
         current = store.get(rt.name, "", name)
         if current is None:
-            store.create(rt.name, "", name, prepare_create(rt, wanted, "", now))
-            done.append(f"{rt.name}/{name}")
+            create(rt.name, name, prepare_create(rt, wanted, "", now))
             continue
         annotations = current["metadata"].get("annotations") or {}
         if annotations.get("rbac.authorization.kubernetes.io/autoupdate") != "true":
@@ -71,8 +79,12 @@ def ensure_system_objects(store: Store, now: datetime) -> list[str]:
         merged = _union(current.get(field), wanted.get(field))
         if merged != current.get(field):
             updated = dict(current, **{field: merged})
-            store.update(rt.name, "", name, prepare_update(rt, updated, current))
-            done.append(f"{rt.name}/{name} (reconciled)")
+            try:
+                store.update(rt.name, "", name, prepare_update(rt, updated, current),
+                             current["metadata"].get("resourceVersion"))
+                done.append(f"{rt.name}/{name} (reconciled)")
+            except Conflict:
+                pass             # changed meanwhile (another API server reconciling it): its turn
     return done
 
 

@@ -112,8 +112,14 @@ def test_the_gate_gives_up_at_once_on_an_answer_waiting_cannot_change():
     ready = health.wait_ready(host("c3", "10.0.0.13"), lambda h: bad_san, 120, clock=lambda: next(clock),
                               sleep=lambda s: None)
     assert not ready.ready and ready.seconds < 5 and "IP address mismatch" in ready.detail
-    forbidden = ProbeAnswer(403, '{"kind":"Status","reason":"Forbidden"}')
-    assert not health.wait_ready(host("c0", "10.0.0.10"), lambda h: forbidden, 120, sleep=lambda s: None).ready
+    refused = ProbeAnswer(401, '{"kind":"Status","reason":"Unauthorized"}')
+    clock = iter(range(1000))
+    ready = health.wait_ready(host("c0", "10.0.0.10"), lambda h: refused, 120, clock=lambda: next(clock),
+                              sleep=lambda s: None)
+    assert not ready.ready and ready.seconds < 5                     # the credential itself: at once
+    # a 403 is waited out (a server without its RBAC policy yet), then given up at the timeout
+    answers = iter([ProbeAnswer(403, '{"kind":"Status","reason":"Forbidden"}')] * 3 + [ProbeAnswer(200, "ok")])
+    assert health.wait_ready(host("c0", "10.0.0.10"), lambda h: next(answers), 30, sleep=lambda s: None).ready
 
 
 def test_the_gate_says_the_api_server_cannot_read_etcd_when_its_etcd_check_fails():
@@ -134,6 +140,8 @@ def test_the_gate_says_the_api_server_cannot_read_etcd_when_its_etcd_check_fails
     # health identity (403, at once: waiting does not help while etcd stays unreadable)
     denied = ProbeAnswer(403, '{"kind":"Status","message":"forbidden: User \\"system:k8sboot-health\\" cannot '
                               'get path \\"/readyz\\"","reason":"Forbidden","code":403}')
-    ready = health.wait_ready(host("c0", "10.0.0.10"), lambda h: denied, 5, sleep=lambda s: None)
+    clock = iter(range(1000))
+    ready = health.wait_ready(host("c0", "10.0.0.10"), lambda h: denied, 5, clock=lambda: next(clock),
+                              sleep=lambda s: None)
     assert not ready.ready and ready.detail.startswith("HTTP 403: the API server denies the health identity")
     assert "etcd" in ready.detail and "system:masters" in ready.detail

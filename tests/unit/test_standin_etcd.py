@@ -613,3 +613,29 @@ def test_objects_survive_a_restart_of_both_the_stand_in_and_etcd(own_etcd, stand
         assert code == 200 and sa["metadata"]["uid"] == uid
     finally:
         again.stop()
+
+
+def test_api_servers_starting_together_on_one_etcd_all_finish_the_bootstrap(etcd):
+    """Every controller starts its API server at once on a new etcd: each makes the start-up
+    objects; one that another made first (AlreadyExists) or changed meanwhile is left to it."""
+    errors: list[BaseException] = []
+    made: list[list[str]] = []
+    start = threading.Barrier(4)
+
+    def boot():
+        try:
+            start.wait()
+            made.append(ensure_system_objects(store_on(etcd), NOW))
+        except BaseException as exc:      # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=boot) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(made) == 4
+    everything = [x for m in made for x in m]
+    assert len(everything) == len(set(everything)), "an object was created twice"
+    assert "clusterrolebindings/system:public-info-viewer" in everything
+    assert ensure_system_objects(store_on(etcd), NOW) == []          # complete: nothing left to make
