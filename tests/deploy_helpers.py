@@ -311,8 +311,7 @@ pki:
 apiserver:
   anonymous_auth: {anonymous}
   authorization_mode: [Node, RBAC]
-  etcd_servers: [https://{first}:2379]
-  extra_flags: {extra_flags}
+  extra_flags: {extra_flags}       # no etcd_servers: every controller's member (deploy-etcd's)
   shutdown_delay_duration: 1       # the deploy tests restart often; tests/lab/test_rolling.py drains longer
 ssh:
   user: {user}
@@ -342,6 +341,7 @@ def fresh_lab_env(lab_hosts, tmp_path_factory, name: str, count: int = 3):
 def reset_hosts(env) -> None:
     for h in env.hosts:
         h.reset()
+    env.etcd_up = False
 
 
 class LabEnv:
@@ -357,6 +357,7 @@ class LabEnv:
         self.known_hosts = Path(getattr(self.hosts[0], "known_hosts", None) or labplan.KNOWN_HOSTS)
         self.inventory = self.write_inventory()
         self.deploy_args: tuple[str, ...] = ()        # added to every `deploy` (e.g. a --strategy)
+        self.etcd_up = False                          # deploy-etcd has run on these roots
 
     def host(self, name):
         return next(h for h in self.hosts if h.name == name)
@@ -389,9 +390,19 @@ class LabEnv:
         assert res.exit_code == 0, res.output
         return res
 
+    def ensure_etcd(self) -> None:
+        """etcd on every host (`k8sboot deploy-etcd`), once per set of roots: the API server keeps
+        its objects there and is not ready without it, and deploy-apiserver checks it first."""
+        if not self.etcd_up:
+            res = self.k8sboot("deploy-etcd", "-i", self.inventory, "--wait", "60")
+            assert res.exit_code == 0, res.output
+            self.etcd_up = True
+
     def deploy(self, *args, inventory: Path | None = None):
+        """deploy-apiserver (after deploy-etcd, the first time): (click Result, its --json document)."""
         import json
 
+        self.ensure_etcd()
         res = self.k8sboot("deploy-apiserver", "-i", inventory or self.inventory, "--json", "--wait", "30",
                            *self.deploy_args, *args)
         try:
@@ -399,6 +410,36 @@ class LabEnv:
         except ValueError:
             doc = None
         return res, doc
+
+    def api(self, host, path: str, timeout: float = 5.0) -> tuple[int | None, str]:
+        """GET `path` on `host`'s API server as admin (cert from this env's PKI): (status, body),
+        (None, why) when nothing answers."""
+        import http.client
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.pem"))
+        ctx.load_cert_chain(str(self.pki / "admin.pem"), str(self.pki / "admin-key.pem"))
+        try:
+            conn = http.client.HTTPSConnection(host.address, 6443, context=ctx, timeout=timeout)
+            try:
+                conn.request("GET", path)
+                r = conn.getresponse()
+                return r.status, r.read().decode()
+            finally:
+                conn.close()
+        except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
+    def wait_api(self, host, want: int = 200, path: str = "/readyz?verbose", timeout: float = 60.0):
+        """(status, body) of `path` once it answers `want`, or the last answer after `timeout`."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self.api(host, path)
+            if answer[0] == want or time.monotonic() > deadline:
+                return answer
+            time.sleep(0.3)
 
     def ssh(self, host, command: str, warn: bool = False) -> str:
         with host.connection() as c:

@@ -14,10 +14,10 @@ What the runner arranges first, and says so on stderr (never part of the transcr
   inventory with `anonymous_auth: true` deployed (`deploy-apiserver --hosts controller-0`); the
   lab's own inventory is deployed back to controller-0 afterwards, also when a step fails.
 * Every command talks to controller-0, as in the article (its kubeconfig's server is its first
-  controller): the lab's stand-ins keep their objects in a store on each host, so a namespace
-  created on controller-0 is not on controller-1 and a token issued there is checked against
-  controller-0's ServiceAccounts. `kubectl` reads a kubeconfig written for controller-0 by
-  `k8sboot kubeconfig admin --server`; `ssh controller-0` uses the lab's key and known_hosts.
+  controller, and only controller-0 runs with --anonymous-auth=true). The objects are in the
+  lab's etcd (`k8sboot deploy-etcd`, which `make demo` runs), shared by every controller.
+  `kubectl` reads a kubeconfig written for controller-0 by `k8sboot kubeconfig admin --server`;
+  `ssh controller-0` uses the lab's key and known_hosts.
 * A namespace `authn-demo` left by an interrupted earlier run is deleted before the first step;
   the last step deletes the one this run made.
 """
@@ -143,7 +143,8 @@ class Runner:
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise K8sbootError(f"tutorial set-up: `k8sboot {' '.join(args)}` failed: {last}",
-                               hint="run `make demo` first (lab up, gen-certs, deploy), then `make tutorial`",
+                               hint="run `make demo` first (lab up, gen-certs, deploy-etcd, deploy-apiserver), "
+                                    "then `make tutorial`",
                                code=ExitCode.LAB)
 
     def _missing_tools(self) -> list[str]:

@@ -12,11 +12,13 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from k8sboot import layout
+from k8sboot.errors import ExitCode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
 from deploy_helpers import LabEnv, fresh_lab_env, reset_hosts  # noqa: E402
@@ -31,6 +33,7 @@ SAMPLE_BOUND_S = 120                     # the quorum sampler never runs longer 
 @pytest.fixture(scope="module")
 def env(lab_hosts, tmp_path_factory):
     e = fresh_lab_env(lab_hosts, tmp_path_factory, "etcd")
+    e.etcd_up = True         # this module deploys etcd itself, test by test (env.deploy must not)
     yield e
     reset_hosts(e)
 
@@ -214,3 +217,73 @@ def test_deploy_apiserver_with_its_etcd_client_flags_still_deploys_and_serves(en
                             "--cacert=/var/lib/kubernetes/etcd-ca.pem --cert=/var/lib/kubernetes/apiserver-etcd-client.pem "
                             "--key=/var/lib/kubernetes/apiserver-etcd-client-key.pem endpoint health 2>&1")
         assert "is healthy" in out, out
+
+
+def kubectl(env: LabEnv, host, *args: str) -> subprocess.CompletedProcess:
+    """Real kubectl as admin against `host`'s API server (a kubeconfig from `k8sboot kubeconfig`)."""
+    config = env.tmp / f"admin-{host.name}.kubeconfig"
+    if not config.exists():
+        res = env.k8sboot("kubeconfig", "admin", "-i", env.inventory, "--out", config,
+                          "--server", f"https://{host.address}:6443")
+        assert res.exit_code == 0, res.output
+    return subprocess.run(["kubectl", "--kubeconfig", str(config), *args], capture_output=True, text=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(env.tmp)})
+
+
+def test_objects_are_in_etcd_shared_by_every_api_server_and_survive_a_restart_of_all_of_them(env):
+    c0, c1, c2 = env.hosts
+    made = kubectl(env, c0, "create", "namespace", "survivor", "-o", "jsonpath={.metadata.uid}")
+    assert made.returncode == 0, made.stderr
+    uid = made.stdout.strip()
+    # under upstream's key, read by etcdctl on a member
+    stored = env.ssh(c1, f"{etcdctl(env)} get /registry/namespaces/survivor --print-value-only")
+    assert json.loads(stored)["metadata"]["uid"] == uid
+    # every API server reads the same etcd
+    seen = kubectl(env, c2, "get", "namespace", "survivor", "-o", "jsonpath={.metadata.uid}")
+    assert seen.returncode == 0 and seen.stdout.strip() == uid, seen.stderr
+
+    def stop(h):
+        env.ssh(h, "systemctl stop kube-apiserver.service etcd.service")
+
+    def start(h):
+        env.ssh(h, "systemctl start --no-block etcd.service && systemctl start kube-apiserver.service")
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(stop, env.hosts))
+        assert all(env.service(h)["ActiveState"] == "inactive" for h in env.hosts)
+        list(pool.map(start, env.hosts))
+    for h in env.hosts:
+        code, body = env.wait_api(h)
+        assert code == 200, (h.name, code, body)
+    again = kubectl(env, c2, "get", "namespace", "survivor", "-o", "jsonpath={.metadata.uid}")
+    assert again.returncode == 0 and again.stdout.strip() == uid, again.stderr
+    assert kubectl(env, c0, "delete", "namespace", "survivor").returncode == 0
+
+
+def test_a_wrong_etcd_cafile_leaves_the_first_api_server_unready_and_the_roll_stops_there(env):
+    """KTHW's layout named ca.pem (the cluster CA) as --etcd-cafile; with etcd's own CA that is a
+    CA that does not sign etcd's serving cert. The API server starts, cannot read etcd, never
+    turns ready: the rolling deploy stops at its first host and leaves the others serving."""
+    c0, c1, c2 = env.hosts
+    wrong = env.write_inventory(env.tmp / "wrong-etcd-ca.yaml",
+                                extra_flags={"etcd-cafile": "/var/lib/kubernetes/ca.pem"})
+    before = {h.name: env.service(h)["MainPID"] for h in (c1, c2)}
+    res, doc = env.deploy("--wait", "10", "--ready-timeout", "12", inventory=wrong)
+    assert res.exit_code == ExitCode.DEPLOY, res.output
+    assert doc["strategy"] == "rolling" and doc["stopped_by"] == c0.name, doc
+    outcome = {h["host"]: h["outcome"] for h in doc["hosts"]}
+    assert outcome == {c0.name: "failed", c1.name: "not reached", c2.name: "not reached"}, outcome
+    # it never read etcd, so it has no RBAC policy and denies the gate's health identity, as a
+    # real kube-apiserver's empty informer caches do; the gate's line says what that means
+    failed = by_host(doc)[c0.name]
+    assert "HTTP 403: the API server denies the health identity" in failed["message"], failed["message"]
+    assert "etcd" in failed["message"]
+    assert {h.name: env.service(h)["MainPID"] for h in (c1, c2)} == before        # not touched
+    code, body = env.api(c0, "/readyz?verbose")           # admin, system:masters: the real reason
+    assert code == 500 and "[-]etcd failed: reason withheld" in body.splitlines()
+    for h in (c1, c2):
+        assert env.api(h, "/readyz")[0] == 200
+    # the right CA back: converges
+    res, doc = env.deploy()
+    assert res.exit_code == 0, res.output
+    assert env.wait_api(c0)[0] == 200

@@ -1,7 +1,7 @@
 """verify and audit --remote on real etcd: three lab controllers with deploy-etcd's members (Debian's
 etcd) and deploy-apiserver's unit. verify reads each member's unit, files and argv over SSH and asks
-every member's /health and member list over HTTPS from the workstation; audit --remote reads the
-deployed etcd units for CIS 2.1-2.7.
+every member's /health and member list over HTTPS from the workstation, and each API server's own
+/readyz (its etcd check); audit --remote reads the deployed etcd units for CIS 2.1-2.7.
 
 Runs in order; the hosts are reset at the start and at the end (`host.reset()`).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,7 @@ ETCD_CHECKS = {"etcd health", "etcd member list", "etcd is-enabled", "etcd is-ac
 @pytest.fixture(scope="module")
 def env(lab_hosts, tmp_path_factory):
     e = fresh_lab_env(lab_hosts, tmp_path_factory, "etcd-verify")
-    res = e.k8sboot("deploy-etcd", "-i", e.inventory, "--json", "--wait", "60")
-    assert res.exit_code == 0, res.output
-    res, _ = e.deploy()
+    res, _ = e.deploy()                  # deploy-etcd first (LabEnv.ensure_etcd), then the API servers
     assert res.exit_code == 0, res.output
     yield e
     reset_hosts(e)
@@ -85,3 +84,42 @@ def test_a_stopped_member_is_named_and_verify_exits_10(env):
         env.ssh(stopped, "systemctl start etcd.service")
     res, doc = verify(env)
     assert res.exit_code == 0, [(h["host"], c) for h in doc["hosts"] for c in h["checks"] if c["status"] != "OK"]
+
+
+def test_with_every_etcd_member_stopped_the_api_servers_are_unready_naming_etcd_and_verify_says_why(env):
+    """As on a real cluster: kube-apiserver stays up without its storage, but /readyz fails its
+    etcd checks (reasons withheld, the real healthz body), and `verify` says which and why."""
+    def stop(h):
+        env.ssh(h, "systemctl stop etcd.service")
+
+    with ThreadPoolExecutor(3) as pool:          # at once: no member is left to keep quorum
+        list(pool.map(stop, env.hosts))
+    try:
+        for h in env.hosts:
+            code, body = env.wait_api(h, want=500)
+            assert code == 500, (h.name, code, body)
+            lines = body.splitlines()
+            assert "[-]etcd failed: reason withheld" in lines and "[-]etcd-readiness failed: reason withheld" in lines
+            assert lines[-1] == "readyz check failed" and "[+]ping ok" in lines
+            assert env.service(h)["ActiveState"] == "active"           # up, not ready
+        res, doc = verify(env)
+        assert res.exit_code == ExitCode.DRIFT, res.output
+        for h in env.hosts:
+            got = checks_of(doc, h.name)
+            ready = got["API server /readyz"]
+            assert ready["status"] == "DRIFT" and "[-]etcd failed" in ready["detail"], ready
+            assert "cannot read etcd" in ready["detail"]
+            assert got["etcd health"]["status"] == "DRIFT" and "refused" in got["etcd health"]["detail"].lower()
+        text = env.k8sboot("verify", "-i", env.inventory).output
+        assert "cannot read etcd" in text and "etcd health" in text
+    finally:
+        def start(h):
+            env.ssh(h, "systemctl start --no-block etcd.service")     # a member waits for its peers
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(start, env.hosts))
+    for h in env.hosts:
+        code, body = env.wait_api(h, want=200)
+        assert code == 200 and "[+]etcd ok" in body.splitlines(), (h.name, code, body)
+    res, doc = verify(env)
+    assert res.exit_code == 0, [(h["host"], c) for h in doc["hosts"] for c in h["checks"] if c["status"] != "OK"]
+    assert all(checks_of(doc, h.name)["API server /readyz"]["status"] == "OK" for h in env.hosts)

@@ -97,10 +97,16 @@ class PeerEnv:
 @pytest.fixture(scope="module")
 def peers(lab_hosts, lab_inventory, lab_tools, tmp_path_factory):
     hosts = {h.name: h for h in lab_hosts}
+    for h in lab_hosts:
+        h.reset()
     env = PeerEnv(lab_tools, lab_inventory, tmp_path_factory.mktemp("peers"))
     env.host = hosts[HOST]
+    # etcd on every controller: deploy-apiserver checks it before changing a host. Resetting
+    # controller-0 between peers takes its member away; two of three keep quorum.
+    env.k8sboot("deploy-etcd", "-i", str(lab_inventory), "--wait", "60")
     yield env
-    env.host.reset()
+    for h in lab_hosts:
+        h.reset()
 
 
 def deploy_with_k8sboot(env: PeerEnv) -> None:

@@ -34,7 +34,7 @@ pki:
   subject: {{C: VN, OU: k8sboot-rolling-test}}
 apiserver:
   anonymous_auth: {anonymous}
-  etcd_servers: [https://{first}:2379]
+  etcd_servers: [{etcd}]          # the three members deploy-etcd runs on controller-0..2
   shutdown_delay_duration: 3
 ssh:
   user: root
@@ -60,7 +60,8 @@ class Env:
         path = self.tmp / f"rolling-{n}-{str(anonymous).lower()}.yaml"
         controllers = "".join(f"  - {{name: {h['name']}, address: {h['address']}, internal_ip: {h['address']}}}\n"
                               for h in self.all[:n])
-        path.write_text(INVENTORY.format(lb=LB, first=self.all[0]["address"], pki=self.pki,
+        etcd = ", ".join(f"https://{h['address']}:2379" for h in self.all[:3])
+        path.write_text(INVENTORY.format(lb=LB, first=self.all[0]["address"], etcd=etcd, pki=self.pki,
                                          anonymous=str(anonymous).lower(), key=self.key,
                                          known_hosts=self.known_hosts, controllers=controllers))
         return path
@@ -175,6 +176,7 @@ def env(lab_hosts, lab_tools, lab_inventory, tmp_path_factory):
     try:
         inv = e.inventory(3)
         e.k8sboot("gen-certs", "-i", inv)
+        e.k8sboot("deploy-etcd", "-i", inv, "--wait", "60")      # members on controller-0..2 only
         first = e.deploy(inv)
         assert first["ok"] and first["strategy"] == "parallel", first    # nothing served yet
         e.k8sboot("deploy-lb", "-i", inv)
@@ -257,6 +259,8 @@ def test_a_failing_second_host_stops_the_roll_and_rollback_restores_it(env):
 def test_max_unavailable_2_on_5_hosts_never_has_more_than_2_unready(env):
     inv5 = env.inventory(5, anonymous=False)
     env.k8sboot("gen-certs", "-i", inv5)      # kubernetes.pem gains the two new controllers' SANs
+    # so do etcd's serving and peer certs: the three members roll onto them (quorum kept)
+    env.k8sboot("deploy-etcd", "-i", env.inventory(3), "--wait", "60")
     env.deploy(inv5)     # 3 and 4 get their first deploy at once; 0-2 roll onto the reissued serving cert
     addresses = [h["address"] for h in env.all[:5]]
     with Watch(env, addresses) as w:

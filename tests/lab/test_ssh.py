@@ -27,12 +27,11 @@ def env(lab_hosts, tmp_path_factory):
         h.reset()
     e = LabEnv(hosts, tmp_path_factory.mktemp("ssh"))
     e.gen_certs()
-    dirty: set[str] = set()
-    e.dirty = dirty
+    e.ensure_etcd()          # what the API servers store in, and what deploy-apiserver checks first
+    e.dirty = set()
     yield e
-    for h in hosts:
-        if h.name in dirty:
-            h.reset()
+    for h in hosts:          # every host: etcd runs on all of them
+        h.reset()
 
 
 def test_unknown_host_key_is_refused_with_the_keyscan_line(env, tmp_path):

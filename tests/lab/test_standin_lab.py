@@ -1,5 +1,8 @@
 """The kube-apiserver stand-in on a real lab host, started by a hand-written systemd unit, with
 the real PKI from `k8sboot gen-certs`, checked with real kubectl and curl from the workstation.
+The stand-in alone, not its storage: the unit keeps its objects in a local directory
+(K8SBOOT_STANDIN_DATA_DIR) instead of etcd; the modules that deploy (test_deploy, test_tutorial,
+test_etcd_lab) run it on the etcd that `k8sboot deploy-etcd` brings up.
 
 Everything dials 10.240.0.10:6443 only (the lab's controller-0), never anything else.
 """
@@ -42,7 +45,8 @@ def unit(address: str, anonymous: bool = True, issuer: str | None = ISSUER, extr
     ]
     body = " \\\n  ".join(["/usr/local/bin/kube-apiserver", *flags])
     return ("[Unit]\nDescription=Kubernetes API Server (k8sboot stand-in, hand-written test unit)\n\n"
-            f"[Service]\nExecStart={body}\nRestart=on-failure\nRestartSec=5\n\n"
+            f"[Service]\nEnvironment=K8SBOOT_STANDIN_DATA_DIR=/var/lib/kube-apiserver-standin\n"
+            f"ExecStart={body}\nRestart=on-failure\nRestartSec=5\n\n"
             "[Install]\nWantedBy=multi-user.target\n")
 
 

@@ -30,8 +30,8 @@ UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 @pytest.fixture(scope="module")
 def workdir(lab_hosts, lab_inventory, lab_tools, tmp_path_factory) -> Path:
-    """A cwd as after `make demo`: inventory/lab.yaml, pki/, admin.kubeconfig, the unit deployed
-    on every controller (fresh roots: the stand-in of this tree, an empty object store)."""
+    """A cwd as after `make demo`: inventory/lab.yaml, pki/, admin.kubeconfig, etcd and the API
+    server deployed on every controller (fresh roots: the stand-in of this tree, an empty etcd)."""
     for h in list(lab_hosts)[:3]:
         h.reset()
     d = tmp_path_factory.mktemp("tutorial")
@@ -39,6 +39,7 @@ def workdir(lab_hosts, lab_inventory, lab_tools, tmp_path_factory) -> Path:
     shutil.copy(lab_inventory, d / "inventory" / "lab.yaml")
     lab_tools.k8sboot("gen-certs", "-i", "inventory/lab.yaml", cwd=d)
     lab_tools.k8sboot("kubeconfig", "admin", "-i", "inventory/lab.yaml", "--server", API, cwd=d)
+    lab_tools.k8sboot("deploy-etcd", "-i", "inventory/lab.yaml", cwd=d)
     lab_tools.k8sboot("deploy-apiserver", "-i", "inventory/lab.yaml", cwd=d)
     yield d
     for h in list(lab_hosts)[:3]:
