@@ -343,9 +343,12 @@ def _repairs(drifted) -> list[str]:
         if h.kind != "controller":
             commands.append("deploy-lb")
             continue
-        if any(c.startswith("etcd") or "etcd" in c for c in bad):
+        etcd_bad = [c for c in bad if "etcd" in c]
+        api_bad = [c for c in bad if "etcd" not in c]
+        if etcd_bad:
             commands.append("deploy-etcd")
-        if any(not (c.startswith("etcd") or "etcd" in c) for c in bad) or not bad:
+        # an API server that is unready because its etcd is down is put back by deploy-etcd alone
+        if (api_bad and not (etcd_bad and api_bad == ["API server /readyz"])) or not bad:
             commands.append("deploy-apiserver")
     order = ("deploy-etcd", "deploy-apiserver", "deploy-lb")
     return [c for c in order if c in commands]

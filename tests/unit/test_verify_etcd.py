@@ -407,3 +407,7 @@ def test_the_drift_line_names_the_command_that_repairs_what_drifted():
     assert _repairs([host("controller", "etcd health", "is-active"),
                      host("load balancer", "file /etc/haproxy/haproxy.cfg")]) == ["deploy-etcd", "deploy-apiserver",
                                                                                   "deploy-lb"]
+    # an API server unready only because its etcd is down is put back by deploy-etcd alone; one
+    # that cannot read a healthy etcd (a wrong --etcd-cafile) is the API server's to fix
+    assert _repairs([host("controller", "etcd health", "API server /readyz")]) == ["deploy-etcd"]
+    assert _repairs([host("controller", "API server /readyz")]) == ["deploy-apiserver"]
