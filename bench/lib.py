@@ -767,11 +767,24 @@ class ApiserverEtcd:
     def etcd_inventory(self) -> Path:
         return self.inventory.with_name(self.inventory.stem + "-etcd.yaml")
 
+    data_dir: str = ""
+
     def prepare(self, members: int = ETCD_MEMBERS) -> tuple[str, ...]:
-        api, etcd, self.members = etcd_inventories(Path(self.inventory).read_text(), members)
+        import yaml
+
+        text = Path(self.inventory).read_text()
+        api, etcd, self.members = etcd_inventories(text, members)
+        data = yaml.safe_load(text)
+        self.data_dir = str((data.get("etcd") or {}).get("data_dir") or f"/var/lib/etcd/{data['cluster']['name']}")
         Path(self.inventory).write_text(api)
         self.etcd_inventory.write_text(etcd)
         return self.members
+
+    @property
+    def job(self) -> HostJob:
+        """What deploy-etcd leaves on a member: a wipe of it (Lab.wipe_all) makes room for a new
+        cluster, e.g. when a grown lab's members are others than the last count's."""
+        return etcd_job(self.data_dir)
 
     def deploy(self, timeout: float = 600) -> float:
         """`k8sboot deploy-etcd -i <etcd inventory>` (untimed set-up: the seconds are for the log)."""
