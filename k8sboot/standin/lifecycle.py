@@ -151,6 +151,7 @@ class Lifecycle:
         self.shutdown_initiated = threading.Event()
         self.not_accepting = threading.Event()
         self.second_signal = threading.Event()
+        self.closed = threading.Event()          # the server is closed: background work ends
         self._in_flight = 0
         self._lock = threading.Condition()
 

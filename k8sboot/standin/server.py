@@ -92,6 +92,10 @@ class StandinServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         log(f'"Stopped listening" address="{host}:{port}"')
         log('"[graceful-termination] shutdown event" name="HTTPServerStoppedListening"')
 
+    def server_close(self) -> None:
+        self.lifecycle.closed.set()
+        super().server_close()
+
     def get_request(self):
         sock, addr = self.socket.accept()
         return self.tls.wrap(sock), addr
@@ -359,7 +363,7 @@ def _bootstrap_once(store: Store, clock, lifecycle: Lifecycle, quiet: bool = Fal
 def _start_bootstrap_retries(store: Store, clock, lifecycle: Lifecycle) -> threading.Thread:
     def retry():
         tries = 0
-        while not lifecycle.shutdown_initiated.wait(BOOTSTRAP_RETRY):
+        while not (lifecycle.shutdown_initiated.wait(BOOTSTRAP_RETRY) or lifecycle.closed.is_set()):
             tries += 1
             if _bootstrap_once(store, clock, lifecycle, quiet=tries % 10 != 0):
                 return
