@@ -96,7 +96,7 @@ def check_flags(flags: Iterable[tuple[str, str]], subject: str) -> list[Finding]
         "projected tokens expire when they say",
         ("--service-account-extend-token-expiration is not set: the default (true) extends injected tokens "
          "up to a year" if ext is None else f"--service-account-extend-token-expiration={ext}"),
-        "add to the inventory: apiserver.extra_flags: {service-account-extend-token-expiration: false}")
+        "set in the inventory: apiserver.service_account_extend_token_expiration: false (k8sboot's default)")
     return out
 
 

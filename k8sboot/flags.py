@@ -115,6 +115,8 @@ def build_apiserver_flags(inventory: Inventory, host: Host) -> Flags:
         ("service-account-key-file", pki(layout.cert_file(layout.SERVICE_ACCOUNT))),
         ("service-account-signing-key-file", pki(layout.key_file(layout.SERVICE_ACCOUNT))),
         ("service-account-issuer", cluster.service_account_issuer),
+        ("service-account-extend-token-expiration", _bool(api.service_account_extend_token_expiration)),
+        ("service-account-max-token-expiration", go_duration(api.service_account_max_token_expiration_seconds)),
         ("service-cluster-ip-range", str(cluster.service_cidr)),
         ("service-node-port-range", SERVICE_NODE_PORT_RANGE),
         ("shutdown-delay-duration", f"{api.shutdown_delay_seconds}s"),
@@ -127,6 +129,22 @@ def build_apiserver_flags(inventory: Inventory, host: Host) -> Flags:
         at = next(i for i, (name, _) in enumerate(flags) if name == "service-account-issuer")
         flags.insert(at + 1, ("api-audiences", ",".join(cluster.api_audiences)))
     return tuple(_merge_extra_flags(inventory, flags))
+
+
+def go_duration(seconds: int) -> str:
+    """Whole seconds as a short Go duration: 86400 -> 24h, 5400 -> 90m, 45 -> 45s."""
+    if seconds and seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds and seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+# Flags rendered from an inventory key of their own: extra_flags may restate, not change them.
+KEYED_FLAGS = {
+    "service-account-max-token-expiration": "set apiserver.service_account_max_token_expiration instead (e.g. 24h)",
+    "service-account-extend-token-expiration": "set apiserver.service_account_extend_token_expiration instead",
+}
 
 
 def _merge_extra_flags(inventory: Inventory, flags: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -145,6 +163,10 @@ def _merge_extra_flags(inventory: Inventory, flags: list[tuple[str, str]]) -> li
                 + (f" (k8sboot renders --{name}={current})" if current is not None else ""),
                 hint=_AUTH_HINTS.get(name, "authentication flags come from the inventory's cluster/"
                                             "apiserver settings and the PKI layout; remove this key"))
+        if name in KEYED_FLAGS and value != dict(flags).get(name):
+            raise InventoryError(
+                f"{where}: {key_path}: --{name} comes from the inventory's apiserver section "
+                f"(k8sboot renders --{name}={dict(flags).get(name)})", hint=KEYED_FLAGS[name])
         if name in STOP_DURATION_FLAGS and value != "" and not _STOP_DURATION.fullmatch(value):
             raise InventoryError(
                 f"{where}: {key_path}: '{value}' is not a duration for --{name} (the unit's "

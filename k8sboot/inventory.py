@@ -301,7 +301,7 @@ def _number_range(lo: float, hi: float):
 
 
 def _seconds(lo: int, hi: int):
-    """Whole seconds: `15`, or a Go duration in seconds or minutes (`15s`, `1m`, `1m30s`)."""
+    """Whole seconds: `15`, or a Go duration in hours, minutes, seconds (`15s`, `1m30s`, `24h`)."""
     def convert(r: _Reader, node: yaml.Node, kp: str) -> int:
         value = r.scalar(node, kp)
         if isinstance(value, bool):
@@ -309,10 +309,10 @@ def _seconds(lo: int, hi: int):
         if isinstance(value, int):
             seconds = value
         else:
-            m = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", str(value).strip())
+            m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", str(value).strip())
             if not m or not any(m.groups()):
-                r.fail(node, kp, f"'{value}' is not a duration in whole seconds", hint="e.g. 15, 15s or 1m30s")
-            seconds = int(m[1] or 0) * 60 + int(m[2] or 0)
+                r.fail(node, kp, f"'{value}' is not a duration in whole seconds", hint="e.g. 15, 15s, 1m30s or 24h")
+            seconds = int(m[1] or 0) * 3600 + int(m[2] or 0) * 60 + int(m[3] or 0)
         if not lo <= seconds <= hi:
             r.fail(node, kp, f"{seconds}s is out of range ({lo}s to {hi}s)")
         return seconds
@@ -545,10 +545,14 @@ def _apiserver(r: _Reader, node: yaml.Node, kp: str) -> ApiserverSpec:
         _Field("secure_port", _int_range(1, 65535), default=6443),
         _Field("templates", _path, default=None),
         _Field("shutdown_delay_duration", _seconds(0, 3600), default=15),
+        # the real server's bounds: "must be between 1 hour and 2^32 seconds"
+        _Field("service_account_max_token_expiration", _seconds(3600, 2**32), default=86400),
+        _Field("service_account_extend_token_expiration", _bool, default=False),
     ))
     if not v["authorization_mode"]:
         r.fail(node, f"{kp}.authorization_mode", "must name at least one mode", hint="e.g. [Node, RBAC]")
     v["shutdown_delay_seconds"] = v.pop("shutdown_delay_duration")
+    v["service_account_max_token_expiration_seconds"] = v.pop("service_account_max_token_expiration")
     return ApiserverSpec(**v)
 
 

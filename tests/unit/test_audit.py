@@ -26,17 +26,19 @@ def rendered(**kw):
     return build_apiserver_flags(inv, inv.controllers[0])
 
 
-def test_default_render_passes_every_flag_check_but_1_2_30():
+def test_default_render_passes_every_flag_check():
+    """k8sboot renders --service-account-extend-token-expiration=false by default (1.2.30), so
+    the tutorial's inventory audits with no FAIL."""
     got = by_id(A.check_flags(rendered(), "c0"))
     assert set(got) == {"1.2.1", "1.2.2", "1.2.4", "1.2.5", "1.2.21", "1.2.22", "1.2.23", "1.2.24", "1.2.25",
                         "1.2.26", "1.2.30"}
-    assert {k for k, f in got.items() if f.status != A.PASS} == {"1.2.30"}
-    assert "extra_flags" in got["1.2.30"].fix
+    assert {k for k, f in got.items() if f.status != A.PASS} == set()
 
 
-def test_extend_token_expiration_false_passes_1_2_30():
-    got = by_id(A.check_flags(rendered(extra_flags={"service-account-extend-token-expiration": False}), "c0"))
-    assert got["1.2.30"].status == A.PASS
+def test_extend_token_expiration_true_in_the_inventory_fails_1_2_30_and_says_which_key():
+    got = by_id(A.check_flags(rendered(apiserver_extra="  service_account_extend_token_expiration: true\n"), "c0"))
+    assert got["1.2.30"].status == A.FAIL
+    assert "apiserver.service_account_extend_token_expiration: false" in got["1.2.30"].fix
 
 
 def test_anonymous_true_is_a_warning_as_cis_marks_it_manual():
@@ -113,7 +115,9 @@ def test_merge_subjects_groups_identical_findings():
 
 def test_worst():
     assert A.worst([]) == A.PASS
-    assert A.worst(A.check_flags(rendered(), "x")) == A.FAIL
+    assert A.worst(A.check_flags(rendered(), "x")) == A.PASS
+    assert A.worst(A.check_flags(rendered(anonymous=True), "x")) == A.WARN
+    assert A.worst(A.check_flags((), "x")) == A.FAIL
 
 
 # --- CIS 2 (etcd), outcomes from the benchmark's text: 2.1-2.6 Automated (a miss FAILs), 2.7 Manual ---

@@ -22,7 +22,7 @@ DESIGN_ORDER = [
     "etcd-certfile", "etcd-keyfile", "etcd-servers", "kubelet-certificate-authority",
     "kubelet-client-certificate", "kubelet-client-key", "runtime-config", "secure-port",
     "service-account-key-file", "service-account-signing-key-file", "service-account-issuer",
-    "service-cluster-ip-range", "service-node-port-range", "shutdown-delay-duration",
+    "service-account-extend-token-expiration", "service-account-max-token-expiration", "service-cluster-ip-range", "service-node-port-range", "shutdown-delay-duration",
     "shutdown-send-retry-after", "tls-cert-file", "tls-private-key-file", "v",
 ]
 
@@ -68,9 +68,8 @@ def test_issuer_and_signing_key_are_always_rendered():
 
 
 def test_extra_flags_add_new_flags_at_the_end():
-    f = flags_of(make_inventory(extra_flags={"audit-log-path": "/var/log/audit.log",
-                                             "service-account-extend-token-expiration": False}))
-    assert f[-2:] == (("audit-log-path", "/var/log/audit.log"), ("service-account-extend-token-expiration", "false"))
+    f = flags_of(make_inventory(extra_flags={"audit-log-path": "/var/log/audit.log", "profiling": False}))
+    assert f[-2:] == (("audit-log-path", "/var/log/audit.log"), ("profiling", "false"))
 
 
 def test_extra_flags_may_change_a_non_auth_flag_in_place():
@@ -161,7 +160,39 @@ def test_systemctl_show_and_proc_cmdline_parsers():
 
 def test_auth_subset_names_every_auth_flag():
     subset = auth_subset(flags_of(make_inventory()))
-    assert set(subset) == set(AUTH_FLAGS) - {"api-audiences"}
+    assert set(subset) == set(AUTH_FLAGS) - {"api-audiences"} | {"service-account-extend-token-expiration",
+                                                                  "service-account-max-token-expiration"}
+
+
+@pytest.mark.parametrize("setting, max_exp, extend", [
+    ("", "24h", "false"),                                           # bounded by default (CIS 1.2.30)
+    ("  service_account_max_token_expiration: 90m\n", "90m", "false"),
+    ("  service_account_max_token_expiration: 7200\n", "2h", "false"),
+    ("  service_account_extend_token_expiration: true\n  service_account_max_token_expiration: 8760h\n",
+     "8760h", "true"),
+])
+def test_token_lifetimes_come_from_the_inventory(setting, max_exp, extend):
+    f = dict(flags_of(make_inventory(apiserver_extra=setting)))
+    assert f["service-account-max-token-expiration"] == max_exp
+    assert f["service-account-extend-token-expiration"] == extend
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("  service_account_max_token_expiration: 30m\n", "1800s is out of range (3600s to 4294967296s)"),
+    ("  service_account_max_token_expiration: 1d\n", "'1d' is not a duration in whole seconds"),
+])
+def test_token_lifetime_errors_name_the_line_and_the_bounds(setting, fragment):
+    with pytest.raises(InventoryError, match="apiserver.service_account_max_token_expiration") as exc:
+        make_inventory(apiserver_extra=setting)
+    assert fragment in str(exc.value) and ":" in str(exc.value).split(" ")[0]
+
+
+def test_extra_flags_may_restate_but_not_change_a_token_lifetime():
+    same = flags_of(make_inventory(extra_flags={"service-account-max-token-expiration": "24h"}))
+    assert dict(same)["service-account-max-token-expiration"] == "24h"
+    with pytest.raises(InventoryError, match="comes from the inventory's apiserver section") as exc:
+        flags_of(make_inventory(extra_flags={"service-account-max-token-expiration": "48h"}))
+    assert "apiserver.service_account_max_token_expiration" in exc.value.hint
 
 
 @pytest.mark.parametrize("setting, rendered", [("", "15s"), ("  shutdown_delay_duration: 3\n", "3s"),
