@@ -60,15 +60,23 @@ def ensure_system_objects(store: Store, now: datetime) -> list[str]:
         except AlreadyExists:
             pass                 # another API server on the same etcd made it first: as good
 
+    # one list per kind, not a get per object: with etcd, a restart costs a handful of round
+    # trips before the port opens instead of one per bootstrap object
+    namespaces = {o["metadata"]["name"] for o in store.list(NAMESPACES.name)}
     for name in SYSTEM_NAMESPACES:
-        if store.get(NAMESPACES.name, "", name) is None:
+        if name not in namespaces:
             create(NAMESPACES.name, name, prepare_create(NAMESPACES, {"metadata": {"name": name}}, "", now))
-    for ns in store.list(NAMESPACES.name):
-        ensure_namespace_content(store, ns["metadata"]["name"], now)
+            namespaces.add(name)
+    accounts = {(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in store.list(SERVICE_ACCOUNTS.name)}
+    for ns in sorted(namespaces):
+        if (ns, "default") not in accounts:
+            ensure_namespace_content(store, ns, now)
+    stored = {kind: {o["metadata"]["name"]: o for o in store.list(rt.name)}
+              for kind, rt in ((k, _BY_KIND[k]) for k in ("ClusterRole", "ClusterRoleBinding"))}
     for wanted in rbac.bootstrap_policy():
         rt = _BY_KIND[wanted["kind"]]
         name = wanted["metadata"]["name"]
-        current = store.get(rt.name, "", name)
+        current = stored[rt.kind].get(name)
         if current is None:
             create(rt.name, name, prepare_create(rt, wanted, "", now))
             continue
