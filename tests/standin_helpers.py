@@ -73,11 +73,11 @@ def _leaf(ca, cn: str, orgs=(), eku=(ExtendedKeyUsageOID.CLIENT_AUTH,), ips=(), 
     return key, b.sign(ca_key, hashes.SHA256())
 
 
-def make_pki(d: Path) -> Path:
-    """A cluster CA, the server cert for 127.0.0.1, client certs (admin in system:masters, jane in
-    dev, an expired one, carol under an intermediate, mallory from another CA) and an RSA
-    service-account key pair, as files in `d`."""
-    ca = _ca("Test Cluster CA")
+def make_pki(d: Path, ca_name: str = "Test Cluster CA") -> Path:
+    """A cluster CA (named `ca_name`), the server cert for 127.0.0.1, client certs (admin in
+    system:masters, jane in dev, an expired one, carol under an intermediate, mallory from another
+    CA) and an RSA service-account key pair, as files in `d`."""
+    ca = _ca(ca_name)
     other = _ca("Other CA")
     files = {"ca.pem": _pem(ca[1])}
     for name, (key, cert) in {
@@ -153,6 +153,7 @@ class Running:
         assert standin.validate_flags(flags) == []
         self.pki = pki
         self.store_dir = None if etcd else store_dir or Path(tempfile.mkdtemp(prefix="standin-store-"))
+        self.server_flags = flags
         self.server = standin.build_server(flags, standin.load_config(flags), port=0,
                                            tls_backend="ssl" if backend == "python-ssl" else "pyopenssl",
                                            ready_delay=ready_delay,

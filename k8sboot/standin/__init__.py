@@ -92,6 +92,12 @@ keeps its objects in etcd, as the real server does. Exactly:
   it fills its caches; /livez stays ok meanwhile (the real one also lists those hooks in /livez
   unless --livez-grace-period covers them).
 
+Certificates on disk are read again while it runs (reload.py), as the real server's dynamic
+certificate controllers do: --tls-cert-file/--tls-private-key-file and --client-ca-file every minute
+(`K8SBOOT_STANDIN_RELOAD_INTERVAL` sets another interval); a change that loads is used from the next
+connection on, one that does not is logged and the files in use are kept. A renewed serving cert or
+a client CA bundle needs no restart.
+
 TLS and client certificates. Go's server (the real one) asks for a client certificate without
 verifying it in the handshake and leaves the decision to the x509 authenticator, so a certificate
 from an unknown CA gets an HTTP 401. Python's `ssl` cannot do that (it verifies whatever it
@@ -112,7 +118,7 @@ Modules: `flags` (the command line and its validation), `tls` (the two TLS backe
 termination), `api` (routing, discovery and the handlers), `resources` (the stored kinds: names,
 defaults, errors, patches, tables), `storage` (the store interface and the file store), `etcdstore` (the store on etcd),
 `bootstrap` (what exists at start; the RBAC source over the store), `authorization` (the modes),
-`tokenrequest`, `impersonation`, `protobuf` (request bodies), `openapi`, `server` (one connection's request loop:
+`tokenrequest`, `impersonation`, `reload` (certificates read again), `protobuf` (request bodies), `openapi`, `server` (one connection's request loop:
 admit, authenticate, impersonate, authorize, answer, log), `log`, and `main` (`kube-apiserver`'s
 entry point; also `python3 -m k8sboot.standin`).
 

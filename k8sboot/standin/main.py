@@ -13,6 +13,7 @@ from k8sboot import authn
 from k8sboot.standin.api import BANNER, GIT_VERSION, VERSION_INFO
 from k8sboot.standin.flags import FlagError, check_files, check_signing_key, parse_flags, render_errors, validate_flags
 from k8sboot.standin.lifecycle import READY_DELAY_ENV, STARTING_HOOKS, begin_graceful_shutdown, format_seconds, parse_ready_delay
+from k8sboot.standin.reload import RELOAD_INTERVAL_ENV, Reloader, parse_interval
 from k8sboot.standin.log import log, quote
 from k8sboot.standin.server import StartupError, build_server, load_config
 from k8sboot.standin.tls import _openssl_reason
@@ -49,6 +50,8 @@ Flags used by the stand-in (every kube-apiserver 1.32 flag is accepted):
 Environment:
   K8SBOOT_STANDIN_DATA_DIR=<dir>  keep objects in this local directory (created 0700) instead of
                                   etcd (tests); no etcd is dialled and /readyz has no etcd check
+  K8SBOOT_STANDIN_RELOAD_INTERVAL=<seconds>  how often --tls-cert-file, --tls-private-key-file and
+                                  --client-ca-file are read again (default 60, as the real server)
   K8SBOOT_STANDIN_READY_DELAY=<seconds>  (k8sboot lab) keeps /readyz failing that long after the
                                   port opens
 """
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(render_errors(errors))
     try:
         ready_delay = parse_ready_delay(os.environ.get(READY_DELAY_ENV))
+        reload_interval = parse_interval(os.environ.get(RELOAD_INTERVAL_ENV))
     except ValueError as exc:
         return _fail(str(exc))
     problem = check_files(flags) or check_signing_key(flags.get("service-account-signing-key-file"))
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:   # noqa: BLE001 - pyOpenSSL's errors when loading the key pair
         return _fail(f"unable to load server certificate: {_openssl_reason(exc)}")
 
+    Reloader(server, flags, reload_interval).start()     # --tls-cert-file & co. read again, as the real one
     lifecycle = server.lifecycle
     terminating: list[threading.Thread] = []
 
