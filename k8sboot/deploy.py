@@ -641,10 +641,15 @@ def _summary(plan: HostPlan, *, would: bool) -> str:
         parts.append(("would " if would else "") + "daemon-reload")
     if plan.enable:
         parts.append(("would " if would else "") + "enable")
+    if plan.removals:
+        parts.append(("would remove " if would else "removed ") + ", ".join(p.rsplit("/", 1)[-1] for p in plan.removals)
+                     + " (no longer used)")
     if plan.reload:
         parts.append(("would reload" if would else "reloaded") + f" ({'; '.join(plan.restart_reasons)})")
     elif plan.restart:
         parts.append(("would restart" if would else "restarted") + f" ({'; '.join(plan.restart_reasons)})")
+    elif plan.picked_up:
+        parts.append(f"no restart: the running server re-reads {', '.join(plan.picked_up)} itself (about every minute)")
     if not parts:
         return "already up to date"
     return "; ".join(parts)

@@ -106,6 +106,37 @@ def remote_path(local_name: str) -> str:
     return _BY_LOCAL[local_name].path
 
 
+# Which files the running kube-apiserver reads again by itself, without a restart (issue 13,
+# point 4), beside the path table above. Only the serving pair: the DynamicServingCertificate
+# controller re-reads --tls-cert-file/--tls-private-key-file (a file watch, and a resync about
+# every minute). ca.pem is re-read for --client-ca-file too, but the same file is
+# --kubelet-certificate-authority, which is read once at start-up: a new ca.pem needs a restart.
+# Every other file (service-account keys, the kubelet client pair, the encryption config without
+# --encryption-provider-config-automatic-reload, etcd's CA and client pair) is read once.
+#   local name -> the flag(s) that read it and whether a running server picks a new copy up
+PICKED_UP_WITHOUT_RESTART: dict[str, str] = {
+    cert_file(APISERVER): "--tls-cert-file (re-read about every minute)",
+    key_file(APISERVER): "--tls-private-key-file (re-read about every minute)",
+}
+READ_AT_START: dict[str, str] = {
+    cert_file(CA): "--client-ca-file is re-read, but --kubelet-certificate-authority is read at start",
+    cert_file(SERVICE_ACCOUNT): "--service-account-key-file",
+    key_file(SERVICE_ACCOUNT): "--service-account-signing-key-file",
+    cert_file(KUBELET_CLIENT): "--kubelet-client-certificate",
+    key_file(KUBELET_CLIENT): "--kubelet-client-key",
+    ENCRYPTION_CONFIG_FILE: "--encryption-provider-config (no automatic reload rendered)",
+    cert_file(ETCD_CA): "--etcd-cafile",
+    cert_file(APISERVER_ETCD_CLIENT): "--etcd-certfile",
+    key_file(APISERVER_ETCD_CLIENT): "--etcd-keyfile",
+}
+
+
+def picked_up_without_restart(remote_path_: str) -> bool:
+    """Whether a running kube-apiserver reads a new copy of this controller path by itself."""
+    name = remote_path_.rsplit("/", 1)[-1]
+    return remote_path_.startswith(REMOTE_PKI_DIR + "/") and name in PICKED_UP_WITHOUT_RESTART
+
+
 # Files that must never leave the workstation.
 NEVER_UPLOADED = frozenset({key_file(CA), key_file(ETCD_CA)})
 

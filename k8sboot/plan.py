@@ -233,6 +233,8 @@ class HostPlan:
     strays: tuple[str, ...] = ()    # `.k8sboot-new`/`.k8sboot-prev` files a killed run left behind
     component: Component = APISERVER
     reload: bool = False            # apply by `systemctl reload` (the unit runs, the component reloads)
+    removals: tuple[str, ...] = ()  # obsolete files on the host, removed in the switch (journalled)
+    picked_up: tuple[str, ...] = () # changed files the running server re-reads itself: no restart for them
 
     @property
     def uploads(self) -> tuple[FileChange, ...]:
@@ -254,7 +256,7 @@ class HostPlan:
     @property
     def has_changes(self) -> bool:
         return bool(self.changes or self.dirs or self.daemon_reload or self.enable or self.restart
-                    or self.mark_pending or self.strays)
+                    or self.mark_pending or self.strays or self.removals)
 
     @property
     def takes_down(self) -> bool:
@@ -305,7 +307,8 @@ def stray_paths(desired: Sequence[DesiredFile]) -> tuple[str, ...]:
 
 
 def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_restart: bool = False,
-                    host: str = "", component: Component = APISERVER) -> HostPlan:
+                    host: str = "", component: Component = APISERVER,
+                    obsolete: Sequence[str] = ()) -> HostPlan:
     """Only what differs: files to upload or fix, and whether to reload, enable, restart.
 
     Restart when the unit, a referenced file or the binary changed content (not for a mode or
@@ -345,8 +348,18 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
         elif binary.mode is not None and not binary.mode & 0o111:
             problems.append(f"{component.binary_path} is not executable (mode {_mode(binary.mode)})")
 
+    # obsolete: files an earlier set shipped that this one no longer names (a finished rotation's
+    # second key); removed in the switch, with a `.k8sboot-prev` link like any replaced file
+    removals = tuple(p for p in dict.fromkeys(obsolete) if facts.file(p).exists
+                     and p not in {w.path for w in desired})
     svc = facts.service
     content_changed = [c for c in changes if c.upload and c.file.kind != KIND_RECORD]
+    # a running kube-apiserver re-reads its serving pair by itself (`layout.PICKED_UP_WITHOUT_RESTART`):
+    # when nothing else changed, the new files are its whole deploy and nothing restarts
+    picked_up = [c for c in content_changed if component is APISERVER and svc.is_active
+                 and layout.picked_up_without_restart(c.file.path)]
+    content_changed = [c for c in content_changed if c not in picked_up]
+    changed_names = [c.file.name for c in content_changed] + [f"{p.rsplit('/', 1)[-1]} removed" for p in removals]
     unit_changed = any(c.file.kind == KIND_UNIT for c in content_changed)
     stale_load = svc.need_daemon_reload and not unit_changed
     # A unit systemd has never loaded needs no daemon-reload: since v246 systemd looks on disk again
@@ -356,8 +369,8 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
                    and svc.load_state in ("not-found", ""))
     daemon_reload = (unit_changed and not unit_is_new) or stale_load
     restart_reasons: list[str] = []
-    if content_changed and not no_restart:
-        restart_reasons.append("changed: " + ", ".join(c.file.name for c in content_changed))
+    if changed_names and not no_restart:
+        restart_reasons.append("changed: " + ", ".join(changed_names))
     if stale_load and not no_restart:
         restart_reasons.append("systemd had not loaded the unit file on disk")
     pending = facts.file(component.restart_pending_path).exists
@@ -371,7 +384,7 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
     shown_path = component.diff_path or component.unit_path
     shown = next((w for w in desired if w.path == shown_path), None)
     diff = unit_diff(facts.unit_text, shown.content.decode(), host, shown.path) if shown else ""
-    strays = tuple(p for p in stray_paths(desired) if facts.file(p).exists)
+    strays = tuple(p for p in stray_paths(desired) + stray_paths_of(obsolete) if facts.file(p).exists)
     return HostPlan(
         changes=tuple(changes),
         dirs=tuple(dirs),
@@ -381,11 +394,13 @@ def build_host_plan(desired: Sequence[DesiredFile], facts: HostFacts, *, no_rest
         restart_reasons=tuple(restart_reasons),
         unit_diff=diff,
         problems=tuple(problems),
-        mark_pending=bool(content_changed or stale_load) and not restart and not pending,
+        mark_pending=bool(changed_names or stale_load) and not restart and not pending,
         clear_pending=pending and restart,
         strays=strays,
         component=component,
         reload=reload,
+        removals=removals,
+        picked_up=tuple(c.file.name for c in picked_up),
     )
 
 
@@ -447,7 +462,8 @@ def build_unstage_script(plan: HostPlan) -> str:
 
 
 def _journal_lines(plan: HostPlan) -> str:
-    return "".join(f"{c.file.path}|{c.file.prev_path}|{1 if c.existed else 0}\n" for c in plan.uploads)
+    return ("".join(f"{c.file.path}|{c.file.prev_path}|{1 if c.existed else 0}\n" for c in plan.uploads)
+            + "".join(f"{path}|{beside(path, PREV_SUFFIX)}|1\n" for path in plan.removals))
 
 
 def _restore_function(component: Component) -> str:
@@ -483,7 +499,7 @@ def build_switch_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
     lines = ["set -eu", "umask 077",
              "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM"]
     uploads = plan.uploads
-    if uploads:
+    if uploads or plan.removals:
         j = _q(comp.journal_path)
         lines.append(_restore_function(comp).rstrip("\n"))
         lines.append(f"printf '%s' {_q(_journal_lines(plan))} > {j}.tmp && mv -f {j}.tmp {j}")
@@ -495,6 +511,8 @@ def build_switch_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
             if c.existed:
                 lines.append(f"ln -f {_q(f.path)} {_q(f.prev_path)}")
         lines.extend(f"mv -f {_q(c.file.temp_path)} {_q(c.file.path)}" for c in uploads)
+        # an obsolete file goes to its prev name (the journal puts it back if the switch is cut)
+        lines.extend(f"mv -f {_q(p)} {_q(beside(p, PREV_SUFFIX))}" for p in plan.removals)
         checked = next((c.file for c in uploads if comp.check_command and c.file.kind == comp.check_kind), None)
         if checked is not None:
             check = comp.check_command.format(path=_q(checked.path))
@@ -502,7 +520,7 @@ def build_switch_script(plan: HostPlan, *, keep_previous: bool = False) -> str:
                          "printf '%s\\n' \"$out\" | tail -n 5; exit 3; fi")
         lines.append(f"rm -f {j}")
         if not keep_previous:
-            prevs = [c.file.prev_path for c in uploads if c.existed]
+            prevs = [c.file.prev_path for c in uploads if c.existed] + [beside(p, PREV_SUFFIX) for p in plan.removals]
             if prevs:
                 lines.append("rm -f " + " ".join(_q(p) for p in prevs))
     lines.extend(_owner_and_mode_commands([(c.file, c.file.path) for c in plan.fixups]))
@@ -565,6 +583,8 @@ def build_rollback_script(plan: HostPlan) -> str:
             lines.append(f"rm -f {_q(f.path)}")
             if f.kind == KIND_UNIT:
                 unit_existed = False
+    for path in plan.removals:
+        lines.append(f"[ -e {_q(beside(path, PREV_SUFFIX))} ] && mv -f {_q(beside(path, PREV_SUFFIX))} {_q(path)}")
     if not unit_existed:
         lines.append(f"systemctl disable -q --now {comp.unit} 2>/dev/null")
         lines.append("systemctl daemon-reload")
@@ -589,7 +609,7 @@ def rollback_restarts(plan: HostPlan) -> bool:
 
 def build_cleanup_script(plan: HostPlan) -> str:
     """After a successful deploy with keep_previous: drop the `.k8sboot-prev` copies (old keys)."""
-    paths = [c.file.prev_path for c in plan.uploads]
+    paths = [c.file.prev_path for c in plan.uploads] + [beside(p, PREV_SUFFIX) for p in plan.removals]
     return ("rm -f " + " ".join(_q(p) for p in paths) + "\n") if paths else ""
 
 

@@ -42,17 +42,18 @@ def fact(path, content=b"x", mode=0o600, owner="root", group="root"):
     return FileFact(path, True, hashlib.sha256(content).hexdigest(), mode, owner, group)
 
 
-KEY = "/var/lib/kubernetes/kubernetes-key.pem"
+KEY = "/var/lib/kubernetes/kube-apiserver-kubelet-client-key.pem"   # read once, at start
+SERVING_KEY = "/var/lib/kubernetes/kubernetes-key.pem"              # re-read by a running server
 CERT = "/var/lib/kubernetes/ca.pem"
 
 CASES = [
     # name, facts, expected (uploads, fixups, daemon_reload, enable, restart)
     ("nothing differs", facts_matching(), ((), (), False, False, False)),
-    ("key content differs", facts_matching(**{KEY: fact(KEY)}), (("kubernetes-key.pem",), (), False, False, True)),
-    ("key missing", facts_matching(**{KEY: None}), (("kubernetes-key.pem",), (), False, False, True)),
+    ("key content differs", facts_matching(**{KEY: fact(KEY)}), (("kube-apiserver-kubelet-client-key.pem",), (), False, False, True)),
+    ("key missing", facts_matching(**{KEY: None}), (("kube-apiserver-kubelet-client-key.pem",), (), False, False, True)),
     ("key mode loosened", facts_matching(**{KEY: FileFact(KEY, True, next(f.sha256 for f in DESIRED if f.path == KEY),
                                                           0o644, "root", "root")}),
-     ((), ("kubernetes-key.pem",), False, False, False)),
+     ((), ("kube-apiserver-kubelet-client-key.pem",), False, False, False)),
     ("cert owner wrong", facts_matching(**{CERT: FileFact(CERT, True, next(f.sha256 for f in DESIRED if f.path == CERT),
                                                           0o644, "nobody", "root")}),
      ((), ("ca.pem",), False, False, False)),
@@ -96,7 +97,7 @@ def test_desired_files_follow_the_layout_and_never_include_the_ca_key():
     assert paths == [f.path for f in layout.CONTROLLER_FILES] + [layout.UNIT_PATH]
     assert not any("ca-key" in p for p in paths)
     modes = {f.name: f.mode for f in DESIRED}
-    assert modes["kubernetes-key.pem"] == 0o600 and modes["ca.pem"] == 0o644
+    assert modes["kube-apiserver-kubelet-client-key.pem"] == 0o600 and modes["ca.pem"] == 0o644
     assert modes["kube-apiserver.service"] == 0o644
 
 
@@ -135,7 +136,7 @@ def test_install_script_stages_in_the_target_dir_with_umask_077_then_renames():
     lines = script.splitlines()
     assert lines[:2] == ["set -eu", "umask 077"]
     tar_at = lines.index("tar -x -m -f - -C / --same-permissions --same-owner --no-overwrite-dir")
-    mv_key = lines.index("mv -f /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-new /var/lib/kubernetes/kubernetes-key.pem")
+    mv_key = lines.index("mv -f /var/lib/kubernetes/.kube-apiserver-kubelet-client-key.pem.k8sboot-new /var/lib/kubernetes/kube-apiserver-kubelet-client-key.pem")
     assert tar_at < min(i for i, line in enumerate(lines) if line.startswith("mv -f "))
     assert not any(line.startswith(("chmod", "chown")) for line in lines)
     assert lines.index("systemctl daemon-reload") > mv_key
@@ -162,15 +163,15 @@ def test_install_script_keeps_previous_versions_for_rollback():
     facts = facts_matching(**{KEY: fact(KEY)})
     plan = P.build_host_plan(DESIRED, facts)
     script = P.build_install_script(plan, keep_previous=True)
-    assert ("ln -f /var/lib/kubernetes/kubernetes-key.pem "
-            "/var/lib/kubernetes/.kubernetes-key.pem.k8sboot-prev\n") in script
+    assert ("ln -f /var/lib/kubernetes/kube-apiserver-kubelet-client-key.pem "
+            "/var/lib/kubernetes/.kube-apiserver-kubelet-client-key.pem.k8sboot-prev\n") in script
     # without keep_previous the links go as soon as the set is switched (old keys do not linger)
     plain = P.build_install_script(plan)
-    assert "rm -f /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-prev\n" in plain
+    assert "rm -f /var/lib/kubernetes/.kube-apiserver-kubelet-client-key.pem.k8sboot-prev\n" in plain
     rollback = P.build_rollback_script(plan)
-    assert "mv -f /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-prev /var/lib/kubernetes/kubernetes-key.pem" in rollback
+    assert "mv -f /var/lib/kubernetes/.kube-apiserver-kubelet-client-key.pem.k8sboot-prev /var/lib/kubernetes/kube-apiserver-kubelet-client-key.pem" in rollback
     assert "restart" in rollback
-    assert P.build_cleanup_script(plan) == "rm -f /var/lib/kubernetes/.kubernetes-key.pem.k8sboot-prev\n"
+    assert P.build_cleanup_script(plan) == "rm -f /var/lib/kubernetes/.kube-apiserver-kubelet-client-key.pem.k8sboot-prev\n"
 
 
 def test_mode_fix_only_script_has_no_tar():
@@ -213,3 +214,57 @@ def test_no_restart_leaves_a_pending_mark_that_the_next_deploy_honours():
     script = P.build_install_script(again)
     assert f"then rm -f {P.RESTART_PENDING};" in script
     assert P.build_host_plan(DESIRED, later, no_restart=True).has_changes is False
+
+
+# --- restart only when needed (issue 13, point 4) ---------------------------------------------------
+
+SERVING_CERT = "/var/lib/kubernetes/kubernetes.pem"
+
+
+def test_a_new_serving_pair_alone_is_uploaded_without_a_restart():
+    """kube-apiserver re-reads --tls-cert-file/--tls-private-key-file by itself: a renewed serving
+    cert is its own deploy, and the running process keeps serving (same PID)."""
+    plan = P.build_host_plan(DESIRED, facts_matching(**{SERVING_KEY: fact(SERVING_KEY),
+                                                        SERVING_CERT: fact(SERVING_CERT, mode=0o644)}))
+    assert {c.file.name for c in plan.uploads} == {"kubernetes.pem", "kubernetes-key.pem"}
+    assert not plan.restart and not plan.mark_pending and plan.picked_up
+    script = P.build_install_script(plan)
+    assert "systemctl restart" not in script and "mv -f /var/lib/kubernetes/.kubernetes.pem.k8sboot-new" in script
+
+
+def test_the_serving_pair_with_anything_read_at_start_restarts():
+    plan = P.build_host_plan(DESIRED, facts_matching(**{SERVING_KEY: fact(SERVING_KEY), KEY: fact(KEY)}))
+    assert plan.restart and "kube-apiserver-kubelet-client-key.pem" in plan.restart_reasons[0]
+
+
+def test_ca_pem_is_read_at_start_through_the_kubelet_ca_flag():
+    ca = "/var/lib/kubernetes/ca.pem"
+    assert P.build_host_plan(DESIRED, facts_matching(**{ca: fact(ca, mode=0o644)})).restart
+
+
+def test_a_stopped_server_is_started_even_when_only_the_serving_pair_changed():
+    stopped = facts_matching(service=ServiceFact(load_state="loaded", active_state="failed",
+                                                 unit_file_state="enabled"), **{SERVING_KEY: fact(SERVING_KEY)})
+    assert P.build_host_plan(DESIRED, stopped).restart
+
+
+# --- obsolete files (a finished rotation's second key) ---------------------------------------------
+
+OBSOLETE = "/var/lib/kubernetes/service-account-1.pem"
+
+
+def test_an_obsolete_file_is_removed_in_the_switch_and_restarts():
+    facts = facts_matching(**{OBSOLETE: fact(OBSOLETE, mode=0o644)})
+    plan = P.build_host_plan(DESIRED, facts, obsolete=(OBSOLETE,))
+    assert plan.removals == (OBSOLETE,) and plan.restart and "service-account-1.pem removed" in plan.restart_reasons[0]
+    script = P.build_switch_script(plan)
+    prev = "/var/lib/kubernetes/.service-account-1.pem.k8sboot-prev"
+    assert f"{OBSOLETE}|{prev}|1" in script                    # journalled: a cut switch puts it back
+    assert f"mv -f {OBSOLETE} {prev}" in script and f"rm -f {prev}" in script
+    assert f"mv -f {prev} {OBSOLETE}" in P.build_rollback_script(plan)
+    # absent on the host: nothing to do, no restart
+    assert not P.build_host_plan(DESIRED, facts_matching(), obsolete=(OBSOLETE,)).has_changes
+
+
+def test_an_obsolete_path_that_is_desired_again_is_kept():
+    assert P.build_host_plan(DESIRED, facts_matching(), obsolete=(KEY,)).removals == ()
