@@ -90,13 +90,28 @@ def test_reissued_cert_uploads_only_that_file_and_restarts_without_daemon_reload
     tmp, pki, hosts = lab
     inv = make_inventory(pki=pki)
     run(inv, hosts)
-    (pki / "kubernetes.pem").write_bytes(b"reissued\n")
+    (pki / "kube-apiserver-kubelet-client.pem").write_bytes(b"reissued\n")
     for h in hosts.values():
         h.uploads.clear()
         h.commands.clear()
     run(inv, hosts)
     for h in hosts.values():
-        assert h.uploads == ["kubernetes.pem"] and h.commands == ["stage", "restart"]
+        assert h.uploads == ["kube-apiserver-kubelet-client.pem"] and h.commands == ["stage", "restart"]
+
+
+def test_a_renewed_serving_cert_is_uploaded_and_nothing_restarts(lab):
+    """The running server re-reads kubernetes.pem itself (issue 13, point 4)."""
+    tmp, pki, hosts = lab
+    inv = make_inventory(pki=pki)
+    run(inv, hosts)
+    (pki / "kubernetes.pem").write_bytes(b"renewed\n")
+    for h in hosts.values():
+        h.uploads.clear()
+        h.commands.clear()
+    report = run(inv, hosts)
+    for h in hosts.values():
+        assert h.uploads == ["kubernetes.pem"] and "restart" not in h.commands
+    assert all("no restart" in r.message for r in report.results)
 
 
 def test_dry_run_changes_nothing_and_reports_the_diff(lab):
