@@ -364,13 +364,36 @@ def render_ready_delay_dropin(seconds: float) -> str | None:
             f"[Service]\nEnvironment={READY_DELAY_ENV}={value}\n")
 
 
+# Every lab controller: the stand-in reads --tls-cert-file/--tls-private-key-file and
+# --client-ca-file again every RELOAD_INTERVAL seconds instead of every minute (the real API
+# server's resync, and the stand-in's default), so that a renewed serving cert is presented a
+# few seconds after `certs renew` + `deploy-apiserver`, and the lab tests that prove it (and
+# `verify`'s pick-up check) wait seconds, not a minute. Lab-only, like the ready delay: never part
+# of a rendered unit (no ExecStart, so deploy and verify never see it); written into the root
+# before the host boots, so it holds from kube-apiserver's first start on. A controller that was
+# already running before this drop-in existed gets it (with the stand-in's current code) from
+# `k8sboot lab reset NAME`. The variable is k8sboot.standin.reload.RELOAD_INTERVAL_ENV.
+RELOAD_INTERVAL_ENV = "K8SBOOT_STANDIN_RELOAD_INTERVAL"
+RELOAD_INTERVAL_DROPIN = "/etc/systemd/system/kube-apiserver.service.d/k8sboot-lab-reload-interval.conf"
+RELOAD_INTERVAL = 2.0
+
+
+def render_reload_interval_dropin(seconds: float = RELOAD_INTERVAL) -> str:
+    """The reload-interval drop-in's text."""
+    return ("# k8sboot lab only: the kube-apiserver stand-in reads its serving cert/key and client CA\n"
+            "# again every this many seconds (a real kube-apiserver: about every minute).\n"
+            f"[Service]\nEnvironment={RELOAD_INTERVAL_ENV}={format_seconds(seconds)}\n")
+
+
 def build_role_files(host: HostSpec, ready_delay: float = 0.0) -> tuple[tuple[str, int, str], ...]:
     """(path, mode, content) written into the host's root before it boots, for its role."""
-    if host.role == "controller":
-        dropin = render_ready_delay_dropin(ready_delay)
-        if dropin is not None:
-            return ((READY_DELAY_DROPIN, 0o644, dropin),)
-    return ()
+    if host.role != "controller":
+        return ()
+    files = [(RELOAD_INTERVAL_DROPIN, 0o644, render_reload_interval_dropin())]
+    dropin = render_ready_delay_dropin(ready_delay)
+    if dropin is not None:
+        files.append((READY_DELAY_DROPIN, 0o644, dropin))
+    return tuple(files)
 
 
 def render_ready_delay_sync(seconds: float, path: str = READY_DELAY_DROPIN) -> str:

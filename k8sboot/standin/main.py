@@ -51,7 +51,8 @@ Environment:
   K8SBOOT_STANDIN_DATA_DIR=<dir>  keep objects in this local directory (created 0700) instead of
                                   etcd (tests); no etcd is dialled and /readyz has no etcd check
   K8SBOOT_STANDIN_RELOAD_INTERVAL=<seconds>  how often --tls-cert-file, --tls-private-key-file and
-                                  --client-ca-file are read again (default 60, as the real server)
+                                  --client-ca-file are read again (default 60, as the real server;
+                                  2 on k8sboot lab controllers, from a lab-only drop-in)
   K8SBOOT_STANDIN_READY_DELAY=<seconds>  (k8sboot lab) keeps /readyz failing that long after the
                                   port opens
 """

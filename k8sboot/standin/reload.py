@@ -5,7 +5,9 @@ that loads is used from the next connection on (connections already open keep th
 does not load is logged and the files in use are kept. So a renewed serving cert, or a client CA
 bundle for a CA rotation, needs no restart.
 
-`K8SBOOT_STANDIN_RELOAD_INTERVAL=<seconds>` sets another interval (the lab's tests use a short one).
+`K8SBOOT_STANDIN_RELOAD_INTERVAL=<seconds>` sets another interval. `k8sboot lab up` gives every lab
+controller 2 s, through a lab-only drop-in (k8sboot/lab/plan.py RELOAD_INTERVAL_DROPIN) that no
+rendered unit holds: in the lab a renewed serving cert is presented seconds after the deploy.
 """
 
 from __future__ import annotations

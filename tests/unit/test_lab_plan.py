@@ -269,16 +269,34 @@ def test_inventory_without_the_load_balancer_dials_controller_0_with_the_same_is
         "  api_endpoint: https://10.240.0.10:6443", "load_balancers: []"]
 
 
+RELOAD_DROPIN = "/etc/systemd/system/kube-apiserver.service.d/k8sboot-lab-reload-interval.conf"
+
+
 def test_ready_delay_drop_in_is_a_service_environment_line_only_on_controllers():
     lb, c0, w0 = build_host_specs(1, 1, 1)
     files = plan.build_role_files(c0, 2)
     assert [(p, m) for p, m, _ in files] == [
-        ("/etc/systemd/system/kube-apiserver.service.d/k8sboot-lab-ready-delay.conf", 0o644)]
-    body = [ln for ln in files[0][2].splitlines() if not ln.startswith("#")]
+        (RELOAD_DROPIN, 0o644), ("/etc/systemd/system/kube-apiserver.service.d/k8sboot-lab-ready-delay.conf", 0o644)]
+    body = [ln for ln in files[1][2].splitlines() if not ln.startswith("#")]
     assert body == ["[Service]", "Environment=K8SBOOT_STANDIN_READY_DELAY=2"]
-    assert "ExecStart" not in files[0][2]                 # verify's ExecStart check never sees it
-    assert plan.build_role_files(c0, 0) == () and plan.build_role_files(c0) == ()
+    assert "ExecStart" not in files[1][2]                 # verify's ExecStart check never sees it
+    assert [p for p, _, _ in plan.build_role_files(c0, 0)] == [p for p, _, _ in plan.build_role_files(c0)] == [
+        RELOAD_DROPIN]
     assert plan.build_role_files(w0, 2) == () and plan.build_role_files(lb, 2) == ()
+
+
+def test_every_lab_controller_reloads_its_serving_cert_every_two_seconds_through_a_drop_in_only():
+    from k8sboot.standin import reload
+
+    lb, c0, w0 = build_host_specs(1, 1, 1)
+    (path, mode, text), = plan.build_role_files(c0)
+    assert (path, mode) == (RELOAD_DROPIN, 0o644)
+    body = [ln for ln in text.splitlines() if not ln.startswith("#")]
+    assert body == ["[Service]", "Environment=K8SBOOT_STANDIN_RELOAD_INTERVAL=2"]
+    assert plan.RELOAD_INTERVAL_ENV == reload.RELOAD_INTERVAL_ENV          # the name the stand-in reads
+    assert reload.parse_interval(body[1].split("=", 2)[2]) == 2.0
+    assert "ExecStart" not in text                     # a rendered unit never holds it: verify never sees it
+    assert not any(p == RELOAD_DROPIN for p, _, _ in plan.build_role_files(lb) + plan.build_role_files(w0))
     assert plan.render_ready_delay_dropin(0.25).endswith("Environment=K8SBOOT_STANDIN_READY_DELAY=0.25\n")
 
 
