@@ -166,11 +166,13 @@ def read_local_pki(inventory: Inventory) -> dict[str, bytes]:
     """The PKI files every controller gets, read from the local PKI dir; all missing ones named."""
     from k8sboot.store import check_no_interrupted_write, read_optional
 
+    from k8sboot import rotation
+
     pki_dir = Path(inventory.pki.dir)
     check_no_interrupted_write(pki_dir)    # never ship a key beside the wrong half-written cert
     out: dict[str, bytes] = {}
     missing = []
-    for spec in layout.CONTROLLER_FILES:
+    for spec in rotation.controller_files(inventory.rotation):
         path = pki_dir / spec.local_name
         data = read_optional(path)
         if data is None:
@@ -209,15 +211,20 @@ def secure_port(inventory: Inventory, host: Host) -> int:
     return int(flags.get("secure-port", inventory.apiserver.secure_port))
 
 
-def prepare_files(inventory: Inventory, options: DeployOptions, hosts: Sequence[Host],
-                  templates: Path) -> dict[str, tuple[DesiredFile, ...]]:
-    """Every file each host gets, by host name: templates rendered, PKI and --binary read."""
-    from k8sboot import render
+def controller_files(inventory: Inventory) -> tuple[layout.RemoteFile, ...]:
+    """The path table's controller files, with a rotation's second key pair while it needs one."""
+    from k8sboot import rotation
 
-    units = {h.name: render.render_unit(inventory, h, templates) for h in hosts}
-    pki = read_local_pki(inventory)
-    binary = read_binary(options.binary) if options.binary else None
-    return {name: planmod.build_desired_files(pki, unit.text, binary) for name, unit in units.items()}
+    return rotation.controller_files(inventory.rotation)
+
+
+def apiserver_fact_request(inventory: Inventory, *, binary: bool, sections=()) -> "object":
+    """What deploy and verify read on a controller: the phase's files, and the obsolete ones."""
+    from k8sboot import rotation
+
+    paths = planmod.desired_paths(binary=binary, files=controller_files(inventory))
+    return fact_request(paths, secure_port(inventory, inventory.controllers[0]), sections,
+                        obsolete=rotation.obsolete_paths(inventory.rotation))
 
 
 def component_request(component: Component, paths: Sequence[str], port: int, sections=(),
@@ -235,10 +242,12 @@ def component_request(component: Component, paths: Sequence[str], port: int, sec
                        text_path=component.diff_path or component.unit_path, state_dir=component.state_dir.path)
 
 
-def fact_request(paths: Sequence[str], port: int, sections=()) -> "object":
-    """kube-apiserver's facts (`planmod.desired_paths`), and whether ca-key.pem is on the host."""
+def fact_request(paths: Sequence[str], port: int, sections=(), obsolete: Sequence[str] = ()) -> "object":
+    """kube-apiserver's facts (`planmod.desired_paths`), whether ca-key.pem is on the host, and
+    the files a rotation's phase removes (`obsolete`, and their staged/previous copies)."""
     return component_request(planmod.APISERVER, paths, port, sections,
-                             extra=(f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.CA)}",))
+                             extra=(f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.CA)}", *obsolete,
+                                    *planmod.stray_paths_of(obsolete)))
 
 
 class LocalWork:
@@ -335,6 +344,8 @@ class Job:
     # stall one another (each asks the others' peer ports, bound but not serving yet, and waits up
     # to 1 s for each), while starts a few tens of ms apart form the cluster at once.
     start_stagger: float = 0.0
+    # Paths an earlier set shipped that this one removes (a finished rotation's second key pair).
+    obsolete: tuple[str, ...] = ()
 
 
 @dataclass
@@ -445,7 +456,7 @@ def _plan(job: Job, run: HostRun, options: DeployOptions) -> None:
     """The host's plan from its facts and desired files, and what the result shows of it."""
     facts, result = run.facts, run.result
     plan = planmod.build_host_plan(run.desired, facts, no_restart=options.no_restart, host=run.host.name,
-                                   component=job.component)
+                                   component=job.component, obsolete=job.obsolete)
     run.plan = plan
     result.files_changed = plan.files_changed
     result.unit_changed = plan.unit_changed
@@ -662,8 +673,13 @@ def apiserver_job(inventory: Inventory, options: DeployOptions, hosts: Sequence[
                   readyz: health.ReadyzProbe | None) -> Job:
     from k8sboot import render
 
+    from k8sboot import rotation
+
     port = secure_port(inventory, hosts[0])
-    request = fact_request(planmod.desired_paths(binary=options.binary is not None), port)
+    files = controller_files(inventory)
+    obsolete = rotation.obsolete_paths(inventory.rotation)
+    request = fact_request(planmod.desired_paths(binary=options.binary is not None, files=files), port,
+                           obsolete=obsolete)
     rendered: dict[str, object] = {}
 
     def prepare() -> dict[str, tuple[DesiredFile, ...]]:
@@ -671,14 +687,14 @@ def apiserver_job(inventory: Inventory, options: DeployOptions, hosts: Sequence[
         rendered.update(units)
         pki = read_local_pki(inventory)
         binary = read_binary(options.binary) if options.binary else None
-        return {name: planmod.build_desired_files(pki, unit.text, binary) for name, unit in units.items()}
+        return {name: planmod.build_desired_files(pki, unit.text, binary, files) for name, unit in units.items()}
 
     # a restart waits for the old process to drain: the shutdown delay, then up to the request
     # timeout (1m) for requests in flight (the unit's TimeoutStopSec is the same sum + 15 s)
     stop = inventory.apiserver.shutdown_delay_seconds + 60 + 15
     return Job(planmod.APISERVER, tuple(hosts), request, port, prepare,
                expected_flags=lambda name: rendered[name].flags, readyz=readyz, stop_timeout=stop,
-               load_balancers=inventory.load_balancers)
+               load_balancers=inventory.load_balancers, obsolete=obsolete)
 
 
 def health_checker(inventory: Inventory, port: int) -> health.ReadyzProbe:

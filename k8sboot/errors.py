@@ -35,6 +35,7 @@ class ExitCode(IntEnum):
     OBJECTS = 18           # can-i -f: a file of RBAC objects cannot be read or holds a bad object
     ETCD_UNAVAILABLE = 19  # deploy-apiserver refused before any change: its etcd has no healthy quorum
     ETCD_FOREIGN_DATA = 20  # deploy-etcd refused before any change: a member's data dir is another cluster's
+    ROTATION = 21          # rotate: the phase cannot run now (another rotation, wrong order, too early)
     INTERNAL = 70          # a bug: printed with a traceback
     INTERRUPTED = 130      # SIGINT
     TERMINATED = 143       # SIGTERM

@@ -128,6 +128,11 @@ def build_apiserver_flags(inventory: Inventory, host: Host) -> Flags:
     if tuple(cluster.api_audiences) != (cluster.service_account_issuer,):
         at = next(i for i, (name, _) in enumerate(flags) if name == "service-account-issuer")
         flags.insert(at + 1, ("api-audiences", ",".join(cluster.api_audiences)))
+    if inventory.rotation is not None:
+        # a rotation's phase (pki/rotation.yaml): the service-account key files and issuers repeated
+        from k8sboot import rotation
+
+        flags = rotation.apply_to_flags(inventory.rotation, flags, cluster.service_account_issuer)
     return tuple(_merge_extra_flags(inventory, flags))
 
 

@@ -8,6 +8,8 @@ keys, non-UTF-8 text and oversized files are refused before any value is looked 
 
 from __future__ import annotations
 
+import dataclasses
+
 import difflib
 import ipaddress
 import re
@@ -55,7 +57,11 @@ def load_inventory(path: Path | str) -> Inventory:
                                   "or run `k8sboot lab up` to write inventory/lab.yaml") from None
     except OSError as exc:
         raise InventoryError(f"{path}: cannot read the inventory: {exc.strerror}") from exc
-    return parse_inventory(raw, path)
+    inventory = parse_inventory(raw, path)
+    from k8sboot import rotation
+
+    journal = rotation.load(inventory.pki.dir)
+    return dataclasses.replace(inventory, rotation=journal) if journal is not None else inventory
 
 
 def parse_inventory(raw: bytes | str, path: Path) -> Inventory:

@@ -112,6 +112,9 @@ class Inventory:
     workers: tuple[Host, ...] = ()
     load_balancers: tuple[Host, ...] = ()         # HAProxy hosts in front of every controller's secure port
     etcd: EtcdSpec = EtcdSpec()
+    # the trust-root rotation in progress (`pki/rotation.yaml`, k8sboot.rotation.Rotation), or None:
+    # every command that renders or checks kube-apiserver's flags renders its phase
+    rotation: object | None = field(default=None, compare=False)
     # 1-based line of each key path, for messages about a valid file ("controllers[1].name": 14)
     lines: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
 

@@ -124,14 +124,15 @@ APISERVER = Component(name="kube-apiserver", unit=layout.UNIT_NAME, state_dir=PK
 
 
 def build_desired_files(pki_files: Mapping[str, bytes], unit_text: str,
-                        binary: bytes | None = None) -> tuple[DesiredFile, ...]:
+                        binary: bytes | None = None,
+                        files: Sequence[layout.RemoteFile] = layout.CONTROLLER_FILES) -> tuple[DesiredFile, ...]:
     """Every file a controller gets: the layout's PKI files, the unit, and optionally the binary.
 
     `pki_files` maps local file names (`ca.pem`, ...) to content; a name the layout ships but the
     mapping lacks is a KeyError (the caller reports it as a missing local file before dialling).
     """
     out = []
-    for spec in layout.CONTROLLER_FILES:
+    for spec in files:      # layout.CONTROLLER_FILES, or a rotation's (`rotation.controller_files`)
         if spec.local_name in layout.NEVER_UPLOADED:   # layout never lists it; belt and braces
             continue
         out.append(DesiredFile(spec.path, pki_files[spec.local_name], spec.mode, spec.owner, spec.group,
@@ -142,10 +143,10 @@ def build_desired_files(pki_files: Mapping[str, bytes], unit_text: str,
     return tuple(out)
 
 
-def desired_paths(*, binary: bool) -> tuple[str, ...]:
+def desired_paths(*, binary: bool, files: Sequence[layout.RemoteFile] = layout.CONTROLLER_FILES) -> tuple[str, ...]:
     """The target paths of `build_desired_files`, in its order, known before any file is read
     (the facts of a host are read while the files are still being rendered)."""
-    paths = [spec.path for spec in layout.CONTROLLER_FILES if spec.local_name not in layout.NEVER_UPLOADED]
+    paths = [spec.path for spec in files if spec.local_name not in layout.NEVER_UPLOADED]
     paths.append(layout.UNIT_PATH)
     if binary:
         paths.append(layout.BINARY_PATH)

@@ -35,7 +35,9 @@ INFO = "INFO"
 
 CA_KEY_REMOTE = f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.CA)}"
 
-SECTIONS = (
+def sections(files: Sequence[layout.RemoteFile] = layout.CONTROLLER_FILES) -> tuple[tuple[str, str], ...]:
+    """The commands verify runs on a controller besides the facts (`files`: the phase's files)."""
+    return (
     ("grep", flagmod.TUTORIAL_GREP_COMMAND),
     ("execstart", f"systemctl show -p ExecStart {layout.UNIT_NAME}"),
     ("cmdline", f"pid=$(systemctl show -p MainPID --value {layout.UNIT_NAME}); "
@@ -51,9 +53,12 @@ SECTIONS = (
                 "t=$(sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20); "
                 "awk -v t=\"$t\" -v hz=\"$(getconf CLK_TCK)\" -v now=\"$(date +%s.%N)\" "
                 "'{printf \"start %.3f\\n\", now - ($1 - t / hz)}' /proc/uptime; fi; "
-                "stat -c '%.9Y %n' " + " ".join(f.path for f in layout.CONTROLLER_FILES) + f" {layout.UNIT_PATH} "
+                "stat -c '%.9Y %n' " + " ".join(f.path for f in files) + f" {layout.UNIT_PATH} "
                 "2>/dev/null || true"),
-)
+    )
+
+
+SECTIONS = sections()
 
 
 # --- load balancers -------------------------------------------------------------------------------
@@ -124,7 +129,9 @@ def check_restart_pending(host: str, started: str, margin: float = 0.25) -> Chec
             rows.append((value, what))
     if start is None:
         return None
-    newer = [path.rsplit("/", 1)[-1] for when, path in rows if when > start + margin]
+    # (the serving pair is re-read by the running server: whether it was is the presented cert's check)
+    newer = [path.rsplit("/", 1)[-1] for when, path in rows
+             if when > start + margin and not layout.picked_up_without_restart(path)]
     if not newer:
         return Check(host, "process newer than its files", OK, "the running process started after every file changed")
     return Check(host, "restart pending", DRIFT,
@@ -339,6 +346,48 @@ def check_host(host: str, desired: Sequence[DesiredFile], expected_flags: flagmo
     return checks, grep_out
 
 
+def running_flags(facts: HostFacts) -> flagmod.Flags | None:
+    """The running kube-apiserver's flags from /proc/PID/cmdline (a script's own argv dropped)."""
+    cmdline_b64 = facts.sections.get("cmdline", "").strip()
+    if not (facts.service.main_pid and cmdline_b64):
+        return None
+    try:
+        argv = flagmod.parse_proc_cmdline(base64.b64decode(cmdline_b64))
+    except ValueError:
+        return None
+    if argv and _is_interpreter(argv[0]) and layout.BINARY_PATH in argv[1:3]:
+        argv = argv[argv.index(layout.BINARY_PATH, 1):]
+    return flagmod.parse_argv_flags(argv)
+
+
+def check_rotation(host: str, journal, facts: HostFacts) -> list[Check]:
+    """With a rotation in progress: the phase this controller's running server is in (from its
+    flags), against the journal's; files left by an earlier phase that this one removed."""
+    from k8sboot import rotation
+
+    if journal is None:
+        return []
+    checks = []
+    for path in rotation.obsolete_paths(journal):
+        if facts.file(path).exists:
+            checks.append(Check(host, "file " + path, DRIFT, f"left from phase {journal.phases[0]}-"
+                                f"{journal.phases[-2]} of the {journal.kind} rotation; `finish` removes it",
+                                "absent", "present"))
+    flags = running_flags(facts)
+    if flags is None:
+        return checks + [Check(host, f"{journal.kind} rotation", SKIP, "kube-apiserver is not running")]
+    phase = rotation.running_phase(journal, flags)
+    want = f"{journal.phase}" + ("" if journal.state == rotation.DEPLOYED else f" ({journal.state})")
+    if phase == journal.phase:
+        return checks + [Check(host, f"{journal.kind} rotation", OK, f"runs phase {phase}, as the journal", want, phase)]
+    behind = phase is not None and phase != "before start" and journal.phases.index(phase) < journal.phases.index(
+        journal.phase) or phase == "before start"
+    detail = (f"runs phase {phase}, behind the journal's {journal.phase}" if behind and phase
+              else f"runs flags of no phase of this rotation (journal: {journal.phase})")
+    return checks + [Check(host, f"{journal.kind} rotation", DRIFT,
+                           detail + f"; run `k8sboot rotate {journal.kind} {journal.phase}` again", want, phase or "?")]
+
+
 def check_probe(host: str, anonymous_auth: bool, anon, bogus, admin) -> list[Check]:
     """Compare the three HTTPS answers with what --anonymous-auth and Stage 1 dictate."""
     out = []
@@ -403,14 +452,14 @@ class VerifyOptions:
 
 
 def verify(inventory: Inventory, options: VerifyOptions, *, connect=None, etcd_ask=None,
-           readyz=None) -> VerifyReport:
+           readyz=None, pickup=None) -> VerifyReport:
     """Every host in parallel. As in deploy, the hosts are dialled and their facts read while the
     units are rendered and the local PKI read (a local error closes every connection). `etcd_ask`:
     the HTTPS to etcd members (`verify_etcd.asker`, by default over verify's dialer); `readyz`:
     Host -> the answer of a running API server's /readyz?verbose (by default HTTPS as the
     health identity, over verify's dialer)."""
     from k8sboot import deploy as deploymod
-    from k8sboot import render
+    from k8sboot import render, rotation
     from k8sboot.store import read_optional
 
     lb_names = {h.name for h in inventory.load_balancers}
@@ -420,7 +469,9 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None, etcd_a
     deploymod.check_identity_file(inventory)
     templates = render.templates_dir_for(inventory, options.templates)
     port = deploymod.secure_port(inventory, (hosts or inventory.controllers)[0])
-    request = deploymod.fact_request(planmod.desired_paths(binary=False), port, SECTIONS)
+    files = deploymod.controller_files(inventory)        # the path table, and a rotation's second key
+    request = deploymod.fact_request(planmod.desired_paths(binary=False, files=files), port, sections(files),
+                                     obsolete=rotation.obsolete_paths(inventory.rotation))
     pki_dir = Path(inventory.pki.dir)
     admin_cert, admin_key = pki_dir / layout.cert_file(layout.ADMIN), pki_dir / layout.key_file(layout.ADMIN)
     if connect is None:
@@ -437,7 +488,7 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None, etcd_a
         pki = deploymod.read_local_pki(inventory)
         units = {h.name: render.render_unit(inventory, h, templates) for h in hosts}
         return {"pki": pki, "units": units,
-                "desired": {h.name: planmod.build_desired_files(pki, units[h.name].text) for h in hosts},
+                "desired": {h.name: planmod.build_desired_files(pki, units[h.name].text, None, files) for h in hosts},
                 "have_admin": read_optional(admin_cert) is not None and read_optional(admin_key) is not None,
                 "etcd": verify_etcd.read_local(inventory, options.templates),
                 "readyz": readyz if readyz is not None else readyz_probe()}
@@ -473,11 +524,23 @@ def verify(inventory: Inventory, options: VerifyOptions, *, connect=None, etcd_a
             desired = ready["desired"][host.name]
             result.checks, result.grep_output = check_host(host.name, desired, ready["units"][host.name].flags,
                                                            facts, ready["pki"][layout.cert_file(layout.CA)])
+            result.checks += check_rotation(host.name, inventory.rotation, facts)
             etcd_deployed[host.name] = verify_etcd.deployed(etcd_facts)
             if etcd_deployed[host.name]:
                 result.checks += verify_etcd.verify_member(inventory, host, etcd_facts, ready["etcd"], etcd_ask)
             if facts.service.is_active and ready["readyz"] is not None:
                 result.checks += check_readyz(host.name, ready["readyz"](host))
+            # the serving cert the server presents and the client CA it trusts (k8sboot/pickup.py):
+            # `pickup(host, facts, local_pki) -> [Check]`; by default over TLS whenever verify's own
+            # /readyz probe runs (a caller with its own /readyz answers, a test, brings these too)
+            if facts.service.is_active and (pickup is not None or (readyz is None and ready["readyz"] is not None)):
+                if pickup is None:
+                    from k8sboot import pickup as pickupmod
+
+                    result.checks += pickupmod.probe_host(inventory, host, port, facts, ready["pki"], dial=dial,
+                                                          timeout=options.probe_timeout)
+                else:
+                    result.checks += pickup(host, facts, ready["pki"])
         except K8sbootError as exc:
             result.error, result.hint, result.code = exc.message, exc.hint, int(exc.code)
         finally:
