@@ -851,6 +851,86 @@ def apiservers_not_ready(addresses: Sequence[str], pki_dir: Path, timeout: float
     return [f"{a}: /readyz {last[a]}" for a in waiting]
 
 
+# --- trust-root rotations (issue 13, bench/rotate) ------------------------------------------------------
+#
+# The unit flags each phase of `k8sboot rotate service-account-key|issuer` leaves on every controller
+# (and the by-hand scripts bench/peers/manual_rotate_*.sh must leave too): bench/rotate reads every
+# host's unit after each phase and compares. Pure: text in, differences out.
+
+SA_PUBLIC = f"{REMOTE_PKI_DIR}/service-account.pem"
+SA_KEY = f"{REMOTE_PKI_DIR}/service-account-key.pem"
+SA_NEW_PUBLIC = f"{REMOTE_PKI_DIR}/service-account-1.pem"
+SA_NEW_KEY = f"{REMOTE_PKI_DIR}/service-account-1-key.pem"
+ROTATION_PHASES = ("start", "switch", "finish")
+
+
+def sa_key_rotation_flags(phase: str) -> dict[str, list[str]]:
+    """The service-account flags of a phase ("before" = the canonical pair): repeated values in order."""
+    both = [SA_PUBLIC, SA_NEW_PUBLIC]
+    table = {
+        "before": {"service-account-key-file": [SA_PUBLIC], "service-account-signing-key-file": [SA_KEY]},
+        "start": {"service-account-key-file": both, "service-account-signing-key-file": [SA_KEY]},
+        "switch": {"service-account-key-file": both, "service-account-signing-key-file": [SA_NEW_KEY]},
+        # finish: the canonical names again, holding the new pair; the -1 files gone from the host
+        "finish": {"service-account-key-file": [SA_PUBLIC], "service-account-signing-key-file": [SA_KEY]},
+    }
+    if phase not in table:
+        raise ValueError(f"unknown phase {phase!r}")
+    return table[phase]
+
+
+def issuer_rotation_flags(phase: str, old: str, new: str) -> dict[str, list[str]]:
+    """--service-account-issuer of a phase: the first one signs, the others are still accepted;
+    the order is the point (never sorted)."""
+    table = {"before": [old], "start": [old, new], "switch": [new, old], "finish": [new]}
+    if phase not in table:
+        raise ValueError(f"unknown phase {phase!r}")
+    return {"service-account-issuer": table[phase]}
+
+
+def unit_flag_values(unit_text: str, names: Iterable[str]) -> dict[str, list[str]]:
+    """The values of these flags on the unit's ExecStart (`--name=value` or `--name value`, the
+    continuation lines joined), repeated flags in order; a flag that is absent maps to []."""
+    wanted = {n.lstrip("-"): [] for n in names}
+    lines, in_exec = [], False
+    for raw in unit_text.splitlines():
+        line = raw.strip()
+        if not in_exec and not line.startswith("ExecStart="):
+            continue
+        in_exec = True
+        cont = line.endswith("\\")
+        lines.append(line[:-1] if cont else line)
+        if not cont:
+            break
+    tokens = shlex.split(" ".join(lines)[len("ExecStart="):]) if lines else []
+    for i, tok in enumerate(tokens):
+        if not tok.startswith("--"):
+            continue
+        name, eq, value = tok[2:].partition("=")
+        if name in wanted:
+            if not eq:
+                value = tokens[i + 1] if i + 1 < len(tokens) and not tokens[i + 1].startswith("--") else ""
+            wanted[name].append(value)
+    return wanted
+
+
+def flag_differences(unit_text: str, want: Mapping[str, Sequence[str]]) -> list[str]:
+    """Human-readable differences between the unit's flags and `want` (name -> values in order)."""
+    got = unit_flag_values(unit_text, want)
+    return [f"--{name}: {got[name]} != {list(values)}" for name, values in want.items()
+            if got[name] != list(values)]
+
+
+HOLDER_MARK = "held-by-bench"
+
+
+def lab_users_besides_holder(signs: Sequence[str], mark: str = HOLDER_MARK) -> list[str]:
+    """Signs of other lab users (run.others_using_lab) without the placeholder process whose command
+    line says it holds the lab for a benchmark (`pytest tests/lab held-by-bench`): other sessions'
+    lab tests wait while it runs, the benchmark under it must not wait for it."""
+    return [s for s in signs if mark not in s]
+
+
 if __name__ == "__main__":
     # Reproduce a peer by hand:  python3 bench/lib.py ssh-config inventory/lab.yaml > ssh_config
     #                            python3 bench/lib.py ansible-inventory inventory/lab.yaml > hosts.ini

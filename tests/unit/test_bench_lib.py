@@ -330,3 +330,57 @@ def test_lab_cpu_is_summed_over_hosts_by_part_and_the_rest_is_other(tmp_path):
     spent = labcpu.spent(before, after)
     assert spent["other"] == pytest.approx(0.29) and spent[labcpu.ALL] == pytest.approx(0.7)
     assert labcpu.usage_usec(tmp_path / "nowhere") == 0
+
+
+# --- trust-root rotations (bench/rotate) ----------------------------------------------------------------
+
+_UNIT = """\
+[Service]
+ExecStart=/usr/local/bin/kube-apiserver \\
+  --client-ca-file=/var/lib/kubernetes/ca.pem \\
+  --service-account-key-file=/var/lib/kubernetes/service-account.pem \\
+  --service-account-key-file=/var/lib/kubernetes/service-account-1.pem \\
+  --service-account-signing-key-file=/var/lib/kubernetes/service-account-1-key.pem \\
+  --service-account-issuer=https://new.example:6443 \\
+  --service-account-issuer https://old.example:6443 \\
+  --v=2
+Restart=on-failure
+Environment=X=--service-account-key-file=/not/a/flag
+"""
+
+
+def test_unit_flag_values_keeps_repeats_in_order_and_stops_at_execstart_end():
+    got = lib.unit_flag_values(_UNIT, ["service-account-key-file", "--service-account-issuer", "etcd-servers"])
+    assert got == {
+        "service-account-key-file": ["/var/lib/kubernetes/service-account.pem",
+                                     "/var/lib/kubernetes/service-account-1.pem"],
+        "service-account-issuer": ["https://new.example:6443", "https://old.example:6443"],
+        "etcd-servers": [],
+    }
+    assert lib.unit_flag_values("[Unit]\nDescription=x\n", ["v"]) == {"v": []}
+
+
+def test_sa_key_rotation_flags_follow_the_phases():
+    assert lib.flag_differences(_UNIT, lib.sa_key_rotation_flags("switch")) == []
+    diffs = lib.flag_differences(_UNIT, lib.sa_key_rotation_flags("start"))
+    assert diffs == ["--service-account-signing-key-file: ['/var/lib/kubernetes/service-account-1-key.pem'] "
+                     "!= ['/var/lib/kubernetes/service-account-key.pem']"]
+    assert lib.sa_key_rotation_flags("finish") == lib.sa_key_rotation_flags("before")
+    assert len(lib.flag_differences(_UNIT, lib.sa_key_rotation_flags("finish"))) == 2
+    with pytest.raises(ValueError):
+        lib.sa_key_rotation_flags("promote")
+
+
+def test_issuer_rotation_flags_keep_the_order():
+    old, new = "https://old.example:6443", "https://new.example:6443"
+    assert lib.issuer_rotation_flags("start", old, new) == {"service-account-issuer": [old, new]}
+    assert lib.flag_differences(_UNIT, lib.issuer_rotation_flags("switch", old, new)) == []
+    # the same set in the other order is a difference: the first issuer is the one that signs
+    assert lib.flag_differences(_UNIT, lib.issuer_rotation_flags("start", old, new))
+    assert lib.issuer_rotation_flags("finish", old, new) == {"service-account-issuer": [new]}
+
+
+def test_lab_users_besides_holder():
+    signs = ["pytest running: 123 pytest tests/lab held-by-bench", "lease held by PID 9 (bench/rotate)",
+             "pytest running: 77 python -m pytest tests/lab/test_rotate.py"]
+    assert lib.lab_users_besides_holder(signs) == signs[1:]
