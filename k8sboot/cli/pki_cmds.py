@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from k8sboot.cli.options import inventory_option, json_option
+from k8sboot.cli.options import DEFAULT_INVENTORY, inventory_option, json_option
 
 GEN_CERTS_EPILOG = """\
 \b
@@ -35,6 +35,23 @@ Examples:
   k8sboot certs list                            # every cert: subject, SANs, issuer, key
   k8sboot certs check-expiration --fail-under 30 || echo "renew soon"
   k8sboot certs check-expiration -i inventory/lab.yaml --json | jq '.[].residual_days'
+  k8sboot certs renew kubernetes && k8sboot deploy-apiserver -i inventory/cluster.yaml
+  k8sboot certs renew --expiring-within 30d
+"""
+
+RENEW_EPILOG = """\
+\b
+Examples:
+  k8sboot certs renew kubernetes                     # the API server's serving cert
+  k8sboot deploy-apiserver -i inventory/cluster.yaml # ... then ship it: no restart for the serving pair
+  k8sboot certs renew --expiring-within 30d          # every leaf with less than 30 days left
+  k8sboot certs renew --expiring-within 720h --dry-run
+  k8sboot certs renew admin worker-0 --json
+  k8sboot certs renew all                            # every leaf (never a CA, never the SA key)
+\b
+A renewed leaf is reissued by the same CA, with the same subject, SANs and usages, a new key and
+a full validity (never past the CA's own not-after). A CA is not renewed but replaced
+(`k8sboot rotate ca`); the service-account key is rotated (`k8sboot rotate service-account-key`).
 """
 
 LIST_EPILOG = """\
@@ -47,7 +64,7 @@ Examples:
 CHECK_EXPIRATION_EPILOG = """\
 \b
 Examples:
-  k8sboot certs check-expiration                     # warns for certs with < 30 days left
+  k8sboot certs check-expiration                     # WARN under 120 days left, URGENT under 30
   k8sboot certs check-expiration --fail-under 60     # exit 13 when one has < 60 days
   k8sboot certs check-expiration --json
 """
@@ -184,6 +201,18 @@ def _yes_no(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "NO")
 
 
+# Two thresholds, as cert-manager's renewBefore and kubeadm's 30 days: under 120 days a cert is
+# due (WARN: renew it at the next maintenance), under 30 (pki.EXPIRY_WARNING) it is urgent.
+RENEW_SOON = 120        # days
+URGENT_DAYS = 30        # days: pki.EXPIRY_WARNING (not imported here: cryptography would slow --help)
+
+
+def _renew_soon(s) -> bool:
+    from datetime import timedelta
+
+    return s.present and s.residual is not None and s.residual < timedelta(days=RENEW_SOON)
+
+
 def _status_json(s) -> dict:
     return {
         "name": s.name, "file": s.file, "present": s.present, "ca": s.is_ca,
@@ -191,29 +220,47 @@ def _status_json(s) -> dict:
         "key_match": s.key_match,
         "not_after": s.not_after.isoformat() if s.not_after else None,
         "residual_days": round(s.residual.total_seconds() / 86400, 2) if s.residual is not None else None,
-        "expiring": s.expiring, "expired": s.expired,
+        "expiring": s.expiring, "expired": s.expired, "renew_soon": _renew_soon(s), "state": _state(s),
     }
 
 
 def _state(s) -> str:
+    """ok | WARN (< 120 days left) | URGENT (< 30 days) | EXPIRED | MISSING."""
     if not s.present:
         return "MISSING"
     if s.expired:
         return "EXPIRED"
-    return "WARN" if s.expiring else "ok"
+    if s.expiring:
+        return "URGENT"
+    return "WARN" if _renew_soon(s) else "ok"
 
 
-def _report_problems(spec, statuses) -> None:
-    """Warn about expiring certs; PkiError for a missing file, a foreign issuer, a wrong key."""
+def _inventory_args(inventory: Path | None) -> str:
+    """` -i INV` for a command to suggest, unless INV is the default one."""
+    return "" if inventory is None or inventory == DEFAULT_INVENTORY else f" -i {inventory}"
+
+
+def _report_problems(spec, statuses, inventory: Path | None = None) -> None:
+    """Warn about certs due for renewal (under 120 days, urgently under 30) with the command that
+    renews them; PkiError for a missing file, a foreign issuer, a wrong key."""
     from k8sboot import console
     from k8sboot.errors import PkiError
 
-    for s in statuses:
-        if s.present and s.expiring:
-            fix = "--force-new-ca" if s.is_ca else f"--renew {s.name}"
-            when = ("expired on " + _when(s.not_after) if s.expired
-                    else f"expires {_when(s.not_after)} ({_residual(s)} left)")
-            console.warn(f"{spec.dir / s.file} {when}: renew with `k8sboot gen-certs {fix}`")
+    due = [s for s in statuses if _renew_soon(s)]
+    for s in due:
+        when = ("expired on " + _when(s.not_after) if s.expired
+                else f"expires {_when(s.not_after)} ({_residual(s)} left)")
+        if s.is_ca:
+            fix = "a CA is not renewed but replaced: `k8sboot rotate ca`"
+        else:
+            fix = (f"renew it now: `k8sboot certs renew{_inventory_args(inventory)} {s.name}`" if s.expiring else
+                   f"renew it before {URGENT_DAYS} days are left: `k8sboot certs renew{_inventory_args(inventory)} "
+                   f"{s.name}`")
+        console.warn(f"{spec.dir / s.file} {when}: {fix}")
+    leaves = [s.name for s in due if not s.is_ca]
+    if len(leaves) > 1:
+        console.warn(f"renew them in one go: k8sboot certs renew{_inventory_args(inventory)} {' '.join(leaves)} "
+                     f"(or --expiring-within {RENEW_SOON}d); it says what to deploy next")
     missing = [s.file for s in statuses if not s.present]
     foreign = [s.file for s in statuses if s.present and s.issuer_ok is False]
     keyless = [s.file for s in statuses if s.present and s.key_present is False]
@@ -272,7 +319,7 @@ def certs_list(inventory: Path = inventory_option, as_json: bool = json_option) 
               _residual(s)) for s in statuses],
             styles={"NO": "red"},
         )
-    _report_problems(spec, statuses)
+    _report_problems(spec, statuses, inventory)
 
 
 @certs_app.command("check-expiration", epilog=CHECK_EXPIRATION_EPILOG)
@@ -283,7 +330,7 @@ def check_expiration(
         help="Exit with code 13 when any certificate has less than DAYS days left."),
     as_json: bool = json_option,
 ) -> None:
-    """Residual time of every certificate, like `kubeadm certs check-expiration`; warns under 30 days."""
+    """Residual time of every certificate, like `kubeadm certs check-expiration`; WARN under 120 days, URGENT under 30."""
     from datetime import timedelta
 
     from k8sboot import console
@@ -299,18 +346,214 @@ def check_expiration(
             [(s.file, _day(s.not_after) if s.present else "missing",
               _residual(s), _yes_no(s.issuer_ok), _yes_no(s.key_match), _state(s))
              for s in certs],
-            styles={"WARN": "yellow", "EXPIRED": "bold red", "MISSING": "red", "NO": "red"},
+            styles={"WARN": "yellow", "URGENT": "bold yellow", "EXPIRED": "bold red", "MISSING": "red",
+                    "NO": "red"},
         )
-    _report_problems(spec, certs)
+    _report_problems(spec, certs, inventory)
     if fail_under is not None:
         limit = timedelta(days=fail_under)
         below = [s for s in certs if s.present and s.residual < limit]
         if below:
+            leaves = [s.name for s in below if not s.is_ca]
+            hint = (f"renew with `k8sboot certs renew{_inventory_args(inventory)} {' '.join(leaves)}`" if leaves
+                    else "")
+            if any(s.is_ca for s in below):
+                hint += ("; " if hint else "") + "a CA is replaced with `k8sboot rotate ca`"
             raise K8sbootError(
                 f"checking expiration: {len(below)} certificate(s) have less than {fail_under} "
                 f"days left: " + ", ".join(f"{s.file} ({_residual(s)})" for s in below),
-                hint="renew with `k8sboot gen-certs --renew NAME` (the CA: --force-new-ca)",
-                code=ExitCode.EXPIRING)
+                hint=hint, code=ExitCode.EXPIRING)
+
+
+# --- certs renew ----------------------------------------------------------------------------------
+
+ALL = "all"
+
+
+def _usage(message: str, hint: str):
+    from k8sboot.errors import ExitCode, K8sbootError
+
+    return K8sbootError(message, hint=hint, code=ExitCode.USAGE)
+
+
+def check_renew_names(spec, names) -> list[str]:
+    """The leaves to renew for the NAME arguments (`all`: every leaf), in the PKI table's order, or a
+    usage error: a CA is replaced, never renewed; the service-account key is rotated; an unknown
+    name gets the closest valid one as a hint."""
+    import difflib
+
+    leaves = [leaf.name for leaf in spec.leaves]
+    cas = [ca.name for ca in spec.authorities]
+    wanted: set[str] = set()
+    for name in names:
+        if name == ALL:
+            wanted.update(leaves)
+        elif name in cas:
+            raise _usage(f"certs renew: {name} is a CA, and a CA is not renewed",
+                         "a CA is replaced with `k8sboot rotate ca` (new CA trusted beside the old one, every "
+                         "leaf reissued, then the old one dropped: nobody is locked out)")
+        elif name == spec.service_account.name:
+            raise _usage(f"certs renew: {name} is the ServiceAccount signing key pair, not a certificate",
+                         "it is rotated with `k8sboot rotate service-account-key` (tokens signed by the old key "
+                         "keep working until the rotation finishes)")
+        elif name in leaves:
+            wanted.add(name)
+        else:
+            close = difflib.get_close_matches(name, leaves + cas + [spec.service_account.name, ALL], n=1)
+            raise _usage(f"certs renew: unknown certificate {name!r}",
+                         (f"did you mean {close[0]!r}? " if close else "") + f"names: {', '.join(leaves)}, or {ALL}")
+    return [n for n in leaves if n in wanted]
+
+
+def parse_within(text: str):
+    """`--expiring-within`: `30d`, `720h`, `1d12h` -> timedelta, or a usage error."""
+    from k8sboot.tokens import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise _usage(f"--expiring-within: {exc}", "e.g. --expiring-within 30d, or 720h") from None
+
+
+def next_steps(renewed, inventory: Path, has_load_balancers: bool) -> list[tuple[str, str]]:
+    """(command, why) that put the renewed files where they are used, from the path tables: a file
+    in layout.CONTROLLER_FILES -> deploy-apiserver (no restart when the running server re-reads
+    every one of them), layout.ETCD_FILES -> deploy-etcd, the health client -> deploy-lb (HAProxy's
+    check presents it), admin -> a new kubeconfig; the rest k8sboot does not deploy."""
+    from k8sboot import layout
+
+    def files(name: str) -> set[str]:
+        return {layout.cert_file(name), layout.key_file(name)}
+
+    shipped = {f.local_name for f in layout.CONTROLLER_FILES}
+    etcd = {f.local_name for f in layout.ETCD_FILES}
+    inv = f" -i {inventory}"
+    steps = []
+    to_etcd = [n for n in renewed if files(n) & etcd]
+    if to_etcd:
+        steps.append((f"k8sboot deploy-etcd{inv}", f"{', '.join(to_etcd)}: a rolling restart of the etcd members"))
+    to_api = [n for n in renewed if files(n) & shipped]
+    if to_api:
+        changed = sorted(set().union(*(files(n) & shipped for n in to_api)))
+        quiet = all(layout.picked_up_without_restart(layout.remote_path(f)) for f in changed)
+        steps.append((f"k8sboot deploy-apiserver{inv}",
+                      f"{', '.join(to_api)}: " + ("no restart, the running kube-apiservers re-read their serving "
+                                                  "cert/key by themselves" if quiet else
+                                                  "a rolling restart (kube-apiserver reads these files at start)")))
+    if layout.HEALTH_CLIENT in renewed and has_load_balancers:
+        steps.append((f"k8sboot deploy-lb{inv}", f"{layout.HEALTH_CLIENT}: the load balancer's health check presents it "
+                      "(a reload, not a restart)"))
+    if layout.ADMIN in renewed:
+        steps.append((f"k8sboot kubeconfig admin{inv}", "admin: a kubeconfig with the new cert (old ones keep working "
+                      "until the old cert expires)"))
+    handled = {*to_etcd, *to_api, layout.ADMIN, layout.HEALTH_CLIENT, layout.ETCD_HEALTHCHECK_CLIENT}
+    by_hand = [n for n in renewed if n not in handled]
+    if by_hand:
+        steps.append(("", f"{', '.join(by_hand)}: k8sboot does not deploy these; copy NAME.pem and NAME-key.pem "
+                      "to where they are used"))
+    return steps
+
+
+def certs_renew(
+    names: Optional[list[str]] = typer.Argument(
+        None, metavar="[NAME]...",
+        help="Leaves to renew: admin, kubernetes, kube-apiserver-kubelet-client, kube-controller-manager, "
+             "kube-scheduler, kube-proxy, k8sboot-health, etcd-server, etcd-peer, apiserver-etcd-client, "
+             "etcd-healthcheck-client, each worker's name, or all."),
+    inventory: Path = inventory_option,
+    expiring_within: Optional[str] = typer.Option(
+        None, "--expiring-within", metavar="DURATION",
+        help="Also renew every leaf with less than this left (or expired): 30d, 720h."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be renewed; write nothing."),
+    as_json: bool = json_option,
+) -> None:
+    """Reissue leaf certificates from the same CA (new key, full validity); then deploy them."""
+    from datetime import datetime, timezone
+
+    from k8sboot import console, pki, store
+    from k8sboot.errors import PkiError
+    from k8sboot.inventory import load_inventory
+
+    if not names and expiring_within is None:
+        raise _usage("certs renew: name certs or --expiring-within",
+                     "e.g. `k8sboot certs renew kubernetes`, or `k8sboot certs renew --expiring-within 30d`; "
+                     "`k8sboot certs check-expiration` shows what is due")
+    within = parse_within(expiring_within) if expiring_within is not None else None
+    inv = load_inventory(inventory)
+    spec = pki.build_pki_spec(inv)
+    named = check_renew_names(spec, names or ())
+    now = datetime.now(timezone.utc)
+    warnings: list[str] = []
+    with store.pki_lock(spec.dir):
+        if dry_run:
+            store.check_no_interrupted_write(spec.dir)
+        else:
+            store.finish_interrupted_write(spec.dir)
+        facts = store.read_pki(spec, require=True)
+        due = []
+        if within is not None:
+            for s in pki.check_certs(spec, facts, now):
+                if not s.present or s.residual is None or s.residual >= within:   # the SA pair: no expiry
+                    continue
+                if s.is_ca:
+                    warnings.append(f"{spec.dir / s.file} expires {_when(s.not_after)}, within {expiring_within} too: "
+                                    "a CA is not renewed but replaced, with `k8sboot rotate ca`")
+                else:
+                    due.append(s.name)
+        chosen = [leaf.name for leaf in spec.leaves if leaf.name in named or leaf.name in due]
+        why = {n: ("named" if n in named else f"< {expiring_within} left") for n in chosen}
+        if chosen:
+            plan = pki.plan_pki(spec, facts, now=now, renew=chosen)
+            others = [a for a in plan.actions if a.changes and a.name not in chosen]
+            if others:
+                raise PkiError(f"certs renew: {spec.dir} needs more than a renewal: "
+                               + "; ".join(f"{a.name}: {a.describe()}" for a in others),
+                               hint=f"run `k8sboot gen-certs{_inventory_args(inventory)}` first: it brings the PKI "
+                                    "in line with the inventory; then renew")
+            result = pki.issue_pki(spec, facts, plan, now=now)
+            if not dry_run:
+                store.write_pki_files(spec.dir, result.files)
+            new_after = {row.file: row.not_after for row in result.rows}
+        else:
+            new_after = {}
+
+    rows = []
+    for name in chosen:
+        leaf, fact = spec.leaf(name), facts.leaves[name]
+        old = pki.not_after_of(fact.cert) if fact.cert is not None else None
+        new = new_after.get(leaf.cert_file)
+        rows.append((name, leaf.cert_file, old, new, why[name]))
+        if new is not None and (new - now).days < leaf.validity_days - 1:
+            warnings.append(f"{spec.dir / leaf.cert_file}: valid only until {_when(new)}, the CA's own not-after "
+                            f"(not {leaf.validity_days} days): the CA is replaced with `k8sboot rotate ca`")
+    steps = next_steps(chosen, inventory, bool(inv.load_balancers)) if chosen else []
+    for message in warnings:
+        console.warn(message)
+    if as_json:
+        console.json_out({
+            "dir": str(spec.dir), "dry_run": dry_run,
+            "renewed": [{"name": n, "file": f, "old_not_after": o.isoformat() if o else None,
+                         "new_not_after": w.isoformat() if w else None, "why": y} for n, f, o, w, y in rows],
+            "next": [cmd for cmd, _ in steps if cmd],
+            "warnings": warnings,
+        })
+    elif rows:
+        verb = "would renew" if dry_run else "renewed"
+        console.table(["name", "file", "old not after", "new not after", "why"],
+                      [(n, f, _when(o), _when(w), y) for n, f, o, w, y in rows], title=f"certs renew: {verb}")
+    if not chosen:
+        soonest = min((s for s in pki.check_certs(spec, facts, now) if s.present and not s.is_ca
+                       and s.name != spec.service_account.name), key=lambda s: s.residual, default=None)
+        console.info(f"{spec.dir}/: nothing to renew: no leaf expires within {expiring_within}"
+                     + (f" (the soonest: {soonest.file}, {_when(soonest.not_after)})" if soonest else ""))
+        return
+    what = f"{len(chosen)} leaf certificate(s), each with a new key, signed by the same CA"
+    if dry_run:
+        console.info(f"{spec.dir}/: dry run, nothing written: would renew {what}")
+    else:
+        console.info(f"{spec.dir}/: renewed {what} (keys 0600)")
+    for cmd, reason in steps:
+        console.info(f"  next: {cmd}   # {reason}" if cmd else f"  note: {reason}")
 
 
 def _server_url(text: str) -> str:
@@ -355,5 +598,6 @@ def kubeconfig_admin(
 
 def register(app: typer.Typer) -> None:
     app.command("gen-certs", epilog=GEN_CERTS_EPILOG)(gen_certs)
+    certs_app.command("renew", epilog=RENEW_EPILOG)(certs_renew)
     app.add_typer(certs_app, name="certs")
     app.add_typer(kubeconfig_app, name="kubeconfig")

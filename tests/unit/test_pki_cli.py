@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from certs_helpers import edit_inventory, load_cert, openssl, snapshot
 from typer.testing import CliRunner
 
@@ -279,16 +280,48 @@ def test_check_expiration_exits_13_when_a_cert_is_below_fail_under(existing_pki)
     assert "admin.pem (364d)" in result.stderr
 
 
-def test_check_expiration_warns_under_30_days(inventory_file):
+def test_check_expiration_is_urgent_under_30_days_and_suggests_certs_renew(inventory_file):
     edit_inventory(inventory_file, "cert_validity_days: 365", "cert_validity_days: 10")
     assert run("gen-certs").exit_code == 0
     result = run("certs", "check-expiration")
     assert result.exit_code == 0
-    assert result.stdout.count("WARN") == len(LEAF_FILES)
-    assert "warning: pki/admin.pem expires" in result.stderr and "--renew admin" in result.stderr
+    assert result.stdout.count("URGENT") == len(LEAF_FILES) and "WARN" not in result.stdout
+    err = " ".join(result.stderr.split())
+    assert "warning: pki/admin.pem expires" in err and "renew it now: `k8sboot certs renew admin`" in err
+    assert "gen-certs --renew" not in err
+    assert "renew them in one go: k8sboot certs renew admin kubernetes" in err
     doc = json.loads(run("certs", "check-expiration", "--json").stdout)
-    assert {r["file"]: r["expiring"] for r in doc}["admin.pem"] is True
-    assert {r["file"]: r["expiring"] for r in doc}["ca.pem"] is False
+    states = {r["file"]: (r["state"], r["expiring"], r["renew_soon"]) for r in doc}
+    assert states["admin.pem"] == ("URGENT", True, True)
+    assert states["ca.pem"] == ("ok", False, False)
+
+
+def test_check_expiration_warns_under_120_days_and_not_at_120(inventory_file):
+    edit_inventory(inventory_file, "cert_validity_days: 365", "cert_validity_days: 100")
+    assert run("gen-certs").exit_code == 0
+    result = run("certs", "check-expiration", "-i", str(inventory_file))
+    assert result.exit_code == 0
+    assert result.stdout.count("WARN") == len(LEAF_FILES) and "URGENT" not in result.stdout
+    err = " ".join(result.stderr.split())
+    assert "renew it before 30 days are left: `k8sboot certs renew kube-proxy`" in err   # the default -i: not repeated
+    doc = {r["file"]: r for r in json.loads(run("certs", "check-expiration", "--json").stdout)}
+    assert (doc["admin.pem"]["state"], doc["admin.pem"]["expiring"], doc["admin.pem"]["renew_soon"]) == \
+        ("WARN", False, True)
+    edit_inventory(inventory_file, "cert_validity_days: 100", "cert_validity_days: 121")
+    assert run("certs", "renew", "all").exit_code == 0
+    again = run("certs", "check-expiration")
+    assert "WARN" not in again.stdout and "warning" not in again.stderr
+
+
+def test_check_expiration_fail_under_hint_names_certs_renew_and_the_inventory(existing_pki, inventory_file,
+                                                                              tmp_path):
+    other = Path("inventory/other.yaml")
+    shutil.copy(inventory_file, other)
+    result = run("certs", "check-expiration", "--fail-under", "400", "-i", str(other))
+    assert result.exit_code == ExitCode.EXPIRING
+    assert "hint: renew with `k8sboot certs renew -i inventory/other.yaml admin kubernetes" in result.stderr
+    ca = run("certs", "check-expiration", "--fail-under", "4000")
+    assert "a CA is replaced with `k8sboot rotate ca`" in ca.stderr
 
 
 def test_certs_commands_without_a_pki_dir_say_run_gen_certs(inventory_file):
@@ -369,11 +402,164 @@ def test_kubeconfig_admin_refuses_a_mismatched_admin_key(existing_pki):
     assert not Path("admin.kubeconfig").exists()
 
 
+# --- certs renew -----------------------------------------------------------------------------
+
+
+def renew_json(*args: str) -> dict:
+    result = run("certs", "renew", "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_renew_kubernetes_reissues_its_pair_from_the_same_ca_and_says_deploy_without_restart(existing_pki):
+    before = snapshot(existing_pki)
+    old = load_cert(existing_pki / "kubernetes.pem")
+    result = run("certs", "renew", "kubernetes")
+    assert result.exit_code == 0, result.output
+    after = snapshot(existing_pki)
+    assert sorted(n for n in after if after[n] != before[n]) == ["kubernetes-key.pem", "kubernetes.pem"]
+    new = load_cert(existing_pki / "kubernetes.pem")
+    assert new.serial_number != old.serial_number and new.public_key() != old.public_key()     # a new key
+    assert new.subject == old.subject and new.issuer == old.issuer
+    assert new.extensions.get_extension_for_class(x509.SubjectAlternativeName) == \
+        old.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert openssl("verify", "-CAfile", "pki/ca.pem", "pki/kubernetes.pem").returncode == 0
+    assert store.file_mode(existing_pki / "kubernetes-key.pem") == 0o600
+    assert after["ca.pem"] == before["ca.pem"] and after["ca-key.pem"] == before["ca-key.pem"]
+    for header in ("name", "old not after", "new not after"):
+        assert header in result.stdout
+    assert "kubernetes.pem" in result.stdout and "named" in result.stdout
+    err = " ".join(result.stderr.split())
+    assert "next: k8sboot deploy-apiserver -i inventory/cluster.yaml # kubernetes: no restart" in err
+    assert "deploy-etcd" not in err and "deploy-lb" not in err
+
+
+def test_renew_json_gives_old_and_new_not_after_and_the_next_commands(existing_pki):
+    from datetime import datetime, timedelta, timezone
+
+    old = load_cert(existing_pki / "etcd-server.pem")
+    doc = renew_json("etcd-server", "admin", "kube-apiserver-kubelet-client")
+    assert doc["dry_run"] is False and doc["dir"] == "pki"
+    assert [r["name"] for r in doc["renewed"]] == ["admin", "kube-apiserver-kubelet-client", "etcd-server"]
+    etcd = doc["renewed"][2]
+    assert etcd["file"] == "etcd-server.pem" and etcd["why"] == "named"
+    old_after = getattr(old, "not_valid_after_utc", None) or old.not_valid_after.replace(tzinfo=timezone.utc)
+    assert datetime.fromisoformat(etcd["old_not_after"]) == old_after
+    new_after = datetime.fromisoformat(etcd["new_not_after"])
+    assert abs(new_after - (datetime.now(timezone.utc) + timedelta(days=365))) < timedelta(minutes=2)
+    assert doc["next"] == ["k8sboot deploy-etcd -i inventory/cluster.yaml",
+                           "k8sboot deploy-apiserver -i inventory/cluster.yaml",
+                           "k8sboot kubeconfig admin -i inventory/cluster.yaml"]
+    assert openssl("verify", "-CAfile", "pki/etcd-ca.pem", "pki/etcd-server.pem").returncode == 0
+
+
+def test_renew_dry_run_writes_nothing_and_says_what_it_would_renew(existing_pki):
+    before = snapshot(existing_pki)
+    doc = renew_json("--dry-run", "kube-proxy")
+    assert doc["dry_run"] is True and [r["name"] for r in doc["renewed"]] == ["kube-proxy"]
+    table = run("certs", "renew", "--dry-run", "kube-proxy")
+    assert table.exit_code == 0 and "would renew" in table.stdout and "dry run, nothing written" in table.stderr
+    assert snapshot(existing_pki) == before
+
+
+def test_renew_expiring_within_takes_only_the_leaves_due_in_days_or_hours(existing_pki, inventory_file):
+    edit_inventory(inventory_file, "cert_validity_days: 365", "cert_validity_days: 10")
+    assert run("gen-certs", "--renew", "admin", "--renew", "worker-0").exit_code == 0
+    edit_inventory(inventory_file, "cert_validity_days: 10", "cert_validity_days: 365")
+    before = snapshot(existing_pki)
+    for within in ("30d", "720h"):
+        doc = renew_json("--dry-run", "--expiring-within", within)
+        assert [(r["name"], r["why"]) for r in doc["renewed"]] == [("admin", f"< {within} left"),
+                                                                     ("worker-0", f"< {within} left")]
+    assert snapshot(existing_pki) == before
+    doc = renew_json("--expiring-within", "30d", "kube-proxy")
+    assert [(r["name"], r["why"]) for r in doc["renewed"]] == [
+        ("admin", "< 30d left"), ("kube-proxy", "named"), ("worker-0", "< 30d left")]
+    again = run("certs", "renew", "--expiring-within", "30d")
+    assert again.exit_code == 0 and again.stdout == ""
+    assert "nothing to renew: no leaf expires within 30d" in again.stderr
+
+
+def test_renew_expiring_within_never_touches_a_ca_and_says_so(existing_pki):
+    before = snapshot(existing_pki)
+    result = run("certs", "renew", "--expiring-within", "3650d", "--dry-run")
+    assert result.exit_code == 0
+    err = " ".join(result.stderr.split())
+    assert "pki/ca.pem expires" in err and "within 3650d too: a CA is not renewed but replaced, with " \
+        "`k8sboot rotate ca`" in err
+    assert "ca.pem" not in [line.split()[1] for line in result.stdout.splitlines() if line.startswith("│")]
+    assert snapshot(existing_pki) == before
+
+
+@pytest.mark.parametrize("args, message, hint", [
+    ([], "certs renew: name certs or --expiring-within", "k8sboot certs renew --expiring-within 30d"),
+    (["kubernets"], "certs renew: unknown certificate 'kubernets'", "did you mean 'kubernetes'?"),
+    (["admin", "nobody-at-all"], "unknown certificate 'nobody-at-all'", "names: admin, kubernetes"),
+    (["ca"], "ca is a CA, and a CA is not renewed", "k8sboot rotate ca"),
+    (["etcd-ca"], "etcd-ca is a CA, and a CA is not renewed", "k8sboot rotate ca"),
+    (["service-account"], "the ServiceAccount signing key pair, not a certificate",
+     "k8sboot rotate service-account-key"),
+    (["--expiring-within", "soon"], "--expiring-within: 'soon' is not a duration", "e.g. --expiring-within 30d"),
+    (["--expiring-within", "0d"], "--expiring-within: '0d': the duration must be longer than 0s", "720h"),
+])
+def test_renew_refuses_bad_names_and_durations_with_exit_2_and_writes_nothing(existing_pki, args, message, hint):
+    before = snapshot(existing_pki)
+    result = run("certs", "renew", *args)
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stdout == ""
+    err = " ".join(result.stderr.split())
+    assert err.startswith("k8sboot: error: ") and message in err and "hint: " in err and hint in err
+    assert snapshot(existing_pki) == before
+
+
+def test_renew_refuses_when_the_pki_needs_more_than_a_renewal(existing_pki, inventory_file):
+    edit_inventory(inventory_file, "internal_ip: 10.0.1.11", "internal_ip: 10.0.1.21")   # the API server's SANs
+    before = snapshot(existing_pki)
+    result = run("certs", "renew", "admin")
+    assert result.exit_code == ExitCode.PKI
+    err = " ".join(result.stderr.split())
+    assert "needs more than a renewal: kubernetes: reissued (SANs changed" in err
+    assert "hint: run `k8sboot gen-certs` first" in err
+    assert snapshot(existing_pki) == before
+
+
+def test_renew_without_a_pki_says_run_gen_certs(inventory_file):
+    result = run("certs", "renew", "admin")
+    assert result.exit_code == ExitCode.PKI and "hint: run `k8sboot gen-certs`" in result.stderr
+
+
+def test_next_steps_follow_the_path_tables():
+    from k8sboot.cli.pki_cmds import next_steps
+
+    inv = Path("inventory/lab.yaml")
+    assert next_steps(["kubernetes"], inv, False) == [(
+        "k8sboot deploy-apiserver -i inventory/lab.yaml",
+        "kubernetes: no restart, the running kube-apiservers re-read their serving cert/key by themselves")]
+    steps = dict(next_steps(["kubernetes", "apiserver-etcd-client", "k8sboot-health", "etcd-peer", "kube-proxy",
+                             "etcd-healthcheck-client"], inv, True))
+    assert list(steps) == ["k8sboot deploy-etcd -i inventory/lab.yaml", "k8sboot deploy-apiserver -i inventory/lab.yaml",
+                           "k8sboot deploy-lb -i inventory/lab.yaml", ""]
+    assert "a rolling restart (kube-apiserver reads these files at start)" in steps[
+        "k8sboot deploy-apiserver -i inventory/lab.yaml"]
+    assert steps[""].startswith("kube-proxy: k8sboot does not deploy these")
+    assert next_steps(["k8sboot-health"], inv, False) == []          # no LB: a workstation credential only
+    assert next_steps(["etcd-healthcheck-client"], inv, True) == []
+
+
+def test_renew_thresholds_match_the_pki_module():
+    from datetime import timedelta
+
+    from k8sboot import pki
+    from k8sboot.cli import pki_cmds
+
+    assert timedelta(days=pki_cmds.URGENT_DAYS) == pki.EXPIRY_WARNING and pki_cmds.RENEW_SOON == 120
+
+
 # --- help ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [["gen-certs"], ["certs"], ["certs", "list"],
-                                  ["certs", "check-expiration"], ["kubeconfig"], ["kubeconfig", "admin"]])
+@pytest.mark.parametrize("args", [["gen-certs"], ["certs"], ["certs", "list"], ["certs", "check-expiration"],
+                                  ["certs", "renew"], ["kubeconfig"], ["kubeconfig", "admin"]])
 def test_every_pki_command_help_shows_worked_examples_line_by_line(args):
     result = run(*args, "--help")
     assert result.exit_code == 0
