@@ -126,5 +126,11 @@ bench-standin: deps
 bench-etcd: deps bench-deps
 	$(PY) bench/etcd --full
 
+# issue 13: a full ServiceAccount key rotation (start, switch, finish --force), k8sboot rotate against
+# the by-hand openssl + scp/ssh + sed loop, 3 and 10 controllers, ready delay 0 and 2 s, a client through the LB
+.PHONY: bench-rotate
+bench-rotate: deps
+	$(PY) bench/rotate --full
+
 clean:
 	rm -rf $(VENV) pki *.kubeconfig .pytest_cache

@@ -10,7 +10,8 @@
 # It reaches the end state `k8sboot rotate service-account-key ... finish` reaches, so that
 # `k8sboot verify` finds nothing to report afterwards:
 #   local PKI_DIR: the new pair is service-account.pem (0644) / service-account-key.pem (0600), the
-#     old pair kept under PKI_DIR/retired/ (0700 dir, files 0600);
+#     old pair kept under PKI_DIR/retired/ (0700 dir, files 0600, named as k8sboot names them:
+#     service-account.<UTC stamp>.pem, service-account-key.<UTC stamp>.pem);
 #   every controller: /var/lib/kubernetes/service-account.pem (0644) and -key.pem (0600), root:root,
 #     with the new contents; the unit's flags back to the single canonical pair
 #     (--service-account-key-file=/var/lib/kubernetes/service-account.pem,
@@ -126,9 +127,9 @@ finish() {
   stamp=$(date -u +%Y%m%dT%H%M%SZ)
   mkdir -p retired
   chmod 0700 retired
-  mv service-account.pem "retired/service-account-$stamp.pem"
-  mv service-account-key.pem "retired/service-account-$stamp-key.pem"
-  chmod 0600 "retired/service-account-$stamp.pem" "retired/service-account-$stamp-key.pem"
+  mv service-account.pem "retired/service-account.$stamp.pem"
+  mv service-account-key.pem "retired/service-account-key.$stamp.pem"
+  chmod 0600 "retired/service-account.$stamp.pem" "retired/service-account-key.$stamp.pem"
   mv service-account-1.pem service-account.pem
   mv service-account-1-key.pem service-account-key.pem
   for instance in "${HOSTS[@]}"; do
