@@ -23,6 +23,7 @@ from concurrent.futures import wait as wait_for_futures
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from k8sboot import flags as flagmod
 from k8sboot import health, layout, rollout
 from k8sboot import plan as planmod
 from k8sboot.errors import ExitCode, Interrupted, K8sbootError, PkiError
@@ -724,8 +725,9 @@ def deploy(inventory: Inventory, options: DeployOptions, *, connect: Connector |
     if readyz is None and not options.dry_run:
         readyz = health_checker(inventory, secure_port(inventory, hosts[0]))
     job = apiserver_job(inventory, options, hosts, templates, readyz)
+    job.before_changes = issuer_gate(inventory)
     if options.etcd_check:
-        job.before_changes = etcd_gate(inventory, etcd_ask)
+        job.before_changes = chain_gates(job.before_changes, etcd_gate(inventory, etcd_ask))
     elif not options.dry_run:
         warn("etcd not checked (--no-etcd-check): a restarted API server that cannot read etcd stops the roll "
              "at its health gate")
@@ -809,6 +811,45 @@ def etcd_gate(inventory: Inventory, ask: Callable[[str], "object"] | None = None
                        hint=f"bring etcd back first: k8sboot deploy-etcd -i {inventory.path}, check it with "
                             f"k8sboot verify -i {inventory.path}, then rerun deploy-apiserver",
                        code=ExitCode.ETCD_UNAVAILABLE)
+
+    return before_changes
+
+
+def issuer_gate(inventory: Inventory):
+    """deploy-apiserver's `before_changes`: an issuer the controllers sign with that the new flags
+    would no longer accept. Every ServiceAccount token carries its issuer (`iss`); changing
+    cluster.service_account_issuer in the inventory alone would give every one of them 401 at
+    once. `k8sboot rotate issuer` changes it in phases instead; this refuses the shortcut."""
+    from k8sboot import rotation
+
+    rendered = rotation.issuers(inventory.rotation, inventory.cluster.service_account_issuer)
+
+    def before_changes(runs, changing, report: DeployReport, warn: Callable[[str], None]) -> Refusal | None:
+        for run in runs:
+            text = run.facts.unit_text if run.facts is not None else None
+            argv = flagmod.parse_unit_exec_start(text) if text else None
+            running = [v for k, v in flagmod.parse_argv_flags(argv or []) if k == "service-account-issuer"]
+            if running and running[0] not in rendered:
+                return Refusal(
+                    f"{run.host.name} signs ServiceAccount tokens as --service-account-issuer={running[0]}, which "
+                    f"{inventory.where('cluster.service_account_issuer')} no longer accepts "
+                    f"({', '.join(rendered)}): every token issued so far would get 401",
+                    hint=f"put back service_account_issuer: {running[0]}, then change it without an outage: "
+                         f"k8sboot rotate issuer start --to {rendered[0]} -i {inventory.path}",
+                    code=ExitCode.ROTATION)
+        return None
+
+    return before_changes
+
+
+def chain_gates(*gates):
+    """Several `before_changes` checks in order: the first refusal wins."""
+    def before_changes(runs, changing, report, warn):
+        for gate in gates:
+            refusal = gate(runs, changing, report, warn)
+            if refusal is not None:
+                return refusal
+        return None
 
     return before_changes
 

@@ -172,10 +172,20 @@ def load(pki_dir: Path) -> Rotation | None:
     path = Path(pki_dir) / JOURNAL_FILE
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None                 # (a PKI dir that is not one: the PKI's own reader says so)
+    except PermissionError as exc:
+        import os
+
+        if not os.access(pki_dir, os.X_OK):
+            return None             # the PKI dir itself is closed: its own reader says so, and stops
+        from k8sboot.errors import PkiError
+
+        raise PkiError(f"reading {path}: {exc.strerror}", hint="run as the user that ran k8sboot gen-certs") from exc
     except OSError as exc:
-        raise RotationError(f"reading {path}: {exc.strerror}") from exc
+        from k8sboot.errors import PkiError
+
+        raise PkiError(f"reading {path}: {exc.strerror}", hint="run as the user that ran k8sboot gen-certs") from exc
     return parse(raw, path)
 
 
@@ -267,10 +277,11 @@ def apply_to_flags(rotation: Rotation | None, flags: list[tuple[str, str]], conf
 def phase_flags(rotation: Rotation, phase: str) -> dict[str, tuple[str, ...]]:
     """The rotated flags' values in `phase` (for telling which phase a running server is in)."""
     at = replace(rotation, phase=phase)
+    if rotation.kind == ISSUER:
+        return {"service-account-issuer": issuers(at, rotation.old)}
     trusted, signing = service_account_files(at)
     return {"service-account-key-file": tuple(f"{layout.REMOTE_PKI_DIR}/{n}" for n in trusted),
-            "service-account-signing-key-file": (f"{layout.REMOTE_PKI_DIR}/{signing}",),
-            "service-account-issuer": issuers(at, rotation.old)}
+            "service-account-signing-key-file": (f"{layout.REMOTE_PKI_DIR}/{signing}",)}
 
 
 def running_phase(rotation: Rotation, running: Sequence[tuple[str, str]]) -> str | None:
@@ -285,13 +296,13 @@ def running_phase(rotation: Rotation, running: Sequence[tuple[str, str]]) -> str
             continue          # same flags as before `start`: told apart by the file's content only
         if all(got.get(k, ()) == v for k, v in phase_flags(rotation, phase).items()):
             return phase
-    before = {"service-account-key-file": (f"{layout.REMOTE_PKI_DIR}/{layout.cert_file(layout.SERVICE_ACCOUNT)}",),
-              "service-account-signing-key-file": (f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.SERVICE_ACCOUNT)}",),
-              "service-account-issuer": ((rotation.old,) if rotation.kind == ISSUER else got.get("service-account-issuer", ()))}
+    if rotation.kind == ISSUER:
+        before = {"service-account-issuer": (rotation.old,)}
+    else:
+        before = {"service-account-key-file": (f"{layout.REMOTE_PKI_DIR}/{layout.cert_file(layout.SERVICE_ACCOUNT)}",),
+                  "service-account-signing-key-file": (f"{layout.REMOTE_PKI_DIR}/{layout.key_file(layout.SERVICE_ACCOUNT)}",)}
     if all(got.get(k, ()) == v for k, v in before.items()):
         return "finish" if rotation.kind == SERVICE_ACCOUNT_KEY and rotation.phase == "finish" else "before start"
-    if rotation.kind == ISSUER and got.get("service-account-issuer") == (rotation.new,):
-        return "finish"
     return None
 
 

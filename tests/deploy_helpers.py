@@ -210,6 +210,10 @@ class FakeRemote:
         for c in plan.fixups:
             data = h.files[c.file.path][0]
             h.files[c.file.path] = (data, c.file.mode, c.file.owner, c.file.group)
+        for path in plan.removals:          # an obsolete file (a finished rotation's second key)
+            removed = h.files.pop(path, None)
+            if keep_previous and removed is not None:
+                h.files[planmod.beside(path, planmod.PREV_SUFFIX)] = removed
         if plan.daemon_reload:
             h.commands.append("daemon-reload")
             h.loaded_unit = h.files.get(h.unit_path, (None,))[0]

@@ -96,9 +96,10 @@ def root(
 
 def _register() -> None:
     from k8sboot.cli import (auth_cmds, completion_cmds, deploy_cmds, inventory_cmds, lab_cmds, pki_cmds,
-                             rbac_cmds)
+                             rbac_cmds, rotate_cmds)
 
-    for module in (pki_cmds, auth_cmds, rbac_cmds, deploy_cmds, lab_cmds, inventory_cmds, completion_cmds):
+    for module in (pki_cmds, auth_cmds, rbac_cmds, deploy_cmds, rotate_cmds, lab_cmds, inventory_cmds,
+                   completion_cmds):
         module.register(app)
 
 

@@ -105,13 +105,15 @@ def _authenticator_config(inv: Inventory, inventory: Path, *, client_ca: bool,
     from k8sboot import authn, layout
     from k8sboot.errors import PkiError
 
+    from k8sboot import rotation
+
+    trusted, _ = rotation.service_account_files(inv.rotation)    # a rotation's phase: both keys
     try:
         return authn.load_authenticator_config(
             client_ca_file=_pki_file(inv, layout.cert_file(layout.CA)) if client_ca else None,
-            service_account_key_files=(
-                [_pki_file(inv, layout.cert_file(layout.SERVICE_ACCOUNT))] if service_account else []),
-            service_account_issuers=(inv.cluster.service_account_issuer,),
-            api_audiences=inv.cluster.api_audiences,
+            service_account_key_files=[_pki_file(inv, name) for name in trusted] if service_account else [],
+            service_account_issuers=rotation.issuers(inv.rotation, inv.cluster.service_account_issuer),
+            api_audiences=_explicit_audiences(inv),
             anonymous_auth=inv.apiserver.anonymous_auth,
         )
     except authn.AuthnConfigError as exc:
@@ -119,6 +121,21 @@ def _authenticator_config(inv: Inventory, inventory: Path, *, client_ca: bool,
             raise PkiError(f"reading {exc.path}: no such file", hint=_gen_certs_hint(inventory)) from exc
         raise PkiError(f"reading {exc.path}: {exc.message}",
                        hint=f"{_gen_certs_hint(inventory)}, or fix the file") from exc
+
+
+def _explicit_audiences(inv: Inventory) -> tuple[str, ...]:
+    """--api-audiences as rendered: empty when it is the issuer alone, so that the API server's
+    default (every --service-account-issuer) applies, as during an issuer rotation."""
+    audiences = tuple(inv.cluster.api_audiences)
+    return () if audiences == (inv.cluster.service_account_issuer,) else audiences
+
+
+def _default_audiences(inv: Inventory) -> list[str]:
+    """The audiences a TokenRequest without any gets: --api-audiences, else (the API server's
+    default) every --service-account-issuer, in order."""
+    from k8sboot import rotation
+
+    return list(_explicit_audiences(inv)) or list(rotation.issuers(inv.rotation, inv.cluster.service_account_issuer))
 
 
 def _read_file(path: Path, what: str) -> bytes:
@@ -321,16 +338,19 @@ def create(
     from k8sboot.errors import PkiError
     from k8sboot.inventory import load_inventory
 
+    from k8sboot import rotation
+
     inv = load_inventory(inventory)
-    key_path = _pki_file(inv, layout.key_file(layout.SERVICE_ACCOUNT))
+    _, signing = rotation.service_account_files(inv.rotation)    # the key the phase signs with
+    issuers = rotation.issuers(inv.rotation, inv.cluster.service_account_issuer)
+    key_path = _pki_file(inv, signing)
     key_pem = store.read_optional(key_path)      # a regular file in the PKI dir, never a link
     if key_pem is None:
         raise PkiError(f"reading the signing key {key_path}: no such file",
                        hint=_gen_certs_hint(inventory))
     token = tokens.mint_token(namespace, service_account, lifetime,
-                              list(audience) if audience else list(inv.cluster.api_audiences),
-                              inv.cluster.service_account_issuer, key_pem,
-                              datetime.now(timezone.utc), source=str(key_path))
+                              list(audience) if audience else _default_audiences(inv),
+                              issuers[0], key_pem, datetime.now(timezone.utc), source=str(key_path))
     console.data(token)
 
 
@@ -354,14 +374,18 @@ def decode(
     if inventory == DEFAULT_INVENTORY and not inventory.exists():
         source = f"no inventory at {inventory}; pass -i INV"
     else:
+        from k8sboot import rotation
+
         inv = load_inventory(inventory)
-        key_path = _pki_file(inv, layout.cert_file(layout.SERVICE_ACCOUNT))
-        source = str(key_path)
+        trusted, _ = rotation.service_account_files(inv.rotation)
+        key_paths = [_pki_file(inv, name) for name in trusted]
+        key_path = key_paths[0]
+        source = ", ".join(str(p) for p in key_paths)
         try:
             config = authn.load_authenticator_config(
-                service_account_key_files=[key_path],
-                service_account_issuers=(inv.cluster.service_account_issuer,),
-                api_audiences=inv.cluster.api_audiences,
+                service_account_key_files=key_paths,
+                service_account_issuers=rotation.issuers(inv.rotation, inv.cluster.service_account_issuer),
+                api_audiences=_explicit_audiences(inv),
                 anonymous_auth=inv.apiserver.anonymous_auth)
         except authn.AuthnConfigError as exc:
             source = (f"{key_path} not found; {_gen_certs_hint(inventory)}" if exc.missing
