@@ -297,6 +297,25 @@ def check_consistency(per_host_flags: Mapping[str, Iterable[tuple[str, str]]],
     return out
 
 
+def check_rotation(journal, now: datetime, stale_after: timedelta | None = None) -> list[Finding]:
+    """A rotation left half-done (pki/rotation.yaml) for more than `stale_after` (two weeks): a WARN.
+    Half-done is not broken, but two roots stay trusted, and an old key someone may have copied
+    stays valid, for as long as it stands."""
+    from k8sboot import rotation, rotation_steps
+
+    if journal is None:
+        return []
+    stale_after = stale_after or rotation.STALE_AFTER
+    age = now - journal.updated
+    where = f"pki/{rotation.JOURNAL_FILE}"
+    title = f"no rotation left half-done for more than {stale_after.days} days"
+    state = f"{journal.kind} rotation at phase {journal.phase} ({journal.state}) since {rotation_steps._iso(journal.updated)}"
+    if age > stale_after:
+        return [Finding("k8sboot.rotation", WARN, where, title, f"{state}: {age.days} days",
+                        f"{rotation_steps.next_step(journal)}: the old root stays trusted until finish")]
+    return [Finding("k8sboot.rotation", PASS, where, title, state)]
+
+
 def merge_subjects(findings: Iterable[Finding]) -> list[Finding]:
     """One row for findings that differ only by subject: `controller-0, controller-1 (rendered)`."""
     order: list[tuple] = []

@@ -664,6 +664,7 @@ def run_audit(inventory: Inventory, *, remote: bool = False, hosts: tuple[str, .
     findings += audit.check_files(audit.planned_remote_files(), "layout (planned)")
     findings += audit.check_certs(read_cert_summaries(Path(inventory.pki.dir)), now)
     findings += audit.check_consistency(rendered)
+    findings += audit.check_rotation(inventory.rotation, now)
     local_digests = _local_ca_digests(Path(inventory.pki.dir))
     for h in selected:
         findings += audit.check_etcd_flags(etcd.build_etcd_flags(inventory, h), f"{h.name} (rendered)",

@@ -331,3 +331,26 @@ def test_changing_the_issuer_in_the_inventory_alone_is_refused_before_any_host_c
     started = dataclasses.replace(inv, rotation=issuer_journal("start", old=inv.cluster.service_account_issuer,
                                                                new="https://new.example"))
     assert run(started, hosts).ok
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+
+def test_audit_warns_on_a_rotation_left_half_done_for_more_than_two_weeks():
+    from k8sboot import audit
+
+    assert audit.check_rotation(None, T0) == []
+    fresh = audit.check_rotation(sa_journal("switch"), T0 + timedelta(days=3))
+    assert [f.status for f in fresh] == [audit.PASS]
+    stale = audit.check_rotation(sa_journal("switch"), T0 + timedelta(days=15))
+    assert [f.status for f in stale] == [audit.WARN]
+    assert "15 days" in stale[0].reason and "rotate service-account-key finish" in stale[0].fix
+
+
+def test_gen_certs_will_not_renew_the_service_account_key_in_the_middle_of_its_rotation(real_pki):
+    inv_path, pki = real_pki
+    assert invoke("rotate", "service-account-key", "start", "-i", str(inv_path), "--no-deploy", "--yes").exit_code == 0
+    before = (pki / "service-account-key.pem").read_bytes()
+    r = invoke("gen-certs", "-i", str(inv_path), "--renew", "service-account")
+    assert r.exit_code == ExitCode.USAGE and "rotation is in progress" in r.output
+    assert (pki / "service-account-key.pem").read_bytes() == before
