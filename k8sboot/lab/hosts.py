@@ -226,7 +226,8 @@ def _link(root: Path, path: str, target: str) -> None:
 def prepare_root(host: HostSpec, rootfs: Path, client_public: str, standin: dict[str, bytes],
                  ready_delay: float = 0.0) -> str:
     """Mount the host's overlay and write its identity and its role's files into it; returns its
-    host public key. `ready_delay`: the controllers' ready-delay drop-in (plan.build_role_files)."""
+    host public key. A controller gets its lab-only drop-ins (plan.build_role_files): the stand-in's
+    2 s reload interval, and `ready_delay` seconds of ready delay when not 0."""
     host.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not mounts.is_mountpoint(host.root):
         mounts.mount_overlay(rootfs, host.upper, host.work, host.root, plan.PREFIX + host.name)
