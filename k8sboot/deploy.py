@@ -761,8 +761,10 @@ def check_apiserver_etcd(inventory: Inventory, ask: Callable[[str], "object"], t
     from k8sboot import etcd
     from k8sboot.store import read_optional
 
+    from k8sboot import rotation
+
     pki_dir = Path(inventory.pki.dir)
-    ca = pki_dir / layout.cert_file(layout.ETCD_CA)
+    ca = pki_dir / rotation.trust_name(inventory.rotation, layout.cert_file(layout.ETCD_CA))
     cert = pki_dir / layout.cert_file(layout.APISERVER_ETCD_CLIENT)
     urls = etcd_servers(inventory)
     asked = {u: start_daemon(ask, u, name=f"etcd-check-{u}") for u in urls if u.lower().startswith("https://")}
@@ -1116,8 +1118,12 @@ def lb_job(inventory: Inventory, options: DeployOptions, templates: Path | None 
         text = lb.render_haproxy_config(inventory, templates)
         pki_dir = Path(inventory.pki.dir)
         check_no_interrupted_write(pki_dir)
-        pki = {name: data for name in (lb.CA_FILE, lb.HEALTH_CERT_FILE, lb.HEALTH_KEY_FILE)
-               if (data := read_optional(pki_dir / name)) is not None}
+        from k8sboot import rotation
+
+        trust = rotation.trust_name(inventory.rotation, lb.CA_FILE)     # a CA rotation's bundle
+        pki = {name: data for name, source in ((lb.CA_FILE, trust), (lb.HEALTH_CERT_FILE, lb.HEALTH_CERT_FILE),
+                                               (lb.HEALTH_KEY_FILE, lb.HEALTH_KEY_FILE))
+               if (data := read_optional(pki_dir / source)) is not None}
         files = lb.lb_files(inventory, pki, text)
         return {h.name: files for h in hosts}
 
@@ -1148,8 +1154,10 @@ class EtcdProber:
 
     def __init__(self, inventory: Inventory, timeout: float = 2.0, *, dial=None,
                  client: str = layout.ETCD_HEALTHCHECK_CLIENT):
+        from k8sboot import rotation
+
         pki_dir = Path(inventory.pki.dir)
-        self.ca = pki_dir / layout.cert_file(layout.ETCD_CA)
+        self.ca = pki_dir / rotation.trust_name(inventory.rotation, layout.cert_file(layout.ETCD_CA))
         self.cert = pki_dir / layout.cert_file(client)
         self.key = pki_dir / layout.key_file(client)
         for path in (self.ca, self.cert, self.key):
@@ -1258,10 +1266,12 @@ def etcd_job(inventory: Inventory, options: DeployOptions, ask: EtcdProbe | None
         rendered.update(units)
         pki_dir = Path(inventory.pki.dir)
         check_no_interrupted_write(pki_dir)
-        pki = {f.local_name: data for f in layout.ETCD_FILES
-               if (data := read_optional(pki_dir / f.local_name)) is not None}
+        from k8sboot import rotation
+
+        files = rotation.etcd_files(inventory.rotation)     # etcd-ca.pem: a CA rotation's bundle
+        pki = {f.local_name: data for f in files if (data := read_optional(pki_dir / f.local_name)) is not None}
         binary = read_binary(options.binary) if uploaded else None
-        return {name: (*etcd.etcd_files(pki, unit.text, binary, pki_dir),
+        return {name: (*etcd.etcd_files(pki, unit.text, binary, pki_dir, files),
                        etcd.marker_file(inventory, inventory.controller(name)))
                 for name, unit in units.items()}
 

@@ -169,16 +169,17 @@ def desired_paths(*, binary: bool) -> tuple[str, ...]:
 
 
 def etcd_files(pki_files: Mapping[str, bytes], unit_text: str, binary: bytes | None = None,
-               pki_dir: Path | None = None) -> tuple[DesiredFile, ...]:
+               pki_dir: Path | None = None,
+               files: Sequence[layout.RemoteFile] = layout.ETCD_FILES) -> tuple[DesiredFile, ...]:
     """What every member holds: etcd's CA, serving and peer pairs, the unit, optionally the binary.
     PkiError (naming the file) when one is missing: run gen-certs."""
-    missing = [f.local_name for f in layout.ETCD_FILES if f.local_name not in pki_files]
+    missing = [f.local_name for f in files if f.local_name not in pki_files]
     if missing:
         where = ", ".join(str((pki_dir or Path("pki")) / m) for m in missing)
         raise PkiError(f"the local PKI has no etcd files: missing {where}",
                        hint="run `k8sboot gen-certs -i INV` (it adds etcd's CA and certs to an existing PKI "
                             "and changes nothing else)")
-    out = [DesiredFile(f.path, pki_files[f.local_name], f.mode, f.owner, f.group, KIND_PKI) for f in layout.ETCD_FILES]
+    out = [DesiredFile(f.path, pki_files[f.local_name], f.mode, f.owner, f.group, KIND_PKI) for f in files]
     out.append(DesiredFile(layout.ETCD_UNIT_PATH, unit_text.encode(), layout.UNIT_MODE, kind=KIND_UNIT))
     if binary is not None:
         out.append(DesiredFile(layout.ETCD_UPLOADED_BINARY, binary, layout.BINARY_MODE, kind=KIND_BINARY))
@@ -334,11 +335,14 @@ def check_client_pair(ca_pem: bytes, cert_pem: bytes, ca_name: str, cert_name: s
     from k8sboot import pki
     from k8sboot.errors import K8sbootError
 
+    from k8sboot.rotation import split_pem_certs
+
     try:
-        ca, cert = pki.parse_cert(ca_pem, ca_name), pki.parse_cert(cert_pem, cert_name)
+        cas = [pki.parse_cert(pem, ca_name) for pem in split_pem_certs(ca_pem)] or [pki.parse_cert(ca_pem, ca_name)]
+        cert = pki.parse_cert(cert_pem, cert_name)
     except K8sbootError:
         return None
-    if not pki.is_directly_issued_by(cert, ca):
+    if not any(pki.is_directly_issued_by(cert, ca) for ca in cas):      # (a rotation's bundle: any)
         return (f"{cert_name} is not signed by {ca_name}: etcd will refuse the API server's connections "
                 "with it")
     return None

@@ -41,8 +41,10 @@ ReadyzProbe = Callable[[Host], "object"]     # Host -> probe.ProbeAnswer
 
 def credentials(inventory: Inventory) -> tuple[Path, Path, Path]:
     """(ca.pem, cert, key) for the gate: the health identity, else admin; PkiError when neither."""
+    from k8sboot import rotation
+
     pki = Path(inventory.pki.dir)
-    ca = pki / layout.cert_file(layout.CA)
+    ca = pki / rotation.trust_name(getattr(inventory, "rotation", None), layout.cert_file(layout.CA))  # both CAs mid-rotation
     if not ca.is_file():
         raise PkiError(f"the health gate needs {ca} to check the controllers' serving certs",
                        hint=f"run: k8sboot gen-certs -i {inventory.path}")

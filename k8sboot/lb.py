@@ -246,14 +246,17 @@ def lb_files(inventory: Inventory, pki_files: dict[str, bytes], config_text: str
             raise PkiError(f"reading {directory / name}: no such file",
                            hint=f"run `k8sboot gen-certs -i {inventory.path}` (it adds the health "
                                 "client cert to an existing PKI and changes nothing else)")
-    ca = pki.parse_cert(pki_files[CA_FILE], directory / CA_FILE)
+    from k8sboot.rotation import split_pem_certs
+
+    cas = [pki.parse_cert(pem, directory / CA_FILE) for pem in split_pem_certs(pki_files[CA_FILE])] or \
+        [pki.parse_cert(pki_files[CA_FILE], directory / CA_FILE)]      # a CA rotation's bundle: both
     cert = pki.parse_cert(pki_files[HEALTH_CERT_FILE], directory / HEALTH_CERT_FILE)
     key = pki.parse_private_key(pki_files[HEALTH_KEY_FILE], directory / HEALTH_KEY_FILE)
     renew = f"reissue it with `k8sboot gen-certs --renew {layout.HEALTH_CLIENT}`"
     if not pki.key_matches(cert, key):
         raise PkiError(f"checking {directory / HEALTH_CERT_FILE}: its public key does not match "
                        f"{directory / HEALTH_KEY_FILE}", hint=renew)
-    if not pki.is_directly_issued_by(cert, ca):
+    if not any(pki.is_directly_issued_by(cert, ca) for ca in cas):
         raise PkiError(f"checking {directory / HEALTH_CERT_FILE}: not signed by the CA in "
                        f"{directory / CA_FILE}", hint=renew)
     combined = health_pem(pki_files[HEALTH_CERT_FILE], pki_files[HEALTH_KEY_FILE])

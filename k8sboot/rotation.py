@@ -48,8 +48,18 @@ RETIRED_DIR = "retired"
 SERVICE_ACCOUNT_KEY = "service-account-key"
 ISSUER = "issuer"
 CA = "ca"
-KINDS = (SERVICE_ACCOUNT_KEY, ISSUER)        # CA rotation: not built yet (issue 13, point 3)
-PHASES = {SERVICE_ACCOUNT_KEY: ("start", "switch", "finish"), ISSUER: ("start", "switch", "finish")}
+KINDS = (SERVICE_ACCOUNT_KEY, ISSUER, CA)
+PHASES = {SERVICE_ACCOUNT_KEY: ("start", "switch", "finish"), ISSUER: ("start", "switch", "finish"),
+          CA: ("start", "reissue", "finish")}
+
+# A CA rotation keeps both CAs trusted between `start` and `finish`: every trust store k8sboot writes
+# (kube-apiserver's --client-ca-file and --kubelet-certificate-authority, its --etcd-cafile, etcd's
+# --trusted-ca-file and --peer-trusted-ca-file, the load balancer's CA, kubeconfigs) gets a bundle,
+# new CA first. The bundles are files of the PKI dir, written with the journal; the hosts get them
+# under the usual names (ca.pem, etcd-ca.pem), so no flag changes.
+TRUST_FILES = {layout.cert_file(layout.CA): "ca-trust.pem", layout.cert_file(layout.ETCD_CA): "etcd-ca-trust.pem"}
+NEW_SUFFIX = "-new"         # start: ca-new.pem / ca-new-key.pem (the next CA, not signing yet)
+OLD_SUFFIX = "-old"         # reissue: ca-old.pem (the previous CA's cert, still trusted until finish)
 
 PREPARED = "prepared"      # the local files are changed; the controllers may not run it yet
 DEPLOYED = "deployed"      # every controller was deployed with this phase and turned ready
@@ -78,6 +88,8 @@ class Rotation:
     new: str
     name: str = ""                   # SA key: the new pair's name, service-account-<n>
     signing_stopped: datetime | None = None   # when the last server stopped signing with the old
+    etcd_old: str = ""               # CA: etcd's CA, old and new certificate fingerprints
+    etcd_new: str = ""
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -96,6 +108,8 @@ class Rotation:
             doc["name"] = self.name
         if self.signing_stopped is not None:
             doc["signing_stopped"] = _iso(self.signing_stopped)
+        if self.etcd_old:
+            doc["etcd_old"], doc["etcd_new"] = self.etcd_old, self.etcd_new
         return ("# k8sboot rotation journal: written by `k8sboot rotate`, read by every command that\n"
                 "# renders kube-apiserver's flags. Do not edit; `k8sboot rotate status` explains it.\n"
                 + yaml.safe_dump(doc, sort_keys=False)).encode()
@@ -159,7 +173,7 @@ def parse(raw: bytes, path: Path) -> Rotation:
     return Rotation(kind=kind, phase=phase, state=state, started=_time(doc["started"], where("started")),
                     updated=_time(doc["updated"], where("updated")), old=str(doc["old"]), new=str(doc["new"]),
                     name=name, signing_stopped=_time(stopped, where("signing_stopped")) if stopped else None,
-                    path=path)
+                    etcd_old=str(doc.get("etcd_old") or ""), etcd_new=str(doc.get("etcd_new") or ""), path=path)
 
 
 def _is_key_name(name: str) -> bool:
@@ -218,18 +232,50 @@ def extra_controller_files(rotation: Rotation | None) -> tuple[layout.RemoteFile
             _remote(layout.key_file(rotation.name), layout.KEY_MODE))
 
 
+def trust_name(rotation: Rotation | None, cert_name: str) -> str:
+    """The local file a trust store gets for CA `cert_name` (ca.pem | etcd-ca.pem): the bundle of
+    both CAs while a CA rotation keeps both, else the CA itself."""
+    if rotation is not None and rotation.kind == CA and rotation.phase != "finish" and cert_name in TRUST_FILES:
+        return TRUST_FILES[cert_name]
+    return cert_name
+
+
+def _trusting(rotation: Rotation | None, files: Sequence[layout.RemoteFile]) -> tuple[layout.RemoteFile, ...]:
+    return tuple(replace(f, local_name=trust_name(rotation, f.local_name)) for f in files)
+
+
 def controller_files(rotation: Rotation | None) -> tuple[layout.RemoteFile, ...]:
     """Every file a controller gets in this phase, in the path table's order (the second key pair
-    right after the first)."""
+    right after the first; a CA rotation's bundles in place of ca.pem and etcd-ca.pem)."""
     extra = extra_controller_files(rotation)
-    if not extra:
-        return layout.CONTROLLER_FILES
     out: list[layout.RemoteFile] = []
-    for f in layout.CONTROLLER_FILES:
+    for f in _trusting(rotation, layout.CONTROLLER_FILES):
         out.append(f)
         if f.local_name == layout.key_file(layout.SERVICE_ACCOUNT):
             out.extend(extra)
     return tuple(out)
+
+
+def etcd_files(rotation: Rotation | None) -> tuple[layout.RemoteFile, ...]:
+    """What every etcd member gets in this phase (etcd-ca.pem: the bundle during a CA rotation)."""
+    return _trusting(rotation, layout.ETCD_FILES)
+
+
+def split_pem_certs(data: bytes) -> list[bytes]:
+    """The PEM certificates of a bundle, in order."""
+    import re
+
+    return [m.group(0) + b"\n" for m in re.finditer(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----",
+                                                     data, re.S)]
+
+
+def cert_fingerprint(pem: bytes) -> str:
+    """SHA256 of a certificate's DER, for the journal."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    return "SHA256:" + hashlib.sha256(der).hexdigest()
 
 
 def obsolete_paths(rotation: Rotation | None) -> tuple[str, ...]:

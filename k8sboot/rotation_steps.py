@@ -32,6 +32,7 @@ class PhasePlan:
     writes: list[OutputFile] = field(default_factory=list)      # into the PKI dir (with the journal)
     retired: list[OutputFile] = field(default_factory=list)     # into pki/retired/ first
     cleanup: list[str] = field(default_factory=list)            # PKI dir names removed once deployed
+    remove_now: list[str] = field(default_factory=list)         # removed right after the batch (copied)
     changes: list[str] = field(default_factory=list)            # what changes, in words
     breaks: list[str] = field(default_factory=list)             # who gets 401 after this phase
     resumed: bool = False                    # the journal is already at this phase (a re-run)
@@ -56,7 +57,7 @@ def _read(pki_dir: Path, name: str) -> bytes:
 
 
 def _journal_file(journal: Rotation) -> OutputFile:
-    return OutputFile(rotation.JOURNAL_FILE, journal.to_yaml(), layout.KEY_MODE)
+    return OutputFile(rotation.JOURNAL_FILE, journal.to_yaml(), layout.CERT_MODE)     # no secret in it
 
 
 def _order(current: Rotation | None, kind: str, phase: str) -> Rotation | None:
@@ -295,8 +296,193 @@ def plan_issuer(inventory: Inventory, phase: str, *, now: datetime, to: str | No
     return plan
 
 
+# --- the CA (and etcd's CA with it) ------------------------------------------------------------------
+
+
+def _named(name: str, suffix: str) -> tuple[str, str]:
+    """(`ca-new.pem`, `ca-new-key.pem`) for ("ca", "-new")."""
+    return layout.cert_file(name + suffix), layout.key_file(name + suffix)
+
+
+def _bundle(*pems: bytes) -> bytes:
+    return b"".join(p if p.endswith(b"\n") else p + b"\n" for p in pems)
+
+
+def plan_ca(inventory: Inventory, phase: str, *, now: datetime, force: bool = False) -> PhasePlan:
+    """start: a new CA and a new etcd CA (not signing yet), every trust store a bundle new + old.
+    reissue: the new CAs become pki/ca.pem and pki/etcd-ca.pem; every leaf of the PKI table is
+    re-signed by them with its own key (the service-account key is no certificate: untouched);
+    the old CA certs stay trusted as ca-old.pem / etcd-ca-old.pem, their keys are retired.
+    finish: the bundles are reduced to the new CAs; the old CA certs are retired."""
+    from k8sboot import pki
+    from k8sboot.store import read_pki
+
+    pki_dir = Path(inventory.pki.dir)
+    current = _order(inventory.rotation, rotation.CA, phase)
+    spec = pki.build_pki_spec(inventory)
+    cas = [(spec.ca, ""), (spec.etcd_ca, "etcd_")]
+    if phase == "start":
+        if current is not None:
+            for ca, field_ in cas:
+                if rotation.cert_fingerprint(_read(pki_dir, _named(ca.name, rotation.NEW_SUFFIX)[0])) != \
+                        getattr(current, f"{field_}new" if field_ else "new"):
+                    raise RotationError(f"{pki_dir / _named(ca.name, rotation.NEW_SUFFIX)[0]} is not the new CA the "
+                                        "journal names", hint="restore the PKI dir from a backup")
+            return PhasePlan(rotation.CA, phase, current, resumed=True,
+                             changes=["(re-run) every trust store holds both CAs"])
+        keys = pki.generate_keys([ca.key_algorithm for ca, _ in cas])
+        writes, fps = [], {}
+        for (ca, field_), key in zip(cas, keys):
+            cert = pki.cert_pem(pki.issue_ca(ca, key, now))
+            old = _read(pki_dir, ca.cert_file)
+            cert_name, key_name = _named(ca.name, rotation.NEW_SUFFIX)
+            writes += [OutputFile(key_name, pki.key_pem(key), layout.KEY_MODE),
+                       OutputFile(cert_name, cert, layout.CERT_MODE),
+                       OutputFile(rotation.TRUST_FILES[ca.cert_file], _bundle(cert, old), layout.CERT_MODE)]
+            fps[f"{field_}old"], fps[f"{field_}new"] = rotation.cert_fingerprint(old), rotation.cert_fingerprint(cert)
+        journal = Rotation(rotation.CA, "start", PREPARED, now, now, fps["old"], fps["new"],
+                           etcd_old=fps["etcd_old"], etcd_new=fps["etcd_new"])
+        return PhasePlan(rotation.CA, phase, journal, writes=writes + [_journal_file(journal)],
+                         changes=[f"new CA {_named('ca', rotation.NEW_SUFFIX)[0]} and etcd CA "
+                                  f"{_named(layout.ETCD_CA, rotation.NEW_SUFFIX)[0]} ({inventory.pki.key_algorithm}); "
+                                  "neither signs anything yet",
+                                  "every trust store becomes a bundle new + old: kube-apiserver's --client-ca-file, "
+                                  "--kubelet-certificate-authority and --etcd-cafile, etcd's --trusted-ca-file and "
+                                  "--peer-trusted-ca-file, the load balancer's CA, kubeconfigs written from now on",
+                                  "rolling restarts: etcd, then kube-apiserver; the load balancer reloads"])
+    if phase == "reissue":
+        if current.phase == "reissue":
+            if rotation.cert_fingerprint(_read(pki_dir, layout.cert_file(layout.CA))) != current.new:
+                raise RotationError(f"{pki_dir / 'ca.pem'} is not the new CA the journal names",
+                                    hint="restore the PKI dir from a backup")
+            return PhasePlan(rotation.CA, phase, current, resumed=True,
+                             changes=["(re-run) every leaf is signed by the new CA"],
+                             remove_now=[n for ca, _ in cas for n in _named(ca.name, rotation.NEW_SUFFIX)])
+        facts = read_pki(spec)
+        plan = PhasePlan(rotation.CA, phase, current.at("reissue", PREPARED, now),
+                         remove_now=[n for ca, _ in cas for n in _named(ca.name, rotation.NEW_SUFFIX)])
+        authorities = {}
+        for ca, field_ in cas:
+            new_cert_name, new_key_name = _named(ca.name, rotation.NEW_SUFFIX)
+            new_cert_pem, new_key_pem = _read(pki_dir, new_cert_name), _read(pki_dir, new_key_name)
+            if rotation.cert_fingerprint(new_cert_pem) != getattr(current, f"{field_}new"):
+                raise RotationError(f"{pki_dir / new_cert_name} is not the new CA the journal names",
+                                    hint="restore the PKI dir from a backup")
+            old_cert_pem, old_key_pem = _read(pki_dir, ca.cert_file), _read(pki_dir, ca.key_file)
+            authorities[ca.name] = pki.Authority(pki.parse_cert(new_cert_pem, pki_dir / new_cert_name),
+                                                 pki.parse_private_key(new_key_pem, pki_dir / new_key_name))
+            plan.retired.append(OutputFile(rotation.retired_name(ca.key_file, current.started), old_key_pem,
+                                           layout.KEY_MODE))
+            plan.writes += [OutputFile(ca.key_file, new_key_pem, layout.KEY_MODE),
+                            OutputFile(ca.cert_file, new_cert_pem, layout.CERT_MODE),
+                            OutputFile(_named(ca.name, rotation.OLD_SUFFIX)[0], old_cert_pem, layout.CERT_MODE),
+                            OutputFile(rotation.TRUST_FILES[ca.cert_file], _bundle(new_cert_pem, old_cert_pem),
+                                       layout.CERT_MODE)]
+        for leaf in spec.leaves:
+            fact = facts.leaves.get(leaf.name)
+            if fact is None or fact.cert is None or fact.key is None:
+                continue          # a leaf the PKI does not have (yet): gen-certs issues it from the new CA
+            cert = pki.issue_leaf(leaf, fact.key.public_key(), authorities[leaf.issuer], now)
+            plan.writes.append(OutputFile(leaf.cert_file, pki.cert_pem(cert), layout.CERT_MODE))
+        plan.writes.append(_journal_file(plan.journal))
+        n = sum(1 for f in plan.writes if f.name.endswith(".pem") and f.name not in
+                {"ca.pem", "etcd-ca.pem", "ca-old.pem", "etcd-ca-old.pem", "ca-trust.pem", "etcd-ca-trust.pem"}
+                and not f.name.endswith("-key.pem"))
+        plan.changes = [f"pki/ca.pem and pki/etcd-ca.pem become the new CAs; the old certs stay trusted as "
+                        "ca-old.pem / etcd-ca-old.pem, the old keys go to pki/retired/ (0600)",
+                        f"{n} leaf certificates re-signed by the new CAs with their own keys (serving certs "
+                        "included; the service-account key is untouched, so no token breaks)",
+                        "rolling restarts: etcd (new serving and peer certs), then kube-apiserver; the load "
+                        "balancer reloads (new health cert)",
+                        "kubeconfigs: write them again (`k8sboot kubeconfig admin`): the new client cert"]
+        plan.breaks = lockouts(inventory, "reissue", current)
+        return plan
+    # finish
+    if current.phase == "finish":
+        return PhasePlan(rotation.CA, phase, current, resumed=True,
+                         changes=["(re-run) every trust store holds the new CA only"],
+                         cleanup=_ca_finish_cleanup())
+    plan = PhasePlan(rotation.CA, phase, current.at("finish", PREPARED, now), cleanup=_ca_finish_cleanup())
+    for ca, _ in cas:
+        old_name = _named(ca.name, rotation.OLD_SUFFIX)[0]
+        plan.retired.append(OutputFile(rotation.retired_name(ca.cert_file, current.started),
+                                       _read(pki_dir, old_name), layout.KEY_MODE))
+    plan.writes = [_journal_file(plan.journal)]
+    plan.changes = ["every trust store holds the new CAs only; the old CA certs go to pki/retired/ (0600)",
+                    "rolling restarts: etcd, then kube-apiserver; the load balancer reloads"]
+    plan.breaks = lockouts(inventory, "finish", current)
+    return plan
+
+
+def _ca_finish_cleanup() -> list[str]:
+    return [_named("ca", rotation.OLD_SUFFIX)[0], _named(layout.ETCD_CA, rotation.OLD_SUFFIX)[0],
+            *rotation.TRUST_FILES.values()]
+
+
+# --- who is locked out: the kubeconfigs k8sboot wrote ----------------------------------------------------
+
+KUBECONFIG_RECORD = "kubeconfigs.txt"      # in the PKI dir: one absolute path per kubeconfig k8sboot wrote
+
+
+def record_kubeconfig(pki_dir: Path, path: Path) -> None:
+    """Remember a kubeconfig k8sboot wrote, so a CA rotation can say whom it locks out."""
+    from k8sboot.store import read_optional, write_private_file
+
+    record = Path(pki_dir) / KUBECONFIG_RECORD
+    known = (read_optional(record) or b"").decode().splitlines()
+    entry = str(Path(path).expanduser().resolve())
+    if entry not in known:
+        write_private_file(record, ("\n".join([*known, entry]) + "\n").encode(), mode=layout.CERT_MODE)
+
+
+def lockouts(inventory: Inventory, phase: str, journal: Rotation) -> list[str]:
+    """The kubeconfigs k8sboot wrote that this phase locks out: after `reissue`, those trusting only
+    the old CA (the servers present certs of the new one: a TLS error); after `finish`, those whose
+    client cert the old CA signed (401)."""
+    import base64
+
+    import yaml as _yaml
+
+    from k8sboot.store import read_optional
+
+    record = read_optional(Path(inventory.pki.dir) / KUBECONFIG_RECORD)
+    out = []
+    for line in (record or b"").decode().splitlines():
+        path = Path(line)
+        try:
+            doc = _yaml.safe_load(path.read_bytes())
+            cluster = doc["clusters"][0]["cluster"]
+            user = doc["users"][0]["user"]
+            trusted = {rotation.cert_fingerprint(c) for c in
+                       rotation.split_pem_certs(base64.b64decode(cluster["certificate-authority-data"]))}
+            client = base64.b64decode(user["client-certificate-data"])
+        except (OSError, TypeError, KeyError, IndexError, ValueError, _yaml.YAMLError):
+            continue           # gone or not one k8sboot wrote any more
+        if phase == "reissue" and journal.new not in trusted:
+            out.append(f"{path}: trusts only the old CA: TLS errors once the servers present new certs "
+                       "(write it again with `k8sboot kubeconfig admin`)")
+        if phase == "finish" and not _signed_by(client, Path(inventory.pki.dir) / layout.cert_file(layout.CA)):
+            out.append(f"{path}: its client cert is the old CA's: 401 once only the new CA is trusted "
+                       "(write it again with `k8sboot kubeconfig admin`)")
+    return out
+
+
+def _signed_by(cert_pem: bytes, ca_path: Path) -> bool:
+    from k8sboot import pki
+    from k8sboot.errors import K8sbootError
+
+    try:
+        return pki.is_directly_issued_by(pki.parse_cert(cert_pem, "kubeconfig"), pki.parse_cert(_read(ca_path.parent, ca_path.name), ca_path))
+    except K8sbootError:
+        return False
+
+
 def plan_phase(inventory: Inventory, kind: str, phase: str, *, now: datetime, to: str | None = None,
                force: bool = False) -> PhasePlan:
+    if kind == rotation.CA:
+        if to is not None:
+            raise K8sbootError("--to is for `rotate issuer start`", code=ExitCode.USAGE)
+        return plan_ca(inventory, phase, now=now, force=force)
     if kind == SERVICE_ACCOUNT_KEY:
         if to is not None:
             raise K8sbootError("--to is for `rotate issuer start`", code=ExitCode.USAGE)
@@ -317,6 +503,17 @@ def write_local(inventory: Inventory, plan: PhasePlan) -> None:
         write_pki_files(pki_dir / rotation.RETIRED_DIR, plan.retired)
     if plan.writes:
         write_pki_files(pki_dir, plan.writes)
+    _unlink(pki_dir, plan.remove_now)
+
+
+def _unlink(pki_dir: Path, names) -> None:
+    import os
+
+    for name in names:
+        try:
+            os.unlink(pki_dir / name)
+        except FileNotFoundError:
+            pass
 
 
 def mark_deployed(inventory: Inventory, journal: Rotation, now: datetime) -> Rotation:
@@ -333,19 +530,13 @@ def mark_deployed(inventory: Inventory, journal: Rotation, now: datetime) -> Rot
 def close(inventory: Inventory, plan: PhasePlan, now: datetime) -> Path:
     """After a deployed finish: the journal kept as retired/rotation-<kind>.<started>.yaml, the
     second pair's files (now copies of the current pair) removed. Safe to repeat."""
-    import os
-
     from k8sboot.store import write_pki_files
 
     pki_dir = Path(inventory.pki.dir)
     done = replace(plan.journal, state=DEPLOYED, updated=now)
     name = rotation.retired_name(f"rotation-{done.kind}.yaml", done.started)
     write_pki_files(pki_dir / rotation.RETIRED_DIR, [OutputFile(name, done.to_yaml(), layout.KEY_MODE)])
-    for leftover in (*plan.cleanup, rotation.JOURNAL_FILE):
-        try:
-            os.unlink(pki_dir / leftover)
-        except FileNotFoundError:
-            pass
+    _unlink(pki_dir, (*plan.cleanup, rotation.JOURNAL_FILE))
     return pki_dir / rotation.RETIRED_DIR / name
 
 

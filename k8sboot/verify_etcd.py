@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from k8sboot import etcd, layout
+from k8sboot import etcd, layout, rotation
 from k8sboot import flags as flagmod
 from k8sboot import plan as planmod
 from k8sboot.model import Host, Inventory
@@ -174,7 +174,8 @@ def read_local(inventory: Inventory, templates: Path | None) -> LocalEtcd:
     from k8sboot.store import read_optional
 
     pki_dir = Path(inventory.pki.dir)
-    pki = {f.local_name: data for f in layout.ETCD_FILES if (data := read_optional(pki_dir / f.local_name)) is not None}
+    files = rotation.etcd_files(inventory.rotation)          # etcd-ca.pem: a CA rotation's bundle
+    pki = {f.local_name: data for f in files if (data := read_optional(pki_dir / f.local_name)) is not None}
     try:
         return LocalEtcd(pki, etcd.templates_dir(templates))
     except K8sbootError as exc:
@@ -209,7 +210,8 @@ def verify_member(inventory: Inventory, host: Host, facts: HostFacts, local: Loc
     else:
         try:
             unit = etcd.render_etcd_unit(inventory, host, binary, local.templates)
-            desired = etcd.etcd_files(local.pki, unit.text, None, Path(inventory.pki.dir))
+            desired = etcd.etcd_files(local.pki, unit.text, None, Path(inventory.pki.dir),
+                                      rotation.etcd_files(inventory.rotation))
         except K8sbootError as exc:
             checks.append(Check(host.name, "etcd files and unit", SKIP, f"not compared: {exc.message}"
                                 + (f" ({exc.hint})" if exc.hint else "")))

@@ -110,7 +110,8 @@ def _authenticator_config(inv: Inventory, inventory: Path, *, client_ca: bool,
     trusted, _ = rotation.service_account_files(inv.rotation)    # a rotation's phase: both keys
     try:
         return authn.load_authenticator_config(
-            client_ca_file=_pki_file(inv, layout.cert_file(layout.CA)) if client_ca else None,
+            client_ca_file=(_pki_file(inv, rotation.trust_name(inv.rotation, layout.cert_file(layout.CA)))
+                            if client_ca else None),
             service_account_key_files=[_pki_file(inv, name) for name in trusted] if service_account else [],
             service_account_issuers=rotation.issuers(inv.rotation, inv.cluster.service_account_issuer),
             api_audiences=_explicit_audiences(inv),

@@ -583,7 +583,7 @@ def kubeconfig_admin(
                                     "controller behind the load balancer (its serving cert must name it)."),
 ) -> None:
     """Write admin.kubeconfig: embedded CA, admin cert and key; server = the inventory's API endpoint."""
-    from k8sboot import console, kubeconfig, pki, store
+    from k8sboot import console, kubeconfig, layout, pki, store
     from k8sboot.inventory import load_inventory
 
     inv = load_inventory(inventory)
@@ -591,9 +591,14 @@ def kubeconfig_admin(
     spec = pki.build_pki_spec(inv)
     facts = store.read_pki(spec, require=True, only={"admin"})
     creds = pki.client_credentials(spec, facts, "admin")
-    text = kubeconfig.render_admin_kubeconfig(cluster, ca_pem=creds.ca_pem,
+    from k8sboot import rotation, rotation_steps
+
+    trust = rotation.trust_name(inv.rotation, layout.cert_file(layout.CA))    # both CAs mid-rotation
+    ca_pem = store.read_optional(spec.dir / trust) or creds.ca_pem
+    text = kubeconfig.render_admin_kubeconfig(cluster, ca_pem=ca_pem,
                                               cert_pem=creds.cert_pem, key_pem=creds.key_pem)
     result = store.write_private_file(out.expanduser(), text.encode())
+    rotation_steps.record_kubeconfig(spec.dir, result.path)       # whom a CA rotation would lock out
     console.info(f"{result.path}: {result.outcome}: cluster/context {cluster.name}, server "
                  f"{cluster.api_endpoint}, user {kubeconfig.admin_user_name(inv.cluster)} "
                  f"({creds.subject}, valid until {_when(creds.not_after)})")

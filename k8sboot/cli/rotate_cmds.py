@@ -21,6 +21,9 @@ Examples:
   k8sboot rotate issuer start --to https://k8s.example.com:6443
   k8sboot rotate issuer switch
   k8sboot rotate issuer finish                  # after setting cluster.service_account_issuer to it
+  k8sboot rotate ca start                       # new CAs; every trust store trusts old + new
+  k8sboot rotate ca reissue                     # every leaf re-signed by the new CAs
+  k8sboot rotate ca finish                      # the old CAs no longer trusted
 \b
 Each phase shows what it changes and who would be locked out, asks on a terminal (--yes for
 scripts), writes the PKI dir and pki/rotation.yaml in one atomic step, then runs a rolling,
@@ -86,7 +89,8 @@ def run_phase(kind: str, phase: str, inventory: Path, *, to: str | None, yes: bo
             inv = load_inventory(inventory)
         now = datetime.now(timezone.utc)
         plan = rotation_steps.plan_phase(inv, kind, phase, now=now, to=to, force=force)
-        _show(console, plan, json_ and dry_run)
+        if not json_ or dry_run:
+            _show(console, plan, json_)      # --json: one document on stdout, at the end
         if dry_run:
             if not json_:
                 console.info("--dry-run: nothing was changed")
@@ -102,10 +106,8 @@ def run_phase(kind: str, phase: str, inventory: Path, *, to: str | None, yes: bo
             if json_:
                 console.json_out({**plan.to_json(), "deploy": None})
             return
-        report = _deploy(inv, accept_new_host_keys=accept_new_host_keys, ready_timeout=ready_timeout,
-                         etcd_check=etcd_check, json_=json_)
-        code = report.exit_code()
-        deployed_all = code == 0 and {r.host for r in report.results} >= {h.name for h in inv.controllers}
+        code, deployed_all = _deploy(inv, kind, accept_new_host_keys=accept_new_host_keys,
+                                     ready_timeout=ready_timeout, etcd_check=etcd_check, json_=json_)
         if not deployed_all:
             if json_:
                 console.json_out({**plan.to_json(), "deploy": {"ok": False, "exit_code": int(code)}})
@@ -136,18 +138,36 @@ def _when_finish(inv, journal) -> str:
     return f" (not before {rotation_steps._iso(at)}, when every token signed the old way has expired)" if at else ""
 
 
-def _deploy(inv, *, accept_new_host_keys: bool, ready_timeout: float, etcd_check: bool, json_: bool):
+def _deploy(inv, kind: str, *, accept_new_host_keys: bool, ready_timeout: float, etcd_check: bool, json_: bool):
+    """The phase's rolling deploys. A CA phase changes etcd's trust and certs too: etcd first (its
+    members trust the new CA before any client cert of it exists; at reissue they present new certs
+    that the API servers already trust), then kube-apiserver, then the load balancers. The first
+    that does not end well stops the rest. -> (its exit code, whether every controller got the phase)."""
     from k8sboot import console
     from k8sboot.cli.deploy_cmds import _print_deploy_report, _ProgressView
-    from k8sboot.deploy import DeployOptions, deploy
+    from k8sboot.deploy import DeployOptions, deploy, deploy_etcd, deploy_lb
+    from k8sboot.rotation import CA
 
     options = DeployOptions(accept_new_host_keys=accept_new_host_keys, ready_timeout=ready_timeout,
                             etcd_check=etcd_check)
-    with _ProgressView(console, enabled=True) as view:
-        report = deploy(inv, options, progress=view.update, warn=lambda m: console.warn(m))
-    if not json_:
-        _print_deploy_report(console, report, False)
-    return report
+    steps = [("deploy-apiserver", deploy)]
+    if kind == CA:
+        steps = [("deploy-etcd", deploy_etcd), *steps] + ([("deploy-lb", deploy_lb)] if inv.load_balancers else [])
+    controllers = {h.name for h in inv.controllers}
+    for command, run in steps:
+        with _ProgressView(console, enabled=True) as view:
+            if run is deploy_lb:
+                report = run(inv, options, progress=view.update)
+            else:
+                report = run(inv, options, progress=view.update, warn=lambda m: console.warn(m))
+        if not json_:
+            _print_deploy_report(console, report, False, command)
+        code = report.exit_code()
+        if code:
+            return code, False
+        if run is deploy and not {r.host for r in report.results} >= controllers:
+            return code, False
+    return 0, True
 
 
 def _show(console, plan, as_json: bool) -> None:
@@ -221,10 +241,22 @@ def _journal_json(j) -> dict:
             "signing_stopped": rotation_steps._iso(j.signing_stopped) if j.signing_stopped else None}
 
 
-rotate_app = typer.Typer(help="Replace a trust root (service-account key, issuer) without locking anyone out.",
+def ca(phase: str = typer.Argument(..., metavar="PHASE", help="start | reissue | finish"),
+       inventory: Path = inventory_option, yes: bool = yes_option, dry_run: bool = dry_run_option,
+       no_deploy: bool = no_deploy_option, accept_new_host_keys: bool = host_keys_option,
+       ready_timeout: float = ready_timeout_option, no_etcd_check: bool = no_etcd_check_option,
+       json_: bool = json_option) -> None:
+    """Rotate the cluster CA and etcd's CA: start | reissue | finish."""
+    run_phase("ca", phase, inventory, to=None, yes=yes, dry_run=dry_run, force=False, no_deploy=no_deploy,
+              accept_new_host_keys=accept_new_host_keys, ready_timeout=ready_timeout,
+              etcd_check=not no_etcd_check, json_=json_)
+
+
+rotate_app = typer.Typer(help="Replace a trust root (service-account key, issuer, CA) without locking anyone out.",
                          epilog=ROTATE_EPILOG, no_args_is_help=True, rich_markup_mode=None)
 rotate_app.command("service-account-key", epilog=ROTATE_EPILOG)(service_account_key)
 rotate_app.command("issuer", epilog=ROTATE_EPILOG)(issuer)
+rotate_app.command("ca", epilog=ROTATE_EPILOG)(ca)
 rotate_app.command("status", help="Where the rotation in progress stands, and the next step.")(status)
 
 

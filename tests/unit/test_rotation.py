@@ -210,7 +210,7 @@ def test_start_writes_the_pair_and_journal_together_keys_0600_and_a_rerun_change
     r = invoke("rotate", "service-account-key", "start", "-i", str(inv_path), "--no-deploy", "--yes")
     assert r.exit_code == 0, r.output
     assert stat.S_IMODE(os.stat(pki / "service-account-1-key.pem").st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(pki / "rotation.yaml").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(pki / "rotation.yaml").st_mode) == 0o644      # fingerprints, no secret
     j = rotation.load(pki)
     assert (j.kind, j.phase, j.state, j.name) == ("service-account-key", "start", PREPARED, "service-account-1")
     assert j.old == rotation.key_fingerprint((pki / "service-account.pem").read_bytes())
@@ -354,3 +354,100 @@ def test_gen_certs_will_not_renew_the_service_account_key_in_the_middle_of_its_r
     r = invoke("gen-certs", "-i", str(inv_path), "--renew", "service-account")
     assert r.exit_code == ExitCode.USAGE and "rotation is in progress" in r.output
     assert (pki / "service-account-key.pem").read_bytes() == before
+
+
+# --- the CA ---------------------------------------------------------------------------------------------
+
+from test_go_oracle import oracle  # noqa: E402,F401 - Go's crypto/x509 as the judge (a fixture)
+
+
+def _advance(inv_path: Path, phase: str, *extra) -> None:
+    """Run a CA phase offline (--no-deploy) and record it deployed, as a successful deploy would."""
+    r = invoke("rotate", "ca", phase, "-i", str(inv_path), "--no-deploy", "--yes", *extra)
+    assert r.exit_code == 0, r.output
+    inv = load_inventory(inv_path)
+    rotation_steps.mark_deployed(inv, inv.rotation, datetime.now(timezone.utc))
+
+
+def _openssl_verify(ca: Path, cert: Path) -> bool:
+    import subprocess
+
+    return subprocess.run(["openssl", "verify", "-CAfile", str(ca), str(cert)], capture_output=True).returncode == 0
+
+
+def test_ca_rotation_end_to_end_offline_trust_bundles_reissue_and_lockouts(real_pki, tmp_path, oracle):  # noqa: F811
+    inv_path, pki = real_pki
+    k0 = tmp_path / "k0.kubeconfig"
+    assert invoke("kubeconfig", "admin", "-i", str(inv_path), "--out", str(k0)).exit_code == 0
+    old_ca, old_etcd_ca = (pki / "ca.pem").read_bytes(), (pki / "etcd-ca.pem").read_bytes()
+    keys_before = {p.name: p.read_bytes() for p in pki.glob("*-key.pem")}
+
+    # start: new CAs, not signing; every trust store a bundle, new CA first
+    _advance(inv_path, "start")
+    new_ca = (pki / "ca-new.pem").read_bytes()
+    assert rotation.split_pem_certs((pki / "ca-trust.pem").read_bytes()) == [new_ca, old_ca]
+    assert rotation.split_pem_certs((pki / "etcd-ca-trust.pem").read_bytes())[1] == old_etcd_ca
+    assert stat.S_IMODE(os.stat(pki / "ca-new-key.pem").st_mode) == 0o600
+    inv = load_inventory(inv_path)
+    shipped = {f.path: f.local_name for f in rotation.controller_files(inv.rotation)}
+    assert shipped[f"{K}/ca.pem"] == "ca-trust.pem" and shipped[f"{K}/etcd-ca.pem"] == "etcd-ca-trust.pem"
+    assert {f.path: f.local_name for f in rotation.etcd_files(inv.rotation)}["/etc/etcd/etcd-ca.pem"] == \
+        "etcd-ca-trust.pem"
+    k1 = tmp_path / "k1.kubeconfig"
+    assert invoke("kubeconfig", "admin", "-i", str(inv_path), "--out", str(k1)).exit_code == 0
+    # Go judges K1's trust: the old serving cert verifies against the bundle, as it will the new one
+    import base64
+
+    import yaml
+
+    k1_ca = tmp_path / "k1-ca.pem"
+    k1_ca.write_bytes(base64.b64decode(yaml.safe_load(k1.read_text())["clusters"][0]["cluster"]
+                                       ["certificate-authority-data"]))
+    assert oracle(k1_ca, pki / "kubernetes.pem", "server").startswith("ok")
+
+    # reissue: every leaf re-signed by the new CAs with its own key; lists K0 (old trust only)
+    dry = invoke("rotate", "ca", "reissue", "-i", str(inv_path), "--dry-run")
+    assert str(k0) in dry.output and "trusts only the old CA" in dry.output and str(k1) not in dry.output
+    _advance(inv_path, "reissue")
+    assert (pki / "ca.pem").read_bytes() == new_ca and (pki / "ca-old.pem").read_bytes() == old_ca
+    assert not (pki / "ca-new.pem").exists() and not (pki / "ca-new-key.pem").exists()
+    assert {p.name: p.read_bytes() for p in pki.glob("*-key.pem")
+            if p.name not in ("ca-key.pem", "etcd-ca-key.pem")} == \
+        {n: b for n, b in keys_before.items() if n not in ("ca-key.pem", "etcd-ca-key.pem")}
+    spec_leaves = [p.name for p in pki.glob("*.pem") if not p.name.endswith("-key.pem")
+                   and p.name not in ("ca.pem", "ca-old.pem", "ca-trust.pem", "etcd-ca.pem", "etcd-ca-old.pem",
+                                      "etcd-ca-trust.pem", "service-account.pem")]
+    etcd_leaves = {"etcd-server.pem", "etcd-peer.pem", "apiserver-etcd-client.pem", "etcd-healthcheck-client.pem"}
+    for name in spec_leaves:
+        ca = pki / ("etcd-ca.pem" if name in etcd_leaves else "ca.pem")
+        assert _openssl_verify(ca, pki / name), name
+        assert not _openssl_verify(pki / "ca-old.pem", pki / name), name
+    k0_ca = tmp_path / "k0-ca.pem"
+    k0_ca.write_bytes(base64.b64decode(yaml.safe_load(k0.read_text())["clusters"][0]["cluster"]
+                                       ["certificate-authority-data"]))
+    assert oracle(k0_ca, pki / "kubernetes.pem", "server").startswith("rejected")   # K0: a TLS error
+    assert oracle(k1_ca, pki / "kubernetes.pem", "server").startswith("ok")         # K1: still fine
+    # the old admin cert (K1's) is still accepted by the bundle the API server trusts
+    old_admin = tmp_path / "old-admin.pem"
+    old_admin.write_bytes(base64.b64decode(yaml.safe_load(k1.read_text())["users"][0]["user"]
+                                           ["client-certificate-data"]))
+    assert oracle(pki / "ca-trust.pem", old_admin) == "ok username=admin groups=system:masters"
+    assert stat.S_IMODE(os.stat(pki / "retired").st_mode) == 0o700
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in (pki / "retired").iterdir())
+    # gen-certs agrees: every leaf is the CA's, nothing to do
+    again = invoke("gen-certs", "-i", str(inv_path), "--json")
+    import json
+
+    assert {f["action"] for f in json.loads(again.stdout)["files"]} == {"unchanged"}
+
+    # finish: K0 and K1 carry old client certs -> listed; K2 (written after reissue) is not
+    k2 = tmp_path / "k2.kubeconfig"
+    assert invoke("kubeconfig", "admin", "-i", str(inv_path), "--out", str(k2)).exit_code == 0
+    dry = invoke("rotate", "ca", "finish", "-i", str(inv_path), "--dry-run")
+    assert f"{k1}: its client cert is the old CA's: 401" in dry.output and str(k2) not in dry.output
+    assert oracle(pki / "ca.pem", old_admin).startswith("rejected")                 # K1 after finish: 401
+    _advance(inv_path, "finish")
+    inv = load_inventory(inv_path)
+    assert {f.path: f.local_name for f in rotation.controller_files(inv.rotation)}[f"{K}/ca.pem"] == "ca.pem"
+    retired = sorted(p.name for p in (pki / "retired").iterdir())
+    assert any(n.startswith("ca.") for n in retired) and any(n.startswith("etcd-ca.") for n in retired)
