@@ -168,10 +168,14 @@ TOKEN_REQUEST = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest
 class Loop:
     """Through the LB, every 100 ms, bounded: mint a token (TokenRequest, admin cert) and present it
     at once (SelfSubjectReview); and present `kept`, a token the table keeps valid. A 429 (a
-    server draining) is retried once, as client-go does."""
+    server draining) is retried once, as client-go does. `trust`: the CA file the client trusts
+    (default pki/ca.pem); `mint=False`: only the kept token (a CA rotation retires the admin cert)."""
 
-    def __init__(self, env: Env, kept: str, limit_s: float = 300.0):
+    def __init__(self, env: Env, kept: str, limit_s: float = 300.0, trust: Path | None = None, mint: bool = True):
         self.admin, self.anon = _context(env.pki, "admin"), _context(env.pki, None)
+        if trust is not None:
+            self.anon = ssl.create_default_context(cafile=str(trust))
+        self.mint = mint
         self.kept, self.limit_s = kept, limit_s
         self.stop = threading.Event()
         self.results: list[tuple[str, int | None]] = []
@@ -186,9 +190,10 @@ class Loop:
     def _run(self):
         t_end = time.monotonic() + self.limit_s
         while not self.stop.is_set() and time.monotonic() < t_end and len(self.results) < 6000:
-            status, body = self._call(self.admin, "POST", "/api/v1/namespaces/default/serviceaccounts/bot/token",
-                                      TOKEN_REQUEST)
-            self.results.append(("mint", status))
+            status, body = (self._call(self.admin, "POST", "/api/v1/namespaces/default/serviceaccounts/bot/token",
+                                       TOKEN_REQUEST) if self.mint else (None, b""))
+            if self.mint:
+                self.results.append(("mint", status))
             if status == 201:
                 fresh = json.loads(body)["status"]["token"]
                 self.results.append(("fresh", self._call(self.anon, "POST", "/apis/authentication.k8s.io/v1/"
@@ -237,10 +242,10 @@ def env(lab_hosts, lab_tools, lab_inventory, tmp_path_factory):
     return e
 
 
-def phase(env: Env, kind: str, name: str, kept: str, *extra) -> dict:
+def phase(env: Env, kind: str, name: str, kept: str, *extra, trust: Path | None = None, mint: bool = True) -> dict:
     """Run one phase with the client loop through it; assert zero failures and a clean verify."""
     wait_lb(env)
-    with Loop(env, kept) as loop:
+    with Loop(env, kept, trust=trust, mint=mint) as loop:
         doc = env.rotate(kind, name, *extra)
     assert doc["_rc"] == 0, doc["_stderr"]
     assert len(loop.results) > 20, "the client loop did not run through the phase"
@@ -347,3 +352,92 @@ def test_a_phase_killed_at_random_moments_resumes_to_the_same_end_state(env):
     assert env.whoami(env.mint()) == "system:serviceaccount:default:bot"
     for h in env.all:
         assert "service-account-1" not in env.ssh(h, "ls -a /var/lib/kubernetes")
+
+
+def test_ca_rotation_locks_out_exactly_what_the_table_says_and_leaves_nothing_of_the_old_ca(env):
+    """Issue 13's table: K0 (from before: old trust, old cert), K1 (after start: both CAs, old
+    cert), K2 (after reissue: both CAs, new cert), an SA token from before (never breaks)."""
+    import shutil
+
+    wait_lb(env)
+    kube = {k: env.tmp / f"{k}.kubeconfig" for k in ("k0", "k1", "k2")}
+    env.k8sboot("kubeconfig", "admin", "-i", env.inv, "--out", kube["k0"])
+    token = env.mint()
+    old_ca = (env.pki / "ca.pem").read_bytes()
+    old_etcd_ca = (env.pki / "etcd-ca.pem").read_bytes()
+
+    def who(k: str) -> str:
+        r = subprocess.run(["kubectl", "--kubeconfig", str(kube[k]), "auth", "whoami", "-o",
+                            "jsonpath={.status.userInfo.username}"], capture_output=True, text=True, timeout=60,
+                           env=env.tools.clean_env())
+        if r.returncode == 0:
+            return r.stdout.strip()
+        if "Unauthorized" in r.stderr:
+            return "401"
+        assert "x509" in r.stderr or "certificate" in r.stderr, r.stderr
+        return "TLS error"
+
+    def offline(k: str) -> str:
+        """The offline whoami of the kubeconfig's client cert, against the phase's client CA."""
+        import base64
+
+        import yaml
+
+        cert = env.tmp / f"{k}-cert.pem"
+        cert.write_bytes(base64.b64decode(yaml.safe_load(kube[k].read_text())["users"][0]["user"]
+                                          ["client-certificate-data"]))
+        r = env.k8sboot("whoami", "--cert", cert, "-i", env.inv, check=False)
+        return "401" if r.returncode == 11 else ("admin" if r.returncode == 0 else f"exit {r.returncode}")
+
+    old_trust = env.tmp / "trust-old.pem"
+    old_trust.write_bytes(old_ca)
+    phase(env, "ca", "start", token, trust=old_trust, mint=False)
+    env.k8sboot("kubeconfig", "admin", "-i", env.inv, "--out", kube["k1"])
+    assert (who("k0"), who("k1"), env.whoami(token)) == ("admin", "admin", "system:serviceaccount:default:bot")
+    assert (offline("k0"), offline("k1")) == ("admin", "admin")
+    both = env.tmp / "trust-both.pem"
+    shutil.copy(env.pki / "ca-trust.pem", both)
+
+    reissue = env.rotate("ca", "reissue", "--dry-run")
+    assert str(kube["k0"]) in reissue["breaks"][0] and not any(str(kube["k1"]) in b for b in reissue["breaks"])
+    phase(env, "ca", "reissue", token, trust=both, mint=False)
+    env.k8sboot("kubeconfig", "admin", "-i", env.inv, "--out", kube["k2"])
+    assert (who("k0"), who("k1"), who("k2")) == ("TLS error", "admin", "admin")
+    assert env.whoami(token) == "system:serviceaccount:default:bot"
+    assert (offline("k1"), offline("k2")) == ("admin", "admin")
+
+    phase(env, "ca", "finish", token, trust=both, mint=False)
+    assert (who("k0"), who("k1"), who("k2")) == ("TLS error", "401", "admin")
+    assert env.whoami(token) == "system:serviceaccount:default:bot"
+    assert (offline("k1"), offline("k2")) == ("401", "admin")
+    env.k8sboot("kubeconfig", "admin", "-i", env.inv, "--out", env.tmp / "admin.kubeconfig")   # the new cert
+
+    # every leaf of the local PKI verifies against the new CAs (openssl), none against the old ones
+    etcd_leaves = {"etcd-server", "etcd-peer", "apiserver-etcd-client", "etcd-healthcheck-client"}
+    leaves = [p for p in env.pki.glob("*.pem") if not p.name.endswith("-key.pem")
+              and p.stem not in ("ca", "etcd-ca", "service-account")]
+    assert leaves
+    for leaf in leaves:
+        ca = env.pki / ("etcd-ca.pem" if leaf.stem in etcd_leaves else "ca.pem")
+        ok = subprocess.run(["openssl", "verify", "-CAfile", str(ca), str(leaf)], capture_output=True, text=True)
+        assert ok.returncode == 0, (leaf.name, ok.stdout, ok.stderr)
+    # nothing on any host is the old CA or signed by it: every certificate in every PEM file there
+    from k8sboot import rotation
+
+    old_fps = {rotation.cert_fingerprint(old_ca), rotation.cert_fingerprint(old_etcd_ca)}
+    olds = env.tmp / "olds.pem"
+    olds.write_bytes(old_ca + old_etcd_ca)
+    hosts = [*env.all, {"address": LB, "name": "lb-0"}]
+    for h in hosts:
+        listing = env.ssh(h, "for f in /var/lib/kubernetes/*.pem /etc/etcd/*.pem /etc/haproxy/k8sboot/*.pem; do "
+                             "[ -f \"$f\" ] && case $f in *-key.pem) ;; *) echo \"== $f\"; cat \"$f\";; esac; done")
+        for block in listing.split("== ")[1:]:
+            path, _, body = block.partition("\n")
+            for pem in rotation.split_pem_certs(body.encode()):
+                if b"PRIVATE KEY" in pem:
+                    continue
+                assert rotation.cert_fingerprint(pem) not in old_fps, f"{h['name']}:{path} holds an old CA"
+                one = env.tmp / "one.pem"
+                one.write_bytes(pem)
+                r = subprocess.run(["openssl", "verify", "-CAfile", str(olds), str(one)], capture_output=True)
+                assert r.returncode != 0, f"{h['name']}:{path} holds a cert the old CA signed"
