@@ -139,6 +139,10 @@ def gen_certs(
                else f"unknown name {', '.join(map(repr, unknown))}")
         raise typer.BadParameter(f"{why}; valid names: {', '.join(spec.renewable_names)}",
                                  param_hint="'--renew'")
+    if inv.rotation is not None and inv.rotation.kind == "ca" and force_new_ca:
+        raise typer.BadParameter(f"a CA rotation is in progress (phase {inv.rotation.phase}): a third CA now would "
+                                 "lock out every credential the rotation keeps valid; `k8sboot rotate status` "
+                                 "shows the next step", param_hint="'--force-new-ca'")
     if inv.rotation is not None and inv.rotation.kind == "service-account-key" and spec.service_account.name in renew:
         raise typer.BadParameter(f"a service-account-key rotation is in progress (phase {inv.rotation.phase}): "
                                  "a new key now would lock out every token the rotation keeps valid; "

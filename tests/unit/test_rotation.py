@@ -451,3 +451,12 @@ def test_ca_rotation_end_to_end_offline_trust_bundles_reissue_and_lockouts(real_
     assert {f.path: f.local_name for f in rotation.controller_files(inv.rotation)}[f"{K}/ca.pem"] == "ca.pem"
     retired = sorted(p.name for p in (pki / "retired").iterdir())
     assert any(n.startswith("ca.") for n in retired) and any(n.startswith("etcd-ca.") for n in retired)
+
+
+def test_gen_certs_will_not_make_a_third_ca_in_the_middle_of_a_ca_rotation(real_pki):
+    inv_path, pki = real_pki
+    _advance(inv_path, "start")
+    before = (pki / "ca.pem").read_bytes()
+    r = invoke("gen-certs", "-i", str(inv_path), "--force-new-ca")
+    assert r.exit_code == ExitCode.USAGE and "CA rotation is in progress" in r.output
+    assert (pki / "ca.pem").read_bytes() == before
