@@ -42,17 +42,19 @@ host_keys_option = typer.Option(False, "--accept-new-host-keys", help="Trust unk
 ready_timeout_option = typer.Option(120.0, "--ready-timeout", metavar="SECONDS",
                                     help="How long a restarted controller may take to turn ready.")
 no_etcd_check_option = typer.Option(False, "--no-etcd-check", help="As deploy-apiserver's.")
+max_unavailable_option = typer.Option(1, "--max-unavailable", min=1, metavar="N",
+                                      help="Controllers (and etcd members) a rolling wave restarts at once.")
 
 
 def service_account_key(phase: str = phase_argument, inventory: Path = inventory_option, yes: bool = yes_option,
                         dry_run: bool = dry_run_option, force: bool = force_option,
                         no_deploy: bool = no_deploy_option, accept_new_host_keys: bool = host_keys_option,
                         ready_timeout: float = ready_timeout_option, no_etcd_check: bool = no_etcd_check_option,
-                        json_: bool = json_option) -> None:
+                        max_unavailable: int = max_unavailable_option, json_: bool = json_option) -> None:
     """Rotate the ServiceAccount signing key: start | switch | finish."""
     run_phase("service-account-key", phase, inventory, to=None, yes=yes, dry_run=dry_run, force=force,
               no_deploy=no_deploy, accept_new_host_keys=accept_new_host_keys, ready_timeout=ready_timeout,
-              etcd_check=not no_etcd_check, json_=json_)
+              etcd_check=not no_etcd_check, max_unavailable=max_unavailable, json_=json_)
 
 
 def issuer(phase: str = phase_argument, inventory: Path = inventory_option,
@@ -60,16 +62,16 @@ def issuer(phase: str = phase_argument, inventory: Path = inventory_option,
            yes: bool = yes_option, dry_run: bool = dry_run_option, force: bool = force_option,
            no_deploy: bool = no_deploy_option, accept_new_host_keys: bool = host_keys_option,
            ready_timeout: float = ready_timeout_option, no_etcd_check: bool = no_etcd_check_option,
-           json_: bool = json_option) -> None:
+           max_unavailable: int = max_unavailable_option, json_: bool = json_option) -> None:
     """Rotate --service-account-issuer: start --to URL | switch | finish."""
     run_phase("issuer", phase, inventory, to=to, yes=yes, dry_run=dry_run, force=force, no_deploy=no_deploy,
               accept_new_host_keys=accept_new_host_keys, ready_timeout=ready_timeout,
-              etcd_check=not no_etcd_check, json_=json_)
+              etcd_check=not no_etcd_check, max_unavailable=max_unavailable, json_=json_)
 
 
 def run_phase(kind: str, phase: str, inventory: Path, *, to: str | None, yes: bool, dry_run: bool, force: bool,
               no_deploy: bool, accept_new_host_keys: bool, ready_timeout: float, etcd_check: bool,
-              json_: bool) -> None:
+              json_: bool, max_unavailable: int = 1) -> None:
     from datetime import datetime, timezone
 
     from k8sboot import console, rotation, rotation_steps
@@ -107,7 +109,8 @@ def run_phase(kind: str, phase: str, inventory: Path, *, to: str | None, yes: bo
                 console.json_out({**plan.to_json(), "deploy": None})
             return
         code, deployed_all = _deploy(inv, kind, accept_new_host_keys=accept_new_host_keys,
-                                     ready_timeout=ready_timeout, etcd_check=etcd_check, json_=json_)
+                                     ready_timeout=ready_timeout, etcd_check=etcd_check, json_=json_,
+                                     max_unavailable=max_unavailable)
         if not deployed_all:
             if json_:
                 console.json_out({**plan.to_json(), "deploy": {"ok": False, "exit_code": int(code)}})
@@ -138,7 +141,8 @@ def _when_finish(inv, journal) -> str:
     return f" (not before {rotation_steps._iso(at)}, when every token signed the old way has expired)" if at else ""
 
 
-def _deploy(inv, kind: str, *, accept_new_host_keys: bool, ready_timeout: float, etcd_check: bool, json_: bool):
+def _deploy(inv, kind: str, *, accept_new_host_keys: bool, ready_timeout: float, etcd_check: bool, json_: bool,
+            max_unavailable: int = 1):
     """The phase's rolling deploys. A CA phase changes etcd's trust and certs too: etcd first (its
     members trust the new CA before any client cert of it exists; at reissue they present new certs
     that the API servers already trust), then kube-apiserver, then the load balancers. The first
@@ -149,7 +153,7 @@ def _deploy(inv, kind: str, *, accept_new_host_keys: bool, ready_timeout: float,
     from k8sboot.rotation import CA
 
     options = DeployOptions(accept_new_host_keys=accept_new_host_keys, ready_timeout=ready_timeout,
-                            etcd_check=etcd_check)
+                            etcd_check=etcd_check, max_unavailable=max_unavailable)
     steps = [("deploy-apiserver", deploy)]
     if kind == CA:
         steps = [("deploy-etcd", deploy_etcd), *steps] + ([("deploy-lb", deploy_lb)] if inv.load_balancers else [])
@@ -245,11 +249,11 @@ def ca(phase: str = typer.Argument(..., metavar="PHASE", help="start | reissue |
        inventory: Path = inventory_option, yes: bool = yes_option, dry_run: bool = dry_run_option,
        no_deploy: bool = no_deploy_option, accept_new_host_keys: bool = host_keys_option,
        ready_timeout: float = ready_timeout_option, no_etcd_check: bool = no_etcd_check_option,
-       json_: bool = json_option) -> None:
+       max_unavailable: int = max_unavailable_option, json_: bool = json_option) -> None:
     """Rotate the cluster CA and etcd's CA: start | reissue | finish."""
     run_phase("ca", phase, inventory, to=None, yes=yes, dry_run=dry_run, force=False, no_deploy=no_deploy,
               accept_new_host_keys=accept_new_host_keys, ready_timeout=ready_timeout,
-              etcd_check=not no_etcd_check, json_=json_)
+              etcd_check=not no_etcd_check, max_unavailable=max_unavailable, json_=json_)
 
 
 rotate_app = typer.Typer(help="Replace a trust root (service-account key, issuer, CA) without locking anyone out.",
