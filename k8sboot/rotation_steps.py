@@ -325,7 +325,7 @@ def plan_ca(inventory: Inventory, phase: str, *, now: datetime, force: bool = Fa
         if current is not None:
             for ca, field_ in cas:
                 if rotation.cert_fingerprint(_read(pki_dir, _named(ca.name, rotation.NEW_SUFFIX)[0])) != \
-                        getattr(current, f"{field_}new" if field_ else "new"):
+                        getattr(current, f"{field_}new"):
                     raise RotationError(f"{pki_dir / _named(ca.name, rotation.NEW_SUFFIX)[0]} is not the new CA the "
                                         "journal names", hint="restore the PKI dir from a backup")
             return PhasePlan(rotation.CA, phase, current, resumed=True,
@@ -385,9 +385,7 @@ def plan_ca(inventory: Inventory, phase: str, *, now: datetime, force: bool = Fa
             cert = pki.issue_leaf(leaf, fact.key.public_key(), authorities[leaf.issuer], now)
             plan.writes.append(OutputFile(leaf.cert_file, pki.cert_pem(cert), layout.CERT_MODE))
         plan.writes.append(_journal_file(plan.journal))
-        n = sum(1 for f in plan.writes if f.name.endswith(".pem") and f.name not in
-                {"ca.pem", "etcd-ca.pem", "ca-old.pem", "etcd-ca-old.pem", "ca-trust.pem", "etcd-ca-trust.pem"}
-                and not f.name.endswith("-key.pem"))
+        n = sum(1 for f in plan.writes if f.name in {leaf.cert_file for leaf in spec.leaves})
         plan.changes = [f"pki/ca.pem and pki/etcd-ca.pem become the new CAs; the old certs stay trusted as "
                         "ca-old.pem / etcd-ca-old.pem, the old keys go to pki/retired/ (0600)",
                         f"{n} leaf certificates re-signed by the new CAs with their own keys (serving certs "
@@ -472,7 +470,8 @@ def _signed_by(cert_pem: bytes, ca_path: Path) -> bool:
     from k8sboot.errors import K8sbootError
 
     try:
-        return pki.is_directly_issued_by(pki.parse_cert(cert_pem, "kubeconfig"), pki.parse_cert(_read(ca_path.parent, ca_path.name), ca_path))
+        ca = pki.parse_cert(_read(ca_path.parent, ca_path.name), ca_path)
+        return pki.is_directly_issued_by(pki.parse_cert(cert_pem, "kubeconfig"), ca)
     except K8sbootError:
         return False
 
