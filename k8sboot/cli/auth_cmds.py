@@ -342,6 +342,17 @@ def create(
     from k8sboot import rotation
 
     inv = load_inventory(inventory)
+    longest = inv.apiserver.service_account_max_token_expiration_seconds
+    if lifetime.total_seconds() > longest:
+        from k8sboot.flags import go_duration
+
+        # kube-apiserver caps a TokenRequest at this; a longer token would also outlive the time a
+        # service-account-key rotation waits before it drops the old key (`rotate ... finish`)
+        raise typer.BadParameter(
+            f"{duration} is longer than --service-account-max-token-expiration={go_duration(longest)} "
+            f"({inv.where('apiserver.service_account_max_token_expiration')}): the API server never issues "
+            "such a token, and a key rotation could not wait it out",
+            param_hint="'--duration'")
     _, signing = rotation.service_account_files(inv.rotation)    # the key the phase signs with
     issuers = rotation.issuers(inv.rotation, inv.cluster.service_account_issuer)
     key_path = _pki_file(inv, signing)

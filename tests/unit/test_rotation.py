@@ -460,3 +460,13 @@ def test_gen_certs_will_not_make_a_third_ca_in_the_middle_of_a_ca_rotation(real_
     r = invoke("gen-certs", "-i", str(inv_path), "--force-new-ca")
     assert r.exit_code == ExitCode.USAGE and "CA rotation is in progress" in r.output
     assert (pki / "ca.pem").read_bytes() == before
+
+
+def test_token_create_refuses_a_lifetime_the_api_server_would_never_issue(real_pki):
+    """kube-apiserver caps a TokenRequest at --service-account-max-token-expiration (24h here): a
+    longer local token would also outlive the wait of a key rotation's finish."""
+    inv_path, _ = real_pki
+    args = ("token", "create", "-i", str(inv_path), "-n", "default", "--service-account", "bot", "--duration")
+    refused = invoke(*args, "25h")
+    assert refused.exit_code == ExitCode.USAGE and "--service-account-max-token-expiration=24h" in refused.output
+    assert invoke(*args, "24h").exit_code == 0
