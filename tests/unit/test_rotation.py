@@ -470,3 +470,35 @@ def test_token_create_refuses_a_lifetime_the_api_server_would_never_issue(real_p
     refused = invoke(*args, "25h")
     assert refused.exit_code == ExitCode.USAGE and "--service-account-max-token-expiration=24h" in refused.output
     assert invoke(*args, "24h").exit_code == 0
+
+
+def _facts_running(argv: list[str], extra_files=()):
+    import base64
+
+    from k8sboot.plan import FileFact, HostFacts, ServiceFact
+
+    cmdline = base64.b64encode("\0".join(argv).encode() + b"\0").decode()
+    files = {p: FileFact(p, True, "x", 0o644, "root", "root") for p in extra_files}
+    return HostFacts(files=files, service=ServiceFact(load_state="loaded", active_state="active", main_pid=7),
+                     sections={"cmdline": cmdline})
+
+
+def test_verify_names_the_phase_each_controller_runs_and_a_lagging_one():
+    from k8sboot import verify as V
+
+    journal = sa_journal("switch")
+    switch = ["/usr/local/bin/kube-apiserver", f"--service-account-key-file={K}/service-account.pem",
+              f"--service-account-key-file={K}/service-account-1.pem",
+              f"--service-account-signing-key-file={K}/service-account-1-key.pem"]
+    [ok] = V.check_rotation("controller-0", journal, _facts_running(switch))
+    assert ok.status == V.OK and "runs phase switch" in ok.detail
+    lagging = switch[:3] + [f"--service-account-signing-key-file={K}/service-account-key.pem"]
+    [drift] = V.check_rotation("controller-1", journal, _facts_running(lagging))
+    assert drift.status == V.DRIFT and "runs phase start, behind the journal's switch" in drift.detail
+    assert "k8sboot rotate service-account-key switch" in drift.detail
+    # after finish the second pair must be gone from the host
+    checks = V.check_rotation("controller-2", sa_journal("finish"),
+                              _facts_running(switch[:2] + [f"--service-account-signing-key-file={K}/service-account-key.pem"],
+                                             extra_files=(f"{K}/service-account-1.pem",)))
+    assert [c.status for c in checks] == [V.DRIFT, V.OK]
+    assert V.check_rotation("controller-0", None, _facts_running(switch)) == []
