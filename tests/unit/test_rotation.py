@@ -502,3 +502,47 @@ def test_verify_names_the_phase_each_controller_runs_and_a_lagging_one():
                                              extra_files=(f"{K}/service-account-1.pem",)))
     assert [c.status for c in checks] == [V.DRIFT, V.OK]
     assert V.check_rotation("controller-0", None, _facts_running(switch)) == []
+
+
+def test_a_ca_reissue_killed_at_random_moments_ends_like_an_uninterrupted_one(real_pki, tmp_path):
+    """SIGKILL of `rotate ca reissue` (its local step: the new CAs swapped in, every leaf re-signed,
+    the old keys retired, all in one batch with the journal) at random moments, then the same
+    command again: the PKI dir is the one an uninterrupted run leaves."""
+    import random
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    inv_path, pki = real_pki
+    _advance(inv_path, "start")
+    saved = tmp_path / "saved"
+    shutil.copytree(pki, saved)
+    entry = str(Path(sys.executable).with_name("k8sboot"))
+    cmd = [entry, "rotate", "ca", "reissue", "-i", str(inv_path), "--no-deploy", "--yes"]
+    seed = int(time.time())
+    rng = random.Random(seed)
+    killed_midway = 0
+    for attempt in range(10):
+        shutil.rmtree(pki)
+        shutil.copytree(saved, pki)
+        new_ca = (pki / "ca-new.pem").read_bytes()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        delay = rng.uniform(0.01, 0.25)         # the whole run takes ~0.2 s here
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        killed_midway += proc.returncode == -signal.SIGKILL
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        where = f"seed {seed}, attempt {attempt}, killed after {delay:.2f}s"
+        assert again.returncode == 0, f"{where}: {again.stderr}"
+        j = rotation.load(pki)
+        assert (j.phase, j.state) == ("reissue", PREPARED), where
+        assert (pki / "ca.pem").read_bytes() == new_ca, where
+        assert not (pki / "ca-new.pem").exists() and not list(pki.glob(".*k8sboot*")), where
+        for name in ("admin.pem", "kubernetes.pem", "k8sboot-health.pem"):
+            assert _openssl_verify(pki / "ca.pem", pki / name), (where, name)
+        for name in ("etcd-server.pem", "apiserver-etcd-client.pem"):
+            assert _openssl_verify(pki / "etcd-ca.pem", pki / name), (where, name)
+        assert rotation.split_pem_certs((pki / "ca-trust.pem").read_bytes())[0] == new_ca, where
+    assert killed_midway, f"seed {seed}: no run was killed before it ended (all delays too long)"
