@@ -102,7 +102,9 @@ def next_step(current: Rotation) -> str:
     """The command that moves this rotation on."""
     phase = _next_phase(current)
     if phase is None:
-        return f"k8sboot rotate {current.kind} finish (re-run: cleans up)"
+        return f"k8sboot rotate {current.kind} finish (again: it cleans up)"
+    if current.state != DEPLOYED:
+        return f"k8sboot rotate {current.kind} {phase} (again: it deploys what is missing)"
     return f"k8sboot rotate {current.kind} {phase}" + (" --to URL" if phase == "start" and current.kind == ISSUER else "")
 
 
