@@ -183,7 +183,30 @@ def read_local_pki(inventory: Inventory) -> dict[str, bytes]:
     if missing:
         raise PkiError(f"the local PKI is incomplete: missing {', '.join(missing)}",
                        hint=f"run: k8sboot gen-certs -i {inventory.path}")
+    check_shipped_pairs(pki_dir, out)
     return out
+
+
+# The cert/key pairs a controller gets. A mismatched pair is refused before any host changes: the
+# serving pair is picked up without a restart (layout.PICKED_UP_WITHOUT_RESTART), so no start
+# failure would reveal it until the next restart, which would then not come up.
+SHIPPED_PAIRS = (layout.APISERVER, layout.KUBELET_CLIENT, layout.APISERVER_ETCD_CLIENT)
+
+
+def check_shipped_pairs(pki_dir: Path, files: dict[str, bytes]) -> None:
+    from k8sboot import pki
+
+    for name in SHIPPED_PAIRS:
+        cert_name, key_name = layout.cert_file(name), layout.key_file(name)
+        if cert_name not in files or key_name not in files or not all(
+                b"-----BEGIN" in files[n] for n in (cert_name, key_name)):
+            continue          # (not PEM at all: left to the host's start, as before; tests use stand-ins)
+        cert = pki.parse_cert(files[cert_name], pki_dir / cert_name)
+        key = pki.parse_private_key(files[key_name], pki_dir / key_name)
+        if not pki.key_matches(cert, key):
+            raise PkiError(f"checking {pki_dir / key_name}: it is not the key of {pki_dir / cert_name}; "
+                           "no host was changed",
+                           hint=f"restore it from a backup, or reissue both: k8sboot certs renew {name}")
 
 
 def read_binary(path: Path) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -120,6 +121,10 @@ def test_with_every_etcd_member_stopped_the_api_servers_are_unready_naming_etcd_
     for h in env.hosts:
         code, body = env.wait_api(h, want=200)
         assert code == 200 and "[+]etcd ok" in body.splitlines(), (h.name, code, body)
+    deadline = time.monotonic() + 60       # two members make a quorum: the third may still be starting
+    while any(env.ssh(h, "systemctl is-active etcd.service || true").strip() != "active" for h in env.hosts):
+        assert time.monotonic() < deadline, "an etcd member did not come back within 60 s"
+        time.sleep(0.5)
     res, doc = verify(env)
     assert res.exit_code == 0, [(h["host"], c) for h in doc["hosts"] for c in h["checks"] if c["status"] != "OK"]
     assert all(checks_of(doc, h.name)["API server /readyz"]["status"] == "OK" for h in env.hosts)

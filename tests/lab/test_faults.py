@@ -565,7 +565,23 @@ def test_two_deploys_at_once_never_interleave(env):
 # --- the unit fails after a change: --rollback-on-failure ---------------------------------------
 
 
-@pytest.mark.parametrize("change", ["flag the binary refuses", "key that does not match its cert"])
+def test_a_serving_key_that_does_not_match_its_cert_is_refused_before_any_host_changes(env):
+    """The serving pair is picked up without a restart, so a start failure could not reveal a
+    mismatched key: deploy refuses it locally (exit 4) and no host changes."""
+    before = {h.name: (state(env, h), env.service(h)["MainPID"]) for h in env.hosts}
+    key = env.pki / "kubernetes-key.pem"
+    saved = key.read_bytes()
+    key.write_bytes((env.pki / "kube-apiserver-kubelet-client-key.pem").read_bytes())
+    try:
+        res, doc = env.deploy("--rollback-on-failure", "--wait", "15", inventory=env.current)
+    finally:
+        key.write_bytes(saved)
+    assert res.exit_code == ExitCode.PKI, res.output
+    assert "kubernetes-key.pem: it is not the key of" in res.output and "no host was changed" in res.output
+    assert {h.name: (state(env, h), env.service(h)["MainPID"]) for h in env.hosts} == before
+
+
+@pytest.mark.parametrize("change", ["flag the binary refuses"])
 def test_rollback_on_failure_restores_files_and_a_running_unit(env, change):
     """Afterwards: every host reports "rolled back" with the journal's reason; its files are the
     previous ones byte for byte, no .k8sboot-prev/-new is left, and the unit is active again with
@@ -573,12 +589,8 @@ def test_rollback_on_failure_restores_files_and_a_running_unit(env, change):
     before = {h.name: (state(env, h), env.service(h)) for h in env.hosts}
     key = env.pki / "kubernetes-key.pem"
     saved = key.read_bytes()
-    if change == "flag the binary refuses":
-        inventory = env.write_inventory(env.tmp / "refused.yaml",
-                                        extra_flags={"encryption-provider-config": "/var/lib/kubernetes/none.yaml"})
-    else:
-        inventory = env.current
-        key.write_bytes((env.pki / "kube-apiserver-kubelet-client-key.pem").read_bytes())
+    inventory = env.write_inventory(env.tmp / "refused.yaml",
+                                    extra_flags={"encryption-provider-config": "/var/lib/kubernetes/none.yaml"})
     try:
         res, doc = env.deploy("--rollback-on-failure", "--wait", "15", inventory=inventory)
     finally:
