@@ -11,7 +11,7 @@ dir's write journal (k8sboot.store) makes the local batch all-or-nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -138,7 +138,7 @@ def _finish_gate(plan: PhasePlan, inventory: Inventory, current: Rotation, now: 
 
 
 def _iso(t: datetime | None) -> str:
-    return "-" if t is None else t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "-" if t is None else rotation._iso(t)      # the journal's own time format
 
 
 def _duration(delta) -> str:
