@@ -3,11 +3,12 @@
 Each host is a `systemd-nspawn --boot` container: real systemd as PID 1, journald, dbus and
 sshd, its own network namespace and address on the private bridge `k8sb-br0`
 (controller-0 = 10.240.0.10, ...; workers after the controllers; with `--lb` the load balancer
-lb-0 = 10.240.0.5 running Debian's HAProxy), and its own overlay over one shared, cached,
+lb-0 = 10.240.0.5 running Debian's HAProxy; with `--idp` the OIDC identity provider idp-0 =
+10.240.0.2 running Debian's nginx, see idp.py), and its own overlay over one shared, cached,
 debootstrapped Debian bookworm root. The lab writes `inventory/lab.yaml` for the hosts (the lab's
 SSH key, an exact known_hosts, strict checking on; api_endpoint = lb-0 when there is one).
 
-    up(controllers, workers, load_balancers, apiserver_ready_delay)
+    up(controllers, workers, load_balancers, apiserver_ready_delay, idp)
                                boot what is missing, stop what is no longer asked for, wait
                                until every new host's systemd says `running`, set the
                                controllers' ready-delay drop-in, write the inventory
@@ -69,6 +70,7 @@ class UpResult:
     boot_seconds: float = 0.0
     apiserver_ready_delay: float = 0.0
     reconfigured: tuple[str, ...] = ()      # running controllers whose ready-delay drop-in changed
+    idp: object | None = None               # idp.IdpMaterial with `idp` (issuer, kid, CA path)
 
     @property
     def changed_nothing(self) -> bool:
@@ -162,8 +164,12 @@ def _octet(address: str) -> int:
 def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
        inventory: Path | None = None, boot_timeout: float = 90.0,
        report: Report | None = None, lease: str | None = None, lease_holder: int | None = None,
-       force: bool = False, load_balancers: int = 0, apiserver_ready_delay: float = 0.0) -> UpResult:
+       force: bool = False, load_balancers: int = 0, apiserver_ready_delay: float = 0.0,
+       idp: bool = False) -> UpResult:
     """Bring the lab to `controllers` + `workers` + `load_balancers` running hosts (idempotent).
+
+    `idp`: also idp-0, the lab's OIDC identity provider (idp.py); its keys are made in
+    plan.IDP_DIR first when missing. Without it a running idp-0 is stopped (its keys stay).
 
     `apiserver_ready_delay`: seconds the controllers' kube-apiserver stand-in fails /readyz after
     each start (a lab-only drop-in, plan.READY_DELAY_DROPIN; 0 removes it). New hosts get it in
@@ -181,7 +187,7 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
     report = report or _quiet
     t0 = time.monotonic()
     try:
-        specs = plan.build_host_specs(controllers, workers, load_balancers)
+        specs = plan.build_host_specs(controllers, workers, load_balancers, int(idp))
         plan.check_ready_delay(apiserver_ready_delay)
     except ValueError as exc:
         raise LabError(f"planning the lab: {exc}") from None
@@ -206,6 +212,17 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
                    if _record_alive(r) and mounts.is_mountpoint(r.spec.root)}
         recorded_dead = {n: r.spec for n, r in state.hosts.items() if n not in running}
         lab_plan = plan.build_lab_plan(specs, running, recorded_dead)
+        material = None
+        if idp:
+            from k8sboot.lab import idp as idp_mod
+
+            material = idp_mod.ensure_material(plan.IDP_DIR)
+            if material.created:
+                # new keys or a new serving cert: a running idp-0 serves the old ones, boot it again
+                lab_plan = plan.LabPlan(
+                    keep=tuple(h for h in lab_plan.keep if h.role != "idp"),
+                    start=lab_plan.start + tuple(h for h in lab_plan.keep if h.role == "idp"),
+                    stop=lab_plan.stop + tuple(h for h in lab_plan.keep if h.role == "idp"))
         # running controllers whose drop-in must change (new hosts get it before they boot)
         resync = [h for h in lab_plan.keep if h.role == "controller"] \
             if state.apiserver_ready_delay != apiserver_ready_delay else []
@@ -215,7 +232,7 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
         strays = {pid: m for pid, m in hosts.find_lab_nspawns().items() if m not in known_machines}
         held = load_leases()
         if not lab_plan.changes_nothing or strays or resync:
-            leases.check_free(held, f"bring the lab to {_shape(controllers, workers, load_balancers)}", force)
+            leases.check_free(held, f"bring the lab to {_shape(controllers, workers, load_balancers, idp)}", force)
         if lease:
             write_leases(leases.take_lease(held, lease, lease_holder or os.getpid()))
         to_stop = [state.hosts[h.name] for h in lab_plan.stop]
@@ -243,7 +260,8 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
 
         client_public = hosts.ensure_client_key()
         for spec in lab_plan.start:
-            host_key = hosts.prepare_root(spec, root, client_public, standin, apiserver_ready_delay)
+            extra = idp_mod.host_files(material) if spec.role == "idp" and material else ()
+            host_key = hosts.prepare_root(spec, root, client_public, standin, apiserver_ready_delay, extra)
             state.hosts[spec.name] = HostRecord(spec=spec, host_key=host_key, rootfs=str(root))
         write_known_hosts(state)
         write_state(state)
@@ -284,17 +302,18 @@ def up(controllers: int = 3, workers: int = 0, mirror: str | None = None,
             state.apiserver_ready_delay = apiserver_ready_delay
             write_state(state)
 
-        written = _write_inventory(inventory, plan.render_lab_inventory(specs))
+        written = _write_inventory(inventory, plan.render_lab_inventory(specs, idp_ca=plan.IDP_DIR / "ca.pem"))
     return UpResult(hosts=statuses, started=tuple(s.name for s in lab_plan.start),
                     kept=tuple(s.name for s in lab_plan.keep), stopped=tuple(s.name for s in lab_plan.stop),
                     rootfs=root, rootfs_built=built, inventory=inventory, inventory_written=written,
                     seconds=time.monotonic() - t0, boot_seconds=boot_seconds,
-                    apiserver_ready_delay=apiserver_ready_delay, reconfigured=reconfigured)
+                    apiserver_ready_delay=apiserver_ready_delay, reconfigured=reconfigured, idp=material)
 
 
-def _shape(controllers: int, workers: int, load_balancers: int) -> str:
+def _shape(controllers: int, workers: int, load_balancers: int, idp: bool = False) -> str:
     return f"{controllers} controllers and {workers} workers" + (
-        f" behind {load_balancers} load balancer(s)" if load_balancers else "")
+        f" behind {load_balancers} load balancer(s)" if load_balancers else "") + (
+        " with an identity provider" if idp else "")
 
 
 def _sync_ready_delay(controllers: list, seconds: float, report: Report) -> tuple[str, ...]:
@@ -373,8 +392,13 @@ def reset(name: str, boot_timeout: float = 90.0, report: Report | None = None,
         hosts.remove_host_files(spec, rec.cgroups)
         net.ensure_netns([spec])                  # kept across the reset; recreated if it was lost
         client_public = hosts.ensure_client_key()
+        extra = ()
+        if spec.role == "idp":
+            from k8sboot.lab import idp as idp_mod
+
+            extra = idp_mod.host_files(idp_mod.ensure_material(plan.IDP_DIR, spec))
         rec.host_key = hosts.prepare_root(spec, root, client_public, hosts.standin_sources(root),
-                                          state.apiserver_ready_delay)
+                                          state.apiserver_ready_delay, extra)
         rec.rootfs = str(root)
         write_known_hosts(state)
         rec.pid, rec.starttime, rec.cgroups = hosts.launch(spec)

@@ -4,7 +4,8 @@ Per host, in order: its overlay root is mounted (lower = the cached Debian root,
 lab's tmpfs); its identity is written into the root before the boot (hostname, /etc/hosts, a new
 ed25519 host key generated here, so known_hosts is exact; the lab key in root's
 authorized_keys; the kube-apiserver stand-in on controllers and workers; what its role needs:
-haproxy enabled on lb-0, the ready-delay drop-in on controllers); then `systemd-nspawn --boot` is spawned in a new
+haproxy enabled on lb-0, nginx with its config, serving pair and documents on idp-0, the
+ready-delay drop-in on controllers); then `systemd-nspawn --boot` is spawned in a new
 session, already moved into its own cgroups, with its console in `console.log`. A host is ready
 when port 22 answers with an SSH banner and `systemctl is-system-running --wait` says `running`.
 
@@ -215,6 +216,18 @@ def _put(root: Path, path: str, data: bytes, mode: int) -> None:
     _write_new(dest, data, mode)
 
 
+def _mkdirs_readable(root: Path, path: str) -> None:
+    """The directories of `path` in the root, those made here 0755 whatever the umask."""
+    missing = []
+    d = Path(str(root) + path)
+    while not d.exists() and d != root:
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        os.chmod(d, 0o755)
+
+
 def _link(root: Path, path: str, target: str) -> None:
     dest = Path(str(root) + path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -224,10 +237,12 @@ def _link(root: Path, path: str, target: str) -> None:
 
 
 def prepare_root(host: HostSpec, rootfs: Path, client_public: str, standin: dict[str, bytes],
-                 ready_delay: float = 0.0) -> str:
+                 ready_delay: float = 0.0, extra_files: tuple[tuple[str, int, bytes], ...] = ()) -> str:
     """Mount the host's overlay and write its identity and its role's files into it; returns its
     host public key. A controller gets its lab-only drop-ins (plan.build_role_files): the stand-in's
-    2 s reload interval, and `ready_delay` seconds of ready delay when not 0."""
+    2 s reload interval, and `ready_delay` seconds of ready delay when not 0. `extra_files`
+    (path, mode, content): what only this host gets, e.g. idp-0's nginx config, serving pair
+    and documents (idp.host_files)."""
     host.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not mounts.is_mountpoint(host.root):
         mounts.mount_overlay(rootfs, host.upper, host.work, host.root, plan.PREFIX + host.name)
@@ -240,12 +255,16 @@ def prepare_root(host: HostSpec, rootfs: Path, client_public: str, standin: dict
     private, public = generate_ed25519(f"root@{host.name}")
     _put(r, "/etc/ssh/ssh_host_ed25519_key", private, 0o600)
     _put(r, "/etc/ssh/ssh_host_ed25519_key.pub", (public + "\n").encode(), 0o644)
-    if host.role != "lb":                       # a load balancer runs no kube-apiserver
+    if host.role in ("controller", "worker"):   # a load balancer or an idp runs no kube-apiserver
         for name, data in standin.items():
             _put(r, f"{plan.STANDIN_LIB}/k8sboot/{name}", data, 0o644)
         _put(r, "/usr/local/bin/kube-apiserver", plan.STANDIN_LAUNCHER.encode(), 0o755)
     for path, mode, content in plan.build_role_files(host, ready_delay):
         _put(r, path, content.encode(), mode)
+    for path, mode, data in extra_files:
+        _mkdirs_readable(r, path.rsplit("/", 1)[0])     # e.g. nginx's workers (www-data) read these
+        _put(r, path, data, mode)
+        os.chmod(Path(str(r) + path), mode)             # exactly `mode`, whatever the umask took away
     for path, target in plan.ROLE_LINKS.get(host.role, ()):
         _link(r, path, target)
     return " ".join(public.split()[:2])

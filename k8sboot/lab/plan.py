@@ -6,7 +6,9 @@ clock, so `tests/unit/test_lab_plan.py` covers it without root. The effects live
 
 Network rule: the lab uses 10.240.0.0/24 only. The workstation side of the bridge is
 10.240.0.1; controller-i is 10.240.0.(10+i), workers follow the controllers; the load balancer
-lb-0 (`lab up --lb`) is 10.240.0.5, below the controllers, so adding it never moves a host.
+lb-0 (`lab up --lb`) is 10.240.0.5, below the controllers, so adding it never moves a host; the
+identity provider idp-0 (`lab up --idp`) is 10.240.0.2, below the load balancers (.2 .. .4 are
+the idps' range, .5 .. .9 the LBs'), so adding it never moves a host either.
 Hosts get no default route and no IPv6; a blackhole route for 10.240.0.0/16 keeps a leftover client from
 sending lab traffic anywhere else once the bridge is gone.
 """
@@ -34,7 +36,9 @@ FIRST_HOST = 10                                   # controller-0 = 10.240.0.10
 MAX_HOSTS = 200                                   # .10 .. .209
 FIRST_LB = 5                                      # lb-0 = 10.240.0.5
 MAX_LBS = FIRST_HOST - FIRST_LB                   # .5 .. .9
-ROLES = ("controller", "worker", "lb")
+FIRST_IDP = 2                                     # idp-0 = 10.240.0.2 (`lab up --idp`)
+MAX_IDPS = FIRST_LB - FIRST_IDP                   # .2 .. .4
+ROLES = ("controller", "worker", "lb", "idp")
 INOTIFY_INSTANCES = 4096                          # each booted host holds ~7 inotify instances
 
 STATE_DIR = Path("/run/k8sboot-lab")              # a tmpfs: state file, known_hosts, host dirs
@@ -51,6 +55,10 @@ LIB_DIR = Path("/var/lib/k8sboot")
 ROOTFS_DIR = LIB_DIR / "rootfs"                   # <recipe-hash>/ = one built root
 KEY_DIR = LIB_DIR / "lab"                         # the lab's client key (kept across up/down)
 CLIENT_KEY = KEY_DIR / "id_ed25519"
+# The lab's OIDC identity provider (`lab up --idp`, k8sboot/lab/idp.py): its own small CA, the
+# serving pair of idp-0 and the ID-token signing key, kept across `lab down` like the client key,
+# so the CA path in an inventory and the tokens minted stay valid over a down/up.
+IDP_DIR = KEY_DIR / "idp"
 DEBOOTSTRAP_CACHE = Path("/var/cache/k8sboot/debootstrap")
 CGROUP_NAME = "k8sboot-lab"                       # /sys/fs/cgroup/<hierarchy>/.../k8sboot-lab/<machine>
 READY_MARK = ".k8sboot-rootfs.json"               # written last into a finished root: the recipe
@@ -63,11 +71,25 @@ STANDIN_LIB = "/usr/local/lib/k8sboot-standin"
 # /usr/bin/python3 from these files alone.
 STANDIN_MODULES = ("__init__.py", "tokens.py", "errors.py")
 STANDIN_PACKAGES = ("standin", "authn", "rbac")
+# The stand-in's third-party Python packages that Debian's python3 lacks, copied at build time
+# from this machine's venv into the cached root (ROOTFS_DIR, see rootfs.copy_vendored): a
+# sibling of STANDIN_LIB, on the launcher's sys.path. The venv and the lab's Debian python3 are
+# both CPython 3.11, so the venv's compiled extension modules load there as they are.
+STANDIN_DEPS = "/usr/local/lib/k8sboot-standin-deps"
+# cel-expr-python (Google's CEL C++ runtime, `from cel_expr_python import cel`): only what the
+# stand-in imports, as globs under the package directory (the whole wheel is ~50 MB; this ~28 MB).
+# The package has no __init__.py (a namespace package); the ones listed are copied if a version has them.
+CEL_DIST = "cel-expr-python"
+CEL_PACKAGE = "cel_expr_python"
+CEL_FILES = ("__init__.py", "cel.*.so", "cel.pyi", "ext/__init__.py",
+             "ext/ext_strings.*.so", "ext/ext_strings.pyi", "ext/ext_optional.*.so", "ext/ext_optional.pyi")
+CEL_REQUIRED = ("cel.*.so", "ext/ext_strings.*.so", "ext/ext_optional.*.so")
 STANDIN_LAUNCHER = """\
 #!/usr/bin/python3
 # kube-apiserver STAND-IN installed by `k8sboot lab up`: not Kubernetes. See k8sboot/standin/.
 import os, sys
 sys.path.insert(0, "/usr/local/lib/k8sboot-standin")
+sys.path.insert(1, "/usr/local/lib/k8sboot-standin-deps")   # cel_expr_python (lab root, plan.STANDIN_DEPS)
 from k8sboot.standin import main
 code = main(sys.argv[1:])
 sys.stdout.flush(); sys.stderr.flush()
@@ -80,7 +102,7 @@ class HostSpec:
     """One lab host: everything that names it, derived from its role and index."""
 
     name: str            # controller-0
-    role: str            # controller | worker | lb
+    role: str            # controller | worker | lb | idp
     address: str         # 10.240.0.10
     mac: str             # 02:00:0a:f0:00:0a, fixed per address (a reset keeps the ARP entry valid)
     netns: str           # k8sb-controller-0
@@ -120,13 +142,18 @@ def mac_for(address: str) -> str:
 
 def host_spec(role: str, index: int, position: int) -> HostSpec:
     """The `index`-th host of `role`, at lab `position` (0-based over controllers then workers);
-    a load balancer's address comes from its index alone (lb-i = 10.240.0.(5+i))."""
+    a load balancer's address comes from its index alone (lb-i = 10.240.0.(5+i)), an identity
+    provider's too (idp-i = 10.240.0.(2+i))."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     if role == "lb":
         if not 0 <= index < MAX_LBS:
             raise ValueError(f"the lab holds at most {MAX_LBS} load balancers")
         octet = FIRST_LB + index
+    elif role == "idp":
+        if not 0 <= index < MAX_IDPS:
+            raise ValueError(f"the lab holds at most {MAX_IDPS} identity providers")
+        octet = FIRST_IDP + index
     else:
         if not 0 <= position < MAX_HOSTS:
             raise ValueError(f"the lab holds at most {MAX_HOSTS} hosts")
@@ -137,9 +164,10 @@ def host_spec(role: str, index: int, position: int) -> HostSpec:
                     netns=PREFIX + name, veth=f"{VETH_PREFIX}{octet}", machine=PREFIX + name)
 
 
-def build_host_specs(controllers: int, workers: int, load_balancers: int = 0) -> tuple[HostSpec, ...]:
-    """In address order: lb-0.. at .5.., controller-0.. at .10.., then worker-0.. right after
-    the controllers."""
+def build_host_specs(controllers: int, workers: int, load_balancers: int = 0,
+                     idps: int = 0) -> tuple[HostSpec, ...]:
+    """In address order: idp-0.. at .2.., lb-0.. at .5.., controller-0.. at .10.., then
+    worker-0.. right after the controllers."""
     if controllers < 1:
         raise ValueError("the lab needs at least one controller")
     if workers < 0:
@@ -148,7 +176,10 @@ def build_host_specs(controllers: int, workers: int, load_balancers: int = 0) ->
         raise ValueError(f"the lab holds at most {MAX_HOSTS} hosts ({controllers + workers} asked)")
     if not 0 <= load_balancers <= MAX_LBS:
         raise ValueError(f"the lab holds 0 to {MAX_LBS} load balancers ({load_balancers} asked)")
-    specs = [host_spec("lb", k, k) for k in range(load_balancers)]
+    if not 0 <= idps <= MAX_IDPS:
+        raise ValueError(f"the lab holds 0 to {MAX_IDPS} identity providers ({idps} asked)")
+    specs = [host_spec("idp", k, k) for k in range(idps)]
+    specs += [host_spec("lb", k, k) for k in range(load_balancers)]
     specs += [host_spec("controller", i, i) for i in range(controllers)]
     specs += [host_spec("worker", j, controllers + j) for j in range(workers)]
     return tuple(specs)
@@ -199,6 +230,9 @@ PACKAGES = (
     # In every root (one cache for all roles) but disabled there: only lb-0 enables it
     # (ROLE_LINKS), so no controller or worker ever runs it.
     "haproxy",
+    # the identity provider (`lab up --idp`): Debian's nginx serving OIDC discovery and the JWKS
+    # as static files over HTTPS. Like haproxy: in every root, disabled, enabled only on idp-0.
+    "nginx",
     # etcd (`k8sboot deploy-etcd`): Debian's etcd-server (/usr/bin/etcd), the one deploy-etcd installs
     # on a real Debian controller, and etcd-client (etcdctl, for the tests and for learners)
     "etcd-server", "etcd-client",
@@ -236,9 +270,10 @@ ROOTFS_MASK = (
 )
 ROOTFS_ENABLE = ("ssh.service",)
 # Installed but not started at boot: haproxy's package enables itself; only lb-0 turns it on.
+# nginx's likewise; only idp-0 turns it on.
 # Debian's etcd.service (a default member on localhost) likewise: `k8sboot deploy-etcd` installs
 # its own unit, /etc/systemd/system/etcd.service, and enables that.
-ROOTFS_DISABLE = ("haproxy.service", "etcd.service")
+ROOTFS_DISABLE = ("haproxy.service", "etcd.service", "nginx.service")
 RECIPE_VERSION = 1   # bump when the build steps in rootfs.py change meaning
 
 
@@ -253,13 +288,16 @@ class RootfsRecipe:
     enable: tuple[str, ...] = ROOTFS_ENABLE
     disable: tuple[str, ...] = ROOTFS_DISABLE
     version: int = RECIPE_VERSION
+    # Python packages copied from this machine's venv into STANDIN_DEPS: ((distribution, version),).
+    # rootfs.current_recipe() fills it from the installed versions, so a new version builds a new root.
+    vendored: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps({
             "suite": self.suite, "variant": self.variant, "packages": sorted(self.packages),
             "files": [[p, m, c] for p, m, c in self.files], "remove_globs": list(self.remove_globs),
             "mask": sorted(self.mask), "enable": sorted(self.enable), "disable": sorted(self.disable),
-            "version": self.version,
+            "version": self.version, "vendored": sorted([d, v] for d, v in self.vendored),
         }, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -329,7 +367,12 @@ def check_mirror_url(uri: str) -> str | None:
 HAPROXY_UNIT = "haproxy.service"
 HAPROXY_WANTS_LINK = ("/etc/systemd/system/multi-user.target.wants/haproxy.service",
                       "/lib/systemd/system/haproxy.service")
-ROLE_LINKS: dict[str, tuple[tuple[str, str], ...]] = {"lb": (HAPROXY_WANTS_LINK,)}
+# idp-0 runs Debian's nginx with the lab's own /etc/nginx/nginx.conf (idp.render_nginx_conf),
+# written into its root before it boots with the static files it serves; enabled the same way.
+NGINX_UNIT = "nginx.service"
+NGINX_WANTS_LINK = ("/etc/systemd/system/multi-user.target.wants/nginx.service",
+                    "/lib/systemd/system/nginx.service")
+ROLE_LINKS: dict[str, tuple[tuple[str, str], ...]] = {"lb": (HAPROXY_WANTS_LINK,), "idp": (NGINX_WANTS_LINK,)}
 
 # `lab up --apiserver-ready-delay SECONDS`: a lab-only drop-in on every controller that makes the
 # kube-apiserver stand-in answer /readyz with a failure for that long after it starts, as a real
@@ -465,10 +508,42 @@ def render_known_hosts(entries: dict[str, str]) -> str:
 
 # --- inventory/lab.yaml ------------------------------------------------------------------------
 
+# `lab up --idp` appends an `authentication:` section naming idp-0 as a JWT issuer to the lab's
+# inventory only while this is True: the inventory loader accepts the key once issue 14's
+# authenticator lands (then this flips to True).
+INVENTORY_AUTHENTICATION = False
+IDP_AUDIENCE = "k8sboot-lab"                      # `lab idp token`'s default `aud`
+
+
+def idp_issuer(host: HostSpec) -> str:
+    """The identity provider's issuer URL: `https://10.240.0.2` (no port, no path, no slash)."""
+    return f"https://{host.address}"
+
+
+def render_idp_authentication(issuer: str, ca_file: Path | str, audiences: tuple[str, ...] = (IDP_AUDIENCE,)) -> str:
+    """The inventory's `authentication:` section for the lab's identity provider: usernames from
+    the `email` claim (no prefix), groups from `groups` with the prefix `oidc:`."""
+    return (
+        "authentication:\n"
+        "  jwt:\n"
+        "    - issuer:\n"
+        f"        url: {issuer}\n"
+        f"        audiences: [{', '.join(audiences)}]\n"
+        f"        certificateAuthorityFile: {ca_file}\n"
+        "      claimMappings:\n"
+        '        username: {claim: email, prefix: ""}\n'
+        '        groups: {claim: groups, prefix: "oidc:"}\n'
+    )
+
 
 def render_lab_inventory(hosts: tuple[HostSpec, ...], identity_file: Path = CLIENT_KEY,
-                         known_hosts: Path = KNOWN_HOSTS) -> str:
+                         known_hosts: Path = KNOWN_HOSTS, idp_ca: Path | None = None,
+                         authentication: bool | None = None) -> str:
     """A full inventory (DESIGN.md schema) for the lab's hosts.
+
+    With an identity provider among `hosts` (`lab up --idp`) and `authentication` (default:
+    INVENTORY_AUTHENTICATION), it ends with the `authentication:` section that trusts it
+    (render_idp_authentication, `idp_ca` = the idp CA's path on this machine).
 
     Clients dial the load balancer when the lab has one (`lab up --lb`), else controller-0. The
     service-account issuer stays controller-0's URL either way: it is the `iss` of every token
@@ -478,6 +553,7 @@ def render_lab_inventory(hosts: tuple[HostSpec, ...], identity_file: Path = CLIE
     controllers = [h for h in hosts if h.role == "controller"]
     workers = [h for h in hosts if h.role == "worker"]
     lbs = [h for h in hosts if h.role == "lb"]
+    idps = [h for h in hosts if h.role == "idp"]
     first = controllers[0].address
     issuer = f"https://{first}:6443"
     endpoint = f"https://{lbs[0].address}:6443" if lbs else issuer
@@ -528,4 +604,6 @@ def render_lab_inventory(hosts: tuple[HostSpec, ...], identity_file: Path = CLIE
         f"controllers:{host_lines(controllers)}"
         f"workers:{host_lines(workers)}"
         f"load_balancers:{host_lines(lbs)}"
+        + (render_idp_authentication(idp_issuer(idps[0]), idp_ca or IDP_DIR / "ca.pem") if idps and
+           (INVENTORY_AUTHENTICATION if authentication is None else authentication) else "")
     )

@@ -4,7 +4,8 @@
 (`/var/lib/k8sboot/rootfs/bookworm-<hash>`), building it first when it is missing: debootstrap
 (minbase + the recipe's packages, with a package cache under /var/cache/k8sboot), then the
 recipe's customisation (sshd drop-in, empty machine-id and resolv.conf, no baked host keys,
-masked units, haproxy installed but disabled). A root is complete only when its ready mark (the recipe JSON) exists; it is built
+masked units, haproxy and nginx installed but disabled, and the stand-in's CEL library copied
+from this machine's venv into plan.STANDIN_DEPS: see copy_vendored). A root is complete only when its ready mark (the recipe JSON) exists; it is built
 under `<dir>.tmp` and renamed into place, so a killed build leaves nothing that looks usable.
 Roots of older recipes are removed once no host uses them. Nothing per-host goes in here: host
 keys, hostname, the kube-apiserver stand-in and what a role turns on (haproxy on lb-0) are written
@@ -61,9 +62,33 @@ def resolve_mirror(mirror: str | None) -> str:
     return found
 
 
+def vendored_package_dir(dist: str = plan.CEL_DIST, package: str = plan.CEL_PACKAGE) -> tuple[str, Path]:
+    """(version, directory) of a Python package installed beside k8sboot (the venv), found
+    without importing it. LabError (one line, with the fix) when it is not installed."""
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        version = importlib.metadata.version(dist)
+        spec = importlib.util.find_spec(package)
+    except (importlib.metadata.PackageNotFoundError, ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise LabError(f"the lab's kube-apiserver stand-in needs the Python package {dist}, which is not "
+                       "installed beside k8sboot", hint=f"`make deps` (or: pip install {dist})")
+    return version, Path(list(spec.submodule_search_locations)[0])
+
+
+def current_recipe() -> RootfsRecipe:
+    """The recipe with the installed versions of the packages copied into the root: a new
+    cel-expr-python makes a new root."""
+    version, _ = vendored_package_dir()
+    return RootfsRecipe(vendored=((plan.CEL_DIST, version),))
+
+
 def find_rootfs(recipe: RootfsRecipe | None = None, base: Path = plan.ROOTFS_DIR) -> Path | None:
-    """The finished root for `recipe`, or None."""
-    recipe = recipe or RootfsRecipe()
+    """The finished root for `recipe` (default: current_recipe()), or None."""
+    recipe = recipe or current_recipe()
     d = recipe.directory(base)
     return d if (d / plan.READY_MARK).is_file() else None
 
@@ -72,7 +97,7 @@ def ensure_rootfs(mirror: str | None = None, report: Reporter | None = None,
                   recipe: RootfsRecipe | None = None, base: Path = plan.ROOTFS_DIR,
                   cache_dir: Path = plan.DEBOOTSTRAP_CACHE) -> tuple[Path, bool]:
     """(root directory, built now?). Builds at most once per recipe, under a lock."""
-    recipe = recipe or RootfsRecipe()
+    recipe = recipe or current_recipe()
     done = find_rootfs(recipe, base)
     if done:
         return done, False
@@ -159,6 +184,49 @@ def customise_root(root: Path, recipe: RootfsRecipe) -> None:
             if r.returncode != 0:
                 raise LabError(f"customising the lab's root: systemctl {verb} failed: "
                                f"{(r.stderr or r.stdout).strip()}")
+    for dist, version in recipe.vendored:
+        copy_vendored(root, dist, version)
+
+
+# what of each vendored distribution goes into the root: (package, globs, required globs)
+VENDORED = {plan.CEL_DIST: (plan.CEL_PACKAGE, plan.CEL_FILES, plan.CEL_REQUIRED)}
+
+
+def copy_vendored(root: Path, dist: str, version: str, source: Path | None = None) -> list[str]:
+    """Copy the files of `dist` the stand-in needs (VENDORED) from the installed package into
+    `root` + plan.STANDIN_DEPS; returns their paths under it. The installed version must be the
+    recipe's, and its extension modules must be for the root's Python (the venv's and the lab's
+    Debian python3 are both CPython 3.11)."""
+    import fnmatch
+
+    package, globs, required = VENDORED[dist]
+    installed, pkg_dir = vendored_package_dir(dist, package)
+    source = source or pkg_dir
+    if installed != version:
+        raise LabError(f"building the lab's Debian root: {dist} {installed} is installed, the recipe "
+                       f"names {version}", hint="run the command again")
+    files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+    chosen = [f for f in files if any(fnmatch.fnmatchcase(f, g) for g in globs)]
+    missing = [g for g in required if not any(fnmatch.fnmatchcase(f, g) for f in chosen)]
+    if missing:
+        raise LabError(f"building the lab's Debian root: {dist} in {source} has no {', '.join(missing)}",
+                       hint=f"reinstall it: `make deps` (or: pip install --force-reinstall {dist})")
+    pythons = {p.name.replace("python", "").replace(".", "") for p in (root / "usr/lib").glob("python3.*")
+               if (p / "os.py").exists()}
+    for f in chosen:
+        tags = [t for t in (f"cpython-{v}-" for v in pythons) if t in f]
+        if f.endswith(".so") and not tags:
+            raise LabError(f"building the lab's Debian root: {dist}'s {f} is not for the root's Python "
+                           f"(python3 {', '.join(sorted(pythons)) or 'not found'})",
+                           hint="the venv must use CPython 3.11, as Debian bookworm does (`make clean deps`)")
+    dest = Path(str(root) + plan.STANDIN_DEPS) / package
+    for f in chosen:
+        target = dest / f
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(target.parent, 0o755)
+        shutil.copyfile(source / f, target)
+        os.chmod(target, 0o644)
+    return [f"{package}/{f}" for f in chosen]
 
 
 def prune_rootfs(keep: Path, base: Path = plan.ROOTFS_DIR) -> list[Path]:

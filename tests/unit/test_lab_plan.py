@@ -141,7 +141,7 @@ def test_haproxy_is_in_every_root_but_disabled_there_and_enabled_only_in_lb_0s()
     assert "haproxy" in r.packages
     assert "haproxy.service" in r.disable and "haproxy.service" not in r.enable + r.mask
     assert replace(r, disable=()).hash != r.hash                  # part of what the cache is keyed by
-    assert '"disable":["etcd.service","haproxy.service"]' in r.to_json()
+    assert '"disable":["etcd.service","haproxy.service","nginx.service"]' in r.to_json()   # nginx: idp-0's
     link = ("/etc/systemd/system/multi-user.target.wants/haproxy.service", "/lib/systemd/system/haproxy.service")
     lb, c0, w0 = (h for h in build_host_specs(1, 1, 1))
     assert plan.ROLE_LINKS.get(lb.role) == (link,)
