@@ -28,6 +28,7 @@ Examples:
   sudo k8sboot lab up --lb                 # plus lb-0 at 10.240.0.5 (HAProxy); api_endpoint = lb-0
   sudo k8sboot lab up --lb --apiserver-ready-delay 2   # the stand-in is ready 2 s after each start
   sudo k8sboot lab up                      # again without --lb: stops lb-0, removes the delay
+  sudo k8sboot lab up --lb --idp           # plus idp-0 at 10.240.0.2: OIDC discovery + JWKS (nginx)
   sudo k8sboot lab up --mirror URL        # another Debian mirror (default: your apt sources)
   ssh -i /var/lib/k8sboot/lab/id_ed25519 -o UserKnownHostsFile=/run/k8sboot-lab/known_hosts root@10.240.0.10
 """
@@ -106,6 +107,9 @@ def up_cmd(
     lb: bool = typer.Option(False, "--lb", help="Add the load balancer lb-0 (10.240.0.5, Debian's HAProxy with its "
                             "default config until `k8sboot deploy-lb`) and make it the inventory's api_endpoint. "
                             "Without it, a running lb-0 is stopped."),
+    idp: bool = typer.Option(False, "--idp", help="Add the OIDC identity provider idp-0 (10.240.0.2, Debian's nginx "
+                             "serving discovery and the JWKS over HTTPS from the lab's own idp CA; tokens: "
+                             "`k8sboot lab idp token`). Without it, a running idp-0 is stopped."),
     ready_delay: float = typer.Option(0.0, "--apiserver-ready-delay", min=0, max=3600, metavar="SECONDS",
                                       help="Lab only: the kube-apiserver stand-in on every controller fails /readyz "
                                       "for this long after each start (a systemd drop-in; on running hosts it "
@@ -128,11 +132,11 @@ def up_cmd(
     from k8sboot import console, lab
     from k8sboot.lab.lease import LEASE_ENV
 
-    with _Progress(controllers + workers + int(lb)) as progress:
+    with _Progress(controllers + workers + int(lb) + int(idp)) as progress:
         result = lab.up(controllers=controllers, workers=workers, mirror=mirror, inventory=inventory,
                         boot_timeout=timeout, report=progress, lease=os.environ.get(LEASE_ENV) or None,
                         lease_holder=os.getppid(), force=force, load_balancers=int(lb),
-                        apiserver_ready_delay=ready_delay)
+                        apiserver_ready_delay=ready_delay, idp=idp)
     if as_json:
         console.json_out({
             "hosts": [h.to_dict() for h in result.hosts], "started": list(result.started),
@@ -140,7 +144,8 @@ def up_cmd(
             "rootfs_built": result.rootfs_built, "inventory": str(result.inventory),
             "inventory_written": result.inventory_written, "seconds": round(result.seconds, 3),
             "boot_seconds": round(result.boot_seconds, 3),
-            "apiserver_ready_delay": result.apiserver_ready_delay, "reconfigured": list(result.reconfigured)})
+            "apiserver_ready_delay": result.apiserver_ready_delay, "reconfigured": list(result.reconfigured),
+            "idp": _idp_dict(result.idp) if result.idp else None})
         return
     console.table(["name", "role", "address", "state", "memory"], _host_rows(result.hosts),
                   title="k8sboot lab", styles=_STATE_STYLES)
@@ -159,6 +164,9 @@ def up_cmd(
                      "start (lab-only drop-in; running ones take it at their next restart)")
     if "lb-0" in result.started:
         console.info(f"lab: lb-0 runs HAProxy with Debian's default config until `k8sboot deploy-lb -i {result.inventory}`")
+    if result.idp and "idp-0" in result.started:
+        console.info(f"lab: idp-0 serves {result.idp.issuer}/.well-known/openid-configuration (CA "
+                     f"{result.idp.ca_file}); an ID token: k8sboot lab idp token --sub alice --email alice@example.com")
     console.info(f"lab: inventory {'written' if result.inventory_written else 'unchanged'}: {result.inventory}"
                  f" (try: k8sboot gen-certs -i {result.inventory})")
 
@@ -264,6 +272,120 @@ def tutorial_cmd(
         raise typer.Exit(ExitCode.FAILURE)
     console.info(f"tutorial: {len(ran)} commands ran as the article shows them; namespace "
                  f"{tutorial.NAMESPACE} deleted")
+
+
+# --- lab idp -------------------------------------------------------------------------------------
+
+idp_app = typer.Typer(
+    name="idp",
+    help="The lab's OIDC identity provider idp-0 (`k8sboot lab up --idp`): mint ID tokens, show how to trust it.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+lab_app.add_typer(idp_app, name="idp")
+
+IDP_TOKEN_EPILOG = """\
+\b
+Examples:
+  TOK=$(sudo k8sboot lab idp token --sub alice --email alice@example.com --groups dev,ops)
+  sudo k8sboot lab idp token --sub bob --aud k8sboot-lab --aud other --ttl 1h
+  sudo k8sboot lab idp token --sub carol --claim hd=example.com --claim 'roles=["admin"]'
+  sudo k8sboot lab idp token --sub dave --expired            # exp 5 minutes ago: a verifier says 401
+  sudo k8sboot lab idp token --sub erin --not-before 10m     # not valid for another 10 minutes
+  sudo k8sboot lab idp token --sub alice --json              # {"token": ..., "claims": {...}}
+"""
+
+
+def _idp_dict(material) -> dict:
+    return {"issuer": material.issuer, "address": material.address, "kid": material.kid,
+            "certificate_authority_file": str(material.ca_file),
+            "discovery_url": material.issuer + "/.well-known/openid-configuration",
+            "jwks_uri": material.discovery["jwks_uri"]}
+
+
+@idp_app.command("token", epilog=IDP_TOKEN_EPILOG)
+def idp_token_cmd(
+    sub: str = typer.Option(..., "--sub", metavar="SUBJECT", help="The `sub` claim."),
+    email: str = typer.Option(None, "--email", metavar="EMAIL", help="The `email` claim."),
+    email_verified: bool = typer.Option(None, "--email-verified/--no-email-verified",
+                                        help="The `email_verified` claim (default: true when --email is given)."),
+    groups: str = typer.Option(None, "--groups", metavar="A,B", help="The `groups` claim, a list (comma-separated; "
+                               "'' for an empty list)."),
+    audiences: list[str] = typer.Option(None, "--aud", metavar="AUD",
+                                        help="An audience; repeat for several (default: k8sboot-lab)."),
+    claims: list[str] = typer.Option(None, "--claim", metavar="KEY=VALUE",
+                                     help="Any claim; VALUE as JSON when it parses (3, true, [\"a\"], {...}), else a "
+                                     "string. Repeatable; wins over the options above."),
+    ttl: str = typer.Option("10m", "--ttl", metavar="DURATION", help="Lifetime from iat/nbf: 90s, 10m, 1h, 1d."),
+    not_before: str = typer.Option(None, "--not-before", metavar="WHEN",
+                                   help="The `nbf` claim: a duration from now (10m; -5m for the past), Unix "
+                                   "seconds or an RFC 3339 time (default: now)."),
+    expired: bool = typer.Option(False, "--expired", help="A token that expired 5 minutes ago."),
+    issuer: str = typer.Option(None, "--issuer", metavar="URL", help="The `iss` claim (default: the idp's, "
+                               "https://10.240.0.2)."),
+    as_json: bool = json_option,
+) -> None:
+    """Mint an RS256 ID token signed with idp-0's key (header kid = its JWKS kid); prints only the token."""
+    import datetime as dt
+
+    from k8sboot import console
+    from k8sboot.lab import idp, plan
+    from k8sboot.tokens import parse_duration
+
+    now = dt.datetime.now(dt.timezone.utc)
+    try:
+        lifetime = parse_duration(ttl)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--ttl'") from None
+    try:
+        nbf = idp.parse_time(not_before, now) if not_before is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--not-before'") from None
+    extra = {}
+    for text in claims or ():
+        try:
+            key, value = idp.parse_claim(text)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--claim'") from None
+        extra[key] = value
+    group_list = None if groups is None else [g.strip() for g in groups.split(",") if g.strip()]
+    host = idp.require_lab_idp()
+    try:
+        body = idp.build_claims(sub, audiences=tuple(audiences or (plan.IDP_AUDIENCE,)), email=email,
+                                email_verified=email_verified, groups=group_list, claims=extra, ttl=lifetime,
+                                not_before=nbf, expired=expired, issuer=issuer or plan.idp_issuer(host), now=now)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    token = idp.sign(body, plan.IDP_DIR)
+    if as_json:
+        console.json_out({"token": token, "claims": body})
+    else:
+        console.data(token)
+
+
+@idp_app.command("show")
+def idp_show_cmd(as_json: bool = json_option) -> None:
+    """The idp's issuer URL, CA file and JWKS kid, and the inventory section that trusts it."""
+    from k8sboot import console
+    from k8sboot.lab import idp, plan
+
+    host = idp.require_lab_idp()
+    issuer = plan.idp_issuer(host)
+    ca = plan.IDP_DIR / idp.CA_FILE
+    kid = idp.kid(plan.IDP_DIR)
+    snippet = plan.render_idp_authentication(issuer, ca)
+    if as_json:
+        console.json_out({"issuer": issuer, "address": host.address, "certificate_authority_file": str(ca),
+                          "kid": kid, "discovery_url": issuer + idp.DISCOVERY_PATH,
+                          "jwks_uri": issuer + idp.JWKS_PATH, "inventory": snippet})
+        return
+    console.data(f"issuer:         {issuer}\n"
+                 f"discovery:      {issuer}{idp.DISCOVERY_PATH}\n"
+                 f"jwks_uri:       {issuer}{idp.JWKS_PATH}\n"
+                 f"CA file:        {ca}\n"
+                 f"JWKS kid:       {kid}\n"
+                 f"\n# inventory (paste at the top level):\n{snippet}")
 
 
 def register(app: typer.Typer) -> None:
