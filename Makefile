@@ -10,8 +10,10 @@ PY := $(VENV)/bin/python
 K8SBOOT := $(VENV)/bin/k8sboot
 # python3-{cryptography,jwt,openssl}: the lab stand-in's libraries, tested under the system python too
 # iptables: the lab fault tests delay/lose packets with an NFQUEUE where the kernel has no sch_netem
+# nginx: the unit tests check and run the lab idp's config (idp-0, `lab up --idp`) with the real nginx;
+# its package starts a web server on port 80 where systemd runs: `apt` stops and disables it again
 APT_PACKAGES := systemd-container debootstrap openssh-client openssl curl jq iproute2 procps iptables haproxy \
-	python3 python3-cryptography python3-jwt python3-openssl
+	nginx python3 python3-cryptography python3-jwt python3-openssl
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: deps apt venv kubectl bench-deps demo demo-offline tutorial test test-unit bench bench-quick bench-gen-certs bench-lab bench-deploy clean
@@ -24,7 +26,8 @@ apt:
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then echo "make: missing apt packages:$$missing (sudo apt-get install$$missing); lab tests need root" >&2; exit 0; fi; \
 	echo "make: apt-get install$$missing" >&2; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit $$?; \
+	case " $$missing " in *" nginx "*) systemctl disable --now nginx.service >/dev/null 2>&1 || true;; esac
 
 # Byte code for our own modules, as pip writes it for a normal install: an editable install under
 # PYTHONDONTWRITEBYTECODE=1 (set on some machines) would compile them again on every command (~60 ms).
