@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
@@ -31,6 +31,12 @@ class AuthenticatorConfig:
     service_account_issuers: tuple[str, ...] = ()            # --service-account-issuer (repeatable)
     api_audiences: tuple[str, ...] = ()                      # --api-audiences
     anonymous_auth: bool = True                              # --anonymous-auth (server default: true)
+    # --authentication-config's JWT authenticators (oidc.Compiled), tried after the ServiceAccount
+    # authenticator, and how to get an issuer's JWKS (oidc.KeysFor; raises oidc.JwksError)
+    jwt: tuple[Any, ...] = ()
+    jwt_keys: Any = field(default=None, compare=False, hash=False)
+    # the anonymous block's conditions: anonymous only for these paths (empty: every path)
+    anonymous_paths: tuple[str, ...] = ()
 
     @property
     def audiences(self) -> tuple[str, ...]:

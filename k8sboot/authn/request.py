@@ -49,6 +49,7 @@ def authenticate_request(
     *,
     intermediates_der: Sequence[bytes] = (),
     service_accounts: ServiceAccountLookup | None = None,
+    path: str | None = None,
 ) -> AuthResult:
     """kube-apiserver's request authentication: x509, then bearer token, then anonymous.
 
@@ -64,9 +65,29 @@ def authenticate_request(
         result = authenticate_token(token, config, now, service_accounts=service_accounts)
         if result.authenticated:
             return AuthResult(result.user, result.authenticator, tuple(failures))
+        if config.jwt:
+            # the JWT authenticators come after the ServiceAccount one in the API server's union;
+            # the first that accepts the token wins, and a token neither knows gets both reasons
+            import k8sboot.authn.oidc as oidc
+
+            jwt_result = oidc.authenticate(token, config.jwt, now, config.jwt_keys)
+            if jwt_result.authenticated:
+                return AuthResult(jwt_result.user, jwt_result.authenticator, tuple(failures))
+            if any(f.is_error for f in jwt_result.failures):
+                # the token is one of the JWT issuers': the ServiceAccount verdict is noise
+                result = AuthResult(None, "", tuple(f for f in result.failures
+                                                    if f.reason != Reason.TOKEN_WRONG_ISSUER))
+            failures.extend(jwt_result.failures)
         failures.extend(result.failures)
     if any(f.is_error for f in failures):
         return AuthResult(None, "", tuple(failures))
+    if config.anonymous_auth and config.anonymous_paths and path is not None \
+            and path not in config.anonymous_paths:
+        # the authentication config's anonymous block with conditions: anonymous only there
+        return AuthResult(None, "", (*failures, Failure(
+            ANONYMOUS, Reason.ANONYMOUS_DISABLED,
+            f"anonymous requests are allowed only for {', '.join(config.anonymous_paths)} "
+            "(authentication config, anonymous.conditions)")))
     if config.anonymous_auth:
         anon = anonymous(config)
         return AuthResult(anon.user, anon.authenticator, tuple(failures))
