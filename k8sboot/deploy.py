@@ -167,13 +167,14 @@ def read_local_pki(inventory: Inventory) -> dict[str, bytes]:
     """The PKI files every controller gets, read from the local PKI dir; all missing ones named."""
     from k8sboot.store import check_no_interrupted_write, read_optional
 
-    from k8sboot import rotation
-
     pki_dir = Path(inventory.pki.dir)
     check_no_interrupted_write(pki_dir)    # never ship a key beside the wrong half-written cert
     out: dict[str, bytes] = {}
     missing = []
-    for spec in rotation.controller_files(inventory.rotation):
+    for spec in controller_files(inventory):
+        if spec.local_name in layout.RENDERED_FILES:
+            out[spec.local_name] = rendered_file(inventory, spec.local_name)
+            continue
         path = pki_dir / spec.local_name
         data = read_optional(path)
         if data is None:
@@ -239,7 +240,19 @@ def controller_files(inventory: Inventory) -> tuple[layout.RemoteFile, ...]:
     """The path table's controller files, with a rotation's second key pair while it needs one."""
     from k8sboot import rotation
 
-    return rotation.controller_files(inventory.rotation)
+    files = rotation.controller_files(inventory.rotation)
+    if inventory.authentication is not None:
+        files = (*files, layout.AUTHENTICATION_CONFIG)
+    return files
+
+
+def rendered_file(inventory: Inventory, local_name: str) -> bytes:
+    """A controller file made from the inventory rather than read from the PKI dir."""
+    if local_name == layout.AUTHENTICATION_CONFIG_FILE and inventory.authentication is not None:
+        from k8sboot.authn import oidc
+
+        return oidc.render(inventory.authentication)
+    raise KeyError(local_name)
 
 
 def apiserver_fact_request(inventory: Inventory, *, binary: bool, sections=()) -> "object":

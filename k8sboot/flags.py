@@ -128,6 +128,14 @@ def build_apiserver_flags(inventory: Inventory, host: Host) -> Flags:
     if tuple(cluster.api_audiences) != (cluster.service_account_issuer,):
         at = next(i for i, (name, _) in enumerate(flags) if name == "service-account-issuer")
         flags.insert(at + 1, ("api-audiences", ",".join(cluster.api_audiences)))
+    auth = inventory.authentication
+    if auth is not None:
+        # structured authentication (issue 14): the file replaces --oidc-*; with its anonymous block
+        # the API server refuses --anonymous-auth, so the block alone decides
+        at = next(i for i, (name, _) in enumerate(flags) if name == "anonymous-auth")
+        flags.insert(at + 1, ("authentication-config", pki(layout.AUTHENTICATION_CONFIG_FILE)))
+        if getattr(auth, "anonymous", None) is not None:
+            del flags[at]
     if inventory.rotation is not None:
         # a rotation's phase (pki/rotation.yaml): the service-account key files and issuers repeated
         from k8sboot import rotation

@@ -210,6 +210,7 @@ class _Reader:
             _Field("controllers", _hosts, required=True),
             _Field("workers", _hosts, default=()),
             _Field("load_balancers", _hosts, default=()),
+            _Field("authentication", _plain, default=None),
         ))
         cluster: ClusterSpec = top["cluster"]
         controllers: tuple[Host, ...] = top["controllers"]
@@ -234,9 +235,65 @@ class _Reader:
                 f"{self.path}{':' + str(line) if line else ''}: pki.cert_validity_days: "
                 f"{pki.cert_validity_days} days outlives the CA ({pki.ca_validity_days} days)",
                 hint="a leaf cannot be valid longer than the CA that signs it")
+        authentication = None
+        if top["authentication"] is not None:
+            authentication, apiserver = self._authentication(top["authentication"], cluster, apiserver)
         return Inventory(path=self.path, cluster=cluster, pki=pki, apiserver=apiserver, ssh=ssh,
                          controllers=controllers, workers=workers, load_balancers=load_balancers,
-                         etcd=etcd, lines=dict(self.lines))
+                         etcd=etcd, authentication=authentication, lines=dict(self.lines))
+
+    def _line_of(self, key_path: str) -> str:
+        """`:14` for the key path or its nearest parent that has a line."""
+        probe = key_path
+        while probe:
+            if probe in self.lines:
+                return f":{self.lines[probe]}"
+            cut = max(probe.rfind("."), probe.rfind("["))
+            probe = probe[:cut] if cut > 0 else ""
+        return ""
+
+    def _authentication(self, data, cluster: ClusterSpec, apiserver: ApiserverSpec):
+        """The `authentication:` section, checked as kube-apiserver checks the file it becomes
+        (k8sboot.authn.oidc: issuers, audiences, mappings, every CEL expression compiled)."""
+        from k8sboot.authn import cel, oidc
+
+        version = oidc.parse_version(apiserver.version)
+        try:
+            config = oidc.parse(data, root="authentication", version=version,
+                                service_account_issuers=(cluster.service_account_issuer,),
+                                base_dir=self.path.parent)
+        except oidc.ConfigError as exc:
+            raise InventoryError(f"{self.path}{self._line_of(exc.key_path)}: {exc.key_path}: {exc.message}",
+                                 hint=exc.hint) from None
+        except cel.CelUnavailable as exc:
+            raise InventoryError(f"{self.path}{self._line_of('authentication')}: authentication: {exc}",
+                                 hint="reinstall k8sboot's dependencies: make deps") from None
+        extra = dict(apiserver.extra_flags)
+        for name in extra:
+            if name.startswith("oidc-") or name == "authentication-config":
+                key = f"apiserver.extra_flags.{name}"
+                raise InventoryError(
+                    f"{self.path}{self._line_of(key)}: {key}: --{name} cannot be combined with the authentication: "
+                    "section (kube-apiserver exits when --authentication-config meets an --oidc-* flag)",
+                    hint="move the issuer into authentication.jwt (issuer.url, audiences, claimMappings)")
+        if version < (1, 30):
+            gates = extra.get("feature-gates", "")
+            if "StructuredAuthenticationConfiguration=true" not in gates.replace(" ", ""):
+                raise InventoryError(
+                    f"{self.path}{self._line_of('apiserver.version')}: apiserver.version: {apiserver.version}: "
+                    "structured authentication configuration is alpha in 1.29 and off by default",
+                    hint="add apiserver.extra_flags.feature-gates: StructuredAuthenticationConfiguration=true, "
+                         "or run 1.30 or later")
+        if config.anonymous is not None:
+            for key in ("apiserver.anonymous_auth", "apiserver.extra_flags.anonymous-auth"):
+                if key in self.lines:
+                    raise InventoryError(
+                        f"{self.path}{self._line_of(key)}: {key}: cannot be set together with "
+                        "authentication.anonymous (kube-apiserver exits: --anonymous-auth cannot be combined "
+                        "with the anonymous block)",
+                        hint="remove this line: authentication.anonymous.enabled decides")
+            apiserver = dataclasses.replace(apiserver, anonymous_auth=config.anonymous.enabled)
+        return config, apiserver
 
     def _check_unique(self, root, controllers, workers, load_balancers=()) -> None:
         groups = [("controllers", controllers), ("workers", workers), ("load_balancers", load_balancers)]
@@ -554,6 +611,7 @@ def _apiserver(r: _Reader, node: yaml.Node, kp: str) -> ApiserverSpec:
         # the real server's bounds: "must be between 1 hour and 2^32 seconds"
         _Field("service_account_max_token_expiration", _seconds(3600, 2**32), default=86400),
         _Field("service_account_extend_token_expiration", _bool, default=False),
+        _Field("version", _kubernetes_version, default=DEFAULT_KUBERNETES_VERSION),
     ))
     if not v["authorization_mode"]:
         r.fail(node, f"{kp}.authorization_mode", "must name at least one mode", hint="e.g. [Node, RBAC]")
@@ -563,6 +621,43 @@ def _apiserver(r: _Reader, node: yaml.Node, kp: str) -> ApiserverSpec:
 
 
 _ETCD_DEFAULT_DATA = "/var/lib/etcd/default"
+# apiserver.version's default: the release whose API the rendered files follow (1.34 made the
+# structured authentication configuration GA, apiserver.config.k8s.io/v1)
+DEFAULT_KUBERNETES_VERSION = "1.34"
+
+
+def _kubernetes_version(r: _Reader, node: yaml.Node, kp: str) -> str:
+    from k8sboot.authn import oidc
+
+    value = str(r.scalar(node, kp)).strip()
+    try:
+        major, minor = oidc.parse_version(value)
+    except ValueError as exc:
+        r.fail(node, kp, str(exc), hint="the kube-apiserver release you run, e.g. 1.34")
+    if major != 1 or minor < 20 or minor > 99:
+        r.fail(node, kp, f"'{value}' is not a kube-apiserver release k8sboot knows (1.20 or later)")
+    return f"{major}.{minor}"
+
+
+def _plain(r: _Reader, node: yaml.Node, kp: str):
+    """A subtree as plain YAML values (mappings, lists, scalars), with the line of every key path
+    recorded, for a section validated by a module of its own (`authentication`)."""
+    r.lines[kp] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                r.fail(key_node, kp, "keys must be plain words")
+            key = str(key_node.value)
+            sub = f"{kp}.{key}"
+            if key in out:
+                r.fail(key_node, sub, "duplicate key")
+            out[key] = _plain(r, value_node, sub)
+            r.lines[sub] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(r, child, f"{kp}[{i}]") for i, child in enumerate(node.value)]
+    return r.scalar(node, kp)
 
 
 def _etcd_data_dir(r: _Reader, node: yaml.Node, kp: str) -> str:

@@ -36,6 +36,9 @@ ETCD_PEER = "etcd-peer"                           # every member's peer cert, se
 APISERVER_ETCD_CLIENT = "apiserver-etcd-client"   # kube-apiserver's client cert to etcd
 ETCD_HEALTHCHECK_CLIENT = "etcd-healthcheck-client"   # the deploy gate's (workstation only)
 ENCRYPTION_CONFIG_FILE = "encryption-config.yaml"
+# --authentication-config (issue 14): rendered from the inventory's authentication: section, not a
+# PKI-dir file; shipped with the PKI files through the same path table
+AUTHENTICATION_CONFIG_FILE = "authentication-config.yaml"
 
 
 def cert_file(name: str) -> str:
@@ -97,8 +100,14 @@ CONTROLLER_FILES: tuple[RemoteFile, ...] = (
     _remote(key_file(APISERVER_ETCD_CLIENT), KEY_MODE),
 )
 
+# Only with an `authentication:` section in the inventory (deploy.controller_files adds it). Not a
+# secret (issuer URLs, audiences, CA certs), but root's alone like the other config files.
+AUTHENTICATION_CONFIG = _remote(AUTHENTICATION_CONFIG_FILE, KEY_MODE)
+# Files rendered from the inventory rather than read from the PKI dir.
+RENDERED_FILES = frozenset({AUTHENTICATION_CONFIG_FILE})
+
 # Keyed by local file name, for the flags module: `remote_path("ca.pem")`.
-_BY_LOCAL = {f.local_name: f for f in CONTROLLER_FILES}
+_BY_LOCAL = {f.local_name: f for f in (*CONTROLLER_FILES, AUTHENTICATION_CONFIG)}
 
 
 def remote_path(local_name: str) -> str:
@@ -117,6 +126,9 @@ def remote_path(local_name: str) -> str:
 PICKED_UP_WITHOUT_RESTART: dict[str, str] = {
     cert_file(APISERVER): "--tls-cert-file (re-read about every minute)",
     key_file(APISERVER): "--tls-private-key-file (re-read about every minute)",
+    # the authentication config controller watches the file and re-reads it (1.30+; the
+    # apiserver_authentication_config_controller_* metrics show each reload and the file's hash)
+    AUTHENTICATION_CONFIG_FILE: "--authentication-config (re-read when it changes)",
 }
 READ_AT_START: dict[str, str] = {
     cert_file(CA): "--client-ca-file is re-read, but --kubelet-certificate-authority is read at start",

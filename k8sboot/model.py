@@ -67,6 +67,9 @@ class ApiserverSpec:
     # 1.2.30 passes. A kubelet asks for 1 h tokens and renews them at 80 %: 24 h leaves it room.
     service_account_max_token_expiration_seconds: int = 86400
     service_account_extend_token_expiration: bool = False
+    # the kube-apiserver release the cluster runs (`apiserver.version`): what the rendered files
+    # may use, e.g. the AuthenticationConfiguration's apiVersion (v1alpha1 1.29, v1beta1 1.30, v1 1.34)
+    version: str = "1.34"
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ class Inventory:
     workers: tuple[Host, ...] = ()
     load_balancers: tuple[Host, ...] = ()         # HAProxy hosts in front of every controller's secure port
     etcd: EtcdSpec = EtcdSpec()
+    # the `authentication:` section as k8sboot.authn.oidc.AuthenticationConfig (JWT authenticators,
+    # anonymous block), rendered to --authentication-config; None: no structured authentication
+    authentication: object | None = field(default=None, compare=False)
     # the trust-root rotation in progress (`pki/rotation.yaml`, k8sboot.rotation.Rotation), or None:
     # every command that renders or checks kube-apiserver's flags renders its phase
     rotation: object | None = field(default=None, compare=False)

@@ -32,6 +32,11 @@ Examples:
       system:serviceaccount:authn-demo:bot
   k8sboot token create --namespace authn-demo --service-account bot | k8sboot whoami --token -
       the token read from stdin (keeps it out of the shell history)
+  k8sboot whoami --token "$ID_TOKEN"
+      an OIDC ID token: the inventory's authentication.jwt authenticators (issuer, audiences, CEL
+      claim rules and mappings), keys from the issuer's discovery URL
+  k8sboot whoami --token "$ID_TOKEN" --jwks issuer-keys.json
+      the same without network: the issuer's JWK set from a file
   k8sboot whoami --anonymous
       system:anonymous if apiserver.anonymous_auth is true in the inventory, else 401
   k8sboot whoami --cert pki/admin.pem --json
@@ -99,8 +104,35 @@ def _gen_certs_hint(inventory: Path) -> str:
     return f"run `k8sboot gen-certs -i {inventory}` to create the PKI"
 
 
+def jwt_authenticators(inv: Inventory, jwks_file: Path | None = None, timeout: float = 5.0):
+    """The inventory's JWT authenticators compiled, and how their keys are had: `jwks_file` for an
+    air-gapped check (used for whichever issuer the token names), else each issuer's discovery
+    document and JWKS over HTTPS, fetched once per run, as the API server does at start."""
+    from k8sboot.authn import oidc
+
+    if inv.authentication is None:
+        return (), None
+    compiled = oidc.compile_config(inv.authentication)
+    cache: dict[str, dict] = {}
+
+    def keys(authenticator):
+        url = authenticator.issuer
+        if url not in cache:
+            if jwks_file is not None:
+                try:
+                    data = Path(jwks_file).read_bytes()
+                except OSError as exc:
+                    raise oidc.JwksError(f"--jwks {jwks_file}: {exc.strerror}") from None
+                cache[url] = oidc.load_jwks(data, f"--jwks {jwks_file}")
+            else:
+                cache[url] = oidc.fetch_jwks(authenticator.spec.issuer, timeout)
+        return cache[url]
+
+    return compiled, keys
+
+
 def _authenticator_config(inv: Inventory, inventory: Path, *, client_ca: bool,
-                          service_account: bool) -> AuthenticatorConfig:
+                          service_account: bool, jwks_file: Path | None = None) -> AuthenticatorConfig:
     """The flags kube-apiserver gets from this inventory, with the files they name read."""
     from k8sboot import authn, layout
     from k8sboot.errors import PkiError
@@ -109,7 +141,7 @@ def _authenticator_config(inv: Inventory, inventory: Path, *, client_ca: bool,
 
     trusted, _ = rotation.service_account_files(inv.rotation)    # a rotation's phase: both keys
     try:
-        return authn.load_authenticator_config(
+        config = authn.load_authenticator_config(
             client_ca_file=(_pki_file(inv, rotation.trust_name(inv.rotation, layout.cert_file(layout.CA)))
                             if client_ca else None),
             service_account_key_files=[_pki_file(inv, name) for name in trusted] if service_account else [],
@@ -117,6 +149,14 @@ def _authenticator_config(inv: Inventory, inventory: Path, *, client_ca: bool,
             api_audiences=_explicit_audiences(inv),
             anonymous_auth=inv.apiserver.anonymous_auth,
         )
+        if service_account and inv.authentication is not None:
+            import dataclasses
+
+            jwt, keys = jwt_authenticators(inv, jwks_file)
+            anon = inv.authentication.anonymous
+            config = dataclasses.replace(config, jwt=jwt, jwt_keys=keys,
+                                         anonymous_paths=anon.paths if anon is not None else ())
+        return config
     except authn.AuthnConfigError as exc:
         if exc.missing:
             raise PkiError(f"reading {exc.path}: no such file", hint=_gen_certs_hint(inventory)) from exc
@@ -213,7 +253,7 @@ def token_argument(token: Optional[str]) -> Optional[str]:
 
 
 def authenticate_offline(inventory: Path, cert: Optional[Path], key: Optional[Path], token: Optional[str],
-                         as_json: bool):
+                         as_json: bool, jwks_file: Optional[Path] = None):
     """Stage 1 offline, for whoami and can-i alike: (AuthResult, now) when authenticated; a 401 is
     printed ("401 Unauthorized: <why>", with --json the Status) and ends the command with exit 11.
     Credentials the server would ignore are printed as notes."""
@@ -225,7 +265,7 @@ def authenticate_offline(inventory: Path, cert: Optional[Path], key: Optional[Pa
 
     inv = load_inventory(inventory)
     config = _authenticator_config(inv, inventory, client_ca=cert is not None,
-                                   service_account=token is not None)
+                                   service_account=token is not None, jwks_file=jwks_file)
     leaf, intermediates = _read_client_cert(cert, key) if cert is not None else (None, [])
     now = datetime.now(timezone.utc)
     result = authn.authenticate_request(leaf, f"Bearer {token}" if token else None, config, now,
@@ -268,11 +308,15 @@ def whoami(
     anonymous: bool = typer.Option(False, "--anonymous",
                                    help="No credential at all: anonymous, or 401 when "
                                         "apiserver.anonymous_auth is false."),
+    jwks: Optional[Path] = typer.Option(None, "--jwks", metavar="FILE",
+                                        help="The JWT issuer's keys (a JWK set, JSON) for an OIDC token, "
+                                             "instead of fetching them from the issuer's discovery URL."),
     inventory: Path = inventory_option,
     as_json: bool = typer.Option(False, "--json",
                                  help="Print a SelfSubjectReview (or the 401 Status) as JSON."),
 ) -> None:
-    """Who kube-apiserver would say you are for a client cert, a ServiceAccount token, or nothing.
+    """Who kube-apiserver would say you are for a client cert, a ServiceAccount token, an OIDC
+    token (the inventory's authentication: section), or nothing.
 
     Offline Stage 1 with the API server's own rules (the lab's stand-in runs the same code): prints
     what `kubectl auth whoami` prints, or "401 Unauthorized: <why>" on stderr.
@@ -290,7 +334,9 @@ def whoami(
 
     from k8sboot import authn, console
 
-    result, now = authenticate_offline(inventory, cert, key, token, as_json)
+    if jwks is not None and token is None:
+        raise typer.BadParameter("--jwks goes with --token", param_hint="'--jwks'")
+    result, now = authenticate_offline(inventory, cert, key, token, as_json, jwks)
     if result.authenticator == authn.SERVICE_ACCOUNT and token is not None:
         from k8sboot import tokens
 

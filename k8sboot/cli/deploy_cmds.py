@@ -17,6 +17,7 @@ Examples:
   k8sboot render-apiserver -i inventory/cluster.yaml --host controller-0
   k8sboot render-apiserver -i inventory/cluster.yaml --out build/units   # one file per controller
   k8sboot render-apiserver --templates my-templates/                     # your copy of the template
+  k8sboot render-apiserver --authentication-config   # the AuthenticationConfiguration file (authentication:)
 \b
 The unit is rendered offline: the flags are computed from the inventory (--advertise-address is
 the host's internal IP; issuer, service CIDR, etcd and auth flags from the inventory;
@@ -94,6 +95,9 @@ def render_apiserver(
                                     help="Write <host>.kube-apiserver.service files here instead of stdout."),
     templates: Path | None = typer.Option(None, "--templates", metavar="DIR",
                                           help="Your own template dir (default: inventory, then packaged)."),
+    authentication_config: bool = typer.Option(False, "--authentication-config",
+                                               help="Print the --authentication-config file rendered from the "
+                                                    "inventory's authentication: section instead of the unit."),
 ) -> None:
     """Render the kube-apiserver unit for one or every controller, offline."""
     from k8sboot import console
@@ -102,6 +106,21 @@ def render_apiserver(
     from k8sboot.render import render_all, templates_dir_for
 
     inv = load_inventory(inventory)
+    auth_file = None
+    if inv.authentication is not None:
+        from k8sboot import layout as _layout
+        from k8sboot.deploy import rendered_file
+
+        auth_file = rendered_file(inv, _layout.AUTHENTICATION_CONFIG_FILE)
+    if authentication_config:
+        if auth_file is None:
+            from k8sboot.errors import ExitCode, K8sbootError
+
+            raise K8sbootError(f"{inv.path}: the inventory has no authentication: section, so kube-apiserver gets "
+                               "no --authentication-config", hint="see README, \"Log in with OIDC\"",
+                               code=ExitCode.USAGE)
+        console.data(auth_file.decode().rstrip("\n"))
+        return
     hosts = select_hosts(inv, (host,) if host else ())
     units = render_all(inv, templates_dir_for(inv, templates), hosts)
     if out is None:
@@ -116,6 +135,10 @@ def render_apiserver(
     for unit in units:
         path = Path(out) / f"{unit.host.name}.{layout.UNIT_NAME}"
         result = write_private_file(path, unit.text.encode(), mode=layout.UNIT_MODE)
+        console.info(f"{result.outcome} {path}")
+    if auth_file is not None:
+        path = Path(out) / layout.AUTHENTICATION_CONFIG_FILE
+        result = write_private_file(path, auth_file, mode=layout.AUTHENTICATION_CONFIG.mode)
         console.info(f"{result.outcome} {path}")
 
 
