@@ -862,6 +862,14 @@ SA_KEY = f"{REMOTE_PKI_DIR}/service-account-key.pem"
 SA_NEW_PUBLIC = f"{REMOTE_PKI_DIR}/service-account-1.pem"
 SA_NEW_KEY = f"{REMOTE_PKI_DIR}/service-account-1-key.pem"
 ROTATION_PHASES = ("start", "switch", "finish")
+# the CA rotation's phases (`k8sboot rotate ca`, bench/peers/manual_rotate_ca.sh): no flag changes,
+# the trust files become bundles (start), every leaf is re-signed (reissue), the bundles go (finish)
+CA_ROTATION_PHASES = ("start", "reissue", "finish")
+
+
+def rotation_phases(kind: str) -> tuple[str, ...]:
+    """The phases of a rotation kind, in order (service-account-key, issuer, ca)."""
+    return CA_ROTATION_PHASES if kind == "ca" else ROTATION_PHASES
 
 
 def sa_key_rotation_flags(phase: str) -> dict[str, list[str]]:
