@@ -15,6 +15,14 @@ other probes):
   the local CA) must be authenticated: any answer but 401 and no TLS alert. That proves the CA the
   server asks clients for holds the local one, by behaviour, as a client meets it.
 
+- **authentication config in use** (only with an `authentication:` section, issue 14): the
+  server's own record of the --authentication-config it applied, the `hash` label of
+  `apiserver_authentication_config_controller_last_config_info` on GET /metrics (kube-apiserver
+  1.34+; the lab's stand-in reports it the same way), read as admin, against the sha256 of the
+  file k8sboot renders. The file is re-read without a restart; another hash shortly after the
+  host's copy changed is WARN, later DRIFT (the new file did not load: the server keeps the old
+  one and logs why). A server that reports no such metric (before 1.34) is WARN: unproven.
+
 The age of the host's file comes from verify's facts (`stat -c '%.9Y'`, the host's clock) against
 the workstation's clock: the grace is generous enough for hosts a few seconds off NTP. The checks
 (`check_serving_cert`, `check_client_ca`) are pure; `read_presented` and `probe_host` dial.
@@ -43,7 +51,13 @@ SERVING_CERT_REMOTE = layout.remote_path(SERVING_CERT)
 CA_REMOTE = layout.remote_path(layout.cert_file(layout.CA))
 LIVEZ = "/livez"              # readable by any authenticated user (system:public-info-viewer)
 
+AUTH_CONFIG = layout.AUTHENTICATION_CONFIG_FILE
+AUTH_CONFIG_REMOTE = layout.AUTHENTICATION_CONFIG.path
+AUTH_CONFIG_METRIC = "apiserver_authentication_config_controller_last_config_info"
+METRICS = "/metrics"
+
 SERVING_LABEL = "serving cert presented"
+AUTH_CONFIG_LABEL = "authentication config in use"
 CLIENT_CA_LABEL = "client cert from pki/ca.pem accepted"
 
 
@@ -135,6 +149,55 @@ def check_client_ca(host: str, answer, ca_mtime: float | None, now: float, grace
                  "not 401", str(answer.status or ""))
 
 
+def config_hash(data: bytes) -> str:
+    """How kube-apiserver labels a config file it applied: sha256:<hex> of the file's bytes."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def applied_config_hash(metrics_text: str) -> str | None:
+    """The `hash` label of the last authentication config the server applied, from /metrics text."""
+    import re
+
+    found = None
+    for line in metrics_text.splitlines():
+        if line.startswith(AUTH_CONFIG_METRIC + "{"):
+            m = re.search(r'[{,]hash="([^"]*)"', line)
+            if m:
+                found = m.group(1)
+    return found
+
+
+def check_authentication_config(host: str, answer, local: bytes, host_copy_is_local: bool, mtime: float | None,
+                                now: float, grace: float = PICKUP_GRACE) -> Check:
+    """The config the server applied (`answer`: a probe.ProbeAnswer of GET /metrics as admin, or
+    None without an admin cert) against the file k8sboot renders (`local`)."""
+    want = config_hash(local)
+    if answer is None:
+        return Check(host, AUTH_CONFIG_LABEL, SKIP, "no pki/admin.pem to read /metrics with")
+    if answer.status != 200:
+        why = f"HTTP {answer.status}" if answer.status is not None else answer.error
+        return Check(host, AUTH_CONFIG_LABEL, WARN, f"GET {METRICS} as admin: {why}: cannot tell which "
+                     "authentication config the server applied", want, "")
+    got = applied_config_hash(answer.body or "")
+    if got is None:
+        return Check(host, AUTH_CONFIG_LABEL, WARN, f"the server reports no {AUTH_CONFIG_METRIC} (kube-apiserver "
+                     "before 1.34 has none): unproven which authentication config it applied", want, "")
+    if got == want:
+        return Check(host, AUTH_CONFIG_LABEL, OK, f"{want[:19]}…: the file rendered from the inventory", want, got)
+    if not host_copy_is_local:
+        return Check(host, AUTH_CONFIG_LABEL, DRIFT, f"the server applied {got[:19]}…, and the host's "
+                     f"{AUTH_CONFIG_REMOTE} is not the rendered one either: deploy-apiserver uploads it (no "
+                     "restart: the server re-reads it)", want, got)
+    if mtime is not None and now - mtime < grace:
+        return Check(host, AUTH_CONFIG_LABEL, WARN, f"not re-read yet: {AUTH_CONFIG_REMOTE} changed "
+                     f"{_age(mtime, now)} ago and the server still reports {got[:19]}…: verify again shortly",
+                     want, got)
+    return Check(host, AUTH_CONFIG_LABEL, DRIFT,
+                 f"the server still applies another authentication config ({got[:19]}…) though {AUTH_CONFIG_REMOTE} "
+                 f"is the rendered one since {_age(mtime, now)} ago: the new file did not load (the server keeps "
+                 "the old one; `journalctl -u kube-apiserver` says why)", want, got)
+
+
 # --- on the wire ----------------------------------------------------------------------------------
 
 
@@ -184,4 +247,28 @@ def probe_host(inventory, host, port: int, facts, local_pki: dict[str, bytes], *
         answer = probe.request(address, port, "GET", LIVEZ, ca, cert=cert, key=key, timeout=timeout, dial=dial)
         who = f"pki/{Path(cert).name}"
     checks.append(check_client_ca(host.name, answer, mtimes.get(CA_REMOTE), now, identity=who))
+    auth = local_pki.get(AUTH_CONFIG)
+    if auth is not None:
+        checks.append(probe_authentication_config(inventory, host, port, facts, auth, mtimes, now,
+                                                  dial=dial, timeout=timeout))
     return checks
+
+
+def probe_authentication_config(inventory, host, port: int, facts, local: bytes, mtimes: dict[str, float],
+                                now: float, *, dial=None, timeout: float = 5.0) -> Check:
+    from k8sboot import health, probe, rotation
+    from k8sboot.errors import PkiError
+
+    pki_dir = Path(inventory.pki.dir)
+    cert, key = pki_dir / layout.cert_file(layout.ADMIN), pki_dir / layout.key_file(layout.ADMIN)
+    try:
+        ca, _, _ = health.credentials(inventory)
+    except PkiError:
+        ca = pki_dir / rotation.trust_name(inventory.rotation, layout.cert_file(layout.CA))
+    answer = None
+    if cert.exists() and key.exists():
+        answer = probe.request(str(host.internal_ip), port, "GET", METRICS, ca, cert=cert, key=key,
+                               timeout=timeout, dial=dial, max_body=64 << 20)
+    fact = facts.file(AUTH_CONFIG_REMOTE)
+    same = fact.exists and fact.sha256 == hashlib.sha256(local).hexdigest()
+    return check_authentication_config(host.name, answer, local, same, mtimes.get(AUTH_CONFIG_REMOTE), now)

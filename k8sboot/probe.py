@@ -70,9 +70,10 @@ class _DialledHTTPSConnection(HTTPSConnection):
 
 def request(address: str, port: int, method: str, path: str, ca_file: Path, *, headers=None, body=None,
             cert: Path | None = None, key: Path | None = None, timeout: float = 5.0,
-            dial: Dial | None = None) -> ProbeAnswer:
+            dial: Dial | None = None, max_body: int = 65536) -> ProbeAnswer:
     """One HTTPS request to `address:port`; never raises for a failed connection or TLS check
-    (`ProbeAnswer.status` None and `.error` say why). `dial`: see the module docstring."""
+    (`ProbeAnswer.status` None and `.error` say why). `dial`: see the module docstring. The body is
+    read up to `max_body` bytes (a real /metrics is a few MiB)."""
     try:
         context = _context(ca_file, cert, key)
         if dial is None:
@@ -82,7 +83,7 @@ def request(address: str, port: int, method: str, path: str, ca_file: Path, *, h
         try:
             conn.request(method, path, body=body, headers={"Accept": "application/json", **(headers or {})})
             resp = conn.getresponse()
-            return ProbeAnswer(resp.status, resp.read(65536).decode("utf-8", "replace"))
+            return ProbeAnswer(resp.status, resp.read(max_body).decode("utf-8", "replace"))
         finally:
             conn.close()
     except ssl.SSLCertVerificationError as exc:

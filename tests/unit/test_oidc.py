@@ -459,3 +459,40 @@ def test_inventory_check_refuses_a_bad_expression_in_one_line(tmp_path):
     first = out.stderr.strip().splitlines()[0]
     assert first.startswith("k8sboot: error: inv.yaml:13: authentication.jwt[0].claimMappings.username.expression:")
     assert "undeclared reference to 'claim.sub'" in first
+
+
+# --- verify's proof: the hash the running server reports ---------------------------------------------
+
+# upstream's exposition (k8s.io/apiserver .../authenticationconfig/metrics, metrics_test.go format)
+METRICS_TEXT = """\
+# HELP apiserver_authentication_config_controller_automatic_reloads_total [BETA] Total number of automatic reloads of authentication configuration split by status and apiserver identity.
+# TYPE apiserver_authentication_config_controller_automatic_reloads_total counter
+apiserver_authentication_config_controller_automatic_reloads_total{apiserver_id_hash="sha256:14f9d63e669337ac6bfda2e2162915ee6a6067743eddd4e5c374b572f951ff37",status="success"} 1
+# HELP apiserver_authentication_config_controller_last_config_info [ALPHA] Information about the last applied authentication configuration with hash as label, split by apiserver identity.
+# TYPE apiserver_authentication_config_controller_last_config_info gauge
+apiserver_authentication_config_controller_last_config_info{apiserver_id_hash="sha256:14f9d63e669337ac6bfda2e2162915ee6a6067743eddd4e5c374b572f951ff37",hash="HASH"} 1
+"""
+
+
+def test_verify_compares_the_applied_hash_with_the_rendered_file():
+    import hashlib
+
+    from k8sboot import pickup
+    from k8sboot.probe import ProbeAnswer
+
+    local = b'{"apiVersion": "apiserver.config.k8s.io/v1"}\n'
+    want = "sha256:" + hashlib.sha256(local).hexdigest()
+    assert pickup.config_hash(local) == want
+    ok = pickup.check_authentication_config("c0", ProbeAnswer(200, METRICS_TEXT.replace("HASH", want)), local,
+                                            True, 0.0, 1000.0)
+    assert ok.status == "OK"
+    other = METRICS_TEXT.replace("HASH", "sha256:" + "0" * 64)
+    assert pickup.check_authentication_config("c0", ProbeAnswer(200, other), local, True, 990.0, 1000.0).status == "WARN"
+    late = pickup.check_authentication_config("c0", ProbeAnswer(200, other), local, True, 100.0, 1000.0)
+    assert late.status == "DRIFT" and "did not load" in late.detail
+    assert pickup.check_authentication_config("c0", ProbeAnswer(200, other), local, False, 100.0, 1000.0).status == "DRIFT"
+    older = pickup.check_authentication_config("c0", ProbeAnswer(200, "# nothing\n"), local, True, 0.0, 1000.0)
+    assert older.status == "WARN" and "before 1.34" in older.detail
+    assert pickup.check_authentication_config("c0", ProbeAnswer(403, ""), local, True, 0.0, 1000.0).status == "WARN"
+    # a label elsewhere that merely contains the hash is not the applied config
+    assert pickup.applied_config_hash(f'some_metric{{note="{want}"}} 1\n') is None
