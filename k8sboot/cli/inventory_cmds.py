@@ -40,6 +40,13 @@ def check(inventory: Path = inventory_option, as_json: bool = json_option) -> No
                 "api_audiences": list(inv.cluster.api_audiences),
             },
             "anonymous_auth": inv.apiserver.anonymous_auth,
+            "apiserver_version": inv.apiserver.version,
+            "authentication": None if inv.authentication is None else {
+                "apiVersion": inv.authentication.api_version,
+                "jwt_issuers": list(inv.authentication.issuers),
+                "anonymous": None if inv.authentication.anonymous is None else {
+                    "enabled": inv.authentication.anonymous.enabled,
+                    "paths": list(inv.authentication.anonymous.paths)}},
             "pki_dir": str(inv.pki.dir), "key_algorithm": inv.pki.key_algorithm,
             "controllers": [_host(h) for h in inv.controllers],
             "workers": [_host(h) for h in inv.workers],
@@ -51,6 +58,10 @@ def check(inventory: Path = inventory_option, as_json: bool = json_option) -> No
                  f"{len(inv.workers)} worker(s); endpoint {inv.cluster.api_endpoint}, "
                  f"issuer {inv.cluster.service_account_issuer}, "
                  f"anonymous auth {'on' if inv.apiserver.anonymous_auth else 'off'}")
+    if inv.authentication is not None:
+        issuers = ", ".join(inv.authentication.issuers) or "none"
+        console.info(f"authentication: {inv.authentication.api_version} (kube-apiserver {inv.apiserver.version}), "
+                     f"{len(inv.authentication.issuers)} JWT issuer(s): {issuers}; every CEL expression compiles")
 
 
 def _host(h) -> dict:
