@@ -14,8 +14,9 @@ in 1.29, v1beta1 from 1.30, v1 from 1.34) with up to 64 JWT authenticators and, 
 * `render(config)`: the file's bytes (certificateAuthorityFile inlined).
 * `authenticate(token, authenticators, now, keys)`: upstream's order. The authenticator is chosen
   by the token's (unverified) `iss`; then the signature against the issuer's JWKS (`kid` when the
-  token has one), `aud` against the audiences (MatchAny), `exp` (no leeway) and `nbf` (5 minutes
-  of clock skew, go-oidc's), the claim validation rules, the claim mappings (a username from the
+  token has one; RS256, the default of --oidc-signing-algs), `aud` against the audiences
+  (MatchAny), `exp` (no leeway) and `nbf` (5 minutes of clock skew, go-oidc's), the claim
+  validation rules, the claim mappings (a username from the
   `email` claim needs `email_verified` true when present), the user validation rules. The groups
   get `system:authenticated`. Every failure names the rule or the claim.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,10 @@ ALL_API_VERSIONS = tuple(f"{GROUP}/{v}" for _, v in API_VERSIONS)
 FEATURE_GATE = "StructuredAuthenticationConfiguration"
 MATCH_ANY = "MatchAny"
 NBF_SKEW = timedelta(minutes=5)    # go-oidc's allowedClockSkew for nbf; exp has none
-# what go-oidc verifies for an issuer (its supported algorithms; never none or HS*)
-ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+# What the API server's JWT authenticators verify: oidc.New's SupportedSigningAlgs come from
+# --oidc-signing-algs, whose default RS256 applies with --authentication-config (which excludes
+# every --oidc-* flag), so RS256 alone (the algorithm OpenID Connect requires of every provider)
+ALGORITHMS = ("RS256",)
 JWT = "jwt"
 _EXTRA_KEY = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/\S+$")
 _RESERVED_EXTRA_DOMAINS = ("kubernetes.io", "k8s.io")
@@ -116,7 +119,7 @@ class JwtAuthenticator:
     extra: tuple[ExtraMapping, ...] = ()
     claim_rules: tuple[ClaimRule, ...] = ()
     user_rules: tuple[UserRule, ...] = ()
-    key_path: str = ""
+    key_path: str = field(default="", compare=False)      # where it was read, for messages
 
 
 @dataclass(frozen=True)
@@ -616,8 +619,8 @@ def _verify(token: str, parts, a: Compiled, now: datetime, keys: KeysFor) -> Aut
     alg = parts.header.get("alg")
     if alg not in ALGORITHMS:
         return _fail(Reason.TOKEN_UNSUPPORTED_ALGORITHM,
-                     f"oidc: token algorithm {json.dumps(alg)} is not one of {', '.join(ALGORITHMS)} "
-                     f"(issuer {issuer})")
+                     f"oidc: id token signed with unsupported algorithm, expected {json.dumps(list(ALGORITHMS))} "
+                     f"got {json.dumps(alg)} (issuer {issuer})")
     try:
         jwks = keys(a)
     except JwksError as exc:

@@ -211,10 +211,14 @@ def test_a_token_of_another_issuer_is_left_to_the_other_authenticators():
     assert not result.authenticated and not any(f.is_error for f in result.failures)
 
 
-def test_an_ec_issuer_key_verifies_es256():
+def test_only_rs256_is_verified_as_with_the_default_oidc_signing_algs():
+    """With --authentication-config no --oidc-* flag may be set, so --oidc-signing-algs keeps its
+    default, RS256: an ES256 token of the same issuer is refused, like go-oidc refuses it."""
     issuer = Issuer(key=ec.generate_private_key(ec.SECP256R1()))
     inv = load(inventory_text(jwt_section(mappings=PREFIXED)))
-    assert authenticate(inv, issuer.token(BASE, alg="ES256"), NOW, issuer).user.username == "oidc:jane"
+    result = authenticate(inv, issuer.token(BASE, alg="ES256"), NOW, issuer)
+    assert not result.authenticated
+    assert 'unsupported algorithm, expected ["RS256"] got "ES256"' in result.reason
 
 
 def test_the_union_accepts_oidc_tokens_after_service_accounts_and_keeps_the_reason():
