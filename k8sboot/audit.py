@@ -54,6 +54,8 @@ def check_flags(flags: Iterable[tuple[str, str]], subject: str) -> list[Finding]
         "--anonymous-auth=false: requests without a credential get 401",
         ("--anonymous-auth=true: requests without a credential are system:anonymous (RBAC then decides; "
          "the tutorial's 403 demo)" if anon == "true" else
+         "--anonymous-auth is not set: the anonymous block of --authentication-config decides "
+         "(authentication.anonymous in the inventory)" if "authentication-config" in f else
          "--anonymous-auth is not set: the API server's default is true"),
         "set apiserver.anonymous_auth: false (note: unauthenticated /livez,/readyz probes then get 401)",
         bad=WARN)   # CIS marks 1.2.1 Manual: kube-bench reports WARN
