@@ -20,6 +20,22 @@ keeps its objects in etcd, as the real server does. Exactly:
   and authenticates every request with `k8sboot.authn` (the same code as `k8sboot whoami`) per
   `--client-ca-file`, `--service-account-key-file`, `--service-account-issuer`, `--api-audiences`
   (default: the issuers) and `--anonymous-auth` (default true, like the real binary).
+* `--authentication-config=FILE` (authconfig.py), as kube-apiserver 1.30+: the
+  AuthenticationConfiguration (JSON, as k8sboot renders it) read with k8sboot.authn.oidc; its JWT
+  authenticators (CEL compiled once per load) come after the ServiceAccount one, its anonymous
+  block replaces --anonymous-auth. A file that does not load or validate, the file beside any
+  `--oidc-*` flag, or `--anonymous-auth` beside an anonymous block stops the start with the real
+  messages. The issuers' JWKS are fetched in the background at start (discovery, then jwks_uri,
+  over HTTPS trusting the issuer's certificateAuthority, 5 s per fetch, retried every 10 s); a
+  token before that is a 401 naming the issuer (`authenticator not initialized`), a token with a
+  `kid` not in the cached set makes one refetch, at most every 10 s per issuer. The file is read
+  again at the reload interval: one that loads replaces the authenticators (`"reloaded
+  authentication config" hash="sha256:..."`), one that does not is logged and the one in use is
+  kept. `GET /metrics` (authorized like any non-resource URL: system:masters or
+  system:monitoring, not anonymous) serves upstream's
+  `apiserver_authentication_config_controller_{automatic_reloads_total,
+  automatic_reload_last_timestamp_seconds,last_config_info}` (the hash label is the sha256 of the
+  file's bytes in use) and nothing else of the real server's metrics.
 * Impersonation (`kubectl --as`, `--as-group`): each Impersonate-* header must be allowed
   (verb `impersonate`) like k8s.io/apiserver's filter, else a 403 naming what was refused.
 * Stage 2 follows --authorization-mode (authorization.py: AlwaysAllow, the real default, AlwaysDeny,
@@ -118,7 +134,8 @@ Modules: `flags` (the command line and its validation), `tls` (the two TLS backe
 termination), `api` (routing, discovery and the handlers), `resources` (the stored kinds: names,
 defaults, errors, patches, tables), `storage` (the store interface and the file store), `etcdstore` (the store on etcd),
 `bootstrap` (what exists at start; the RBAC source over the store), `authorization` (the modes),
-`tokenrequest`, `impersonation`, `reload` (certificates read again), `protobuf` (request bodies), `openapi`, `server` (one connection's request loop:
+`tokenrequest`, `impersonation`, `reload` (certificates read again), `authconfig` (--authentication-config:
+its keys, reload and metrics), `protobuf` (request bodies), `openapi`, `server` (one connection's request loop:
 admit, authenticate, impersonate, authorize, answer, log), `log`, and `main` (`kube-apiserver`'s
 entry point; also `python3 -m k8sboot.standin`).
 

@@ -126,6 +126,11 @@ def root_paths() -> list[str]:
                    *(f"/apis/{g}" for g in _GROUP_ORDER), *(f"/apis/{g}/{v}" for g, v in SERVED if g)])
 
 
+# The stand-in's /metrics holds only what it measures (the authentication config controller's
+# metrics, upstream's names); a Prometheus comment line says so, never passing for the real set.
+METRICS_PREAMBLE = "# k8sboot kube-apiserver stand-in (not Kubernetes): only the metrics it implements\n"
+
+
 # --- requests and answers ----------------------------------------------------------------------------
 
 
@@ -166,6 +171,7 @@ class Api:
         self.new_id = new_id
         self.authorizer_source = StoreSource(store)
         self.authorizer = ModeChain(authorization_modes, self.authorizer_source)
+        self.metrics: Callable[[], str] | None = None      # the Prometheus text of what the stand-in measures
 
     def service_account_uid(self, namespace: str, name: str) -> str | None:
         """authn's `service_accounts` lookup: the stored ServiceAccount's uid, or None (read as the
@@ -218,6 +224,8 @@ class Api:
             return Answer(200, "ok")
         if path in ("/version", "/version/"):
             return Answer(200, VERSION_INFO)
+        if path == "/metrics" and attrs.verb == "get":
+            return Answer(200, METRICS_PREAMBLE + (self.metrics() if self.metrics is not None else ""))
         if path == "/" and attrs.verb == "get":
             return Answer(200, {"paths": root_paths()})
         doc = discovery_document(path.rstrip("/") or "/")

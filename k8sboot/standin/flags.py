@@ -327,6 +327,8 @@ def validate_flags(flags: Flags) -> list[str]:
         errors.append("service-account-issuer is a required flag")
     if not flags.get("service-account-signing-key-file") or not flags.service_account_issuers:
         errors.append("--service-account-signing-key-file and --service-account-issuer are required flags")
+    if flags.get("authentication-config") and any(flags.given(n) for n in FLAG_TYPES if n.startswith("oidc-")):
+        errors.append("authentication-config file and oidc-* flags are mutually exclusive")
     problem = check_modes(flags.get("authorization-mode") or ())
     if problem:
         errors.append(problem)

@@ -38,6 +38,8 @@ Flags used by the stand-in (every kube-apiserver 1.32 flag is accepted):
       --tls-cert-file string, --tls-private-key-file string
       --client-ca-file string
       --anonymous-auth (default true)
+      --authentication-config string (AuthenticationConfiguration as JSON: JWT authenticators with
+          CEL, anonymous block; reloaded while running; not with --oidc-*)
       --service-account-issuer stringArray, --service-account-key-file stringArray,
       --service-account-signing-key-file string, --api-audiences strings,
       --service-account-max-token-expiration duration
@@ -50,8 +52,8 @@ Flags used by the stand-in (every kube-apiserver 1.32 flag is accepted):
 Environment:
   K8SBOOT_STANDIN_DATA_DIR=<dir>  keep objects in this local directory (created 0700) instead of
                                   etcd (tests); no etcd is dialled and /readyz has no etcd check
-  K8SBOOT_STANDIN_RELOAD_INTERVAL=<seconds>  how often --tls-cert-file, --tls-private-key-file and
-                                  --client-ca-file are read again (default 60, as the real server;
+  K8SBOOT_STANDIN_RELOAD_INTERVAL=<seconds>  how often --tls-cert-file, --tls-private-key-file,
+                                  --client-ca-file and --authentication-config are read again (default 60, as the real server;
                                   2 on k8sboot lab controllers, from a lab-only drop-in)
   K8SBOOT_STANDIN_READY_DELAY=<seconds>  (k8sboot lab) keeps /readyz failing that long after the
                                   port opens
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(problem)
     try:
         config = load_config(flags)
-    except authn.AuthnConfigError as exc:
+    except (authn.AuthnConfigError, StartupError) as exc:
         return _fail(str(exc))
     try:
         server = build_server(flags, config, ready_delay=ready_delay)
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"unable to load server certificate: {_openssl_reason(exc)}")
 
     Reloader(server, flags, reload_interval).start()     # --tls-cert-file & co. read again, as the real one
+    if server.auth_controller is not None:               # --authentication-config too
+        server.auth_controller.start_watching(server, reload_interval)
     lifecycle = server.lifecycle
     terminating: list[threading.Thread] = []
 

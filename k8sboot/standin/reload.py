@@ -62,8 +62,10 @@ class Reloader:
 
     def check(self) -> list[str]:
         """Load what changed; returns what was loaded ("serving-cert", "client-ca")."""
+        import dataclasses
+
         from k8sboot import authn
-        from k8sboot.standin.server import load_config
+        from k8sboot.standin.server import load_flag_config
         from k8sboot.standin.tls import make_tls
 
         loaded = []
@@ -79,12 +81,15 @@ class Reloader:
                 return loaded
             if ca != self._ca:
                 try:
-                    config = load_config(self.flags)
+                    config = load_flag_config(self.flags)
                 except authn.AuthnConfigError as exc:
                     log(f'"Failed to load the client CA; keeping the one in use" '
                         f'name="client-ca-bundle::{self.client_ca}" err={quote(str(exc))}', level="E")
                     return loaded
-                self.server.config = config
+                old = self.server.config          # --authentication-config's part is its own (authconfig)
+                self.server.config = dataclasses.replace(config, jwt=old.jwt, jwt_keys=old.jwt_keys,
+                                                         anonymous_auth=old.anonymous_auth,
+                                                         anonymous_paths=old.anonymous_paths)
                 loaded.append("client-ca")
                 log(f'"Loaded a new CA Bundle and Verifier" name="client-ca-bundle::{self.client_ca}"')
             self.server.tls = tls

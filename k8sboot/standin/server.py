@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlsplit
 
 from k8sboot import authn, rbac
-from k8sboot.standin import impersonation
+from k8sboot.standin import authconfig, impersonation
 from k8sboot.standin.api import Api, Request, TokenSettings
 from k8sboot.standin.authorization import DEFAULT as DEFAULT_MODES
 from k8sboot.standin.bootstrap import ensure_system_objects
@@ -74,6 +74,7 @@ class StandinServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.verbosity = verbosity
         self.lifecycle = lifecycle or Lifecycle()
+        self.auth_controller: authconfig.Controller | None = None      # --authentication-config
         self._stop_lock = threading.Lock()
         self._listening = True
         super().__init__(address, StandinHandler)
@@ -232,8 +233,14 @@ class StandinHandler(HTTPHandler):
         now = self.server.clock()
         api = self.server.api
         leaf, inter = self.tls_conn.peer_certificates()
-        result = authn.authenticate_request(leaf, self.headers.get("Authorization"), self.server.config, now,
-                                            intermediates_der=inter, service_accounts=api.service_account_uid)
+        config, authorization = self.server.config, self.headers.get("Authorization")    # one config per request
+        if config.jwt and isinstance(config.jwt_keys, authconfig.KeySets):
+            token = authn.bearer_token_from_header(authorization)
+            if token is not None:
+                config.jwt_keys.before(token, config.jwt)      # an unknown kid: the issuer's keys again
+        result = authn.authenticate_request(leaf, authorization, config, now, intermediates_der=inter,
+                                            service_accounts=api.service_account_uid,
+                                            path=urlsplit(self.path).path)
         attrs = rbac.attributes_from_request(self.command, self.path)
         shown_verb = attrs.verb.upper() if attrs.is_resource else self.command
         if not result.authenticated:
@@ -336,7 +343,14 @@ def build_server(flags: Flags, config: authn.AuthenticatorConfig, port: int | No
                           storage_health=storage_health)
     if not _bootstrap_once(store, clock, lifecycle):
         _start_bootstrap_retries(store, clock, lifecycle)
-    return StandinServer(address, tls, config, api, clock=clock, verbosity=flags.verbosity, lifecycle=lifecycle)
+    server = StandinServer(address, tls, config, api, clock=clock, verbosity=flags.verbosity, lifecycle=lifecycle)
+    controller = authconfig.controller_of(config)
+    if controller is not None:
+        server.auth_controller = controller
+        api.metrics = controller.metrics.text
+        controller.keys.stop = lifecycle.closed
+        controller.keys.start(config.jwt)          # the issuers' keys, in the background
+    return server
 
 
 BOOTSTRAP_RETRY = 1.0            # seconds between two tries of the bootstrap hooks while the store is down
@@ -387,12 +401,28 @@ def load_token_settings(flags: Flags, config: authn.AuthenticatorConfig) -> Toke
     return TokenSettings(signer, tuple(config.audiences), int(flags.service_account_max_token_expiration))
 
 
-def load_config(flags: Flags) -> authn.AuthenticatorConfig:
+def load_flag_config(flags: Flags) -> authn.AuthenticatorConfig:
+    """The authentication flags with their files read (AuthnConfigError)."""
     return authn.load_authenticator_config(
         client_ca_file=flags.get("client-ca-file"),
         service_account_key_files=flags.service_account_key_files,
         service_account_issuers=flags.service_account_issuers,
         api_audiences=flags.api_audiences,
         anonymous_auth=flags.anonymous_auth)
+
+
+def load_config(flags: Flags) -> authn.AuthenticatorConfig:
+    """load_flag_config, and with --authentication-config the file's JWT authenticators and
+    anonymous block (authconfig.Controller; StartupError with the real server's message)."""
+    config = load_flag_config(flags)
+    path = flags.get(authconfig.FLAG)
+    if not path:
+        return config
+    controller = authconfig.Controller(path, flags.service_account_issuers, flags.given("anonymous-auth"))
+    try:
+        controller.load_at_start()
+    except authconfig.StartError as exc:
+        raise StartupError(str(exc)) from None
+    return controller.apply(config)
 
 
