@@ -14,10 +14,10 @@ in 1.29, v1beta1 from 1.30, v1 from 1.34) with up to 64 JWT authenticators and, 
 * `render(config)`: the file's bytes (certificateAuthorityFile inlined).
 * `authenticate(token, authenticators, now, keys)`: upstream's order. The authenticator is chosen
   by the token's (unverified) `iss`; then the signature against the issuer's JWKS (`kid` when the
-  token has one; RS256, the default of --oidc-signing-algs), `aud` against the audiences
-  (MatchAny), `exp` (no leeway) and `nbf` (5 minutes of clock skew, go-oidc's), the claim
-  validation rules, the claim mappings (a username from the
-  `email` claim needs `email_verified` true when present), the user validation rules. The groups
+  token has one; RS/ES/PS 256/384/512, upstream's AllValidSigningAlgorithms), `aud` against the
+  audiences (MatchAny), `exp` (no leeway) and `nbf` (5 minutes of clock skew, go-oidc's), the
+  claim validation rules, the claim mappings (a username from the `email` claim needs
+  `email_verified` true when present), the user validation rules. The groups
   get `system:authenticated`. Every failure names the rule or the claim.
 """
 
@@ -48,10 +48,10 @@ ALL_API_VERSIONS = tuple(f"{GROUP}/{v}" for _, v in API_VERSIONS)
 FEATURE_GATE = "StructuredAuthenticationConfiguration"
 MATCH_ANY = "MatchAny"
 NBF_SKEW = timedelta(minutes=5)    # go-oidc's allowedClockSkew for nbf; exp has none
-# What the API server's JWT authenticators verify: oidc.New's SupportedSigningAlgs come from
-# --oidc-signing-algs, whose default RS256 applies with --authentication-config (which excludes
-# every --oidc-* flag), so RS256 alone (the algorithm OpenID Connect requires of every provider)
-ALGORITHMS = ("RS256",)
+# What the API server's JWT authenticators verify: with --authentication-config "all known signing
+# algs are allowed" (kube-apiserver's authentication options set oidc.AllValidSigningAlgorithms():
+# RS/ES/PS 256/384/512); never none, HS* or anything else
+ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
 JWT = "jwt"
 _EXTRA_KEY = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/\S+$")
 _RESERVED_EXTRA_DOMAINS = ("kubernetes.io", "k8s.io")
