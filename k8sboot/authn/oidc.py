@@ -542,13 +542,14 @@ def render(config: AuthenticationConfig) -> bytes:
     return (json.dumps(to_document(config), indent=2) + "\n").encode()
 
 
-def load_document(data: bytes, source: str) -> AuthenticationConfig:
-    """Read a rendered file (the stand-in, verify). ConfigError on anything the server would refuse."""
+def load_document(data: bytes, source: str, service_account_issuers: Sequence[str] = ()) -> AuthenticationConfig:
+    """Read a rendered file (the stand-in, verify). ConfigError on anything the server would refuse,
+    a JWT issuer that is one of `service_account_issuers` included (upstream's DisallowedIssuers)."""
     try:
         doc = json.loads(data)
     except ValueError as exc:
         raise ConfigError(source, f"not the JSON k8sboot renders: {exc}") from None
-    return parse(doc, root=source, inventory_form=False)
+    return parse(doc, root=source, inventory_form=False, service_account_issuers=service_account_issuers)
 
 
 # --- authentication -----------------------------------------------------------------------------
@@ -710,17 +711,35 @@ def _times(claims: Mapping[str, Any], now: datetime) -> AuthResult | None:
     return None
 
 
+_PARSED: dict[int, tuple[Any, list]] = {}
+
+
+def _parsed_keys(jwks: Mapping[str, Any]) -> list:
+    """The set's usable keys as PyJWK, parsed once per JWKS object (a warm cache hands the same
+    dict to every request); an unusable key is skipped, as go-jose skips it."""
+    import jwt as pyjwt
+
+    hit = _PARSED.get(id(jwks))
+    if hit is not None and hit[0] is jwks:
+        return hit[1]
+    keys = []
+    for raw in (jwks.get("keys") or []) if isinstance(jwks, Mapping) else []:
+        try:
+            keys.append(pyjwt.PyJWK(raw))
+        except Exception:           # noqa: BLE001 - PyJWT raises several kinds for a bad key
+            continue
+    if len(_PARSED) > 64:
+        _PARSED.clear()
+    _PARSED[id(jwks)] = (jwks, keys)
+    return keys
+
+
 def _signature(token: str, header: Mapping[str, Any], alg: str, jwks: Mapping[str, Any],
                issuer: str) -> AuthResult | None:
     import jwt as pyjwt
     from jwt.api_jws import PyJWS
 
-    keys = []
-    for raw in (jwks.get("keys") or []) if isinstance(jwks, Mapping) else []:
-        try:
-            keys.append(pyjwt.PyJWK(raw))
-        except Exception:           # an unusable key in the set is skipped, as go-jose does
-            continue
+    keys = _parsed_keys(jwks)
     kid = header.get("kid")
     candidates = [k for k in keys if kid is None or k.key_id == kid]
     if not candidates:
