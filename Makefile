@@ -135,5 +135,11 @@ bench-etcd: deps bench-deps
 bench-rotate: deps
 	$(PY) bench/rotate --full
 
+# issue 14: whoami --token for an OIDC ID token (start-up + CEL evaluation) beside an SA token and
+# kubectl's start; the stand-in's JWT authentication per request on a lab host with idp-0
+.PHONY: bench-oidc
+bench-oidc: deps
+	$(PY) bench/oidc
+
 clean:
 	rm -rf $(VENV) pki *.kubeconfig .pytest_cache
