@@ -653,34 +653,33 @@ def _verify(token: str, parts, a: Compiled, now: datetime, keys: KeysFor) -> Aut
                              f"oidc: required claim {rule.claim} value does not match. Got = {got}, "
                              f"want = {rule.required_value}")
             continue
-        try:
-            ok = program.evaluate(claims)
-        except cel.CelEvalError as exc:
-            return _fail(Reason.TOKEN_INVALID_CLAIMS,
-                         f"oidc: error evaluating claim validation expression '{rule.expression}': {exc}")
-        if not ok:
-            why = f": {rule.message}" if rule.message else ""
-            return _fail(Reason.TOKEN_INVALID_CLAIMS,
-                         f"oidc: error evaluating claim validation expression: validation expression "
-                         f"'{rule.expression}' failed{why}")
+        failure = _rule_failure(program, claims, rule.expression, rule.message, "claim validation expression")
+        if failure:
+            return failure
     user = _user(a, claims)
     if isinstance(user, AuthResult):
         return user
     as_cel = {"username": user.username, "uid": user.uid, "groups": list(user.groups),
               "extra": {k: list(v) for k, v in user.extra.items()}}
     for rule, program in zip(a.spec.user_rules, a.user_programs):
-        try:
-            ok = program.evaluate(as_cel)
-        except cel.CelEvalError as exc:
-            return _fail(Reason.TOKEN_INVALID_CLAIMS,
-                         f"oidc: error evaluating user info validation rule '{rule.expression}': {exc}")
-        if not ok:
-            why = f": {rule.message}" if rule.message else ""
-            return _fail(Reason.TOKEN_INVALID_CLAIMS,
-                         f"oidc: error evaluating user info validation rule: validation expression "
-                         f"'{rule.expression}' failed{why}")
+        failure = _rule_failure(program, as_cel, rule.expression, rule.message, "user info validation rule")
+        if failure:
+            return failure
     return AuthResult(UserInfo(user.username, user.uid, _with_authenticated_group(user.groups), user.extra),
                       f"{JWT} ({issuer})")
+
+
+def _rule_failure(program, value: Mapping[str, Any], expression: str, message: str, what: str) -> AuthResult | None:
+    """A validation rule (claims or the mapped user) that errs or is false, as upstream words it."""
+    try:
+        ok = program.evaluate(value)
+    except cel.CelEvalError as exc:
+        return _fail(Reason.TOKEN_INVALID_CLAIMS, f"oidc: error evaluating {what} '{expression}': {exc}")
+    if ok:
+        return None
+    why = f": {message}" if message else ""
+    return _fail(Reason.TOKEN_INVALID_CLAIMS,
+                 f"oidc: error evaluating {what}: validation expression '{expression}' failed{why}")
 
 
 def _audiences(claims: Mapping[str, Any]) -> tuple[str, ...]:
