@@ -542,3 +542,26 @@ def loopback_etcd(tmp_path: Path, apiserver_section: str = ""):
                 p.kill()          # throwaway members: no graceful leader transfer to wait for
         for p in procs.values():
             p.wait(10)
+
+
+def wait_until_lb_serves(pki: Path, lb: str = "10.240.0.5", timeout: float = 60.0, settle: float = 3.0) -> None:
+    """Until the lab's HAProxy answers GET /version with the admin cert (every backend up in its
+    view after `rise`), then `settle` seconds more."""
+    import ssl
+    import time
+    from http.client import HTTPSConnection
+
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    ctx.load_cert_chain(str(pki / "admin.pem"), str(pki / "admin-key.pem"))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = HTTPSConnection(lb, 6443, context=ctx, timeout=2)
+            conn.request("GET", "/version")
+            if conn.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the load balancer does not serve the API"
+        time.sleep(0.3)
+    time.sleep(settle)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
-from deploy_helpers import fresh_lab_env, reset_hosts  # noqa: E402
+from deploy_helpers import fresh_lab_env, reset_hosts, wait_until_lb_serves  # noqa: E402
 
 from k8sboot import layout  # noqa: E402
 
@@ -122,20 +122,7 @@ def env(lab_hosts, lab_lb, tmp_path_factory):
         e.kubeconfig = e.tmp / "admin.kubeconfig"
         res = e.k8sboot("kubeconfig", "admin", "-i", e.inventory, "--out", e.kubeconfig)
         assert res.exit_code == 0, res.output
-        ctx = ssl.create_default_context(cafile=str(e.pki / "ca.pem"))
-        ctx.load_cert_chain(str(e.pki / "admin.pem"), str(e.pki / "admin-key.pem"))
-        deadline = time.monotonic() + 30
-        while True:                          # every backend up in HAProxy's view (rise 2)
-            try:
-                conn = HTTPSConnection(LB, 6443, context=ctx, timeout=2)
-                conn.request("GET", "/version")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the load balancer does not serve the API"
-            time.sleep(0.3)
-        time.sleep(3)
+        wait_until_lb_serves(e.pki, LB, timeout=30)
         yield e
     finally:
         reset_hosts(e)
