@@ -150,14 +150,15 @@ def write_direct_inventory(inventory: Path, up_json: dict) -> bool:
 
 
 def lab_up(inventory: Path, controllers: int = N_CONTROLLERS, wait: float = 0.0, *, workers: int = 0,
-           lb: bool = True, ready_delay: float = 0.0) -> dict:
+           lb: bool = True, ready_delay: float = 0.0, idp: bool = False) -> dict:
     """`k8sboot lab up --json`; with `wait`, retry while another session holds the lab.
 
     `lb` (the default: the session's shape, see above): `--lb`, its inventory written to
     `lb_inventory_for(inventory)` and `inventory` kept as the inventory without the LB;
     `inventory_written` in the result is true when either file changed. `lb=False`: plain
     `lab up` into `inventory`, which stops lb-0. `ready_delay`: `--apiserver-ready-delay`
-    (0, the CLI's default, removes the drop-in).
+    (0, the CLI's default, removes the drop-in). `idp`: `--idp` (idp-0, the lab's OIDC identity
+    provider; without it a running idp-0 is stopped: see the `lab_idp` fixture).
     """
     deadline = time.monotonic() + wait
     target = lb_inventory_for(inventory) if lb else inventory
@@ -165,6 +166,8 @@ def lab_up(inventory: Path, controllers: int = N_CONTROLLERS, wait: float = 0.0,
             "--apiserver-ready-delay", str(ready_delay), "--inventory", str(target), "--json"]
     if lb:
         args.append("--lb")
+    if idp:
+        args.append("--idp")
     while True:
         r = k8sboot(*args, check=False)
         if r.returncode == LOCKED and time.monotonic() < deadline:
@@ -268,3 +271,33 @@ def lab_lb(lab_hosts, lab_lb_inventory) -> LabLb:
     host = LabHost(lb.name, lb.address, str(plan.CLIENT_KEY), str(plan.KNOWN_HOSTS), role="lb")
     assert lab_lb_inventory.exists(), f"lab_hosts did not bring the lab up with --lb ({lab_lb_inventory})"
     return LabLb(host=host, inventory=lab_lb_inventory, controllers=list(lab_hosts))
+
+
+@dataclass
+class LabIdp:
+    """The lab's OIDC identity provider (see `lab_idp`)."""
+
+    host: LabHost                     # idp-0, 10.240.0.2, nginx on 443
+    issuer: str                       # https://10.240.0.2
+    ca_file: Path                     # the idp CA on this machine (/var/lib/k8sboot/lab/idp/ca.pem)
+    directory: Path                   # its keys: k8sboot.lab.idp.mint_token(..., directory=...)
+    kid: str                          # the JWKS kid
+    up_result: dict                   # what `lab up --idp --json` said
+
+
+@pytest.fixture(scope="module")
+def lab_idp(lab_hosts, lab_inventory) -> LabIdp:
+    """idp-0 added to the session's lab (`lab up --lb --idp`) for one test module, and removed
+    again after it (`lab up --lb`: the session's shape; the idp's keys stay). Module-scoped because
+    any later `lab_tools.lab_up` without `idp=True` stops idp-0."""
+    from k8sboot.lab import idp, plan
+
+    result = lab_up(lab_inventory, idp=True, wait=float(os.environ.get("K8SBOOT_LAB_WAIT", "900")))
+    spec = idp.default_host()
+    host = LabHost(spec.name, spec.address, str(plan.CLIENT_KEY), str(plan.KNOWN_HOSTS), role="idp")
+    try:
+        yield LabIdp(host=host, issuer=plan.idp_issuer(spec), ca_file=plan.IDP_DIR / idp.CA_FILE,
+                     directory=plan.IDP_DIR, kid=idp.kid(plan.IDP_DIR), up_result=result)
+    finally:
+        if os.environ.get("K8SBOOT_LAB_KEEP") != "1":
+            lab_up(lab_inventory)
