@@ -509,9 +509,9 @@ def render_known_hosts(entries: dict[str, str]) -> str:
 # --- inventory/lab.yaml ------------------------------------------------------------------------
 
 # `lab up --idp` appends an `authentication:` section naming idp-0 as a JWT issuer to the lab's
-# inventory only while this is True: the inventory loader accepts the key once issue 14's
-# authenticator lands (then this flips to True).
-INVENTORY_AUTHENTICATION = False
+# inventory (`lab idp show` prints the same section), so `deploy-apiserver -i inventory/lab.yaml`
+# gives every controller --authentication-config trusting idp-0
+INVENTORY_AUTHENTICATION = True
 IDP_AUDIENCE = "k8sboot-lab"                      # `lab idp token`'s default `aud`
 
 

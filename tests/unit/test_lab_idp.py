@@ -432,12 +432,13 @@ def test_lab_idp_show_prints_issuer_ca_kid_and_the_inventory_snippet(lab_with_id
 # --- the inventory -------------------------------------------------------------------------------
 
 
-def test_the_inventory_names_the_idp_only_behind_the_switch(monkeypatch):
+def test_the_inventory_names_the_idp_with_lab_up_idp_only(monkeypatch):
     from k8sboot.inventory import parse_inventory
 
     with_idp = build_host_specs(3, 0, 1, 1)
     ca = Path("/var/lib/k8sboot/lab/idp/ca.pem")
-    assert plan.INVENTORY_AUTHENTICATION is False
+    assert plan.INVENTORY_AUTHENTICATION is True
+    monkeypatch.setattr(plan, "INVENTORY_AUTHENTICATION", False)
     text = plan.render_lab_inventory(with_idp, idp_ca=ca)
     assert text == plan.render_lab_inventory(build_host_specs(3, 0, 1))     # idp-0 is in no host list
     assert "10.240.0.2" not in text and "authentication" not in text
@@ -586,3 +587,30 @@ def test_a_missing_cel_package_is_one_lab_error_line_with_the_fix():
         rootfs.vendored_package_dir("no-such-dist-k8sboot", "no_such_pkg_k8sboot")
     assert info.value.code == ExitCode.LAB and "\n" not in str(info.value)
     assert "no-such-dist-k8sboot" in str(info.value) and "make deps" in info.value.hint
+
+
+def test_the_lab_inventory_with_idp_loads_and_trusts_idp_0(tmp_path):
+    """What `lab up --idp` writes is an inventory k8sboot accepts: idp-0 the JWT issuer, its CA
+    inlined from the file, the audience `lab idp token` mints for."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from k8sboot.inventory import parse_inventory
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "k8sboot lab idp CA")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    inv = parse_inventory(plan.render_lab_inventory(build_host_specs(3, 0, 1, 1), idp_ca=ca), tmp_path / "lab.yaml")
+    assert inv.authentication.issuers == ("https://10.240.0.2",)
+    issuer = inv.authentication.jwt[0].issuer
+    assert issuer.audiences == (plan.IDP_AUDIENCE,) and issuer.certificate_authority == ca.read_text()
