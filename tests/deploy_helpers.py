@@ -565,3 +565,27 @@ def wait_until_lb_serves(pki: Path, lb: str = "10.240.0.5", timeout: float = 60.
         assert time.monotonic() < deadline, "the load balancer does not serve the API"
         time.sleep(0.3)
     time.sleep(settle)
+
+
+class BackgroundLoop:
+    """A bounded client loop in a thread for the length of a `with` block: subclasses set
+    `self.stop = threading.Event()` and define `_run()`, which checks it. Half a second of requests
+    before and after the block, so its first and last moments are covered too."""
+
+    join_timeout = 30.0
+
+    def __enter__(self):
+        import threading
+        import time
+
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        import time
+
+        time.sleep(0.5)
+        self.stop.set()
+        self.thread.join(self.join_timeout)

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
-from deploy_helpers import fresh_lab_env, reset_hosts, wait_until_lb_serves  # noqa: E402
+from deploy_helpers import BackgroundLoop, fresh_lab_env, reset_hosts, wait_until_lb_serves  # noqa: E402
 
 from k8sboot import layout  # noqa: E402
 
@@ -158,7 +158,7 @@ def main_pids(env) -> dict[str, str]:
     return {h.name: env.ssh(h, f"systemctl show -p MainPID --value {layout.UNIT_NAME}").strip() for h in env.hosts}
 
 
-class TokenLoop:
+class TokenLoop(BackgroundLoop):
     """A bounded client through lb-0: a SelfSubjectReview with an ID token on a new connection
     every 50 ms; each answer that is not 201 for the expected user is a failure."""
 
@@ -168,7 +168,7 @@ class TokenLoop:
         self.stop = threading.Event()
         self.results: list = []
 
-    def run(self):
+    def _run(self):
         body = json.dumps({"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1"})
         t_end = time.monotonic() + self.limit_s
         while not self.stop.is_set() and time.monotonic() < t_end:
@@ -187,17 +187,6 @@ class TokenLoop:
             except Exception as exc:  # noqa: BLE001 - every failure counts
                 self.results.append(f"{type(exc).__name__}: {exc}")
             time.sleep(0.05)
-
-    def __enter__(self):
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(0.5)
-        self.stop.set()
-        self.thread.join(30)
 
     def failures(self) -> list:
         return [r for r in self.results if r != 201]

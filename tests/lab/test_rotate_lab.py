@@ -31,6 +31,7 @@ import random
 import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from http.client import HTTPSConnection
@@ -38,6 +39,8 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/deploy_helpers.py
+from deploy_helpers import BackgroundLoop  # noqa: E402
 
 LB = "10.240.0.5"
 INVENTORY = """\
@@ -165,7 +168,7 @@ REVIEW = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
 TOKEN_REQUEST = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
 
 
-class Loop:
+class Loop(BackgroundLoop):
     """Through the LB, every 100 ms, bounded: mint a token (TokenRequest, admin cert) and present it
     at once (SelfSubjectReview); and present `kept`, a token the table keeps valid. A 429 (a
     server draining) is retried once, as client-go does. `trust`: the CA file the client trusts
@@ -178,6 +181,7 @@ class Loop:
         self.mint = mint
         self.kept, self.limit_s = kept, limit_s
         self.stop = threading.Event()
+        self.join_timeout = 15.0
         self.results: list[tuple[str, int | None]] = []
 
     def _call(self, *args, **kw):
@@ -201,17 +205,6 @@ class Loop:
             self.results.append(("kept", self._call(self.anon, "POST", "/apis/authentication.k8s.io/v1/"
                                                     "selfsubjectreviews", REVIEW, token=self.kept)[0]))
             time.sleep(0.1)
-
-    def __enter__(self):
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(0.5)
-        self.stop.set()
-        self.thread.join(15)
 
     @property
     def failed(self) -> list[tuple[str, int | None]]:
