@@ -20,7 +20,7 @@ across `lab down` like the lab's SSH key, made on the first `lab up --idp`):
     serving.pem       idp-0's serving certificate
     serving-key.pem   its key                                                   0600
 
-Private keys are created with mode 0600 from the start (os.open), never printed. Only the serving
+Private keys are created with mode 0600 from the start (the store's atomic writer), never printed. Only the serving
 pair, nginx's config and the two JSON documents go into idp-0's root (before it boots); the CA key
 and the signing key never leave this machine.
 """
@@ -36,7 +36,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from k8sboot.errors import LabError
+from k8sboot.errors import LabError, PkiError
 from k8sboot.lab import plan
 
 # --- what idp-0 serves, and where --------------------------------------------------------------
@@ -181,26 +181,16 @@ class IdpMaterial:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Create `path` 0600 from the start (never a chmod after), replacing atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """0600 from the start (never a chmod after), replaced atomically: the store's own writer."""
+    from k8sboot.store import write_private_file
+
+    write_private_file(path, data, mode=0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    from k8sboot.store import write_private_file
+
+    write_private_file(path, data, mode=0o644)
 
 
 def _read(path: Path) -> bytes | None:
@@ -360,6 +350,8 @@ def ensure_material(directory: Path = plan.IDP_DIR, host: plan.HostSpec | None =
     except OSError as exc:
         raise LabError(f"the lab's identity provider: writing its keys in {directory}: {exc.strerror}",
                        hint="`k8sboot lab up --idp` runs as root") from exc
+    except PkiError as exc:
+        raise LabError(f"the lab's identity provider: {exc}", hint="`k8sboot lab up --idp` runs as root") from exc
     return IdpMaterial(directory=directory, issuer=plan.idp_issuer(host), address=host.address,
                        kid=jwk["kid"], jwks=jwks, ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
                        serving_pem=serving_cert.public_bytes(serialization.Encoding.PEM),
