@@ -252,6 +252,18 @@ class _Reader:
             probe = probe[:cut] if cut > 0 else ""
         return ""
 
+    def _read_text_file(self, value: str) -> str:
+        """A file the inventory names (certificateAuthorityFile), relative to the inventory's dir."""
+        p = Path(value).expanduser()
+        if not p.is_absolute():
+            p = self.path.parent / p
+        try:
+            return p.read_text()
+        except FileNotFoundError:
+            raise ValueError(f"{p}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{p}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+
     def _authentication(self, data, cluster: ClusterSpec, apiserver: ApiserverSpec):
         """The `authentication:` section, checked as kube-apiserver checks the file it becomes
         (k8sboot.authn.oidc: issuers, audiences, mappings, every CEL expression compiled)."""
@@ -261,7 +273,7 @@ class _Reader:
         try:
             config = oidc.parse(data, root="authentication", version=version,
                                 service_account_issuers=(cluster.service_account_issuer,),
-                                base_dir=self.path.parent)
+                                read_file=self._read_text_file)
         except oidc.ConfigError as exc:
             raise InventoryError(f"{self.path}{self._line_of(exc.key_path)}: {exc.key_path}: {exc.message}",
                                  hint=exc.hint) from None

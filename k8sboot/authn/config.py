@@ -1,6 +1,8 @@
 """The authentication flags of kube-apiserver (--client-ca-file, --service-account-key-file,
 --service-account-issuer, --api-audiences, --anonymous-auth) with their files parsed. Reading
-those files in `load_authenticator_config` is the only I/O of the package.
+those files in `load_authenticator_config` is the only file I/O of the package; the other I/O is
+`oidc.fetch_jwks`, the JWT issuers' keys over HTTPS, called by whoami and the stand-in, never while
+a configuration is parsed.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -240,10 +239,11 @@ def _https_url(w: _Walk, value: str, path: str, what: str) -> str:
 
 
 def parse(data: Any, *, root: str = "authentication", version: tuple[int, int] = (1, 34),
-          service_account_issuers: Sequence[str] = (), base_dir: Path | None = None,
+          service_account_issuers: Sequence[str] = (), read_file: Callable[[str], str] | None = None,
           inventory_form: bool = True, compile_cel: bool = True) -> AuthenticationConfig:
-    """The inventory's `authentication:` section (`inventory_form`: `certificateAuthorityFile` allowed,
-    read relative to `base_dir`; no apiVersion/kind) or a rendered file's document."""
+    """The inventory's `authentication:` section (`inventory_form`: no apiVersion/kind, and
+    `certificateAuthorityFile` allowed, read by `read_file(value) -> PEM text`, which raises
+    ValueError with the reason; the module itself reads no file) or a rendered file's document."""
     w = _Walk(root)
     keys = ("jwt", "anonymous") if inventory_form else ("apiVersion", "kind", "jwt", "anonymous")
     top = w.mapping(data if data is not None else {}, root, keys)
@@ -270,7 +270,7 @@ def parse(data: Any, *, root: str = "authentication", version: tuple[int, int] =
     seen_discovery: dict[str, str] = {}
     for i, item in enumerate(items):
         path = f"{root}.jwt[{i}]"
-        a = _authenticator(w, item, path, version, base_dir, inventory_form, compile_cel)
+        a = _authenticator(w, item, path, version, read_file, inventory_form, compile_cel)
         url = a.issuer.url
         if url in seen_issuers:
             w.fail(f"{path}.issuer.url", f"'{url}' is already the issuer of {seen_issuers[url]}",
@@ -313,17 +313,13 @@ def parse(data: Any, *, root: str = "authentication", version: tuple[int, int] =
     return AuthenticationConfig(api_version, tuple(authenticators), anonymous)
 
 
-def _read_ca(w: _Walk, value: str, path: str, base_dir: Path | None) -> str:
-    p = Path(value).expanduser()
-    if not p.is_absolute() and base_dir is not None:
-        p = base_dir / p
+def _read_ca(w: _Walk, value: str, path: str, read_file: Callable[[str], str] | None) -> str:
+    if read_file is None:
+        w.fail(path, "only an inventory may name a file: the API server's file inlines certificateAuthority")
     try:
-        text = p.read_text()
-    except FileNotFoundError:
-        w.fail(path, f"{p}: no such file", hint="the issuer's CA certificate (PEM)")
-    except (OSError, UnicodeDecodeError) as exc:
-        w.fail(path, f"{p}: cannot read: {getattr(exc, 'strerror', None) or exc}")
-    return text
+        return read_file(value)
+    except ValueError as exc:
+        w.fail(path, str(exc), hint="the issuer's CA certificate (PEM)")
 
 
 def _check_ca(w: _Walk, pem: str, path: str) -> str:
@@ -340,8 +336,9 @@ def _check_ca(w: _Walk, pem: str, path: str) -> str:
     return pem
 
 
-def _authenticator(w: _Walk, item: Any, path: str, version: tuple[int, int], base_dir: Path | None,
-                   inventory_form: bool, compile_cel: bool) -> JwtAuthenticator:
+def _authenticator(w: _Walk, item: Any, path: str, version: tuple[int, int],
+                   read_file: Callable[[str], str] | None, inventory_form: bool,
+                   compile_cel: bool) -> JwtAuthenticator:
     v = w.mapping(item, path, ("issuer", "claimValidationRules", "claimMappings", "userValidationRules"),
                   required=("issuer", "claimMappings"))
     issuer_keys = ["url", "discoveryURL", "certificateAuthority", "audiences", "audienceMatchPolicy"]
@@ -363,7 +360,7 @@ def _authenticator(w: _Walk, item: Any, path: str, version: tuple[int, int], bas
     if ca and ca_file:
         w.fail(f"{ip}.certificateAuthorityFile", "give certificateAuthority or certificateAuthorityFile, not both")
     if ca_file:
-        ca = _check_ca(w, _read_ca(w, ca_file, f"{ip}.certificateAuthorityFile", base_dir),
+        ca = _check_ca(w, _read_ca(w, ca_file, f"{ip}.certificateAuthorityFile", read_file),
                        f"{ip}.certificateAuthorityFile")
     elif ca:
         ca = _check_ca(w, ca, f"{ip}.certificateAuthority")
