@@ -269,7 +269,7 @@ class _Reader:
         (k8sboot.authn.oidc: issuers, audiences, mappings, every CEL expression compiled)."""
         from k8sboot.authn import cel, oidc
 
-        version = oidc.parse_version(apiserver.version)
+        version = parse_kubernetes_version(apiserver.version)
         try:
             config = oidc.parse(data, root="authentication", version=version,
                                 service_account_issuers=(cluster.service_account_issuer,),
@@ -638,12 +638,19 @@ _ETCD_DEFAULT_DATA = "/var/lib/etcd/default"
 DEFAULT_KUBERNETES_VERSION = "1.34"
 
 
-def _kubernetes_version(r: _Reader, node: yaml.Node, kp: str) -> str:
-    from k8sboot.authn import oidc
+def parse_kubernetes_version(text: str) -> tuple[int, int]:
+    """`1.34`, `v1.34.2` -> (1, 34); ValueError otherwise. (Here, not in k8sboot.authn: reading a
+    version must not import the authentication package and its X.509 stack.)"""
+    m = re.fullmatch(r"v?(\d+)\.(\d+)(\.\d+)?", str(text).strip())
+    if not m:
+        raise ValueError(f"'{text}' is not a Kubernetes version like 1.34 or v1.34.2")
+    return int(m.group(1)), int(m.group(2))
 
+
+def _kubernetes_version(r: _Reader, node: yaml.Node, kp: str) -> str:
     value = str(r.scalar(node, kp)).strip()
     try:
-        major, minor = oidc.parse_version(value)
+        major, minor = parse_kubernetes_version(value)
     except ValueError as exc:
         r.fail(node, kp, str(exc), hint="the kube-apiserver release you run, e.g. 1.34")
     if major != 1 or minor < 20 or minor > 99:

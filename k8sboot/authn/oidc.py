@@ -141,14 +141,6 @@ class AuthenticationConfig:
 # --- versions --------------------------------------------------------------------------------------
 
 
-def parse_version(text: str) -> tuple[int, int]:
-    """`1.34`, `v1.34.2` -> (1, 34); ValueError otherwise."""
-    m = re.fullmatch(r"v?(\d+)\.(\d+)(\.\d+)?", str(text).strip())
-    if not m:
-        raise ValueError(f"'{text}' is not a Kubernetes version like 1.34 or v1.34.2")
-    return int(m.group(1)), int(m.group(2))
-
-
 def api_version_for(version: tuple[int, int]) -> str:
     """The apiVersion a kube-apiserver of `version` reads; ConfigError-free: check MIN_VERSION first."""
     for since, name in API_VERSIONS:

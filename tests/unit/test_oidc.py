@@ -499,3 +499,14 @@ def test_verify_compares_the_applied_hash_with_the_rendered_file():
     assert pickup.check_authentication_config("c0", ProbeAnswer(403, ""), local, True, 0.0, 1000.0).status == "WARN"
     # a label elsewhere that merely contains the hash is not the applied config
     assert pickup.applied_config_hash(f'some_metric{{note="{want}"}} 1\n') is None
+
+
+def test_an_inventory_without_authentication_does_not_load_the_authn_package():
+    """apiserver.version is read by the inventory itself: every command reading an inventory that
+    names its release would otherwise import k8sboot.authn and its X.509 stack (~30 ms)."""
+    text = inventory_text("").replace("authentication:\n", "apiserver:\n  version: 'v1.33.2'\n")
+    code = ("import sys; from pathlib import Path; from k8sboot.inventory import parse_inventory; "
+            f"inv = parse_inventory({text!r}, Path('inv.yaml')); "
+            "print(inv.apiserver.version, 'k8sboot.authn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.stdout.split() == ["1.33", "False"], out.stderr
